@@ -1,0 +1,213 @@
+"""The prefect-dr command line: parse, confirm, call the core, map errors to exit codes, render.
+
+No logic lives here beyond that; every command calls one core function.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import signal
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from prefect_dr import __version__, config, console, crypto, doctor, errors, log, redact
+
+app = typer.Typer(
+    name="prefect-dr",
+    help="Disaster recovery for self-hosted Prefect servers: encrypted, verified backups to S3, "
+         "restores you can undo.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+logger = logging.getLogger("prefect_dr")
+
+
+@dataclass
+class State:
+    """Global options, shared by every command through the click context."""
+
+    config_file: Path | None = None
+    json: bool = False
+    verbose: bool = False
+    flags: dict[str, tuple[Any, str]] = field(default_factory=dict)
+    _settings: config.Settings | None = None
+
+    def settings(self) -> config.Settings:
+        """Load (once) and return the effective settings. Raises ConfigError."""
+        if self._settings is None:
+            self._settings = config.load(config_file=self.config_file, flags=self.flags)
+            for warning in self._settings.warnings:
+                logger.warning(warning)
+        return self._settings
+
+
+_state = State()
+
+
+class LogFormat(enum.StrEnum):
+    """Values of --log-format."""
+
+    auto = "auto"
+    text = "text"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.line(f"prefect-dr {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", envvar=config.CONFIG_ENV, help="TOML settings file.")] = None,
+    json_output: Annotated[bool, typer.Option(
+        "--json", help="Machine-readable JSON on stdout.")] = False,
+    log_format: Annotated[LogFormat, typer.Option(
+        "--log-format", help="auto (text on a terminal, JSON lines otherwise), text or json.",
+        case_sensitive=False)] = LogFormat.auto,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose",
+                                          help="Debug logs and tracebacks.")] = False,
+    bucket: Annotated[str | None, typer.Option("--bucket", help="S3 bucket.")] = None,
+    prefix: Annotated[str | None, typer.Option("--prefix", help="Key prefix.")] = None,
+    endpoint_url: Annotated[str | None, typer.Option(
+        "--endpoint-url", help="S3-compatible endpoint.")] = None,
+    region: Annotated[str | None, typer.Option("--region", help="S3 region.")] = None,
+    database_url: Annotated[str | None, typer.Option(
+        "--database-url", help="Prefect database URL, without password.")] = None,
+) -> None:
+    """Global options; settings also come from the config file and PREFECT_DR_* variables."""
+    _state.config_file = config_file
+    _state.json = json_output
+    _state.verbose = verbose
+    _state.flags = {
+        "s3_bucket": (bucket, "--bucket"),
+        "s3_prefix": (prefix, "--prefix"),
+        "s3_endpoint_url": (endpoint_url, "--endpoint-url"),
+        "s3_region": (region, "--region"),
+        "database_url": (database_url, "--database-url"),
+    }
+    _state._settings = None
+    log.setup(log_format.value, verbose,
+              text_handler=console.log_handler() if log_format != LogFormat.json else None)
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
+def _json(flag: bool) -> bool:
+    return flag or _state.json
+
+
+@config_app.command("show")
+def config_show(json_flag: JsonFlag = False) -> None:
+    """Print the effective settings, where each came from, with secrets redacted."""
+    settings = _state.settings()
+    rows = settings.display()
+    aws = _aws_credentials_source()
+    if _json(json_flag):
+        console.print_json({"settings": rows, "aws_credentials": aws,
+                            "config_file": str(settings.config_file or ""),
+                            "warnings": list(settings.warnings)})
+        return
+    console.table("Settings", ["setting", "environment variable", "value", "source"],
+                  [(r["name"], r["env"], r["value"], r["source"]) for r in rows])
+    console.line(f"AWS credentials: {aws}")
+
+
+def _aws_credentials_source() -> str:
+    """Where boto3 finds credentials (method only, never the secret)."""
+    import boto3
+
+    creds = boto3.session.Session().get_credentials()
+    if creds is None:
+        return "none found"
+    key = creds.access_key or ""
+    shown = f"{key[:4]}...{key[-2:]}" if len(key) > 8 else "***"
+    return f"{creds.method} (access key {shown})"
+
+
+@app.command()
+def keygen(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Identity file to create.")],
+    json_flag: JsonFlag = False,
+) -> None:
+    """Create a new age identity file (mode 0600) and print its recipient (public key)."""
+    text, recipient = crypto.generate_identity()
+    crypto.write_secret_file(output, text)
+    if _json(json_flag):
+        console.print_json({"identity_file": str(output), "recipient": recipient})
+        return
+    console.line(recipient)
+    console.info(f"wrote {output} (keep it secret; put the line above in "
+                 "PREFECT_DR_AGE_RECIPIENTS)")
+
+
+@app.command("doctor")
+def doctor_cmd(json_flag: JsonFlag = False) -> None:
+    """Check the database, client tools, S3 bucket and keys; exit 0 only if all required pass."""
+    settings = _state.settings()
+    report = doctor.run(settings)
+    if _json(json_flag):
+        console.print_json(report.to_dict())
+    else:
+        console.table("prefect-dr doctor", ["check", "status", "detail"],
+                      [(c.name, c.status, c.detail) for c in report.checks], status_column=1)
+    for check in report.failed:
+        console.error(f"{check.name}: {check.detail}")
+    if not report.ok:
+        raise typer.Exit(errors.FAILURE)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise errors.Interrupted(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the CLI and turn every outcome into an exit code."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        result = app(args=argv, prog_name="prefect-dr", standalone_mode=False)
+        return int(result) if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: unknown flag, bad value
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            console.error(str(exc))
+        return errors.USAGE
+    except (KeyboardInterrupt, typer.Abort):
+        _report(errors.Interrupted("interrupted"))
+        return errors.INTERRUPTED
+    except errors.DRError as exc:
+        _report(exc)
+        return exc.exit_code
+    except Exception as exc:  # a bug: still one line unless --verbose
+        _report(errors.DRError(f"unexpected {type(exc).__name__}: {exc} "
+                               "(run with -v for the traceback)"))
+        return errors.FAILURE
+
+
+def _report(exc: errors.DRError) -> None:
+    if _state.verbose:
+        sys.stderr.write(redact.redact(traceback.format_exc()))
+    if _state.json:
+        console.print_json({"ok": False, "error": exc.message, "exit_code": exc.exit_code})
+    console.error(exc.message)

@@ -1,0 +1,266 @@
+"""Typed settings with their provenance: defaults < TOML file < environment < CLI flags.
+
+Every problem found is reported at once (ConfigError lists them all). Secrets come from the
+environment or from files, never from argv, and are registered with ``redact`` as they load.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from prefect_dr import crypto, redact
+from prefect_dr.errors import ConfigError, CryptoKeyError
+
+CONFIG_ENV = "PREFECT_DR_CONFIG"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One setting: its name, where it may come from, and how it is shown."""
+
+    name: str
+    env: str
+    toml: str  # "section.key"
+    kind: str = "str"  # str | int | list | path | url
+    default: Any = None
+    secret: bool = False  # shown as *** (URLs: only the password part)
+    help: str = ""
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("database_url", "PREFECT_DR_DATABASE_URL", "database.url", "url",
+         help="libpq URL of the Prefect database; password from PGPASSWORD or .pgpass"),
+    Spec("pg_bin_dir", "PREFECT_DR_PG_BIN_DIR", "database.pg_bin_dir", "path",
+         help="folder holding pg_dump/pg_restore (default: PATH)"),
+    Spec("s3_bucket", "PREFECT_DR_S3_BUCKET", "s3.bucket", help="bucket holding the backups"),
+    Spec("s3_prefix", "PREFECT_DR_S3_PREFIX", "s3.prefix", default="prefect-dr",
+         help="key prefix inside the bucket"),
+    Spec("s3_endpoint_url", "PREFECT_DR_S3_ENDPOINT_URL", "s3.endpoint_url", "url",
+         help="endpoint of an S3-compatible store"),
+    Spec("s3_region", "PREFECT_DR_S3_REGION", "s3.region", help="bucket region"),
+    Spec("age_recipients", "PREFECT_DR_AGE_RECIPIENTS", "age.recipients", "list",
+         default=(), help="comma-separated age public keys backups are encrypted to"),
+    Spec("age_recipients_file", "PREFECT_DR_AGE_RECIPIENTS_FILE", "age.recipients_file", "path",
+         help="file of age public keys, one per line"),
+    Spec("age_identity_file", "PREFECT_DR_AGE_IDENTITY_FILE", "age.identity_file", "path",
+         help="age private key file (verify/restore only)"),
+    Spec("prefect_api_url", "PREFECT_API_URL", "prefect.api_url", "url",
+         help="Prefect API, e.g. http://127.0.0.1:4200/api"),
+)
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+_TOML_KEYS = {s.toml: s for s in SPECS}
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective settings; ``sources`` tells where each value came from."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+    warnings: tuple[str, ...] = ()
+    config_file: Path | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name in SPEC_BY_NAME:
+            return self.values.get(name)
+        raise AttributeError(name)
+
+    @property
+    def recipients(self) -> list[str]:
+        """All configured recipient strings, from the setting and the recipients file."""
+        out = list(self.values.get("age_recipients") or ())
+        path = self.values.get("age_recipients_file")
+        if path:
+            out += crypto.parse_recipient_lines(Path(path).read_text(encoding="utf-8"))
+        return out
+
+    def require(self, *names: str) -> None:
+        """Raise ConfigError listing every one of ``names`` that has no value."""
+        missing = []
+        for name in names:
+            if name == "recipients":
+                if not self.recipients:
+                    missing.append(
+                        "no age recipient: set PREFECT_DR_AGE_RECIPIENTS or "
+                        "PREFECT_DR_AGE_RECIPIENTS_FILE (create one with 'prefect-dr keygen')"
+                    )
+                continue
+            if not self.values.get(name):
+                spec = SPEC_BY_NAME[name]
+                missing.append(f"{spec.env} is not set ({spec.help})")
+        if missing:
+            raise ConfigError(missing)
+
+    def display(self) -> list[dict[str, str]]:
+        """Rows of name, env var, shown value (secrets redacted) and source, for `config show`."""
+        rows = []
+        for spec in SPECS:
+            value = self.values.get(spec.name)
+            rows.append({
+                "name": spec.name,
+                "env": spec.env,
+                "value": _show(spec, value),
+                "source": self.sources.get(spec.name, "default"),
+            })
+        return rows
+
+
+def _show(spec: Spec, value: Any) -> str:
+    if value is None or value == () or value == "":
+        return ""
+    if spec.kind == "list":
+        return ",".join(value)
+    if spec.kind == "url":
+        return redact.url_without_password(str(value))
+    if spec.secret:
+        return redact.MASK
+    return str(value)
+
+
+def _coerce(spec: Spec, raw: Any, where: str, problems: list[str]) -> Any:
+    """Turn a raw value into the setting's type; append a problem and return None on failure."""
+    if spec.kind == "list":
+        if isinstance(raw, str):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+        if isinstance(raw, list) and all(isinstance(x, str) for x in raw):
+            return tuple(x.strip() for x in raw if x.strip())
+        problems.append(f"{where}: expected a list of strings")
+        return None
+    if spec.kind == "int":
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            problems.append(f"{where}: expected a whole number, got {raw!r}")
+            return None
+    if not isinstance(raw, str):
+        problems.append(f"{where}: expected a string")
+        return None
+    return raw.strip()
+
+
+def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        problems.append(f"config file {path} does not exist")
+        return {}
+    except OSError as exc:
+        problems.append(f"cannot read config file {path}: {exc.strerror}")
+        return {}
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        problems.append(f"config file {path} is not valid TOML: {exc}")
+        return {}
+    flat: dict[str, Any] = {}
+    for section, body in data.items():
+        if not isinstance(body, dict):
+            problems.append(f"{path}: top-level key {section!r} must be a [section]")
+            continue
+        for key, value in body.items():
+            dotted = f"{section}.{key}"
+            if dotted not in _TOML_KEYS:
+                problems.append(f"{path}: unknown setting {dotted!r}")
+                continue
+            flat[dotted] = value
+    return flat
+
+
+def load(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the effective Settings from defaults, file, environment and flags.
+
+    Raises ConfigError listing every problem found (unreadable file, unknown key, bad value).
+    """
+    env = os.environ if env is None else env
+    flags = flags or {}
+    problems: list[str] = []
+    warnings: list[str] = []
+    values: dict[str, Any] = {s.name: s.default for s in SPECS}
+    sources: dict[str, str] = {s.name: "default" for s in SPECS}
+
+    path_text = config_file or env.get(CONFIG_ENV)
+    path = Path(path_text).expanduser() if path_text else None
+    if path is not None:
+        for dotted, raw in _read_toml(path, problems).items():
+            spec = _TOML_KEYS[dotted]
+            value = _coerce(spec, raw, f"{path}: {dotted}", problems)
+            if value is not None:
+                values[spec.name], sources[spec.name] = value, f"file {path}"
+
+    for spec in SPECS:
+        raw = env.get(spec.env)
+        if raw is not None and raw.strip() != "":
+            value = _coerce(spec, raw, spec.env, problems)
+            if value is not None:
+                values[spec.name], sources[spec.name] = value, f"env {spec.env}"
+    known_env = {s.env for s in SPECS} | {CONFIG_ENV}
+    for name in env:
+        if (name.startswith("PREFECT_DR_") and name not in known_env
+                and not name.startswith("PREFECT_DR_STACK_")):
+            warnings.append(f"unknown environment variable {name} ignored")
+
+    for name, (raw, flag) in flags.items():
+        if raw is None:
+            continue
+        spec = SPEC_BY_NAME[name]
+        value = _coerce(spec, raw, flag, problems)
+        if value is not None:
+            values[name], sources[name] = value, f"flag {flag}"
+            if spec.kind == "url" and urlsplit(str(value)).password:
+                problems.append(
+                    f"{flag} must not carry a password (it would show in the process list); "
+                    "use PGPASSWORD, a .pgpass file or the environment/config file instead"
+                )
+
+    _validate(values, problems)
+    if problems:
+        raise ConfigError(problems)
+    return Settings(values=values, sources=sources, warnings=tuple(warnings), config_file=path)
+
+
+def _validate(values: dict[str, Any], problems: list[str]) -> None:
+    db = values.get("database_url")
+    if db:
+        redact.register(urlsplit(db).password)
+        if urlsplit(db).scheme not in ("postgresql", "postgres"):
+            problems.append("PREFECT_DR_DATABASE_URL must start with postgresql://")
+    for name in ("s3_endpoint_url", "prefect_api_url"):
+        url = values.get(name)
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            problems.append(f"{SPEC_BY_NAME[name].env} must be an http(s):// URL")
+    bucket = values.get("s3_bucket")
+    if bucket and not _BUCKET_RE.match(bucket):
+        problems.append(
+            f"PREFECT_DR_S3_BUCKET {bucket!r} is not a valid bucket name "
+            "(3-63 lowercase letters, digits, dots, hyphens)"
+        )
+    prefix = values.get("s3_prefix") or ""
+    if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        problems.append("PREFECT_DR_S3_PREFIX must not start or end with '/' nor contain '//'")
+    for name in ("age_recipients_file", "age_identity_file", "pg_bin_dir"):
+        path = values.get(name)
+        if path and not Path(path).expanduser().exists():
+            problems.append(f"{SPEC_BY_NAME[name].env}: {path} does not exist")
+    recipients = list(values.get("age_recipients") or ())
+    rfile = values.get("age_recipients_file")
+    if rfile and Path(rfile).is_file():
+        try:
+            recipients += crypto.parse_recipient_lines(Path(rfile).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"PREFECT_DR_AGE_RECIPIENTS_FILE: cannot read {rfile}: {exc}")
+    for text in recipients:
+        try:
+            crypto.parse_recipient(text)
+        except CryptoKeyError as exc:
+            problems.append(exc.message)

@@ -1,0 +1,243 @@
+"""`doctor`: check every precondition of a backup and a restore, and report each one.
+
+Each check has a status (ok, warn, fail, skip) and says whether it is required; the run is
+healthy when no required check fails. Checks that depend on a failed one are skipped, so the
+first failing part is named once, not drowned in consequences.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from prefect_dr import crypto, prefect_api
+from prefect_dr.config import Settings
+from prefect_dr.errors import DRError
+from prefect_dr.layout import Layout
+from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import tools
+from prefect_dr.storage.base import Storage
+from prefect_dr.storage.s3 import S3Storage
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
+PREFECT_KEY_ENV = "PREFECT_SERVER_ENCRYPTION_KEY"
+
+
+@dataclass
+class Check:
+    """The outcome of one check."""
+
+    name: str
+    status: str
+    detail: str
+    required: bool = True
+
+
+@dataclass
+class Report:
+    """All checks of one doctor run."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no required check failed."""
+        return not any(c.status == FAIL and c.required for c in self.checks)
+
+    @property
+    def failed(self) -> list[Check]:
+        """The required checks that failed."""
+        return [c for c in self.checks if c.status == FAIL and c.required]
+
+    def add(self, name: str, status: str, detail: str, required: bool = True) -> Check:
+        """Record one check and return it."""
+        check = Check(name, status, detail, required)
+        self.checks.append(check)
+        return check
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {"ok": self.ok, "checks": [asdict(c) for c in self.checks]}
+
+
+def _guard(report: Report, name: str, fn: Callable[[], tuple[str, str]],
+           required: bool = True) -> bool:
+    """Run one check; a DRError becomes a FAIL with its one-line message. True when not FAIL."""
+    try:
+        status, detail = fn()
+    except DRError as exc:
+        status, detail = FAIL, exc.message
+    report.add(name, status, detail, required)
+    return status != FAIL
+
+
+def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -> None:
+    """Database reachability, versions, client tools, permissions, schema and block key."""
+    if not settings.database_url:
+        report.add("database", FAIL, "PREFECT_DR_DATABASE_URL is not set")
+        return
+    try:
+        conn = pgc.connect(settings.database_url)
+    except DRError as exc:
+        report.add("database", FAIL, exc.message)
+        for name in ("pg_dump", "read permissions", "prefect schema", "block encryption key"):
+            report.add(name, SKIP, "database unreachable")
+        return
+    with conn:
+        major, full = pgc.server_version(conn)
+        report.add("database", OK, f"connected to {pgc.describe(settings.database_url)}, "
+                                   f"PostgreSQL {full}")
+
+        def client_tools() -> tuple[str, str]:
+            found = []
+            for program in ("pg_dump", "pg_restore"):
+                path = tools.find(program, settings.pg_bin_dir)
+                tmajor, text = tools.version(path)
+                if tmajor < major:
+                    return FAIL, (f"{program} {text} is older than the server ({major}); install "
+                                  f"the PostgreSQL {major} client or set PREFECT_DR_PG_BIN_DIR")
+                found.append(f"{program} {text}")
+            return OK, ", ".join(found)
+
+        _guard(report, "pg_dump", client_tools)
+
+        def permissions() -> tuple[str, str]:
+            bad = pgc.unreadable_relations(conn)
+            if bad:
+                more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+                return FAIL, f"role cannot read {', '.join(bad[:5])}{more}; grant SELECT"
+            return OK, "the role can read every table and sequence"
+
+        _guard(report, "read permissions", permissions)
+
+        revision = pgc.alembic_revision(conn)
+        if revision is None:
+            report.add("prefect schema", FAIL,
+                       "no alembic_version table: this is not a Prefect database")
+            report.add("block encryption key", SKIP, "not a Prefect database")
+            return
+        report.add("prefect schema", OK, f"alembic revision {revision}")
+        _check_block_key(report, conn, env)
+
+
+def _check_block_key(report: Report, conn: psycopg.Connection, env: Mapping[str, str]) -> None:
+    in_db = pgc.table_exists(conn, "configuration") and bool(conn.execute(
+        "SELECT 1 FROM configuration WHERE key = 'ENCRYPTION_KEY'").fetchone())
+    blocks = pgc.count_rows(conn, "block_document") if pgc.table_exists(
+        conn, "block_document") else 0
+    in_env = bool(env.get(PREFECT_KEY_ENV) or env.get("PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE"))
+    if in_env:
+        where = "given in this environment" + (" (the database also holds one)" if in_db else "")
+        report.add("block encryption key", WARN,
+                   f"{where}: a database dump alone cannot decrypt blocks; backups escrow the key",
+                   required=False)
+    elif in_db:
+        report.add("block encryption key", OK,
+                   f"in the database (configuration ENCRYPTION_KEY); {blocks} block documents",
+                   required=False)
+    elif blocks:
+        report.add("block encryption key", WARN,
+                   f"{blocks} block documents but no key in the database: the server must use "
+                   f"{PREFECT_KEY_ENV}; give it to prefect-dr too", required=False)
+    else:
+        report.add("block encryption key", OK, "no block documents and no key yet",
+                   required=False)
+
+
+def check_storage(report: Report, settings: Settings, storage: Storage | None,
+                  token: str) -> None:
+    """Bucket reachable, write/read/delete probe, versioning and Object Lock."""
+    if storage is None:
+        if not settings.s3_bucket:
+            report.add("s3 bucket", FAIL, "PREFECT_DR_S3_BUCKET is not set")
+            return
+        from prefect_dr.storage import factory
+
+        storage = factory.from_settings(settings)
+
+    def bucket() -> tuple[str, str]:
+        if isinstance(storage, S3Storage):
+            storage.head_bucket()
+        return OK, f"{storage.description} is reachable"
+
+    if not _guard(report, "s3 bucket", bucket):
+        report.add("s3 probe", SKIP, "bucket unreachable")
+        return
+
+    def probe() -> tuple[str, str]:
+        key = Layout(settings.s3_prefix or "").probe(token)
+        payload = f"prefect-dr doctor probe {token}".encode()
+        storage.put_bytes(key, payload)
+        try:
+            if storage.get_bytes(key) != payload:
+                return FAIL, f"read back different bytes from {key}"
+        finally:
+            storage.delete(key)
+        if storage.stat(key) is not None:
+            return FAIL, f"{key} still exists after delete"
+        return OK, f"wrote, read and deleted {key}"
+
+    _guard(report, "s3 probe", probe)
+    if isinstance(storage, S3Storage):
+        _guard(report, "s3 versioning", lambda: (OK, storage.bucket_versioning()),
+               required=False)
+        _guard(report, "s3 object lock", lambda: (OK, storage.bucket_object_lock()),
+               required=False)
+
+
+def check_keys(report: Report, settings: Settings) -> None:
+    """Recipients parse; the identity (if configured) matches one of them."""
+    try:
+        recipients = settings.recipients
+    except OSError as exc:
+        report.add("age recipients", FAIL, f"cannot read recipients file: {exc.strerror}")
+        return
+    if not recipients:
+        report.add("age recipients", FAIL,
+                   "none configured: set PREFECT_DR_AGE_RECIPIENTS (see 'prefect-dr keygen')")
+    else:
+        for text in recipients:
+            crypto.parse_recipient(text)  # already validated by config; raises if not
+        report.add("age recipients", OK, f"{len(recipients)} recipient(s): "
+                   + ", ".join(crypto.fingerprint(r) for r in recipients))
+    if not settings.age_identity_file:
+        report.add("age identity", SKIP, "not configured (needed only by verify and restore)",
+                   required=False)
+        return
+
+    def identity() -> tuple[str, str]:
+        identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
+        if recipients and not crypto.matching_recipients(identities, recipients):
+            return FAIL, ("the identity matches none of the recipients: backups taken with "
+                          "these recipients could not be decrypted with it")
+        return OK, f"{settings.age_identity_file} matches a recipient"
+
+    _guard(report, "age identity", identity)
+
+
+def check_prefect_api(report: Report, settings: Settings) -> None:
+    """The Prefect API answers (optional: exports fall back to the database)."""
+    if not settings.prefect_api_url:
+        report.add("prefect api", SKIP, "PREFECT_API_URL not set (exports read the database)",
+                   required=False)
+        return
+    _guard(report, "prefect api",
+           lambda: (OK, f"Prefect {prefect_api.server_version(settings.prefect_api_url)}"),
+           required=False)
+
+
+def run(settings: Settings, *, env: Mapping[str, str] | None = None,
+        storage: Storage | None = None) -> Report:
+    """Run every check and return the report; raises only ConfigError for unusable settings."""
+    env = os.environ if env is None else env
+    report = Report()
+    check_database(report, settings, env)
+    check_storage(report, settings, storage, secrets.token_hex(6))
+    check_keys(report, settings)
+    check_prefect_api(report, settings)
+    return report

@@ -1,0 +1,68 @@
+"""The one place object keys are built. See docs/format.md for the layout.
+
+Every key lives under ``<prefix>/v1/``: the layout version is part of the key from day one, so a
+future layout can sit beside this one and a reader can refuse what it does not know.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+LAYOUT_VERSION = "v1"
+BACKUP_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
+
+MANIFEST = "manifest.json"
+STATUS = "status.json"
+DUMP = "db.dump.zst.age"
+CONFIG_EXPORT = "config.json.zst.age"
+BLOCK_KEY = "block-key.age"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Builds and parses keys for one repository (bucket + prefix)."""
+
+    prefix: str = "prefect-dr"
+
+    @property
+    def root(self) -> str:
+        """The versioned root every key starts with, ending in '/'."""
+        base = self.prefix.strip("/")
+        return f"{base}/{LAYOUT_VERSION}/" if base else f"{LAYOUT_VERSION}/"
+
+    @property
+    def backups_root(self) -> str:
+        """The folder holding one sub-folder per backup."""
+        return f"{self.root}backups/"
+
+    def backup_dir(self, backup_id: str) -> str:
+        """The folder of one backup; raises ValueError for a malformed id."""
+        if not BACKUP_ID_RE.match(backup_id):
+            raise ValueError(f"malformed backup id {backup_id!r}")
+        return f"{self.backups_root}{backup_id}/"
+
+    def artifact(self, backup_id: str, name: str) -> str:
+        """Key of an artifact (or the manifest/status record) of a backup."""
+        return self.backup_dir(backup_id) + name
+
+    def verification(self, backup_id: str, stamp: str) -> str:
+        """Key of one verification record of a backup."""
+        return f"{self.backup_dir(backup_id)}verifications/{stamp}.json"
+
+    def lock(self, name: str) -> str:
+        """Key of the lock object for the lock called ``name``."""
+        return f"{self.root}locks/{name}.json"
+
+    def probe(self, token: str) -> str:
+        """Key of a short-lived object doctor writes, reads back and deletes."""
+        return f"{self.root}probes/doctor-{token}"
+
+    def parse_backup_key(self, key: str) -> tuple[str, str] | None:
+        """Return (backup id, rest of key) for a key under ``backups_root``, else None."""
+        if not key.startswith(self.backups_root):
+            return None
+        backup_id, _, rest = key[len(self.backups_root):].partition("/")
+        if not BACKUP_ID_RE.match(backup_id):
+            return None
+        return backup_id, rest

@@ -1,0 +1,1 @@
+"""PostgreSQL access: connections and preflight facts, client tools, dump and restore."""

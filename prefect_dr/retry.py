@@ -1,0 +1,44 @@
+"""Retries with a deadline, exponential backoff and full jitter, for transient errors only."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def call(
+    fn: Callable[[], T],
+    *,
+    transient: Callable[[BaseException], bool],
+    what: str,
+    deadline_s: float = 120.0,
+    base_s: float = 0.5,
+    cap_s: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Call ``fn`` until it succeeds, retrying errors ``transient`` accepts until the deadline.
+
+    Raises the last error once the deadline would pass, or at once for a non-transient error.
+    """
+    start = clock()
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            attempt += 1
+            if not transient(exc):
+                raise
+            delay = random.uniform(0, min(cap_s, base_s * 2**attempt))  # noqa: S311
+            if clock() - start + delay > deadline_s:
+                raise
+            log.warning("%s failed (attempt %d), retrying in %.1fs: %s",
+                        what, attempt, delay, type(exc).__name__)
+            sleep(delay)

@@ -1,0 +1,129 @@
+"""The storage interface every backend implements, and the value types it returns.
+
+Semantics every backend honours (tests/test_storage_contract.py checks them against each one):
+- an object written through ``open_writer`` is invisible until ``Writer.close`` returns; ``abort``
+  (or an exception inside ``with``) leaves nothing behind;
+- ``stat`` of a missing key returns None, ``open_reader``/``get_bytes`` raise NotFoundError;
+- ``list`` yields every object under a prefix in key order, across pages;
+- ``delete`` of a missing key is not an error;
+- ``put_if_absent`` writes only when no object has the key and says whether it did.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store knows of one object."""
+
+    key: str
+    size: int
+    last_modified: dt.datetime
+    etag: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IncompleteUpload:
+    """A multipart upload that was started and neither completed nor aborted."""
+
+    key: str
+    upload_id: str
+    initiated: dt.datetime
+
+
+class Writer(abc.ABC):
+    """A streaming upload. Use as a context manager: an exception aborts it."""
+
+    bytes_written: int = 0
+
+    @abc.abstractmethod
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; returns its length. Raises StorageError on failure."""
+
+    @abc.abstractmethod
+    def close(self) -> ObjectInfo:
+        """Finish the upload and make the object visible. Raises StorageError on failure."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Discard everything written; never raises."""
+
+    def writable(self) -> bool:
+        """File-like protocol: a Writer is writable."""
+        return True
+
+    def flush(self) -> None:  # noqa: B027 - deliberately a no-op for every backend
+        """File-like protocol: nothing to flush until ``close``."""
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class Storage(abc.ABC):
+    """An object store holding one repository's objects."""
+
+    #: A human description (bucket and endpoint) for messages; never holds credentials.
+    description: str = ""
+
+    @abc.abstractmethod
+    def open_writer(self, key: str, *, content_type: str = "application/octet-stream",
+                    tags: dict[str, str] | None = None) -> Writer:
+        """Start a streaming upload to ``key``."""
+
+    @abc.abstractmethod
+    def open_reader(self, key: str) -> BinaryIO:
+        """Open ``key`` for streaming reads. Raises NotFoundError when absent."""
+
+    @abc.abstractmethod
+    def stat(self, key: str) -> ObjectInfo | None:
+        """Return the object's info, or None when absent."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Yield every object whose key starts with ``prefix``, in key order."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete ``key``; a missing key is not an error."""
+
+    @abc.abstractmethod
+    def put_if_absent(self, key: str, data: bytes,
+                      content_type: str = "application/json") -> bool:
+        """Write ``data`` at ``key`` only if nothing is there; return whether it was written."""
+
+    @abc.abstractmethod
+    def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
+        """Return the multipart uploads under ``prefix`` never completed nor aborted."""
+
+    @abc.abstractmethod
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        """Abort one incomplete upload."""
+
+    def put_bytes(self, key: str, data: bytes,
+                  content_type: str = "application/octet-stream") -> ObjectInfo:
+        """Write a whole small object."""
+        with self.open_writer(key, content_type=content_type) as writer:
+            writer.write(data)
+            return writer.close()
+
+    def get_bytes(self, key: str) -> bytes:
+        """Read a whole small object. Raises NotFoundError when absent."""
+        with self.open_reader(key) as reader:
+            return reader.read()

@@ -1,0 +1,429 @@
+"""S3 (and S3-compatible) storage through boto3: streaming multipart writes, resumable reads."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import logging
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+import boto3
+import botocore.exceptions as bce
+from botocore.config import Config
+
+from prefect_dr import retry
+from prefect_dr.errors import NotFoundError, StorageError
+from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, Storage, Writer
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+MIN_PART = 8 * MiB
+MAX_PART = 512 * MiB
+PARTS_PER_STEP = 1000  # part size doubles every 1000 parts: 10,000 parts hold > 2 TiB
+MAX_PARTS = 10_000
+
+_CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
+                     "InvalidToken", "ExpiredToken", "Forbidden", "403"}
+_TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
+                    "500", "502", "503", "504", "RequestTimeTooSkewed"}
+
+
+@dataclass(frozen=True)
+class S3Options:
+    """Per-object options applied to every upload."""
+
+    storage_class: str | None = None
+    sse: str | None = None  # "AES256" or "aws:kms"
+    sse_kms_key_id: str | None = None
+    object_lock_mode: str | None = None  # "GOVERNANCE" | "COMPLIANCE"
+    object_lock_days: int | None = None
+
+    def put_args(self) -> dict[str, Any]:
+        """The boto3 arguments these options add to put_object/create_multipart_upload."""
+        args: dict[str, Any] = {}
+        if self.storage_class:
+            args["StorageClass"] = self.storage_class
+        if self.sse:
+            args["ServerSideEncryption"] = self.sse
+            if self.sse == "aws:kms" and self.sse_kms_key_id:
+                args["SSEKMSKeyId"] = self.sse_kms_key_id
+        if self.object_lock_mode and self.object_lock_days:
+            args["ObjectLockMode"] = self.object_lock_mode
+            args["ObjectLockRetainUntilDate"] = (
+                dt.datetime.now(dt.UTC) + dt.timedelta(days=self.object_lock_days))
+        return args
+
+
+def part_size_for(part_number: int) -> int:
+    """Size of part ``part_number`` (1-based): 8 MiB, doubling every 1000 parts, capped."""
+    return min(MAX_PART, MIN_PART * 2 ** ((part_number - 1) // PARTS_PER_STEP))
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore ClientError (or '' for other errors)."""
+    if isinstance(exc, bce.ClientError):
+        err = exc.response.get("Error", {})
+        return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get(
+            "HTTPStatusCode", ""))
+    return ""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an S3 error is worth retrying (network trouble, throttling, 5xx)."""
+    if isinstance(exc, bce.EndpointConnectionError | bce.ConnectionClosedError
+                  | bce.ReadTimeoutError | bce.ConnectTimeoutError):
+        return True
+    return error_code(exc) in _TRANSIENT_CODES
+
+
+class S3Storage(Storage):
+    """Storage on one bucket of S3 or an S3-compatible store."""
+
+    def __init__(self, bucket: str, *, endpoint_url: str | None = None,
+                 region: str | None = None, options: S3Options | None = None,
+                 max_in_flight: int = 3, retry_deadline_s: float = 120.0,
+                 client: Any = None) -> None:
+        self.bucket = bucket
+        self.endpoint_url = endpoint_url
+        self.options = options or S3Options()
+        self.max_in_flight = max_in_flight
+        self.retry_deadline_s = retry_deadline_s
+        self.description = f"s3://{bucket}" + (f" at {endpoint_url}" if endpoint_url else "")
+        if client is None:
+            config = Config(
+                signature_version="s3v4",
+                retries={"mode": "standard", "max_attempts": 3},
+                connect_timeout=5, read_timeout=60,
+                s3={"addressing_style": "path" if endpoint_url else "auto"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+                max_pool_connections=max(10, max_in_flight * 2),
+            )
+            client = boto3.session.Session().client(
+                "s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        self.client = client
+
+    # -- error mapping -------------------------------------------------------------------
+    def wrap_error(self, exc: BaseException, action: str, key: str = "") -> StorageError:
+        """Turn a boto3/botocore error into a one-line StorageError (no secrets, no trace)."""
+        where = f"{self.description}/{key}" if key else self.description
+        code = error_code(exc)
+        if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+            return StorageError(f"{action} {where}: no AWS credentials found (set "
+                                "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)")
+        if isinstance(exc, bce.EndpointConnectionError | bce.ConnectTimeoutError):
+            return StorageError(f"{action} {where}: cannot reach the S3 endpoint")
+        if code == "NoSuchBucket":
+            return NotFoundError(f"{action} {where}: bucket {self.bucket} does not exist")
+        if code in _CREDENTIAL_CODES:
+            return StorageError(f"{action} {where}: S3 rejected the credentials ({code}); "
+                                "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the policy")
+        if code:
+            return StorageError(f"{action} {where}: S3 error {code}")
+        return StorageError(f"{action} {where}: {type(exc).__name__}: {exc}")
+
+    def _call(self, what: str, key: str, fn: Any, **kwargs: Any) -> Any:
+        try:
+            return retry.call(lambda: fn(**kwargs), transient=is_transient, what=what,
+                              deadline_s=self.retry_deadline_s)
+        except (bce.BotoCoreError, bce.ClientError) as exc:
+            raise self.wrap_error(exc, what, key) from None
+
+    # -- interface -----------------------------------------------------------------------
+    def open_writer(self, key: str, *, content_type: str = "application/octet-stream",
+                    tags: dict[str, str] | None = None) -> Writer:
+        return S3Writer(self, key, content_type, tags or {})
+
+    def open_reader(self, key: str) -> BinaryIO:
+        info = self.stat(key)
+        if info is None:
+            raise NotFoundError(f"no object {key} in {self.description}")
+        return io.BufferedReader(_RangeReader(self, key, info), buffer_size=MiB)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            head = retry.call(lambda: self.client.head_object(Bucket=self.bucket, Key=key),
+                              transient=is_transient, what="stat",
+                              deadline_s=self.retry_deadline_s)
+        except bce.ClientError as exc:
+            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self.wrap_error(exc, "stat", key) from None
+        except bce.BotoCoreError as exc:
+            raise self.wrap_error(exc, "stat", key) from None
+        return ObjectInfo(key=key, size=int(head["ContentLength"]),
+                          last_modified=head["LastModified"], etag=head.get("ETag", ""),
+                          metadata=dict(head.get("Metadata", {})))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = self._call("list", prefix, self.client.list_objects_v2, **kwargs)
+            for item in page.get("Contents", []):
+                yield ObjectInfo(key=item["Key"], size=int(item["Size"]),
+                                 last_modified=item["LastModified"], etag=item.get("ETag", ""))
+            if not page.get("IsTruncated"):
+                return
+            token = page["NextContinuationToken"]
+
+    def delete(self, key: str) -> None:
+        self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=key)
+
+    def put_if_absent(self, key: str, data: bytes,
+                      content_type: str = "application/json") -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                   ContentType=content_type, IfNoneMatch="*",
+                                   **self.options.put_args())
+        except bce.ClientError as exc:
+            if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            raise self.wrap_error(exc, "write", key) from None
+        except bce.BotoCoreError as exc:
+            raise self.wrap_error(exc, "write", key) from None
+        return True
+
+    def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
+        out: list[IncompleteUpload] = []
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self._call("list uploads", prefix, self.client.list_multipart_uploads,
+                              **kwargs)
+            for up in page.get("Uploads", []):
+                out.append(IncompleteUpload(up["Key"], up["UploadId"], up["Initiated"]))
+            if not page.get("IsTruncated"):
+                return out
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key,
+                                               UploadId=upload.upload_id)
+        except bce.ClientError as exc:
+            if error_code(exc) not in ("NoSuchUpload", "404"):
+                raise self.wrap_error(exc, "abort upload", upload.key) from None
+        except bce.BotoCoreError as exc:
+            raise self.wrap_error(exc, "abort upload", upload.key) from None
+
+    # -- bucket facts for doctor ---------------------------------------------------------
+    def bucket_versioning(self) -> str:
+        """'Enabled', 'Suspended' or 'Disabled'. Raises StorageError."""
+        resp = self._call("get versioning", "", self.client.get_bucket_versioning,
+                          Bucket=self.bucket)
+        return str(resp.get("Status") or "Disabled")
+
+    def bucket_object_lock(self) -> str:
+        """A description of the bucket's Object Lock configuration, 'Disabled' when none."""
+        try:
+            resp = self.client.get_object_lock_configuration(Bucket=self.bucket)
+        except bce.ClientError as exc:
+            code = error_code(exc)
+            if code in ("ObjectLockConfigurationNotFoundError", "404", "NotImplemented",
+                        "NoSuchObjectLockConfiguration"):
+                return "Disabled"
+            raise self.wrap_error(exc, "get object lock", "") from None
+        except bce.BotoCoreError as exc:
+            raise self.wrap_error(exc, "get object lock", "") from None
+        conf = resp.get("ObjectLockConfiguration", {})
+        if conf.get("ObjectLockEnabled") != "Enabled":
+            return "Disabled"
+        rule = conf.get("Rule", {}).get("DefaultRetention")
+        if rule:
+            span = rule.get("Days") or rule.get("Years")
+            unit = "days" if rule.get("Days") else "years"
+            return f"Enabled (default {rule.get('Mode')} {span} {unit})"
+        return "Enabled (no default retention)"
+
+    def head_bucket(self) -> None:
+        """Raise StorageError unless the bucket exists and the credentials may use it."""
+        self._call("open bucket", "", self.client.head_bucket, Bucket=self.bucket)
+
+
+class S3Writer(Writer):
+    """Multipart upload: parts are uploaded by a small pool while the caller keeps writing.
+
+    Memory held is at most (max_in_flight + 1) parts. Each part carries a SHA-256 checksum, so
+    buckets with Object Lock (which require one) accept it. Small objects use one PUT.
+    """
+
+    def __init__(self, s3: S3Storage, key: str, content_type: str, tags: dict[str, str]) -> None:
+        self._s3, self._key, self._content_type = s3, key, content_type
+        self._tags = tags
+        self._buf = bytearray()
+        self._part_number = 1
+        self._upload_id: str | None = None
+        self._futures: list[Future[dict[str, Any]]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots = threading.BoundedSemaphore(s3.max_in_flight)
+        self._done = False
+        self._failed: BaseException | None = None
+
+    def _create_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self._s3.bucket, "Key": self._key,
+                                "ContentType": self._content_type, **self._s3.options.put_args()}
+        if self._tags:
+            args["Tagging"] = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}"
+                                       for k, v in self._tags.items())
+        return args
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._done:
+            raise StorageError(f"write after close/abort of {self._key}")
+        if self._failed is not None:
+            raise self._s3.wrap_error(self._failed, "upload", self._key)
+        self._buf += data
+        n = len(data)
+        self.bytes_written += n
+        while len(self._buf) >= part_size_for(self._part_number):
+            size = part_size_for(self._part_number)
+            chunk = bytes(self._buf[:size])
+            del self._buf[:size]
+            self._submit(chunk)
+        return n
+
+    def _submit(self, chunk: bytes) -> None:
+        if self._part_number > MAX_PARTS:
+            raise StorageError(f"upload {self._key}: more than {MAX_PARTS} parts")
+        if self._upload_id is None:
+            resp = self._s3._call("start upload", self._key,
+                                  self._s3.client.create_multipart_upload,
+                                  ChecksumAlgorithm="SHA256", **self._create_args())
+            self._upload_id = resp["UploadId"]
+            self._pool = ThreadPoolExecutor(self._s3.max_in_flight,
+                                            thread_name_prefix="s3-part")
+        number = self._part_number
+        self._part_number += 1
+        self._slots.acquire()  # bound memory: block while max_in_flight parts are uploading
+        assert self._pool is not None
+        fut = self._pool.submit(self._upload_part, number, chunk)
+        fut.add_done_callback(lambda f: self._slots.release())
+        self._futures.append(fut)
+
+    def _upload_part(self, number: int, chunk: bytes) -> dict[str, Any]:
+        checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+        try:
+            resp = retry.call(
+                lambda: self._s3.client.upload_part(
+                    Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
+                    PartNumber=number, Body=chunk, ChecksumSHA256=checksum),
+                transient=is_transient, what=f"upload part {number}",
+                deadline_s=self._s3.retry_deadline_s)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
+
+    def close(self) -> ObjectInfo:
+        if self._done:
+            raise StorageError(f"{self._key} already closed")
+        try:
+            if self._upload_id is None:
+                self._s3._call("write", self._key, self._s3.client.put_object,
+                               Body=bytes(self._buf), **self._create_args())
+            else:
+                if self._buf:
+                    self._submit(bytes(self._buf))
+                    self._buf.clear()
+                parts = []
+                for fut in self._futures:
+                    try:
+                        parts.append(fut.result())
+                    except (bce.BotoCoreError, bce.ClientError) as exc:
+                        raise self._s3.wrap_error(exc, "upload", self._key) from None
+                self._s3._call("complete upload", self._key,
+                               self._s3.client.complete_multipart_upload,
+                               Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
+                               MultipartUpload={"Parts": parts})
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._shutdown()
+        info = self._s3.stat(self._key)
+        if info is None or info.size != self.bytes_written:
+            raise StorageError(f"upload {self._key}: store reports "
+                               f"{info.size if info else 'no object'} bytes, "
+                               f"wrote {self.bytes_written}")
+        return info
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        self._done = True
+        self._buf.clear()
+        self._shutdown()
+        if self._upload_id is not None:
+            try:
+                self._s3.client.abort_multipart_upload(Bucket=self._s3.bucket, Key=self._key,
+                                                       UploadId=self._upload_id)
+            except (bce.BotoCoreError, bce.ClientError) as exc:
+                log.warning("could not abort upload of %s: %s", self._key, type(exc).__name__)
+            self._upload_id = None
+
+
+class _RangeReader(io.RawIOBase):
+    """Reads an object as a stream; after a dropped connection it resumes at the same offset
+    (Range request pinned to the ETag, so a replaced object is detected, not spliced)."""
+
+    def __init__(self, s3: S3Storage, key: str, info: ObjectInfo) -> None:
+        self._s3, self._key, self._info = s3, key, info
+        self._pos = 0
+        self._body: Any = None
+        self._failures = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _open(self) -> None:
+        args: dict[str, Any] = {"Bucket": self._s3.bucket, "Key": self._key}
+        if self._info.etag:
+            args["IfMatch"] = self._info.etag
+        if self._pos:
+            args["Range"] = f"bytes={self._pos}-"
+        resp = self._s3._call("read", self._key, self._s3.client.get_object, **args)
+        self._body = resp["Body"]
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pos >= self._info.size:
+            return 0
+        while True:
+            try:
+                if self._body is None:
+                    self._open()
+                data = self._body.read(len(buffer))
+                break
+            except (bce.ReadTimeoutError, bce.ResponseStreamingError, bce.ConnectionClosedError,
+                    ConnectionError) as exc:
+                self._failures += 1
+                self._body = None
+                if self._failures > 5:
+                    raise self._s3.wrap_error(exc, "read", self._key) from None
+        if not data:
+            if self._pos < self._info.size:
+                raise StorageError(f"read {self._key}: stream ended at {self._pos} of "
+                                   f"{self._info.size} bytes")
+            return 0
+        n = len(data)
+        buffer[:n] = data
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if self._body is not None:
+            self._body.close()
+            self._body = None
+        super().close()

@@ -1,0 +1,128 @@
+"""One contract, every backend: memory and the real S3 (SeaweedFS on loopback)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from prefect_dr.errors import NotFoundError, StorageError
+from prefect_dr.storage.base import Storage
+from prefect_dr.storage.memory import MemoryStorage
+from prefect_dr.storage.s3 import MIN_PART, S3Storage, part_size_for
+
+
+def _s3(stack_env: dict[str, str]) -> S3Storage:
+    os.environ["AWS_ACCESS_KEY_ID"] = stack_env["AWS_ACCESS_KEY_ID"]
+    os.environ["AWS_SECRET_ACCESS_KEY"] = stack_env["AWS_SECRET_ACCESS_KEY"]
+    return S3Storage(stack_env["PREFECT_DR_S3_BUCKET"],
+                     endpoint_url=stack_env["PREFECT_DR_S3_ENDPOINT_URL"],
+                     region=stack_env["PREFECT_DR_S3_REGION"])
+
+
+@pytest.fixture(params=["memory", "s3"])
+def store(request: pytest.FixtureRequest) -> Iterator[tuple[Storage, str]]:
+    prefix = f"contract-{uuid.uuid4().hex[:8]}/"
+    if request.param == "memory":
+        yield MemoryStorage(), prefix
+        return
+    s3 = _s3(request.getfixturevalue("stack_env"))
+    yield s3, prefix
+    for info in list(s3.list(prefix)):
+        s3.delete(info.key)
+    for up in s3.list_incomplete_uploads(prefix):
+        s3.abort_incomplete_upload(up)
+
+
+def test_put_get_stat_delete(store: tuple[Storage, str]) -> None:
+    s, p = store
+    info = s.put_bytes(p + "a", b"hello")
+    assert info.size == 5
+    assert s.get_bytes(p + "a") == b"hello"
+    assert s.stat(p + "a").size == 5
+    s.delete(p + "a")
+    assert s.stat(p + "a") is None
+    s.delete(p + "a")  # deleting a missing key is fine
+
+
+def test_missing_object(store: tuple[Storage, str]) -> None:
+    s, p = store
+    assert s.stat(p + "nope") is None
+    with pytest.raises(NotFoundError):
+        s.open_reader(p + "nope")
+
+
+def test_list_is_ordered_and_prefix_scoped(store: tuple[Storage, str]) -> None:
+    s, p = store
+    for name in ("b", "a", "c/d"):
+        s.put_bytes(p + name, name.encode())
+    s.put_bytes(p.rstrip("/") + "-other/x", b"x")
+    try:
+        assert [i.key for i in s.list(p)] == [p + "a", p + "b", p + "c/d"]
+    finally:
+        s.delete(p.rstrip("/") + "-other/x")
+
+
+def test_streaming_write_invisible_until_close(store: tuple[Storage, str]) -> None:
+    s, p = store
+    chunk = os.urandom(1 << 20)
+    writer = s.open_writer(p + "big")
+    total = 0
+    while total < MIN_PART * 2 + 123:  # three parts on S3: two full, one short
+        total += writer.write(chunk[: min(len(chunk), MIN_PART * 2 + 123 - total)])
+    assert s.stat(p + "big") is None
+    info = writer.close()
+    assert info.size == total == writer.bytes_written
+    with s.open_reader(p + "big") as reader:
+        got = reader.read(len(chunk))
+    assert got == chunk
+    assert s.list_incomplete_uploads(p) == []
+
+
+def test_abort_leaves_nothing(store: tuple[Storage, str]) -> None:
+    s, p = store
+    with pytest.raises(RuntimeError), s.open_writer(p + "aborted") as writer:
+        writer.write(os.urandom(MIN_PART + 10))
+        raise RuntimeError("stage failed")
+    assert s.stat(p + "aborted") is None
+    assert s.list_incomplete_uploads(p) == []
+
+
+def test_put_if_absent(store: tuple[Storage, str]) -> None:
+    s, p = store
+    assert s.put_if_absent(p + "lock", b"one") is True
+    assert s.put_if_absent(p + "lock", b"two") is False
+    assert s.get_bytes(p + "lock") == b"one"
+
+
+def test_incomplete_uploads_are_listed_and_aborted(store: tuple[Storage, str]) -> None:
+    s, p = store
+    writer = s.open_writer(p + "left")
+    writer.write(os.urandom(MIN_PART + 1))  # starts a multipart upload on S3
+    ups = s.list_incomplete_uploads(p)
+    assert [u.key for u in ups] == [p + "left"]
+    for up in ups:
+        s.abort_incomplete_upload(up)
+    assert s.list_incomplete_uploads(p) == []
+
+
+def test_part_sizes_grow_to_fit_ten_thousand_parts() -> None:
+    sizes = [part_size_for(n) for n in range(1, 10_001)]
+    assert sizes[0] == MIN_PART and sizes == sorted(sizes)
+    assert sum(sizes) > 2 * 1024**4  # > 2 TiB in 10,000 parts
+    assert max(sizes) <= 512 * 1024 * 1024
+
+
+def test_wrong_credentials_are_rejected(stack_env: dict[str, str]) -> None:
+    s3 = _s3(stack_env)
+    import boto3
+
+    bad = boto3.session.Session(aws_access_key_id=stack_env["AWS_ACCESS_KEY_ID"],
+                                aws_secret_access_key="not-the-secret-key")
+    s3.client = bad.client("s3", endpoint_url=stack_env["PREFECT_DR_S3_ENDPOINT_URL"],
+                           region_name="us-east-1")
+    with pytest.raises(StorageError, match="rejected the credentials") as info:
+        s3.head_bucket()
+    assert "not-the-secret-key" not in info.value.message
