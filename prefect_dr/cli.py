@@ -144,18 +144,32 @@ def _aws_credentials_source() -> str:
 
 @app.command()
 def keygen(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Identity file to create.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Key file to create.")],
+    signing_key: Annotated[bool, typer.Option(
+        "--signing", help="Make an Ed25519 manifest-signing key instead of an age identity.")
+    ] = False,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Create a new age identity file (mode 0600) and print its recipient (public key)."""
-    text, recipient = crypto.generate_identity()
+    """Create a key file (mode 0600) and print its public half.
+
+    By default an age identity (print: the recipient for PREFECT_DR_AGE_RECIPIENTS); with
+    --signing an Ed25519 key (print: the public key for PREFECT_DR_VERIFY_KEY).
+    """
+    if signing_key:
+        from prefect_dr import signing
+
+        text, public = signing.generate()
+        hint = "PREFECT_DR_VERIFY_KEY; point PREFECT_DR_SIGNING_KEY_FILE at the file"
+    else:
+        text, public = crypto.generate_identity()
+        hint = "PREFECT_DR_AGE_RECIPIENTS"
     crypto.write_secret_file(output, text)
     if _json(json_flag):
-        console.print_json({"identity_file": str(output), "recipient": recipient})
+        console.print_json({"key_file": str(output), "public_key": public,
+                            "kind": "ed25519-signing" if signing_key else "age-identity"})
         return
-    console.line(recipient)
-    console.info(f"wrote {output} (keep it secret; put the line above in "
-                 "PREFECT_DR_AGE_RECIPIENTS)")
+    console.line(public)
+    console.info(f"wrote {output} (keep it secret; put the line above in {hint})")
 
 
 @app.command("doctor")
@@ -172,6 +186,130 @@ def doctor_cmd(json_flag: JsonFlag = False) -> None:
         console.error(f"{check.name}: {check.detail}")
     if not report.ok:
         raise typer.Exit(errors.FAILURE)
+
+
+def _storage() -> Any:
+    from prefect_dr.storage import factory
+
+    return factory.from_settings(_state.settings())
+
+
+def _layout() -> Any:
+    from prefect_dr.layout import Layout
+
+    return Layout(_state.settings().s3_prefix or "")
+
+
+def _parse_labels(labels: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise errors.DRError(f"--label {item!r} is not KEY=VALUE", exit_code=errors.USAGE)
+        out[key.strip()] = value.strip()
+    return out
+
+
+class Kind(enum.StrEnum):
+    """Values of --kind."""
+
+    full = "full"
+    config_only = "config-only"
+
+
+@app.command()
+def backup(
+    kind: Annotated[Kind, typer.Option("--kind", help="full or config-only.")] = Kind.full,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="KEY=VALUE label (repeatable).")] = None,
+    allow_undecryptable_blocks: Annotated[bool, typer.Option(
+        "--allow-undecryptable-blocks",
+        help="Back up even when block documents cannot be decrypted with any known key.")
+    ] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Back up the Prefect database and configuration, encrypted, to S3."""
+    from prefect_dr import backup as backup_mod
+    from prefect_dr import pipeline
+
+    settings = _state.settings()
+    request = backup_mod.Request(kind=kind.value, labels=_parse_labels(label or []),
+                                 allow_undecryptable_blocks=allow_undecryptable_blocks)
+    storage = _storage()
+    with console.transfer_progress(enabled=not _json(json_flag)) as listener:
+        manifest = backup_mod.run(settings, storage, request,
+                                  progress=pipeline.Progress(listener))
+    size = sum(a.size for a in manifest.artifacts)
+    if _json(json_flag):
+        console.print_json({"ok": True, "backup_id": manifest.backup_id, "kind": manifest.kind,
+                            "size": size, "started_at": manifest.started_at,
+                            "finished_at": manifest.finished_at,
+                            "artifacts": [a.name for a in manifest.artifacts]})
+        return
+    console.line(manifest.backup_id)
+    console.info(f"backup {manifest.backup_id} complete: {console.human_bytes(size)} "
+                 f"in {len(manifest.artifacts)} artifacts")
+
+
+@app.command("list")
+def list_cmd(json_flag: JsonFlag = False) -> None:
+    """List backups with their status, size, labels and newest verification."""
+    from prefect_dr import catalog
+
+    entries = catalog.list_backups(_storage(), _layout())
+    if _json(json_flag):
+        console.print_json({"backups": [e.to_dict() for e in entries]})
+        return
+    rows = []
+    for e in entries:
+        verified = e.verification.get("result", "") if e.verification else ""
+        duration = f"{e.duration_s:.0f}s" if e.duration_s is not None else ""
+        rows.append((e.backup_id, e.kind or "", e.status, e.started_at or "", duration,
+                     console.human_bytes(e.size),
+                     ",".join(f"{k}={v}" for k, v in sorted(e.labels.items())),
+                     verified or (e.error or "")))
+    console.table("Backups", ["id", "kind", "status", "started", "duration", "size", "labels",
+                              "verified / error"], rows, status_column=2)
+
+
+@app.command()
+def show(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Print a backup's manifest."""
+    from prefect_dr import catalog
+
+    if not backup_id and not latest:
+        raise errors.DRError("give a backup id or --latest", exit_code=errors.USAGE)
+    entry = catalog.resolve(_storage(), _layout(), backup_id, latest=latest)
+    if entry.manifest is None:
+        detail = {"id": entry.backup_id, "status": entry.status, "error": entry.error}
+        if _json(json_flag):
+            console.print_json(detail)
+        else:
+            console.line(f"{entry.backup_id}: {entry.status}" +
+                         (f" ({entry.error})" if entry.error else ""))
+        raise typer.Exit(errors.NOT_FOUND if entry.status != "complete" else 0)
+    if _json(json_flag):
+        console.print_json(entry.manifest.to_dict())
+        return
+    m = entry.manifest
+    console.table(f"Backup {m.backup_id}", ["field", "value"], [
+        ("kind", m.kind), ("started", m.started_at), ("finished", m.finished_at),
+        ("prefect", m.prefect_version or "unknown"), ("alembic revision", m.alembic_revision),
+        ("postgres", m.postgres_version), ("pg_dump", m.pg_dump_version),
+        ("database", m.database), ("labels", ",".join(f"{k}={v}" for k, v in m.labels.items())),
+        ("block key", ", ".join(f"{k}={v}" for k, v in m.block_key.items())),
+        ("signed", "yes" if m.signature else "no"),
+    ])
+    console.table("Artifacts", ["name", "size", "plaintext", "sha256", "key"], [
+        (a.name, console.human_bytes(a.size), console.human_bytes(a.plaintext_size),
+         a.sha256[:16], a.key) for a in m.artifacts])
+    console.table("Row counts", ["table", "rows", "exact"], [
+        (t, c["rows"], "yes" if c.get("exact") else "estimate")
+        for t, c in sorted(m.row_counts.items()) if c.get("rows")])
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:

@@ -53,6 +53,26 @@ SPECS: tuple[Spec, ...] = (
          help="age private key file (verify/restore only)"),
     Spec("prefect_api_url", "PREFECT_API_URL", "prefect.api_url", "url",
          help="Prefect API, e.g. http://127.0.0.1:4200/api"),
+    Spec("prefect_encryption_key_file", "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE",
+         "prefect.encryption_key_file", "path",
+         help="file holding Prefect's block key when it is not in the database"),
+    Spec("signing_key_file", "PREFECT_DR_SIGNING_KEY_FILE", "signing.key_file", "path",
+         help="Ed25519 private key (PEM) that signs manifests"),
+    Spec("verify_key", "PREFECT_DR_VERIFY_KEY", "signing.verify_key",
+         help="base64 Ed25519 public key manifests must be signed by"),
+    Spec("s3_storage_class", "PREFECT_DR_S3_STORAGE_CLASS", "s3.storage_class",
+         help="storage class of uploaded objects, e.g. STANDARD_IA"),
+    Spec("s3_sse", "PREFECT_DR_S3_SSE", "s3.sse", help="server-side encryption: AES256 or aws:kms"),
+    Spec("s3_sse_kms_key_id", "PREFECT_DR_S3_SSE_KMS_KEY_ID", "s3.sse_kms_key_id",
+         help="KMS key id for aws:kms"),
+    Spec("s3_object_lock_mode", "PREFECT_DR_S3_OBJECT_LOCK_MODE", "s3.object_lock_mode",
+         help="GOVERNANCE or COMPLIANCE retention on uploaded objects"),
+    Spec("s3_object_lock_days", "PREFECT_DR_S3_OBJECT_LOCK_DAYS", "s3.object_lock_days", "int",
+         help="days of Object Lock retention"),
+    Spec("zstd_level", "PREFECT_DR_ZSTD_LEVEL", "backup.zstd_level", "int", default=3,
+         help="zstd compression level (1-19)"),
+    Spec("lock_stale_hours", "PREFECT_DR_LOCK_STALE_HOURS", "backup.lock_stale_hours", "int",
+         default=12, help="age after which another host's backup lock counts as stale"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 _TOML_KEYS = {s.toml: s for s in SPECS}
@@ -248,7 +268,20 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
     prefix = values.get("s3_prefix") or ""
     if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
         problems.append("PREFECT_DR_S3_PREFIX must not start or end with '/' nor contain '//'")
-    for name in ("age_recipients_file", "age_identity_file", "pg_bin_dir"):
+    if values.get("s3_sse") not in (None, "", "AES256", "aws:kms"):
+        problems.append("PREFECT_DR_S3_SSE must be AES256 or aws:kms")
+    if values.get("s3_object_lock_mode") not in (None, "", "GOVERNANCE", "COMPLIANCE"):
+        problems.append("PREFECT_DR_S3_OBJECT_LOCK_MODE must be GOVERNANCE or COMPLIANCE")
+    if bool(values.get("s3_object_lock_mode")) != bool(values.get("s3_object_lock_days")):
+        problems.append("PREFECT_DR_S3_OBJECT_LOCK_MODE and _DAYS go together")
+    level = values.get("zstd_level")
+    if level is not None and not 1 <= level <= 19:
+        problems.append("PREFECT_DR_ZSTD_LEVEL must be between 1 and 19")
+    stale = values.get("lock_stale_hours")
+    if stale is not None and stale < 1:
+        problems.append("PREFECT_DR_LOCK_STALE_HOURS must be at least 1")
+    for name in ("age_recipients_file", "age_identity_file", "pg_bin_dir",
+                 "prefect_encryption_key_file", "signing_key_file"):
         path = values.get(name)
         if path and not Path(path).expanduser().exists():
             problems.append(f"{SPEC_BY_NAME[name].env}: {path} does not exist")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.progress import Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from prefect_dr import redact
@@ -76,3 +80,53 @@ def info(message: str) -> None:
 def line(message: str) -> None:
     """Print a plain line on stdout."""
     sys.stdout.write(redact.redact(message) + "\n")
+
+
+def human_bytes(n: int | None) -> str:
+    """1536 -> '1.5 KiB'."""
+    if n is None:
+        return ""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+@contextlib.contextmanager
+def transfer_progress(enabled: bool = True, interval_s: float = 5.0
+                      ) -> Iterator[Callable[[dict[str, int]], None]]:
+    """Yield a progress listener: a rich live line on a terminal, else a JSON log line every
+    ``interval_s`` seconds."""
+    logger = logging.getLogger("prefect_dr.progress")
+    start = time.monotonic()
+    last = [0.0]
+    if enabled and sys.stderr.isatty():
+        progress = Progress(TextColumn("{task.description}"), TimeElapsedColumn(),
+                            console=err_console(), transient=True)
+        with progress:
+            task = progress.add_task("starting")
+
+            def show(counters: dict[str, int]) -> None:
+                now = time.monotonic()
+                if now - last[0] < 0.2:
+                    return
+                last[0] = now
+                rate = counters.get("uploaded", 0) / max(now - start, 1e-6)
+                progress.update(task, description="  ".join(
+                    f"{k} {human_bytes(v)}" for k, v in counters.items())
+                    + f"  ({human_bytes(int(rate))}/s)")
+
+            yield show
+        return
+
+    def log_line(counters: dict[str, int]) -> None:
+        now = time.monotonic()
+        if now - last[0] < interval_s:
+            return
+        last[0] = now
+        logger.info("progress", extra={"bytes": dict(counters),
+                                       "elapsed_s": round(now - start, 1)})
+
+    yield log_line

@@ -26,6 +26,7 @@ from prefect_dr.storage.s3 import S3Storage
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 PREFECT_KEY_ENV = "PREFECT_SERVER_ENCRYPTION_KEY"
+PROBE_RETRY_S = 3.0  # doctor reports an outage quickly instead of riding it out
 
 
 @dataclass
@@ -158,7 +159,7 @@ def check_storage(report: Report, settings: Settings, storage: Storage | None,
             return
         from prefect_dr.storage import factory
 
-        storage = factory.from_settings(settings)
+        storage = factory.from_settings(settings, retry_deadline_s=PROBE_RETRY_S)
 
     def bucket() -> tuple[str, str]:
         if isinstance(storage, S3Storage):

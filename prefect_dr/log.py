@@ -67,8 +67,12 @@ def setup(
         root.removeHandler(old)
     handler: logging.Handler
     if fmt == "text":
-        handler = text_handler or logging.StreamHandler(stream)
-        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s [run %(run_id)s]"))
+        if text_handler is not None:  # it shows time and level itself
+            handler = text_handler
+            handler.setFormatter(logging.Formatter("%(message)s [run %(run_id)s]"))
+        else:
+            handler = logging.StreamHandler(stream)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(message)s [run %(run_id)s]"))
     else:
         handler = logging.StreamHandler(stream)
         handler.setFormatter(JsonFormatter())

@@ -1,0 +1,287 @@
+"""`backup`: one consistent, encrypted, streamed backup of the Prefect database to storage.
+
+Order of events (docs/format.md, "Writing a backup"):
+1. take the lock (advisory lock + lock object); write a *running* status record;
+2. open a REPEATABLE READ transaction and export its snapshot; pg_dump uses that snapshot, and
+   the block-key check, row counts and configuration export read inside the same transaction,
+   so all of them describe one moment;
+3. stream pg_dump -> zstd -> age -> multipart upload; check pg_dump's exit status before the
+   upload is completed (a failed dump is aborted, never completed);
+4. upload the configuration export (and the escrowed block key when it is not in the dump);
+5. write the manifest **last**. Any failure before that leaves a *failed* status record, no
+   manifest, and no open multipart upload; a SIGKILL leaves an *incomplete* backup.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+
+from prefect_dr import __version__, crypto, export, layout, pipeline, prefect_api, signing
+from prefect_dr import log as runlog
+from prefect_dr import prefect_schema as ps
+from prefect_dr.catalog import FAILED, status_record
+from prefect_dr.config import Settings
+from prefect_dr.errors import DatabaseError, DRError
+from prefect_dr.layout import Layout
+from prefect_dr.lock import BackupLock
+from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import dump, tools
+from prefect_dr.storage.base import Storage
+
+log = logging.getLogger(__name__)
+EXACT_COUNT_MAX_BYTES = 2 * 1024**3  # larger tables get the planner's estimate, marked so
+
+
+class UndecryptableBlocksError(DRError):
+    """Block documents exist that no available key decrypts."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """What the operator asked for."""
+
+    kind: str = "full"
+    labels: dict[str, str] = field(default_factory=dict)
+    allow_undecryptable_blocks: bool = False
+
+
+def new_backup_id(now: dt.datetime) -> str:
+    """A sortable, UTC-time based id: 20261126T153000Z-a1b2c3."""
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _database_fingerprint(conn: psycopg.Connection) -> str:
+    row = conn.execute("SELECT system_identifier::text, current_database() "
+                       "FROM pg_control_system()").fetchone()
+    return hashlib.sha256(f"{row[0]}/{row[1]}".encode()).hexdigest()[:16] if row else "unknown"
+
+
+def _row_counts(conn: psycopg.Connection, tables: list[str],
+                dumped: set[str]) -> dict[str, dict[str, object]]:
+    counts: dict[str, dict[str, object]] = {}
+    for table in tables:
+        if table not in dumped:
+            counts[table] = {"rows": 0, "exact": True, "data": False}
+            continue
+        size_row = conn.execute("SELECT pg_relation_size(%s), reltuples::bigint FROM pg_class "
+                                "WHERE oid = %s::regclass",
+                                (f"public.{table}", f"public.{table}")).fetchone()
+        if size_row and size_row[0] > EXACT_COUNT_MAX_BYTES:
+            counts[table] = {"rows": max(int(size_row[1]), 0), "exact": False}
+        else:
+            counts[table] = {"rows": pgc.count_rows(conn, table), "exact": True}
+    return counts
+
+
+def _block_key(conn: psycopg.Connection, env: Mapping[str, str],
+               allow_undecryptable: bool) -> tuple[ps.BlockKey | None, dict[str, object]]:
+    """The key that decrypts the block documents and the manifest's block_key record."""
+    blocks = ps.encrypted_blocks(conn)
+    db_key = ps.database_key(conn)
+    given = ps.configured_key(env)
+    key = given or db_key  # Prefect itself prefers the environment's key
+    bad = ps.undecryptable(blocks, key.key) if key else [name for _, name, _ in blocks]
+    if bad and key is given and db_key is not None:  # a wrong env key: try the stored one
+        alt = ps.undecryptable(blocks, db_key.key)
+        if len(alt) < len(bad):
+            key, bad = db_key, alt
+    if bad and not allow_undecryptable:
+        if key is None:
+            raise UndecryptableBlocksError(
+                f"{len(blocks)} block documents but no encryption key: the Prefect server "
+                "must use PREFECT_SERVER_ENCRYPTION_KEY; give prefect-dr the same key "
+                "(PREFECT_SERVER_ENCRYPTION_KEY or PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE) "
+                "or pass --allow-undecryptable-blocks")
+        raise UndecryptableBlocksError(
+            f"{len(bad)} of {len(blocks)} block documents do not decrypt with the {key.source} "
+            f"key (first: {bad[0]!r}); give prefect-dr the server's key or pass "
+            "--allow-undecryptable-blocks")
+    record: dict[str, object] = {
+        "source": key.source if key else None,
+        "escrowed": bool(key and not key.in_database),
+        "blocks": len(blocks), "undecryptable": len(bad),
+    }
+    return key, record
+
+
+def _prefect_version(settings: Settings) -> str | None:
+    if not settings.prefect_api_url:
+        return None
+    try:
+        return prefect_api.server_version(settings.prefect_api_url)
+    except DRError as exc:
+        log.warning("Prefect version unknown: %s", exc.message)
+        return None
+
+
+def run(settings: Settings, storage: Storage, request: Request, *,
+        env: Mapping[str, str] | None = None, progress: pipeline.Progress | None = None,
+        clock: Callable[[], dt.datetime] = _now) -> Manifest:
+    """Take one backup and return its manifest.
+
+    Raises ConfigError (settings), DatabaseError, StorageError, LockHeldError,
+    UndecryptableBlocksError, Interrupted; after the lock is held every failure first leaves a
+    failed status record.
+    """
+    env = os.environ if env is None else env
+    settings.require("database_url", "recipients")
+    if request.kind not in ("full", "config-only"):
+        raise DRError(f"unknown backup kind {request.kind!r} (full or config-only)")
+    recipient_texts = settings.recipients
+    recipients = [crypto.parse_recipient(r) for r in recipient_texts]
+    fingerprints = tuple(crypto.fingerprint(r) for r in recipient_texts)
+    repo = Layout(settings.s3_prefix or "")
+    pg_dump = tools.find("pg_dump", settings.pg_bin_dir)
+    dump_major, dump_version = tools.version(pg_dump)
+    signer = (signing.load_private(Path(settings.signing_key_file))
+              if settings.signing_key_file else None)
+    url = settings.database_url
+    conn = pgc.connect(url)
+    try:
+        major, pg_version = pgc.server_version(conn)
+        if dump_major < major:
+            raise DRError(f"pg_dump {dump_version} is older than the server ({pg_version}); "
+                          "install a newer client or set PREFECT_DR_PG_BIN_DIR")
+        if pgc.alembic_revision(conn) is None:
+            raise DRError(f"{pgc.describe(url)} is not a Prefect database (no alembic_version)")
+        lock = BackupLock(conn, storage, repo.lock(f"backup-{_database_fingerprint(conn)}"),
+                          runlog.RUN_ID,
+                          stale_after=dt.timedelta(hours=settings.lock_stale_hours or 12))
+        with lock:
+            return _run_locked(settings, storage, request, conn, repo, env, progress, clock,
+                               recipients, fingerprints, pg_dump, dump_version, pg_version,
+                               signer)
+    finally:
+        conn.close()
+
+
+def _run_locked(settings: Settings, storage: Storage, request: Request,
+                conn: psycopg.Connection, repo: Layout, env: Mapping[str, str],
+                progress: pipeline.Progress | None, clock: Callable[[], dt.datetime],
+                recipients: list[crypto.Recipient], fingerprints: tuple[str, ...],
+                pg_dump: str, dump_version: str, pg_version: str,
+                signer: signing.Ed25519PrivateKey | None) -> Manifest:
+    started = clock()
+    backup_id = new_backup_id(started)
+    status_key = repo.artifact(backup_id, layout.STATUS)
+    common = {"started_at": started.isoformat(), "host": socket.gethostname(),
+              "pid": os.getpid(), "run_id": runlog.RUN_ID, "labels": dict(request.labels)}
+    storage.put_bytes(status_key, status_record(backup_id, request.kind, "running", **common),
+                      "application/json")
+    log.info("backup %s started (%s)", backup_id, request.kind,
+             extra={"backup_id": backup_id, "kind": request.kind})
+    try:
+        try:
+            return _take(settings, storage, request, conn, repo, env, progress, clock,
+                         recipients, fingerprints, pg_dump, dump_version, pg_version, signer,
+                         backup_id, started)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"database error: {pgc.first_line(exc)}") from None
+    except BaseException as exc:
+        message = exc.message if isinstance(exc, DRError) else (
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        try:
+            storage.put_bytes(status_key, status_record(
+                backup_id, request.kind, FAILED, error=message,
+                finished_at=clock().isoformat(), **common), "application/json")
+        except Exception as record_exc:
+            log.error("could not write the failed status of %s: %s", backup_id, record_exc)
+        log.error("backup %s failed: %s", backup_id, message, extra={"backup_id": backup_id})
+        raise
+
+
+def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.Connection,
+          repo: Layout, env: Mapping[str, str], progress: pipeline.Progress | None,
+          clock: Callable[[], dt.datetime], recipients: list[crypto.Recipient],
+          fingerprints: tuple[str, ...], pg_dump: str, dump_version: str, pg_version: str,
+          signer: signing.Ed25519PrivateKey | None, backup_id: str,
+          started: dt.datetime) -> Manifest:
+    level = settings.zstd_level or 3
+    prefect_version = _prefect_version(settings)
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+    snapshot = str(row[0]) if row else None
+    revision = pgc.alembic_revision(conn)
+    key, key_record = _block_key(conn, env, request.allow_undecryptable_blocks)
+    tables = ps.user_tables(conn)
+    dumped = set(tables) if request.kind == "full" else {t for t in tables
+                                                          if t in ps.CONFIG_TABLES}
+    exclude = sorted(set(tables) - dumped)
+
+    artifacts: list[Artifact] = []
+    clean_url, child_env = dump.child_env(settings.database_url, env)
+    argv = dump.dump_argv(pg_dump, clean_url, snapshot=snapshot, exclude_data=exclude)
+    dump_key = repo.artifact(backup_id, layout.DUMP)
+    with dump.ClientProcess(argv, child_env, "pg_dump") as proc, \
+            storage.open_writer(dump_key, tags=request.labels) as writer:
+        stats = pipeline.encrypt_to(proc.stdout, writer, recipients, zstd_level=level,
+                                    progress=progress)
+        proc.wait()  # a failed dump raises here, and the upload is aborted, never completed
+        writer.close()
+    artifacts.append(_artifact("dump", dump_key, "pg_dump-custom", stats, "zstd", fingerprints))
+    log.info("dump uploaded: %d bytes from %d", stats.size, stats.plaintext_size,
+             extra={"backup_id": backup_id, "bytes": stats.size})
+
+    counts = _row_counts(conn, tables, dumped)
+    body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
+                        alembic_revision=revision)
+    conn.execute("COMMIT")
+    export_key = repo.artifact(backup_id, layout.CONFIG_EXPORT)
+    stats = _put_small(storage, export_key, json.dumps(body, default=str).encode(), recipients,
+                       level, request.labels)
+    artifacts.append(_artifact("config", export_key, "prefect-config-export+json", stats,
+                               "zstd", fingerprints))
+    if key is not None and not key.in_database:
+        key_key = repo.artifact(backup_id, layout.BLOCK_KEY)
+        stats = _put_small(storage, key_key, json.dumps({"fernet_key": key.key}).encode(),
+                           recipients, None, request.labels)
+        artifacts.append(_artifact("block-key", key_key, "fernet-key+json", stats, "none",
+                                   fingerprints))
+
+    manifest = Manifest(
+        backup_id=backup_id, kind=request.kind, started_at=started.isoformat(),
+        finished_at=clock().isoformat(), tool_version=__version__,
+        prefect_version=prefect_version, alembic_revision=revision,
+        postgres_version=pg_version, pg_dump_version=dump_version,
+        database=pgc.describe(settings.database_url), row_counts=counts,
+        artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
+    )
+    if signer is not None:
+        manifest = signing.sign(manifest, signer)
+    storage.put_bytes(repo.artifact(backup_id, layout.MANIFEST), manifest.to_json(),
+                      "application/json")
+    log.info("backup %s complete", backup_id, extra={"backup_id": backup_id})
+    return manifest
+
+
+def _put_small(storage: Storage, key: str, data: bytes, recipients: list[crypto.Recipient],
+               level: int | None, tags: dict[str, str]) -> pipeline.StreamStats:
+    with storage.open_writer(key, tags=tags) as writer:
+        stats = pipeline.encrypt_to(io.BytesIO(data), writer, recipients, zstd_level=level)
+        writer.close()
+    return stats
+
+
+def _artifact(name: str, key: str, content: str, stats: pipeline.StreamStats,
+              compression: str, fingerprints: tuple[str, ...]) -> Artifact:
+    return Artifact(name=name, key=key, content=content, size=stats.size, sha256=stats.sha256,
+                    plaintext_size=stats.plaintext_size,
+                    plaintext_sha256=stats.plaintext_sha256, compression=compression,
+                    recipients=fingerprints)

@@ -1,0 +1,152 @@
+"""What is in the repository: backups with their status, manifests, verification records.
+
+Status rules (docs/format.md): a backup is *complete* only when its manifest is present and
+valid; *failed* when its status record says so; otherwise *incomplete* (still running, or
+killed before it could write anything final). Nothing else makes a backup look complete.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect_dr import layout as lay
+from prefect_dr.errors import NotFoundError
+from prefect_dr.layout import Layout
+from prefect_dr.manifest import Manifest, ManifestError, parse
+from prefect_dr.storage.base import ObjectInfo, Storage
+
+STATUS_FORMAT = "prefect-dr-status"
+COMPLETE, FAILED, INCOMPLETE, CORRUPT = "complete", "failed", "incomplete", "corrupt"
+
+
+@dataclass
+class BackupEntry:
+    """One backup as listed."""
+
+    backup_id: str
+    status: str
+    kind: str | None = None
+    started_at: str | None = None
+    finished_at: str | None = None
+    size: int = 0
+    labels: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    manifest: Manifest | None = None
+    verification: dict[str, Any] | None = None
+    objects: list[ObjectInfo] = field(default_factory=list)
+
+    @property
+    def duration_s(self) -> float | None:
+        """Seconds from start to finish, when both are known."""
+        if not (self.started_at and self.finished_at):
+            return None
+        return (dt.datetime.fromisoformat(self.finished_at)
+                - dt.datetime.fromisoformat(self.started_at)).total_seconds()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no object list, no manifest body)."""
+        return {
+            "id": self.backup_id, "kind": self.kind, "status": self.status,
+            "started_at": self.started_at, "finished_at": self.finished_at,
+            "duration_s": self.duration_s, "size": self.size, "labels": self.labels,
+            "error": self.error,
+            "verification": ({k: self.verification.get(k) for k in
+                              ("result", "finished_at", "failed_check")}
+                             if self.verification else None),
+        }
+
+
+def status_record(backup_id: str, kind: str, status: str, *, started_at: str, host: str,
+                  pid: int, run_id: str, labels: dict[str, str], error: str | None = None,
+                  finished_at: str | None = None) -> bytes:
+    """The bytes of a status record (running or failed) of a backup."""
+    record = {"format": STATUS_FORMAT, "format_version": 1, "backup_id": backup_id,
+              "kind": kind, "status": status, "started_at": started_at,
+              "finished_at": finished_at, "host": host, "pid": pid, "run_id": run_id,
+              "labels": labels, "error": error}
+    return (json.dumps(record, indent=2) + "\n").encode()
+
+
+def _json(storage: Storage, key: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(storage.get_bytes(key))
+    except (NotFoundError, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def list_backups(storage: Storage, layout: Layout, *, with_verification: bool = True
+                 ) -> list[BackupEntry]:
+    """Every backup in the repository, oldest first. Raises StorageError if listing fails."""
+    grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
+    for info in storage.list(layout.backups_root):
+        parsed = layout.parse_backup_key(info.key)
+        if parsed:
+            grouped[parsed[0]].append(info)
+    entries = [_entry(storage, layout, bid, objs, with_verification)
+               for bid, objs in sorted(grouped.items())]
+    return entries
+
+
+def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[ObjectInfo],
+           with_verification: bool) -> BackupEntry:
+    names = {layout.parse_backup_key(o.key)[1]: o for o in objects}  # type: ignore[index]
+    entry = BackupEntry(backup_id, INCOMPLETE, size=sum(o.size for o in objects),
+                        objects=objects)
+    status = _json(storage, layout.artifact(backup_id, lay.STATUS)) if lay.STATUS in names \
+        else None
+    if status:
+        entry.kind, entry.started_at = status.get("kind"), status.get("started_at")
+        entry.finished_at, entry.labels = status.get("finished_at"), status.get("labels") or {}
+        if status.get("status") == FAILED:
+            entry.status, entry.error = FAILED, status.get("error")
+    if lay.MANIFEST in names:
+        try:
+            manifest = parse(storage.get_bytes(layout.artifact(backup_id, lay.MANIFEST)),
+                             f"manifest of {backup_id}")
+        except (ManifestError, NotFoundError) as exc:
+            entry.status, entry.error = CORRUPT, exc.message
+        else:
+            entry.status, entry.manifest = COMPLETE, manifest
+            entry.kind, entry.labels = manifest.kind, manifest.labels
+            entry.started_at, entry.finished_at = manifest.started_at, manifest.finished_at
+            entry.error = None
+    if with_verification:
+        records = sorted(k for k in names if k.startswith("verifications/"))
+        if records:
+            entry.verification = _json(storage, layout.artifact(backup_id, records[-1]))
+    return entry
+
+
+def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool = False,
+            kind: str | None = None) -> BackupEntry:
+    """Find one backup by id, or the newest complete one with ``latest``.
+
+    Raises NotFoundError when there is no such backup, or it is not complete.
+    """
+    if latest or ref in (None, "latest", "--latest"):
+        complete = [e for e in list_backups(storage, layout)
+                    if e.status == COMPLETE and (kind is None or e.kind == kind)]
+        if not complete:
+            raise NotFoundError(f"no complete backup in {storage.description}/{layout.root}")
+        return complete[-1]
+    assert ref is not None
+    if not lay.BACKUP_ID_RE.match(ref):
+        raise NotFoundError(f"{ref!r} is not a backup id (like 20261126T153000Z-a1b2c3)")
+    objects = list(storage.list(layout.backup_dir(ref)))
+    if not objects:
+        raise NotFoundError(f"no backup {ref} in {storage.description}/{layout.root}")
+    return _entry(storage, layout, ref, objects, True)
+
+
+def require_complete(entry: BackupEntry) -> Manifest:
+    """The manifest of a complete backup. Raises NotFoundError naming the backup's status."""
+    if entry.status != COMPLETE or entry.manifest is None:
+        detail = f": {entry.error}" if entry.error else ""
+        raise NotFoundError(f"backup {entry.backup_id} is {entry.status}{detail}")
+    return entry.manifest
+

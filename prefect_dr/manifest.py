@@ -1,0 +1,166 @@
+"""The manifest: the one record that makes a backup complete. Format in docs/format.md.
+
+A manifest is plaintext JSON holding no secret. It is written last, after every artifact was
+uploaded and its size checked, so its presence is what ``list`` calls complete. Readers refuse
+a ``format_version`` they do not know instead of guessing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from prefect_dr.errors import DRError, VerificationError
+
+FORMAT = "prefect-dr-manifest"
+FORMAT_VERSION = 1
+KINDS = ("full", "config-only")
+
+
+class ManifestError(VerificationError):
+    """A manifest is malformed, of an unknown version, or its signature does not match."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One encrypted object of a backup."""
+
+    name: str  # "dump" | "config" | "block-key"
+    key: str
+    content: str  # "pg_dump-custom" | "prefect-config-export+json" | "fernet-key+json"
+    size: int  # ciphertext bytes, as stored
+    sha256: str  # of the ciphertext
+    plaintext_size: int
+    plaintext_sha256: str
+    compression: str  # "zstd" | "none"
+    encryption: str = "age"
+    recipients: tuple[str, ...] = ()  # fingerprints (crypto.fingerprint)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything known of a complete backup."""
+
+    backup_id: str
+    kind: str
+    started_at: str
+    finished_at: str
+    tool_version: str
+    prefect_version: str | None
+    alembic_revision: str | None
+    postgres_version: str
+    pg_dump_version: str
+    database: str  # host:port/db, no credentials
+    row_counts: dict[str, dict[str, Any]]  # table -> {"rows": int, "exact": bool}
+    artifacts: tuple[Artifact, ...]
+    block_key: dict[str, Any]
+    labels: dict[str, str] = field(default_factory=dict)
+    consistency: str = "exported-snapshot"
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    signature: dict[str, str] | None = None
+
+    def artifact(self, name: str) -> Artifact | None:
+        """The artifact called ``name``, if the backup has one."""
+        return next((a for a in self.artifacts if a.name == name), None)
+
+    def to_dict(self, *, signed: bool = True) -> dict[str, Any]:
+        """JSON-ready form; ``signed=False`` leaves the signature out (what gets signed)."""
+        data = asdict(self)
+        data["artifacts"] = [dict(asdict(a), recipients=list(a.recipients))
+                             for a in self.artifacts]
+        if not signed or self.signature is None:
+            data.pop("signature")
+        return data
+
+    def signing_bytes(self) -> bytes:
+        """The canonical bytes a signature covers: sorted keys, no whitespace, no signature."""
+        return json.dumps(self.to_dict(signed=False), sort_keys=True,
+                          separators=(",", ":")).encode()
+
+    def to_json(self) -> bytes:
+        """The bytes stored in the bucket."""
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _require(data: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in data:
+        raise ManifestError(f"{where}: missing field {name!r}")
+    value = data[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise ManifestError(f"{where}: field {name!r} has the wrong type")
+    return value
+
+
+def parse(raw: bytes, where: str = "manifest") -> Manifest:
+    """Parse and validate manifest bytes. Raises ManifestError naming the problem."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ManifestError(f"{where} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where} is not a JSON object")
+    if data.get("format") != FORMAT:
+        raise ManifestError(f"{where} is not a prefect-dr manifest")
+    version = _require(data, "format_version", int, where)
+    if version != FORMAT_VERSION:
+        raise ManifestError(f"{where} has format_version {version}; this prefect-dr reads "
+                            f"{FORMAT_VERSION} (upgrade prefect-dr)")
+    strs = ("backup_id", "kind", "started_at", "finished_at", "tool_version",
+            "postgres_version", "pg_dump_version", "database", "consistency")
+    for name in strs:
+        _require(data, name, str, where)
+    for name in ("prefect_version", "alembic_revision"):
+        _require(data, name, (str, type(None)), where)
+    if data["kind"] not in KINDS:
+        raise ManifestError(f"{where}: unknown kind {data['kind']!r}")
+    counts = _require(data, "row_counts", dict, where)
+    for table, entry in counts.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("rows"), int)
+                and isinstance(entry.get("exact"), bool)):
+            raise ManifestError(f"{where}: row count of {table!r} is malformed")
+    labels = _require(data, "labels", dict, where)
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        raise ManifestError(f"{where}: labels must map strings to strings")
+    block_key = _require(data, "block_key", dict, where)
+    artifacts = []
+    names = {f.name for f in fields(Artifact)}
+    for i, item in enumerate(_require(data, "artifacts", list, where)):
+        spot = f"{where}: artifact {i}"
+        if not isinstance(item, dict) or set(item) - names:
+            raise ManifestError(f"{spot} is malformed")
+        for name in ("name", "key", "content", "sha256", "plaintext_sha256", "compression",
+                     "encryption"):
+            _require(item, name, str, spot)
+        for name in ("size", "plaintext_size"):
+            if _require(item, name, int, spot) < 0:
+                raise ManifestError(f"{spot}: negative {name}")
+        recipients = _require(item, "recipients", list, spot)
+        artifacts.append(Artifact(**{**item, "recipients": tuple(map(str, recipients))}))
+    signature = data.get("signature")
+    if signature is not None and not isinstance(signature, dict):
+        raise ManifestError(f"{where}: signature is malformed")
+    return Manifest(
+        backup_id=data["backup_id"], kind=data["kind"], started_at=data["started_at"],
+        finished_at=data["finished_at"], tool_version=data["tool_version"],
+        prefect_version=data["prefect_version"], alembic_revision=data["alembic_revision"],
+        postgres_version=data["postgres_version"], pg_dump_version=data["pg_dump_version"],
+        database=data["database"], row_counts=counts, artifacts=tuple(artifacts),
+        block_key=block_key, labels=labels, consistency=data["consistency"],
+        format_version=version, signature=signature,
+    )
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 text of ``data``."""
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: str, what: str) -> bytes:
+    """Decode base64 ``text``; raises DRError naming ``what`` when malformed."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (ValueError, TypeError):
+        raise DRError(f"{what} is not valid base64") from None

@@ -1,0 +1,150 @@
+"""Streaming stages: source -> sha256 -> zstd -> age -> sha256 -> storage writer (and back).
+
+Nothing is staged on disk or held whole in memory: memory is bounded by the compressor's
+window, age's 64 KiB chunks and the storage writer's in-flight parts. The source (pg_dump's
+stdout), zstd's worker threads and the upload pool run concurrently with the encrypting thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import zstandard
+
+from prefect_dr import crypto
+from prefect_dr.errors import VerificationError
+from prefect_dr.storage.base import Writer
+
+READ_SIZE = 1024 * 1024
+
+
+class Progress:
+    """Thread-safe byte counters of a running transfer, with an optional listener."""
+
+    def __init__(self, listener: Callable[[dict[str, int]], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self.counters: dict[str, int] = {}
+        self._listener = listener
+
+    def add(self, name: str, n: int) -> None:
+        """Add ``n`` bytes to counter ``name`` and tell the listener."""
+        with self._lock:
+            self.counters[name] = self.counters.get(name, 0) + n
+            snapshot = dict(self.counters)
+        if self._listener is not None:
+            self._listener(snapshot)
+
+
+class HashingReader(io.RawIOBase):
+    """Reads from ``inner``, hashing and counting what passes."""
+
+    def __init__(self, inner: BinaryIO, progress: Progress | None = None,
+                 counter: str = "read") -> None:
+        super().__init__()
+        self._inner = inner
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._progress, self._counter = progress, counter
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._inner.read(len(buffer))
+        n = len(data)
+        buffer[:n] = data
+        self.sha256.update(data)
+        self.size += n
+        if self._progress is not None and n:
+            self._progress.add(self._counter, n)
+        return n
+
+
+class HashingWriter(io.RawIOBase):
+    """Writes to ``inner``, hashing and counting what passes."""
+
+    def __init__(self, inner: Any, progress: Progress | None = None,
+                 counter: str = "written") -> None:
+        super().__init__()
+        self._inner = inner
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._progress, self._counter = progress, counter
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        self._inner.write(view)
+        self.sha256.update(view)
+        n = len(view)
+        self.size += n
+        if self._progress is not None and n:
+            self._progress.add(self._counter, n)
+        return n
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    """Sizes and digests of one stream, before and after compression + encryption."""
+
+    plaintext_size: int
+    plaintext_sha256: str
+    size: int
+    sha256: str
+
+
+def encrypt_to(source: BinaryIO, writer: Writer, recipients: list[crypto.Recipient], *,
+               zstd_level: int | None = 3, progress: Progress | None = None) -> StreamStats:
+    """Stream ``source`` through zstd (unless ``zstd_level`` is None) and age into ``writer``.
+
+    Does not close ``writer``. Errors of the source, the compressor or the writer propagate.
+    """
+    plain = HashingReader(source, progress, "dumped")
+    stream: Any = plain
+    if zstd_level is not None:
+        cctx = zstandard.ZstdCompressor(level=zstd_level, threads=-1, write_checksum=True)
+        compressed = cctx.stream_reader(plain, read_size=READ_SIZE)
+        stream = HashingReader(compressed, progress, "compressed")
+    out = HashingWriter(writer, progress, "uploaded")
+    crypto.encrypt_stream(stream, out, recipients)
+    return StreamStats(plain.size, plain.sha256.hexdigest(), out.size, out.sha256.hexdigest())
+
+
+def decrypt_from(source: BinaryIO, sink: Any, identities: list[crypto.Identity], *,
+                 compressed: bool, expect: StreamStats | None = None,
+                 progress: Progress | None = None) -> StreamStats:
+    """Stream an artifact from ``source`` through age (and zstd) into ``sink``.
+
+    With ``expect``, sizes and digests are checked; raises VerificationError on a mismatch
+    (CryptoKeyError/DRError from decryption propagate).
+    """
+    cipher = HashingReader(source, progress, "downloaded")
+    plain = HashingWriter(sink, progress, "restored")
+    if compressed:
+        dctx = zstandard.ZstdDecompressor()
+        with dctx.stream_writer(plain, closefd=False, write_size=READ_SIZE) as zwriter:
+            crypto.decrypt_stream(cipher, zwriter, identities)
+    else:
+        crypto.decrypt_stream(cipher, plain, identities)
+    stats = StreamStats(plain.size, plain.sha256.hexdigest(), cipher.size,
+                        cipher.sha256.hexdigest())
+    if expect is not None:
+        check(stats, expect)
+    return stats
+
+
+def check(got: StreamStats, expect: StreamStats) -> None:
+    """Raise VerificationError naming the first of size/digest that differs."""
+    for field, label in (("size", "size"), ("sha256", "ciphertext sha256"),
+                         ("plaintext_size", "plaintext size"),
+                         ("plaintext_sha256", "plaintext sha256")):
+        if getattr(got, field) != getattr(expect, field):
+            raise VerificationError(f"{label} mismatch: expected {getattr(expect, field)}, "
+                                    f"got {getattr(got, field)}")

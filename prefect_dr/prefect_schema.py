@@ -1,0 +1,113 @@
+"""What prefect-dr knows of Prefect's database: table groups, the block key, block decryption.
+
+See ../shared/guide/prefect-notes.md. Prefect encrypts ``block_document.data`` with a Fernet
+key from ``PREFECT_SERVER_ENCRYPTION_KEY`` (else the ``configuration`` row ``ENCRYPTION_KEY``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from cryptography.fernet import Fernet, InvalidToken
+
+from prefect_dr import redact
+from prefect_dr.errors import ConfigError
+
+#: Small, precious tables: blocks, configuration, variables, pools, flows, deployments, ...
+CONFIG_TABLES: tuple[str, ...] = (
+    "alembic_version", "configuration", "block_type", "block_schema", "block_schema_reference",
+    "block_document", "block_document_reference", "variable", "work_pool", "work_queue", "flow",
+    "deployment", "deployment_schedule", "deployment_version", "concurrency_limit_v2",
+    "concurrency_limit", "automation", "automation_related_resource", "saved_search",
+)
+KEY_ENV_VARS = ("PREFECT_SERVER_ENCRYPTION_KEY", "ORION_ENCRYPTION_KEY")
+KEY_FILE_ENV = "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE"
+
+
+def user_tables(conn: psycopg.Connection) -> list[str]:
+    """Every ordinary table of the public schema, sorted."""
+    rows = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1").fetchall()
+    return [str(r[0]) for r in rows]
+
+
+@dataclass(frozen=True)
+class BlockKey:
+    """A Fernet key for block documents and where it came from."""
+
+    key: str
+    source: str  # "database" | "environment" | "file"
+
+    @property
+    def in_database(self) -> bool:
+        """Whether a database dump alone carries this key."""
+        return self.source == "database"
+
+
+def configured_key(env: Mapping[str, str] | None = None) -> BlockKey | None:
+    """The key given to prefect-dr (environment variable or key file), if any.
+
+    Raises ConfigError when the key file cannot be read.
+    """
+    env = os.environ if env is None else env
+    for name in KEY_ENV_VARS:
+        if env.get(name):
+            redact.register(env[name])
+            return BlockKey(env[name].strip(), "environment")
+    path = env.get(KEY_FILE_ENV)
+    if path:
+        try:
+            key = Path(path).expanduser().read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError([f"{KEY_FILE_ENV}: cannot read {path}: {exc.strerror}"]) from None
+        redact.register(key)
+        return BlockKey(key, "file")
+    return None
+
+
+def database_key(conn: psycopg.Connection) -> BlockKey | None:
+    """The key Prefect stored in its ``configuration`` table, if any."""
+    row = conn.execute(
+        "SELECT value FROM configuration WHERE key = 'ENCRYPTION_KEY'").fetchone()
+    if not row:
+        return None
+    value = row[0] if isinstance(row[0], dict) else json.loads(row[0])
+    key = str(value.get("fernet_key", ""))
+    if not key:
+        return None
+    redact.register(key)
+    return BlockKey(key, "database")
+
+
+def encrypted_blocks(conn: psycopg.Connection) -> list[tuple[str, str, str]]:
+    """(id, name, Fernet token) of every block document."""
+    rows = conn.execute(
+        "SELECT id::text, name, data #>> '{}' FROM block_document ORDER BY name, id").fetchall()
+    return [(str(r[0]), str(r[1]), str(r[2] or "")) for r in rows]
+
+
+def decrypt_block(token: str, key: str) -> dict[str, Any]:
+    """Decrypt one block document's data. Raises InvalidToken or ValueError."""
+    return json.loads(Fernet(key.encode()).decrypt(token.encode()).decode())
+
+
+def undecryptable(blocks: list[tuple[str, str, str]], key: str) -> list[str]:
+    """Names of the blocks ``key`` cannot decrypt (all of them for a malformed key)."""
+    try:
+        fernet = Fernet(key.encode())
+    except (ValueError, TypeError):
+        return [name for _, name, _ in blocks]
+    bad = []
+    for _, name, token in blocks:
+        try:
+            fernet.decrypt(token.encode())
+        except (InvalidToken, ValueError, TypeError):
+            bad.append(name)
+    return bad

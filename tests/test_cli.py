@@ -1,0 +1,90 @@
+"""The CLI as a user meets it: real processes, exit codes, no tracebacks, no secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from conftest import run_cli
+
+from prefect_dr import __version__
+
+DB_PASSWORD = "Db-Pass-4f9c2e7a1b"
+AWS_SECRET = "Aws-Secret-8d3b6f0c2a"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_DR_", "AWS_", "PG", "PREFECT_"))}
+    env.update(extra)
+    env["COLUMNS"] = "200"
+    return env
+
+
+def test_version() -> None:
+    proc = run_cli(["--version"], _env())
+    assert proc.returncode == 0 and proc.stdout.strip() == f"prefect-dr {__version__}"
+
+
+def test_unknown_flag_is_usage_error_without_traceback() -> None:
+    proc = run_cli(["doctor", "--no-such-flag"], _env())
+    assert proc.returncode == 2
+    assert "No such option" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_config_error_exit_code_and_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[s3]\nbucket = "x"\nnope = 1\n')
+    proc = run_cli(["--config", str(cfg), "config", "show"], _env())
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "2 problems" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_show_sources_and_redaction(tmp_path: Path) -> None:
+    cfg = tmp_path / "dr.toml"
+    cfg.write_text('[s3]\nbucket = "from-file"\n')
+    env = _env(PREFECT_DR_DATABASE_URL=f"postgresql://prefect:{DB_PASSWORD}@db/prefect",
+               PGPASSWORD=DB_PASSWORD, AWS_ACCESS_KEY_ID="AKIAEXAMPLEKEY1",
+               AWS_SECRET_ACCESS_KEY=AWS_SECRET, PREFECT_DR_S3_PREFIX="env-prefix")
+    proc = run_cli(["--config", str(cfg), "--region", "eu-west-3", "config", "show", "--json"],
+                   env)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    rows = {r["name"]: r for r in data["settings"]}
+    assert rows["s3_bucket"]["source"] == f"file {cfg}"
+    assert rows["s3_prefix"]["source"] == "env PREFECT_DR_S3_PREFIX"
+    assert rows["s3_region"] == {"name": "s3_region", "env": "PREFECT_DR_S3_REGION",
+                                 "value": "eu-west-3", "source": "flag --region"}
+    assert rows["database_url"]["value"] == "postgresql://prefect:***@db/prefect"
+    assert data["aws_credentials"].startswith("env (access key AKIA")
+    text = run_cli(["--config", str(cfg), "config", "show"], env)
+    for out in (proc.stdout + proc.stderr, text.stdout + text.stderr):
+        assert DB_PASSWORD not in out and AWS_SECRET not in out
+
+
+def test_keygen_writes_identity_and_refuses_overwrite(tmp_path: Path) -> None:
+    key = tmp_path / "id.txt"
+    proc = run_cli(["keygen", "--output", str(key)], _env())
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("age1")
+    assert "AGE-SECRET-KEY" not in proc.stdout + proc.stderr
+    again = run_cli(["keygen", "--output", str(key)], _env())
+    assert again.returncode == 1 and "refusing to overwrite" in again.stderr
+
+
+def test_json_mode_reports_errors_as_json(tmp_path: Path) -> None:
+    proc = run_cli(["--json", "--config", str(tmp_path / "missing.toml"), "config", "show"],
+                   _env())
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout) == {"ok": False, "exit_code": 2,
+                                       "error": proc.stderr.split("error: ", 1)[1].strip()}
+
+
+def test_logs_are_json_lines_with_run_id_when_not_a_tty(tmp_path: Path) -> None:
+    proc = run_cli(["config", "show"], _env(PREFECT_DR_S3_BUCKT="typo"))
+    assert proc.returncode == 0
+    record = json.loads(proc.stderr.splitlines()[0])
+    assert record["level"] == "warning" and len(record["run_id"]) == 12
+    assert "PREFECT_DR_S3_BUCKT" in record["msg"]
