@@ -195,8 +195,12 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
         except psycopg.Error as exc:
             raise DatabaseError(f"database error: {pgc.first_line(exc)}") from None
     except BaseException as exc:
-        message = exc.message if isinstance(exc, DRError) else (
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        if isinstance(exc, DRError):
+            message = exc.message
+        elif isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        else:
+            message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         try:
             storage.put_bytes(status_key, status_record(
                 backup_id, request.kind, FAILED, error=message,

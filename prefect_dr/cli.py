@@ -17,7 +17,17 @@ from typing import Annotated, Any
 
 import typer
 
-from prefect_dr import __version__, config, console, crypto, doctor, errors, log, redact
+from prefect_dr import (
+    __version__,
+    config,
+    console,
+    crypto,
+    doctor,
+    errors,
+    interrupt,
+    log,
+    redact,
+)
 
 app = typer.Typer(
     name="prefect-dr",
@@ -312,13 +322,14 @@ def show(
         for t, c in sorted(m.row_counts.items()) if c.get("rows")])
 
 
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise errors.Interrupted(f"stopped by signal {signal.Signals(signum).name}")
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise interrupt.note(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every outcome into an exit code."""
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
     try:
         result = app(args=argv, prog_name="prefect-dr", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0

@@ -18,7 +18,7 @@ from typing import Any, BinaryIO
 import pyrage
 from pyrage import x25519
 
-from prefect_dr import redact
+from prefect_dr import interrupt, redact
 from prefect_dr.errors import CryptoKeyError, DRError
 
 Recipient = x25519.Recipient
@@ -136,26 +136,27 @@ class _Relay(io.RawIOBase):
     def readinto(self, buffer: Any) -> int:
         try:
             data = self._inner.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+            return n
         except BaseException as exc:
             self.error = self.error or exc
             raise
-        n = len(data)
-        buffer[:n] = data
-        return n
 
     def write(self, data: Any) -> int:
         try:
             self._inner.write(data)
+            return len(data)
         except BaseException as exc:
             self.error = self.error or exc
             raise
-        return len(data)
 
 
 def _reraise_stream_error(*relays: _Relay) -> None:
     for relay in relays:
         if relay.error is not None:
             raise relay.error
+    interrupt.raise_if_noted()  # a signal pyrage noticed itself
 
 
 def encrypt_stream(src: BinaryIO, dst: BinaryIO, recipients: list[Recipient]) -> None:

@@ -20,7 +20,7 @@ from types import TracebackType
 
 import psycopg
 
-from prefect_dr.errors import LockHeldError, StorageError
+from prefect_dr.errors import DRError, LockHeldError, StorageError
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class BackupLock:
     def _read(self) -> dict[str, object] | None:
         try:
             data = json.loads(self._storage.get_bytes(self._key))
-        except (StorageError, ValueError):
+        except (DRError, ValueError):  # absent (NotFoundError), unreadable, not JSON
             return None
         return data if isinstance(data, dict) else None
 

@@ -79,3 +79,49 @@ def memory_storage() -> Iterator[object]:
     from prefect_dr.storage.memory import MemoryStorage
 
     yield MemoryStorage()
+
+
+def clone_prefect_db(env: dict[str, str], name: str) -> str:
+    """Copy the stack's Prefect database into a new database ``name``; return its URL.
+
+    pg_dump | pg_restore (CREATE DATABASE ... TEMPLATE would need the live server idle).
+    """
+    import psycopg
+
+    url = env["PREFECT_DR_DATABASE_URL"]
+    pw = env["PGPASSWORD"]
+    with psycopg.connect(url, password=pw, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    child = dict(os.environ, PGPASSWORD=pw)
+    dump = subprocess.run(["pg_dump", "-Fc", "--dbname", url], env=child, check=True,
+                          capture_output=True).stdout
+    target = url.rsplit("/", 1)[0] + "/" + name
+    subprocess.run(["pg_restore", "--no-owner", "--dbname", target], input=dump, env=child,
+                   check=True, capture_output=True)
+    return target
+
+
+def drop_db(env: dict[str, str], name: str) -> None:
+    """Drop database ``name`` of the stack (forcing connections off)."""
+    import psycopg
+
+    with psycopg.connect(env["PREFECT_DR_DATABASE_URL"], password=env["PGPASSWORD"],
+                         autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def bulky_db(stack_env: dict[str, str]) -> Iterator[str]:
+    """A copy of the Prefect database with ~20 MB of incompressible extra rows, so that
+    backing it up through a slow proxy takes seconds (for signal and crash tests)."""
+    import psycopg
+
+    name = "prefect_bulky_test"
+    url = clone_prefect_db(stack_env, name)
+    with psycopg.connect(url, password=stack_env["PGPASSWORD"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE ballast AS SELECT g AS id, decode(string_agg(md5(random()::text"
+                     " || g::text || i::text), ''), 'hex') AS payload FROM "
+                     "generate_series(1, 20000) g, generate_series(1, 64) i GROUP BY g")
+    yield url
+    drop_db(stack_env, name)

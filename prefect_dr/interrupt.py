@@ -1,0 +1,25 @@
+"""Remembers that SIGINT/SIGTERM arrived, for code where the signal's exception gets lost.
+
+The CLI's handler calls ``note`` and then raises Interrupted. If that exception surfaces
+inside a native library (pyrage checks signals and reports them as its own error), the caller
+uses ``raise_if_noted`` to turn the library's error back into Interrupted.
+"""
+
+from __future__ import annotations
+
+from prefect_dr.errors import Interrupted
+
+_noted: str | None = None
+
+
+def note(signal_name: str) -> Interrupted:
+    """Record that ``signal_name`` arrived; return the exception to raise."""
+    global _noted
+    _noted = signal_name
+    return Interrupted(f"stopped by signal {signal_name}")
+
+
+def raise_if_noted() -> None:
+    """Raise Interrupted when a stop signal has arrived."""
+    if _noted is not None:
+        raise Interrupted(f"stopped by signal {_noted}")
