@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -320,6 +321,75 @@ def show(
     console.table("Row counts", ["table", "rows", "exact"], [
         (t, c["rows"], "yes" if c.get("exact") else "estimate")
         for t, c in sorted(m.row_counts.items()) if c.get("rows")])
+
+
+@app.command()
+def verify(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (default: --latest).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every complete backup.")] = False,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Complete backups started within DURATION (e.g. 7d).")] = None,
+    scratch_url: Annotated[str | None, typer.Option(
+        "--scratch-url", help="Create the scratch database on this server (libpq URL of a "
+        "database to connect to, without password) instead of the Prefect database's.")] = None,
+    keep_scratch: Annotated[bool, typer.Option(
+        "--keep-scratch", help="Keep the scratch database for inspection.")] = False,
+    prefect_smoke: Annotated[bool, typer.Option(
+        "--prefect-smoke", help="Also start Prefect on the restored database and read its API.")
+    ] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Prove backups restorable: checksums, decryption, a test restore and semantic checks."""
+    from urllib.parse import urlsplit
+
+    from prefect_dr import durations, pipeline
+    from prefect_dr import verify as verify_mod
+
+    if sum(bool(x) for x in (backup_id, latest, all_, since)) > 1:
+        raise errors.DRError("give one of ID, --latest, --all, --since", exit_code=errors.USAGE)
+    if scratch_url and urlsplit(scratch_url).password:
+        raise errors.DRError("--scratch-url must not carry a password (use PGPASSWORD or "
+                             ".pgpass)", exit_code=errors.USAGE)
+    try:
+        window = durations.parse(since) if since else None
+    except ValueError as exc:
+        raise errors.DRError(f"--since: {exc}", exit_code=errors.USAGE) from None
+    settings = _state.settings()
+    settings.require("age_identity_file")
+    storage = _storage()
+    entries = verify_mod.select(storage, _layout(), backup_id=backup_id, latest=latest,
+                                all_=all_, since=window)
+    options = verify_mod.Options(scratch_url=scratch_url, keep_scratch=keep_scratch,
+                                 prefect_smoke=prefect_smoke)
+    reports = []
+    for entry in entries:
+        with console.transfer_progress(enabled=not _json(json_flag)) as listener:
+            reports.append(verify_mod.verify_one(settings, storage, entry.manifest, options,
+                                                 env=os.environ,
+                                                 progress=pipeline.Progress(listener)))
+        if not _json(json_flag):
+            _render_verification(reports[-1])
+    ok = all(r.ok for r in reports)
+    if _json(json_flag):
+        console.print_json({"ok": ok, "reports": [r.to_record() for r in reports]})
+    for report in reports:
+        failed = report.failed_check
+        if failed is not None:
+            where = f" ({failed.artifact})" if failed.artifact else ""
+            console.error(f"backup {report.backup_id}: {failed.name}{where}: {failed.detail}")
+    if not ok:
+        code = errors.KEY_ERROR if any(r.key_error for r in reports) else \
+            errors.VERIFICATION_FAILED
+        raise typer.Exit(code)
+
+
+def _render_verification(report: Any) -> None:
+    rows = [(c.name, c.artifact or "", "ok" if c.ok else "fail", f"{c.duration_s:.2f}s",
+             c.detail) for c in report.checks]
+    result = "passed" if report.ok else "FAILED"
+    console.table(f"Verification of {report.backup_id}: {result}",
+                  ["check", "artifact", "result", "time", "detail"], rows, status_column=2)
 
 
 def _on_signal(signum: int, frame: FrameType | None) -> None:

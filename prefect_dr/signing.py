@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,3 +78,27 @@ def check(manifest: Manifest, public: Ed25519PublicKey) -> None:
     except (InvalidSignature, Exception):
         raise ManifestError(f"manifest of {manifest.backup_id}: signature does not match "
                             "(edited or signed by another key)") from None
+
+
+def _canonical(record: dict[str, object]) -> bytes:
+    body = {k: v for k, v in record.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def sign_record(record: dict[str, object], key: Ed25519PrivateKey) -> dict[str, object]:
+    """Return ``record`` (a verification record) with a signature over its canonical JSON."""
+    public = public_text(key.public_key())
+    return {**record, "signature": {"alg": ALG, "key_id": key_id(public),
+                                    "value": b64(key.sign(_canonical(record)))}}
+
+
+def check_record(record: dict[str, object], public: Ed25519PublicKey) -> bool:
+    """Whether ``record`` carries a valid signature by ``public``."""
+    sig = record.get("signature")
+    if not isinstance(sig, dict) or sig.get("alg") != ALG:
+        return False
+    try:
+        public.verify(unb64(str(sig.get("value", "")), "signature"), _canonical(record))
+    except Exception:
+        return False
+    return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import subprocess
 import threading
@@ -42,10 +43,10 @@ class ClientProcess:
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], what: str,
-                 stdin: int | None = None) -> None:
+                 stdin: int | None = None, stdout: int | None = subprocess.PIPE) -> None:
         self.what = what
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
-        self.proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(list(argv), stdout=stdout,
                                      stderr=subprocess.PIPE, stdin=stdin, env=dict(env))
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
@@ -55,6 +56,12 @@ class ClientProcess:
         """The program's standard output."""
         assert self.proc.stdout is not None
         return self.proc.stdout
+
+    @property
+    def stdin(self) -> IO[bytes]:
+        """The program's standard input (when started with stdin=PIPE)."""
+        assert self.proc.stdin is not None
+        return self.proc.stdin
 
     def _drain(self) -> None:
         assert self.proc.stderr is not None
@@ -89,9 +96,10 @@ class ClientProcess:
                  tb: TracebackType | None) -> None:
         if exc_type is not None:
             self.kill()
-        for stream in (self.proc.stdout,):
-            if stream is not None:
-                stream.close()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 def dump_argv(pg_dump: str, url: str, *, snapshot: str | None,

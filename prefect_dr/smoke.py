@@ -1,0 +1,146 @@
+"""`verify --prefect-smoke`: start the installed Prefect server on a restored database and read
+it back through the API, the way operators will after a restore."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from prefect_dr import prefect_api
+from prefect_dr.errors import DRError, VerificationError
+from prefect_dr.manifest import Manifest
+
+START_TIMEOUT_S = 180
+PAGE = 200
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prefect_program() -> str:
+    """The `prefect` command installed beside this Python, or on PATH. Raises DRError."""
+    beside = Path(sys.executable).parent / "prefect"
+    found = str(beside) if beside.exists() else shutil.which("prefect")
+    if not found:
+        raise DRError("--prefect-smoke needs the Prefect server installed (pip install prefect)")
+    return found
+
+
+def asyncpg_url(url: str) -> str:
+    """The SQLAlchemy asyncpg URL Prefect needs for a libpq URL (password from PGPASSWORD)."""
+    parts = urlsplit(url)
+    password = parts.password or os.environ.get("PGPASSWORD") or ""
+    user = quote(parts.username or "", safe="")
+    auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql+asyncpg://{auth}{host}{port}{parts.path}"
+
+
+def _paged(api: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while True:
+        page = prefect_api.request(api, "POST", path, {**body, "limit": PAGE,
+                                                       "offset": len(out)})
+        out += page
+        if len(page) < PAGE:
+            return out
+
+
+def check(scratch_url: str, manifest: Manifest, export_doc: dict[str, Any] | None, *,
+          block_key: str | None) -> str:
+    """Serve ``scratch_url`` with Prefect and compare what its API returns with the backup.
+
+    Returns a one-line summary. Raises VerificationError on a difference, DRError when the
+    server does not start.
+    """
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    with tempfile.TemporaryDirectory(prefix="prefect-dr-smoke-") as home:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({
+            "PREFECT_HOME": home,
+            "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url(scratch_url),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+        })
+        if block_key:
+            env["PREFECT_SERVER_ENCRYPTION_KEY"] = block_key
+        logfile = Path(home) / "server.log"
+        with logfile.open("wb") as out:
+            proc = subprocess.Popen(
+                [prefect_program(), "server", "start", "--host", "127.0.0.1", "--port",
+                 str(port), "--no-services", "--no-ui"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            try:
+                _wait_ready(api, proc, logfile)
+                return _compare(api, manifest, export_doc)
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+def _wait_ready(api: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = logfile.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+            raise DRError(f"Prefect server exited (code {proc.returncode}): {tail[0][:200]}")
+        try:
+            prefect_api.request(api, "GET", "/ready", timeout=2)
+            return
+        except DRError:
+            time.sleep(0.5)
+    raise DRError(f"Prefect server not ready after {START_TIMEOUT_S}s")
+
+
+def _compare(api: str, manifest: Manifest, export_doc: dict[str, Any] | None) -> str:
+    version = prefect_api.server_version(api)
+    blocks = [b for b in _paged(api, "/block_documents/filter", {"include_secrets": True})
+              if not b.get("is_anonymous")]
+    deployments = _paged(api, "/deployments/filter", {})
+    flow_runs = int(prefect_api.request(api, "POST", "/flow_runs/count", {}))
+    expected_runs = manifest.row_counts.get("flow_run", {})
+    if expected_runs.get("exact") and flow_runs != expected_runs.get("rows"):
+        raise VerificationError(f"Prefect API counts {flow_runs} flow runs, the manifest "
+                                f"{expected_runs.get('rows')}")
+    if export_doc is not None:
+        exported = {b["name"]: b for b in export_doc.get("block_documents", [])
+                    if not b.get("is_anonymous")}
+        served = {b["name"]: b for b in blocks}
+        if set(exported) != set(served):
+            raise VerificationError(f"Prefect API serves blocks {sorted(served)}, the export "
+                                    f"holds {sorted(exported)}")
+        for name, doc in exported.items():
+            if doc.get("decrypted") and not _contains(served[name].get("data"), doc["data"]):
+                raise VerificationError(f"block {name!r}: the API's data differs from the "
+                                        "export's (secrets do not read back)")
+        wanted = {d["name"] for d in export_doc.get("deployments", [])}
+        if wanted != {d["name"] for d in deployments}:
+            raise VerificationError("Prefect API deployments differ from the export")
+    return (f"Prefect {version} served {len(blocks)} blocks (data matches the export), "
+            f"{len(deployments)} deployments, {flow_runs} flow runs")
+
+
+def _contains(served: Any, exported: Any) -> bool:
+    """Whether ``served`` holds every value of ``exported`` (the API may add nested fields)."""
+    if isinstance(exported, dict):
+        return isinstance(served, dict) and all(
+            k in served and _contains(served[k], v) for k, v in exported.items())
+    return bool(served == exported)
