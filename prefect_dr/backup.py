@@ -223,6 +223,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     row = conn.execute("SELECT pg_export_snapshot()").fetchone()
     snapshot = str(row[0]) if row else None
     revision = pgc.alembic_revision(conn)
+    size_row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
     key, key_record = _block_key(conn, env, request.allow_undecryptable_blocks)
     tables = ps.user_tables(conn)
     dumped = set(tables) if request.kind == "full" else {t for t in tables
@@ -266,6 +267,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         postgres_version=pg_version, pg_dump_version=dump_version,
         database=pgc.describe(settings.database_url), row_counts=counts,
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
+        database_size=int(size_row[0]) if size_row else None,
     )
     if signer is not None:
         manifest = signing.sign(manifest, signer)

@@ -392,6 +392,173 @@ def _render_verification(report: Any) -> None:
                   ["check", "artifact", "result", "time", "detail"], rows, status_column=2)
 
 
+def _confirm(name: str, yes: bool, what: str) -> None:
+    """Ask the operator to type ``name``; without a terminal, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise errors.DRError(f"{what}: no terminal to confirm on; pass --yes",
+                             exit_code=errors.USAGE)
+    typed = typer.prompt(f"{what}. Type the database name ({name}) to go on")
+    if typed.strip() != name:
+        raise errors.DRError("not confirmed; nothing changed", exit_code=errors.USAGE)
+
+
+def _url_flag(value: str | None, flag: str) -> None:
+    from urllib.parse import urlsplit
+
+    if value and urlsplit(value).password:
+        raise errors.DRError(f"{flag} must not carry a password (use PGPASSWORD or .pgpass)",
+                             exit_code=errors.USAGE)
+
+
+@app.command()
+def restore(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    target_url: Annotated[str | None, typer.Option(
+        "--target-url", help="Database to restore into (default: PREFECT_DR_DATABASE_URL); "
+        "created when it does not exist.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    force_disconnect: Annotated[bool, typer.Option(
+        "--force-disconnect", help="Terminate clients still connected at the swap.")] = False,
+    allow_newer_schema: Annotated[bool, typer.Option(
+        "--allow-newer-schema", help="Restore a schema revision newer than the target's "
+        "Prefect is known to run.")] = False,
+    no_safety_backup: Annotated[bool, typer.Option(
+        "--no-safety-backup", help="Skip the backup of the live database before the swap.")
+    ] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Restore a backup beside the live database, check it, swap it in, keep the old one."""
+    from prefect_dr import catalog, pipeline
+    from prefect_dr import restore as restore_mod
+
+    _url_flag(target_url, "--target-url")
+    if not backup_id and not latest:
+        raise errors.DRError("give a backup id or --latest", exit_code=errors.USAGE)
+    settings = _state.settings()
+    storage = _storage()
+    entry = catalog.resolve(storage, _layout(), backup_id, latest=latest)
+    manifest = catalog.require_complete(entry)
+    plan = restore_mod.make_plan(settings, manifest, target_url=target_url,
+                                 allow_newer_schema=allow_newer_schema,
+                                 safety_backup=not no_safety_backup)
+    if _json(json_flag) and dry_run:
+        console.print_json({"ok": plan.schema_ok, "dry_run": True, "plan": plan.to_dict()})
+    elif not _json(json_flag):
+        _render_plan(plan)
+    if not plan.schema_ok:
+        raise restore_mod.SchemaRefusedError(
+            f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}")
+    if dry_run:
+        return
+    _confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
+    with console.transfer_progress(enabled=not _json(json_flag)) as listener:
+        result = restore_mod.execute(settings, storage, manifest, plan, target_url=target_url,
+                                     force_disconnect=force_disconnect, env=os.environ,
+                                     progress=pipeline.Progress(listener),
+                                     on_step=lambda s: logger.info(s))
+    next_steps = [
+        "Restart every Prefect server and worker: the server caches the block encryption "
+        "key, automations and concurrency leases for up to an hour.",
+        "Set PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION=false (or delete "
+        "~/.prefect/memo_store.toml) so block types are registered against the restored "
+        "database.",
+    ]
+    if result.kept_db:
+        next_steps.append(f"The previous database is kept as {result.kept_db}: "
+                          "'prefect-dr rollback' brings it back; "
+                          f"'prefect-dr rollback --drop {result.kept_db}' frees its space.")
+    if manifest.block_key.get("escrowed"):
+        next_steps.append("This backup's block key was escrowed: start Prefect with the same "
+                          "PREFECT_SERVER_ENCRYPTION_KEY (see docs/break-glass.md).")
+    if _json(json_flag):
+        console.print_json({"ok": True, "plan": plan.to_dict(),
+                            "safety_backup_id": result.safety_backup_id,
+                            "kept_database": result.kept_db, "next_steps": next_steps})
+        return
+    console.line(f"restored backup {plan.backup_id} into {plan.target}")
+    if result.safety_backup_id:
+        console.line(f"safety backup of the previous database: {result.safety_backup_id}")
+    console.line("Next steps:")
+    for i, step in enumerate(next_steps, 1):
+        console.line(f"  {i}. {step}")
+
+
+def _render_plan(plan: Any) -> None:
+    console.table(f"Restore plan for backup {plan.backup_id}", ["", ""], [
+        ("backup", f"{plan.backup_id} ({plan.kind}), Prefect {plan.prefect_version or '?'}, "
+                   f"revision {plan.backup_revision}"),
+        ("target", f"{plan.target} ({'exists' if plan.target_exists else 'will be created'}"
+                   + (f", revision {plan.target_revision}" if plan.target_exists else "") + ")"),
+        ("schema", ("ok: " if plan.schema_ok else "REFUSED: ") + plan.schema_reason),
+        ("creates", ", ".join(plan.creates)),
+        ("renames", "; ".join(f"{a} -> {b}" for a, b in plan.renames)),
+        ("safety backup", "yes" if plan.safety_backup else "no"),
+        ("disk needed", console.human_bytes(plan.disk_needed) + " (the backed-up database's "
+                        "size; the old database is kept too)" if plan.disk_needed else "unknown"),
+    ])
+    changed = [r for r in plan.config_diff if r["change"]] or plan.config_diff[:0]
+    console.table("Configuration tables (backup vs current)",
+                  ["table", "backup", "current", "change"],
+                  [(r["table"], r["backup"], r["current"], f"{r['change']:+d}")
+                   for r in (changed or plan.config_diff)])
+    console.table("Run history (backup vs current)", ["table", "backup", "current", "change"],
+                  [(r["table"], r["backup"], r["current"] if r["exact"] else f"~{r['current']}",
+                    f"{r['change']:+d}") for r in plan.history_diff if r["backup"] or r["current"]])
+
+
+@app.command()
+def rollback(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="Show kept databases.")] = False,
+    drop: Annotated[str | None, typer.Option("--drop", help="Drop one kept database.")] = None,
+    target_url: Annotated[str | None, typer.Option(
+        "--target-url", help="The restored database (default: PREFECT_DR_DATABASE_URL).")
+    ] = None,
+    force_disconnect: Annotated[bool, typer.Option(
+        "--force-disconnect", help="Terminate clients still connected at the swap.")] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Undo the last restore: swap the pre-restore database back (the restored one is kept)."""
+    from prefect_dr import restore as restore_mod
+
+    _url_flag(target_url, "--target-url")
+    settings = _state.settings()
+    if list_:
+        rows = restore_mod.kept(settings, target_url)
+        if _json(json_flag):
+            console.print_json({"kept": [{"name": k.name, "kind": k.kind, "size": k.size,
+                                          "age_s": int(k.age.total_seconds()),
+                                          "comment": k.comment} for k in rows]})
+        else:
+            console.table("Kept databases", ["name", "kind", "size", "age", "note"],
+                          [(k.name, k.kind, console.human_bytes(k.size),
+                            str(k.age).split(".")[0], k.comment) for k in rows])
+        return
+    if drop:
+        _confirm(drop, yes, f"drop kept database {drop}")
+        restore_mod.drop_kept(settings, drop, target_url=target_url)
+        if _json(json_flag):
+            console.print_json({"ok": True, "dropped": drop})
+        else:
+            console.line(f"dropped {drop}")
+        return
+    chosen, aside = restore_mod.rollback_target(settings, target_url)
+    db = chosen.name.split("_pre_restore_")[0]
+    _confirm(db, yes, f"roll {db} back to {chosen.name} (the current one is kept as {aside})")
+    brought, kept_as = restore_mod.rollback(settings, target_url=target_url,
+                                            force_disconnect=force_disconnect)
+    if _json(json_flag):
+        console.print_json({"ok": True, "restored_from": brought, "kept_as": kept_as})
+        return
+    console.line(f"rolled back: {brought} is {db} again; the restored database is kept as "
+                 f"{kept_as}")
+    console.line("Next step: restart every Prefect server and worker.")
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise interrupt.note(signal.Signals(signum).name)
 

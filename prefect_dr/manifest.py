@@ -58,6 +58,7 @@ class Manifest:
     block_key: dict[str, Any]
     labels: dict[str, str] = field(default_factory=dict)
     consistency: str = "exported-snapshot"
+    database_size: int | None = None  # pg_database_size at backup time, for disk planning
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: dict[str, str] | None = None
@@ -150,6 +151,8 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         database=data["database"], row_counts=counts, artifacts=tuple(artifacts),
         block_key=block_key, labels=labels, consistency=data["consistency"],
         format_version=version, signature=signature,
+        database_size=data.get("database_size") if isinstance(data.get("database_size"), int)
+        else None,
     )
 
 

@@ -58,6 +58,54 @@ def _paged(api: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
             return out
 
 
+class PrefectServer:
+    """The installed Prefect server, run on a loopback port against one database; a context
+    manager that starts it, waits until it is ready and stops it (services off, UI off)."""
+
+    def __init__(self, database_url: str, *, block_key: str | None = None) -> None:
+        self.database_url, self.block_key = database_url, block_key
+        self.port = _free_port()
+        self.api = f"http://127.0.0.1:{self.port}/api"
+        self._home = tempfile.TemporaryDirectory(prefix="prefect-dr-smoke-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> PrefectServer:
+        home = self._home.name
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env.update({
+            "PREFECT_HOME": home,
+            "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url(self.database_url),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_UI_ENABLED": "false",
+            "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
+        })
+        if self.block_key:
+            env["PREFECT_SERVER_ENCRYPTION_KEY"] = self.block_key
+        logfile = Path(home) / "server.log"
+        with logfile.open("wb") as out:
+            self._proc = subprocess.Popen(
+                [prefect_program(), "server", "start", "--host", "127.0.0.1", "--port",
+                 str(self.port), "--no-services", "--no-ui"],
+                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            _wait_ready(self.api, self._proc, logfile)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+        self._home.cleanup()
+
+
 def check(scratch_url: str, manifest: Manifest, export_doc: dict[str, Any] | None, *,
           block_key: str | None) -> str:
     """Serve ``scratch_url`` with Prefect and compare what its API returns with the backup.
@@ -65,35 +113,8 @@ def check(scratch_url: str, manifest: Manifest, export_doc: dict[str, Any] | Non
     Returns a one-line summary. Raises VerificationError on a difference, DRError when the
     server does not start.
     """
-    port = _free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    with tempfile.TemporaryDirectory(prefix="prefect-dr-smoke-") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env.update({
-            "PREFECT_HOME": home,
-            "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url(scratch_url),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "PREFECT_SERVER_UI_ENABLED": "false",
-            "PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION": "false",
-        })
-        if block_key:
-            env["PREFECT_SERVER_ENCRYPTION_KEY"] = block_key
-        logfile = Path(home) / "server.log"
-        with logfile.open("wb") as out:
-            proc = subprocess.Popen(
-                [prefect_program(), "server", "start", "--host", "127.0.0.1", "--port",
-                 str(port), "--no-services", "--no-ui"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-            try:
-                _wait_ready(api, proc, logfile)
-                return _compare(api, manifest, export_doc)
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+    with PrefectServer(scratch_url, block_key=block_key) as server:
+        return _compare(server.api, manifest, export_doc)
 
 
 def _wait_ready(api: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:

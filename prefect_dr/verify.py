@@ -99,7 +99,7 @@ class Options:
     write_record: bool = True
 
 
-class _Checks:
+class Checks:
     """Collects checks; ``run`` times one and turns a DRError into a failed check."""
 
     def __init__(self, report: Report) -> None:
@@ -175,7 +175,7 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
     if not (options.scratch_url or settings.database_url):
         settings.require("database_url")
     report = Report(manifest.backup_id, clock().isoformat())
-    checks = _Checks(report)
+    checks = Checks(report)
     try:
         _verify(settings, storage, manifest, options, env, progress, checks)
     except Interrupted:
@@ -190,7 +190,7 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
 
 
 def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: Options,
-            env: Mapping[str, str], progress: pipeline.Progress | None, checks: _Checks) -> None:
+            env: Mapping[str, str], progress: pipeline.Progress | None, checks: Checks) -> None:
     if settings.verify_key:
         with checks.run("manifest signature") as out:
             signing.check(manifest, signing.load_public(settings.verify_key))
@@ -198,6 +198,29 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
     with checks.run("identity"):
         identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
 
+    export_doc, escrowed = read_small_artifacts(storage, manifest, identities, checks)
+    dump_artifact = manifest.artifact("dump")
+    if dump_artifact is None:
+        checks.fail("integrity", "the manifest lists no dump artifact", "dump")
+        return
+    admin_url = options.scratch_url or settings.database_url
+    with ScratchDatabase(admin_url, keep=options.keep_scratch) as scratch:
+        checks.report.scratch_database = scratch.name
+        restore_dump(storage, dump_artifact, identities, scratch.url, settings, progress,
+                      checks)
+        with scratch.connect() as conn:
+            semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
+        if options.prefect_smoke:
+            given = ps.configured_key(env)
+            with checks.run("prefect smoke") as out:
+                out["detail"] = smoke.check(scratch.url, manifest, export_doc,
+                                            block_key=escrowed or (given.key if given else None))
+
+
+def read_small_artifacts(storage: Storage, manifest: Manifest,
+                         identities: list[crypto.Identity], checks: Checks
+                         ) -> tuple[dict[str, Any] | None, str | None]:
+    """Check and decrypt every artifact but the dump; return (export, escrowed block key)."""
     export_doc: dict[str, Any] | None = None
     escrowed: str | None = None
     for artifact in manifest.artifacts:
@@ -210,31 +233,18 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
             export_doc = json.loads(data)
         elif artifact.name == "block-key":
             escrowed = str(json.loads(data)["fernet_key"])
-
-    dump_artifact = manifest.artifact("dump")
-    if dump_artifact is None:
-        checks.fail("integrity", "the manifest lists no dump artifact", "dump")
-        return
-    admin_url = options.scratch_url or settings.database_url
-    with ScratchDatabase(admin_url, keep=options.keep_scratch) as scratch:
-        checks.report.scratch_database = scratch.name
-        _restore_dump(storage, dump_artifact, identities, scratch.url, settings, progress,
-                      checks)
-        with scratch.connect() as conn:
-            _semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
-        if options.prefect_smoke:
-            given = ps.configured_key(env)
-            with checks.run("prefect smoke") as out:
-                out["detail"] = smoke.check(scratch.url, manifest, export_doc,
-                                            block_key=escrowed or (given.key if given else None))
+    return export_doc, escrowed
 
 
-def _restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.Identity],
-                  url: str, settings: Settings, progress: pipeline.Progress | None,
-                  checks: _Checks) -> None:
-    """Stream the dump into pg_restore: integrity and restore in one pass."""
+def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.Identity],
+                 url: str, settings: Settings, progress: pipeline.Progress | None,
+                 checks: Checks, role: str | None = None) -> None:
+    """Stream the dump into pg_restore: integrity and restore in one pass.
+
+    Records an ``integrity`` and a ``restore`` check; raises the DRError of a failed one.
+    """
     start = time.monotonic()
-    proc = pgr.start(url, bin_dir=settings.pg_bin_dir)
+    proc = pgr.start(url, bin_dir=settings.pg_bin_dir, role=role)
     integrity_error: DRError | None = None
     try:
         with storage.open_reader(artifact.key) as reader:
@@ -265,9 +275,9 @@ def _restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.
         out["detail"] = "pg_restore into the scratch database succeeded"
 
 
-def _semantic_checks(conn: psycopg.Connection, manifest: Manifest,
+def semantic_checks(conn: psycopg.Connection, manifest: Manifest,
                      export_doc: dict[str, Any] | None, escrowed: str | None,
-                     env: Mapping[str, str], checks: _Checks) -> None:
+                     env: Mapping[str, str], checks: Checks) -> None:
     failures = 0
 
     def soft(name: str, fn: Callable[[dict[str, str]], None]) -> None:

@@ -98,3 +98,12 @@ def count_rows(conn: psycopg.Connection, table: str) -> int:
     row = conn.execute(
         sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("public", table))).fetchone()
     return int(row[0]) if row else 0
+
+
+def urlsplit_db(url: str) -> str:
+    """The database name of a libpq URL (the user name when the URL names none)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not name:
+        raise DatabaseError(f"{describe(url)}: the URL names no database")
+    return name

@@ -1,0 +1,129 @@
+"""Database-level operations for restore and rollback: sessions, renames, the swap.
+
+The swap is one short critical section: stop new connections to the live database, make sure
+nobody is connected (refuse, or terminate them with ``force_disconnect``), rename live aside,
+rename the replacement to the live name. A failure in the middle is undone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from prefect_dr.errors import DRError
+
+DISCONNECT_WAIT_S = 10.0
+
+
+class ConnectedClientsError(DRError):
+    """Clients are connected to a database that must be renamed."""
+
+
+@dataclass(frozen=True)
+class Session:
+    """One client connected to a database."""
+
+    pid: int
+    user: str
+    application: str
+    client: str
+
+    def __str__(self) -> str:
+        app = f" {self.application!r}" if self.application else ""
+        return f"pid {self.pid} ({self.user}{app} from {self.client or 'local socket'})"
+
+
+def exists(admin: psycopg.Connection, name: str) -> bool:
+    """Whether database ``name`` exists."""
+    return admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() \
+        is not None
+
+
+def owner(admin: psycopg.Connection, name: str) -> str:
+    """The role owning database ``name``."""
+    row = admin.execute("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = %s",
+                        (name,)).fetchone()
+    if not row:
+        raise DRError(f"database {name} does not exist")
+    return str(row[0])
+
+
+def sessions(admin: psycopg.Connection, name: str) -> list[Session]:
+    """Clients connected to ``name`` (other than this connection)."""
+    rows = admin.execute(
+        "SELECT pid, usename, application_name, coalesce(client_addr::text, '') "
+        "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
+    ).fetchall()
+    return [Session(int(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3])) for r in rows]
+
+
+def allow_connections(admin: psycopg.Connection, name: str, allow: bool) -> None:
+    """ALTER DATABASE ... WITH ALLOW_CONNECTIONS."""
+    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
+        sql.Identifier(name), sql.SQL("true" if allow else "false")))
+
+
+def rename(admin: psycopg.Connection, old: str, new: str) -> None:
+    """ALTER DATABASE old RENAME TO new."""
+    admin.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old),
+                                                                   sql.Identifier(new)))
+
+
+def comment(admin: psycopg.Connection, name: str, text: str) -> None:
+    """COMMENT ON DATABASE (prefect-dr's bookkeeping of kept databases)."""
+    admin.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name),
+                                                                  sql.Literal(text)))
+
+
+def comment_of(admin: psycopg.Connection, name: str) -> str:
+    """The comment on database ``name`` ('' when none)."""
+    row = admin.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database "
+                        "WHERE datname = %s", (name,)).fetchone()
+    return str(row[0] or "") if row else ""
+
+
+def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool) -> None:
+    others = sessions(admin, name)
+    if not others:
+        return
+    if not force_disconnect:
+        shown = "; ".join(str(s) for s in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        raise ConnectedClientsError(
+            f"{len(others)} clients are connected to {name}: {shown}{more}; stop Prefect "
+            "servers and workers first, or pass --force-disconnect")
+    for s in others:
+        admin.execute("SELECT pg_terminate_backend(%s)", (s.pid,))
+    deadline = time.monotonic() + DISCONNECT_WAIT_S
+    while sessions(admin, name):
+        if time.monotonic() > deadline:
+            raise ConnectedClientsError(f"clients of {name} did not disconnect within "
+                                        f"{DISCONNECT_WAIT_S:.0f}s")
+        time.sleep(0.1)
+
+
+def swap(admin: psycopg.Connection, live: str, replacement: str, aside: str, *,
+         force_disconnect: bool) -> None:
+    """Rename ``live`` to ``aside`` and ``replacement`` to ``live``, or change nothing.
+
+    Raises ConnectedClientsError when clients are connected (and not forced off), DRError or
+    psycopg.Error on failure; in every failure case both databases keep their names.
+    """
+    allow_connections(admin, live, False)
+    try:
+        _clear(admin, live, force_disconnect)
+        _clear(admin, replacement, force_disconnect)
+        rename(admin, live, aside)
+        try:
+            rename(admin, replacement, live)
+        except BaseException:
+            rename(admin, aside, live)
+            raise
+    except BaseException:
+        name = aside if exists(admin, aside) and not exists(admin, live) else live
+        allow_connections(admin, name, True)
+        raise
+    allow_connections(admin, aside, True)
