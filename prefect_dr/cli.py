@@ -52,6 +52,10 @@ class State:
     config_file: Path | None = None
     json: bool = False
     verbose: bool = False
+    metrics_file: Path | None = None
+    pushgateway: str | None = None
+    metrics_instance: str | None = None
+    run: Any = None  # metrics.RunMetrics of this invocation
     flags: dict[str, tuple[Any, str]] = field(default_factory=dict)
     _settings: config.Settings | None = None
 
@@ -83,6 +87,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_options(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
     config_file: Annotated[Path | None, typer.Option(
@@ -101,8 +106,26 @@ def main_options(
     region: Annotated[str | None, typer.Option("--region", help="S3 region.")] = None,
     database_url: Annotated[str | None, typer.Option(
         "--database-url", help="Prefect database URL, without password.")] = None,
+    metrics_file: Annotated[Path | None, typer.Option(
+        "--metrics-file", envvar="PREFECT_DR_METRICS_FILE",
+        help="Write Prometheus metrics to this file (node_exporter textfile collector).")
+    ] = None,
+    pushgateway: Annotated[str | None, typer.Option(
+        "--pushgateway", envvar="PREFECT_DR_PUSHGATEWAY_URL",
+        help="Push Prometheus metrics to this Pushgateway.")] = None,
+    metrics_instance: Annotated[str | None, typer.Option(
+        "--metrics-instance", envvar="PREFECT_DR_METRICS_INSTANCE",
+        help="instance label for pushed metrics (default: host name).")] = None,
 ) -> None:
     """Global options; settings also come from the config file and PREFECT_DR_* variables."""
+    import time
+
+    from prefect_dr import metrics
+
+    _state.metrics_file, _state.pushgateway = metrics_file, pushgateway
+    _state.metrics_instance = metrics_instance
+    command = ctx.invoked_subcommand
+    _state.run = metrics.RunMetrics(command or "none", time.time())
     _state.config_file = config_file
     _state.json = json_output
     _state.verbose = verbose
@@ -248,8 +271,11 @@ def backup(
                                  allow_undecryptable_blocks=allow_undecryptable_blocks)
     storage = _storage()
     with console.transfer_progress(enabled=not _json(json_flag)) as listener:
-        manifest = backup_mod.run(settings, storage, request,
-                                  progress=pipeline.Progress(listener))
+        progress = pipeline.Progress(listener)
+        manifest = backup_mod.run(settings, storage, request, progress=progress)
+    for stage in ("dumped", "compressed", "uploaded"):
+        _state.run.set("backup_bytes", progress.counters.get(stage, 0), stage=stage)
+    _state.run.set("backup_rows", sum(int(c["rows"]) for c in manifest.row_counts.values()))
     size = sum(a.size for a in manifest.artifacts)
     if _json(json_flag):
         console.print_json({"ok": True, "backup_id": manifest.backup_id, "kind": manifest.kind,
@@ -371,6 +397,10 @@ def verify(
         if not _json(json_flag):
             _render_verification(reports[-1])
     ok = all(r.ok for r in reports)
+    import time
+
+    _state.run.set("verification_success", 1 if ok else 0)
+    _state.run.set("verification_timestamp_seconds", time.time())
     if _json(json_flag):
         console.print_json({"ok": ok, "reports": [r.to_record() for r in reports]})
     for report in reports:
@@ -559,12 +589,81 @@ def rollback(
     console.line("Next step: restart every Prefect server and worker.")
 
 
+@app.command()
+def status(
+    cron: Annotated[str | None, typer.Option(
+        "--cron", envvar="PREFECT_DR_BACKUP_CRON",
+        help="Backup schedule, e.g. '0 */6 * * *'.")] = None,
+    verify_cron: Annotated[str | None, typer.Option(
+        "--verify-cron", envvar="PREFECT_DR_VERIFY_CRON", help="Verify schedule.")] = None,
+    grace: Annotated[str, typer.Option(
+        "--grace", envvar="PREFECT_DR_STATUS_GRACE",
+        help="How long a scheduled run may take before it counts as missing.")] = "1h",
+    kind: Annotated[Kind | None, typer.Option("--kind", help="Only backups of this kind.")
+                    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Exit 15 when the newest backup or verification is older than its schedule allows."""
+    import datetime as dt
+
+    from prefect_dr import catalog, durations
+    from prefect_dr import status as status_mod
+
+    try:
+        window = durations.parse(grace)
+        for expr in (cron, verify_cron):
+            if expr:
+                status_mod.validate_cron(expr)
+    except ValueError as exc:
+        raise errors.DRError(str(exc), exit_code=errors.USAGE) from None
+    entries = catalog.list_backups(_storage(), _layout())
+    report = status_mod.evaluate(entries, backup_cron=cron, verify_cron=verify_cron,
+                                 grace=window, now=dt.datetime.now(dt.UTC),
+                                 kind=kind.value if kind else None)
+    if _json(json_flag):
+        console.print_json(report.to_dict())
+    else:
+        console.table("prefect-dr status", ["what", "status", "detail"],
+                      [(i.what, "ok" if i.ok else "fail", i.detail) for i in report.items],
+                      status_column=1)
+    for item in report.items:
+        if not item.ok:
+            console.error(f"{item.what}: {item.detail}")
+    if not report.ok:
+        raise typer.Exit(errors.STALE)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise interrupt.note(signal.Signals(signum).name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the CLI and turn every outcome into an exit code."""
+    """Entry point: run the CLI and turn every outcome into an exit code; then write metrics."""
+    code = _main(argv)
+    _finish_metrics(code)
+    return code
+
+
+def _finish_metrics(code: int) -> None:
+    import time
+
+    from prefect_dr import metrics
+
+    run = _state.run
+    if run is None or run.command in ("none", "keygen", "config", "k8s") or not (
+            _state.metrics_file or _state.pushgateway):
+        return
+    run.finished, run.success = time.time(), code == 0
+    try:
+        if _state.metrics_file:
+            metrics.write_textfile(_state.metrics_file, run)
+        if _state.pushgateway:
+            metrics.push(_state.pushgateway, run, instance=_state.metrics_instance)
+    except errors.DRError as exc:
+        logger.error("metrics not recorded: %s", exc.message)
+
+
+def _main(argv: list[str] | None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     try:

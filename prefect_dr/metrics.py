@@ -1,0 +1,132 @@
+"""Prometheus metrics of one run: a textfile for node_exporter and/or a Pushgateway push.
+
+Every command records its result, duration and last success; backup adds bytes per stage and
+rows, verify its result, prune its counts. The textfile is shared by all commands: samples of
+other commands already in the file are kept, and a failed run keeps the previous
+``last_success`` of its command. The file is written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.exposition import generate_latest, pushadd_to_gateway
+from prometheus_client.parser import text_string_to_metric_families
+
+from prefect_dr.errors import DRError
+
+NAMESPACE = "prefect_dr"
+HELP = {
+    "last_success_timestamp_seconds": "Unix time of the last successful run of the command.",
+    "last_run_timestamp_seconds": "Unix time of the last run of the command, whatever its result.",
+    "last_run_success": "1 if the last run of the command succeeded, else 0.",
+    "duration_seconds": "Wall time of the last run of the command.",
+    "backup_bytes": "Bytes of the last successful backup by pipeline stage.",
+    "backup_rows": "Rows in the last successful backup (exact and estimated counts).",
+    "verification_success": "1 if the newest verification passed, else 0.",
+    "verification_timestamp_seconds": "Unix time the newest verification finished.",
+    "prune_removed_backups": "Backups removed by the last prune.",
+    "prune_kept_backups": "Backups kept by the last prune.",
+}
+
+
+@dataclass
+class RunMetrics:
+    """What one command run measured; filled in by the CLI as the command goes."""
+
+    command: str
+    started: float
+    finished: float | None = None
+    success: bool | None = None
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        """Record gauge ``prefect_dr_<name>`` with ``labels``."""
+        if name not in HELP:
+            raise KeyError(f"unknown metric {name}")
+        self.values[(name, tuple(sorted(labels.items())))] = float(value)
+
+    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample of this run, including the per-command result ones."""
+        out = dict(self.values)
+        cmd = (("command", self.command),)
+        end = self.finished or self.started
+        out[("last_run_timestamp_seconds", cmd)] = end
+        out[("last_run_success", cmd)] = 1.0 if self.success else 0.0
+        out[("duration_seconds", cmd)] = max(end - self.started, 0.0)
+        if self.success:
+            out[("last_success_timestamp_seconds", cmd)] = end
+        return out
+
+
+def _registry(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]
+              ) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    gauges: dict[tuple[str, tuple[str, ...]], Gauge] = {}
+    for (name, labels), value in sorted(samples.items()):
+        keys = tuple(k for k, _ in labels)
+        gauge = gauges.get((name, keys))
+        if gauge is None:
+            gauge = Gauge(f"{NAMESPACE}_{name}", HELP[name], labelnames=keys, registry=registry)
+            gauges[(name, keys)] = gauge
+        (gauge.labels(*[v for _, v in labels]) if keys else gauge).set(value)
+    return registry
+
+
+def _read_existing(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise DRError(f"cannot read metrics file {path}: {exc.strerror}") from None
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                name = sample.name.removeprefix(f"{NAMESPACE}_")
+                if name in HELP:
+                    out[(name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+    except ValueError:
+        return {}  # an unreadable old file is replaced, not fatal
+    return out
+
+
+def write_textfile(path: Path, run: RunMetrics) -> None:
+    """Merge this run's samples into the textfile at ``path`` atomically. Raises DRError."""
+    merged = _read_existing(path)
+    merged.update(run.samples())
+    data = generate_latest(_registry(merged))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".prefect-dr-", suffix=".prom.tmp",
+                                   dir=str(path.parent))
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise DRError(f"cannot write metrics file {path}: {exc.strerror}") from None
+
+
+def push(url: str, run: RunMetrics, *, instance: str | None = None) -> None:
+    """Push this run's samples to a Pushgateway, grouped by job, instance and command.
+
+    POST semantics: a failed run does not erase the group's last_success. Raises DRError.
+    """
+    registry = _registry(run.samples())
+    grouping = {"instance": instance or socket.gethostname(), "command": run.command}
+    try:
+        pushadd_to_gateway(url, job="prefect-dr", registry=registry, grouping_key=grouping,
+                           timeout=10)
+    except OSError as exc:
+        raise DRError(f"cannot push metrics to {url}: {exc}") from None
+
+
+def render(run: RunMetrics) -> str:
+    """The exposition text of this run alone (for tests and --json)."""
+    return generate_latest(_registry(run.samples())).decode()

@@ -1,0 +1,105 @@
+"""`status`: is the newest backup (and verification) as fresh as the schedule says it must be?
+
+With a cron schedule, the backup that *must* exist by now is the one of the newest scheduled time
+``t`` with ``t + grace <= now``: the newest complete backup must have started at ``t`` or later
+(a minute of clock skew allowed). The same for verifications, whose newest record must also have
+passed. Without a schedule only presence is checked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from croniter import croniter
+
+from prefect_dr.catalog import COMPLETE, BackupEntry
+
+SKEW = dt.timedelta(minutes=1)
+
+
+@dataclass
+class Freshness:
+    """Verdict for one thing that runs on a schedule."""
+
+    what: str
+    ok: bool
+    detail: str
+    newest: str | None = None
+    due_since: str | None = None
+
+
+@dataclass
+class Report:
+    """Both verdicts."""
+
+    items: list[Freshness] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when everything is fresh."""
+        return all(i.ok for i in self.items)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {"ok": self.ok, "items": [i.__dict__ for i in self.items]}
+
+
+def validate_cron(expr: str) -> None:
+    """Raise ValueError (one line) unless ``expr`` is a valid 5-field cron expression."""
+    if not croniter.is_valid(expr):
+        raise ValueError(f"{expr!r} is not a valid cron expression (e.g. '0 */6 * * *')")
+
+
+def due_since(expr: str, grace: dt.timedelta, now: dt.datetime) -> dt.datetime:
+    """The newest scheduled time whose run, plus ``grace``, must have finished by ``now``."""
+    validate_cron(expr)
+    return croniter(expr, now - grace).get_prev(dt.datetime)
+
+
+def _time(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text) if text else None
+
+
+def evaluate(entries: list[BackupEntry], *, backup_cron: str | None, verify_cron: str | None,
+             grace: dt.timedelta, now: dt.datetime, kind: str | None = None) -> Report:
+    """Judge freshness from the repository listing. Raises ValueError for a bad cron."""
+    report = Report()
+    complete = [e for e in entries if e.status == COMPLETE and (kind is None or e.kind == kind)]
+    newest = max(complete, key=lambda e: e.started_at or "", default=None)
+    started = _time(newest.started_at) if newest else None
+    if backup_cron:
+        due = due_since(backup_cron, grace, now)
+        ok = started is not None and started >= due - SKEW
+        detail = (f"newest complete backup {newest.backup_id} started {newest.started_at}"
+                  if newest else "no complete backup") + (
+            "" if ok else f"; one scheduled at {due.isoformat()} is missing")
+        report.items.append(Freshness("backup", ok, detail, newest.backup_id if newest else None,
+                                      due.isoformat()))
+    else:
+        report.items.append(Freshness(
+            "backup", newest is not None,
+            f"newest complete backup {newest.backup_id}" if newest else "no complete backup",
+            newest.backup_id if newest else None))
+
+    records = [(e.backup_id, e.verification) for e in entries if e.verification]
+    latest = max(records, key=lambda r: str(r[1].get("finished_at", "")), default=None)
+    if verify_cron or latest:
+        finished = _time(str(latest[1].get("finished_at"))) if latest else None
+        passed = bool(latest and latest[1].get("result") == "passed")
+        due_v = due_since(verify_cron, grace, now) if verify_cron else None
+        fresh = finished is not None and (due_v is None or finished >= due_v - SKEW)
+        if latest is None:
+            detail = "no verification recorded"
+        else:
+            detail = (f"newest verification of {latest[0]} {latest[1].get('result')} at "
+                      f"{latest[1].get('finished_at')}")
+            if not passed:
+                detail += f" ({latest[1].get('failed_check')})"
+            if not fresh and due_v is not None:
+                detail += f"; one scheduled at {due_v.isoformat()} is missing"
+        report.items.append(Freshness("verification", fresh and passed, detail,
+                                      latest[0] if latest else None,
+                                      due_v.isoformat() if due_v else None))
+    return report

@@ -1,0 +1,116 @@
+"""status and metrics against the real stack: promtool checks the text, a real Pushgateway
+on loopback receives it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _require(program: str) -> str:
+    import os
+
+    path = shutil.which(program)
+    if path is None:
+        if os.environ.get("PREFECT_DR_REQUIRE_STACK") == "1":
+            pytest.fail(f"{program} is not installed (scripts/bootstrap installs it)")
+        pytest.skip(f"{program} is not installed")
+    return path
+
+
+@pytest.fixture()
+def env(cli_env: dict[str, str]) -> dict[str, str]:
+    return dict(cli_env, PREFECT_DR_S3_PREFIX=f"o-{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture()
+def pushgateway() -> Iterator[str]:
+    program = _require("prometheus-pushgateway")
+    port = _free_port()
+    proc = subprocess.Popen([program, f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url + "/-/ready", timeout=1).read()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_status_is_stale_until_a_backup_is_taken(env: dict[str, str]) -> None:
+    empty = run_cli(["status", "--cron", "0 3 * * *", "--json"], env)
+    assert empty.returncode == 15
+    assert json.loads(empty.stdout)["items"][0]["detail"].startswith("no complete backup;")
+    assert run_cli(["backup"], env).returncode == 0
+    manifest = json.loads(run_cli(["show", "--latest", "--json"], env).stdout)
+    fresh = run_cli(["status", "--cron", "0 3 * * *"], env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    # the same backup, as if taken two days ago: older than the daily schedule allows
+    s3 = boto3.session.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                               aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).client(
+        "s3", endpoint_url=env["PREFECT_DR_S3_ENDPOINT_URL"], region_name="us-east-1")
+    key = manifest["artifacts"][0]["key"].rsplit("/", 1)[0] + "/manifest.json"
+    import datetime as dt
+
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=2)).isoformat()
+    manifest["started_at"] = manifest["finished_at"] = old
+    s3.put_object(Bucket=env["PREFECT_DR_S3_BUCKET"], Key=key,
+                  Body=json.dumps(manifest).encode())
+    stale = run_cli(["status", "--cron", "0 3 * * *"], env)
+    assert stale.returncode == 15
+    assert "error: backup: newest complete backup" in stale.stderr and "is missing" in \
+        stale.stderr
+    bad = run_cli(["status", "--cron", "every day"], env)
+    assert bad.returncode == 2 and "not a valid cron expression" in bad.stderr
+
+
+def test_metrics_textfile_passes_promtool_and_reaches_pushgateway(
+        env: dict[str, str], tmp_path: Path, pushgateway: str) -> None:
+    promtool = _require("promtool")
+    prom = tmp_path / "prefect-dr.prom"
+    common = ["--metrics-file", str(prom), "--pushgateway", pushgateway,
+              "--metrics-instance", "test-host"]
+    assert run_cli([*common, "backup"], env).returncode == 0
+    assert run_cli([*common, "verify", "--latest"], env).returncode == 0
+    failing = run_cli([*common, "show", "20200101T000000Z-abcdef"], env)
+    assert failing.returncode == 10
+    text = prom.read_text()
+    check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                           capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert 'prefect_dr_last_run_success{command="backup"} 1.0' in text
+    assert 'prefect_dr_last_run_success{command="show"} 0.0' in text
+    assert 'prefect_dr_last_success_timestamp_seconds{command="show"}' not in text
+    assert 'prefect_dr_backup_bytes{stage="uploaded"}' in text
+    assert "prefect_dr_verification_success 1.0" in text
+    for secret in (env["PGPASSWORD"], env["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in text
+    pushed = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    assert 'prefect_dr_last_run_success{command="backup",instance="test-host",job="prefect-dr"} 1' \
+        in pushed
+    assert 'prefect_dr_verification_success{command="verify",instance="test-host",' \
+        'job="prefect-dr"} 1' in pushed

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from prefect_dr import status
+from prefect_dr.catalog import COMPLETE, FAILED, BackupEntry
+
+NOW = dt.datetime(2026, 11, 26, 13, 30, tzinfo=dt.UTC)
+
+
+def _entry(bid: str, started: dt.datetime, state: str = COMPLETE,
+           verification: dict | None = None) -> BackupEntry:
+    return BackupEntry(bid, state, kind="full", started_at=started.isoformat(),
+                       verification=verification)
+
+
+def test_fresh_when_the_last_due_run_happened() -> None:
+    entries = [_entry("a", dt.datetime(2026, 11, 26, 12, 0, 5, tzinfo=dt.UTC))]
+    report = status.evaluate(entries, backup_cron="0 */6 * * *", verify_cron=None,
+                             grace=dt.timedelta(hours=1), now=NOW)
+    assert report.ok, report.to_dict()
+
+
+def test_grace_lets_a_running_backup_finish() -> None:
+    # 12:00's run may still be going at 12:30 with a 1h grace: 06:00's backup is enough
+    entries = [_entry("a", dt.datetime(2026, 11, 26, 6, 0, 5, tzinfo=dt.UTC))]
+    at = dt.datetime(2026, 11, 26, 12, 30, tzinfo=dt.UTC)
+    assert status.evaluate(entries, backup_cron="0 */6 * * *", verify_cron=None,
+                           grace=dt.timedelta(hours=1), now=at).ok
+    late = status.evaluate(entries, backup_cron="0 */6 * * *", verify_cron=None,
+                           grace=dt.timedelta(hours=1), now=NOW)
+    assert not late.ok and "12:00:00" in late.items[0].detail
+
+
+def test_failed_backups_do_not_count_and_none_is_stale() -> None:
+    entries = [_entry("a", dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC), FAILED)]
+    report = status.evaluate(entries, backup_cron="0 */6 * * *", verify_cron=None,
+                             grace=dt.timedelta(hours=1), now=NOW)
+    assert not report.ok and "no complete backup" in report.items[0].detail
+    assert not status.evaluate([], backup_cron=None, verify_cron=None,
+                               grace=dt.timedelta(0), now=NOW).ok
+
+
+def test_verification_stale_or_failed() -> None:
+    good = {"result": "passed", "finished_at": "2026-11-26T04:40:00+00:00"}
+    bad = {"result": "failed", "failed_check": "integrity (dump)",
+           "finished_at": "2026-11-26T04:40:00+00:00"}
+    base = dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC)
+    ok = status.evaluate([_entry("a", base, verification=good)], backup_cron=None,
+                         verify_cron="30 4 * * *", grace=dt.timedelta(hours=1), now=NOW)
+    assert ok.ok
+    failed = status.evaluate([_entry("a", base, verification=bad)], backup_cron=None,
+                             verify_cron="30 4 * * *", grace=dt.timedelta(hours=1), now=NOW)
+    assert not failed.ok and "integrity (dump)" in failed.items[1].detail
+    next_day = NOW + dt.timedelta(days=1)
+    stale = status.evaluate([_entry("a", next_day, verification=good)], backup_cron=None,
+                            verify_cron="30 4 * * *", grace=dt.timedelta(hours=1), now=next_day)
+    assert not stale.ok and "is missing" in stale.items[1].detail
+
+
+def test_bad_cron() -> None:
+    with pytest.raises(ValueError, match="not a valid cron expression"):
+        status.validate_cron("every day")
