@@ -13,8 +13,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from prefect_dr import layout as lay
-from prefect_dr.errors import NotFoundError
+from prefect_dr import signing
+from prefect_dr.errors import NotFoundError, VerificationError
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest, ManifestError, parse
 from prefect_dr.storage.base import ObjectInfo, Storage
@@ -79,21 +82,48 @@ def _json(storage: Storage, key: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def list_backups(storage: Storage, layout: Layout, *, with_verification: bool = True
-                 ) -> list[BackupEntry]:
-    """Every backup in the repository, oldest first. Raises StorageError if listing fails."""
+def list_backups(storage: Storage, layout: Layout, *, with_verification: bool = True,
+                 verify_key: Ed25519PublicKey | None = None) -> list[BackupEntry]:
+    """Every backup in the repository, oldest first. Raises StorageError if listing fails.
+
+    With ``verify_key``, a verification record without a valid signature by it counts as
+    ``unsigned``, not as its claimed result.
+    """
     grouped: dict[str, list[ObjectInfo]] = defaultdict(list)
     for info in storage.list(layout.backups_root):
         parsed = layout.parse_backup_key(info.key)
         if parsed:
             grouped[parsed[0]].append(info)
-    entries = [_entry(storage, layout, bid, objs, with_verification)
+    entries = [_entry(storage, layout, bid, objs, with_verification, verify_key)
                for bid, objs in sorted(grouped.items())]
     return entries
 
 
+def _belongs(manifest: Manifest, layout: Layout, backup_id: str) -> str | None:
+    """Why ``manifest`` is not the manifest of ``backup_id`` (None when it is)."""
+    if manifest.backup_id != backup_id:
+        return f"manifest of {backup_id} describes backup {manifest.backup_id}"
+    folder = layout.backup_dir(backup_id)
+    for artifact in manifest.artifacts:
+        if not artifact.key.startswith(folder) or "/" in artifact.key[len(folder):]:
+            return f"manifest of {backup_id} points outside its backup: {artifact.key}"
+    return None
+
+
+def _checked_record(record: dict[str, Any] | None, backup_id: str,
+                    verify_key: Ed25519PublicKey | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    if record.get("backup_id") != backup_id:
+        return {**record, "claimed_result": record.get("result"), "result": "forged"}
+    if verify_key is not None and not signing.check_record(record, verify_key):
+        return {**record, "claimed_result": record.get("result"), "result": "unsigned"}
+    return record
+
+
 def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[ObjectInfo],
-           with_verification: bool) -> BackupEntry:
+           with_verification: bool, verify_key: Ed25519PublicKey | None = None
+           ) -> BackupEntry:
     names = {layout.parse_backup_key(o.key)[1]: o for o in objects}  # type: ignore[index]
     entry = BackupEntry(backup_id, INCOMPLETE, size=sum(o.size for o in objects),
                         objects=objects)
@@ -111,6 +141,10 @@ def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[Objec
         except (ManifestError, NotFoundError) as exc:
             entry.status, entry.error = CORRUPT, exc.message
         else:
+            wrong = _belongs(manifest, layout, backup_id)
+            if wrong:
+                entry.status, entry.error = CORRUPT, wrong
+                return entry
             entry.status, entry.manifest = COMPLETE, manifest
             entry.kind, entry.labels = manifest.kind, manifest.labels
             entry.started_at, entry.finished_at = manifest.started_at, manifest.finished_at
@@ -118,18 +152,20 @@ def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[Objec
     if with_verification:
         records = sorted(k for k in names if k.startswith("verifications/"))
         if records:
-            entry.verification = _json(storage, layout.artifact(backup_id, records[-1]))
+            entry.verification = _checked_record(
+                _json(storage, layout.artifact(backup_id, records[-1])), backup_id, verify_key)
     return entry
 
 
 def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool = False,
-            kind: str | None = None) -> BackupEntry:
+            kind: str | None = None, verify_key: Ed25519PublicKey | None = None
+            ) -> BackupEntry:
     """Find one backup by id, or the newest complete one with ``latest``.
 
     Raises NotFoundError when there is no such backup, or it is not complete.
     """
     if latest or ref in (None, "latest", "--latest"):
-        complete = [e for e in list_backups(storage, layout)
+        complete = [e for e in list_backups(storage, layout, verify_key=verify_key)
                     if e.status == COMPLETE and (kind is None or e.kind == kind)]
         if not complete:
             raise NotFoundError(f"no complete backup in {storage.description}/{layout.root}")
@@ -140,11 +176,14 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
     objects = list(storage.list(layout.backup_dir(ref)))
     if not objects:
         raise NotFoundError(f"no backup {ref} in {storage.description}/{layout.root}")
-    return _entry(storage, layout, ref, objects, True)
+    return _entry(storage, layout, ref, objects, True, verify_key)
 
 
 def require_complete(entry: BackupEntry) -> Manifest:
-    """The manifest of a complete backup. Raises NotFoundError naming the backup's status."""
+    """The manifest of a complete backup. Raises VerificationError for a corrupt one,
+    NotFoundError naming the status of a failed or incomplete one."""
+    if entry.status == CORRUPT:
+        raise VerificationError(f"backup {entry.backup_id} is corrupt: {entry.error}")
     if entry.status != COMPLETE or entry.manifest is None:
         detail = f": {entry.error}" if entry.error else ""
         raise NotFoundError(f"backup {entry.backup_id} is {entry.status}{detail}")

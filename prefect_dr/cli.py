@@ -234,6 +234,16 @@ def _layout() -> Any:
     return Layout(_state.settings().s3_prefix or "")
 
 
+def _verify_key() -> Any:
+    """The configured manifest/record verify key, or None."""
+    settings = _state.settings()
+    if not settings.verify_key:
+        return None
+    from prefect_dr import signing
+
+    return signing.load_public(settings.verify_key)
+
+
 def _parse_labels(labels: list[str]) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in labels:
@@ -293,7 +303,7 @@ def list_cmd(json_flag: JsonFlag = False) -> None:
     """List backups with their status, size, labels and newest verification."""
     from prefect_dr import catalog
 
-    entries = catalog.list_backups(_storage(), _layout())
+    entries = catalog.list_backups(_storage(), _layout(), verify_key=_verify_key())
     if _json(json_flag):
         console.print_json({"backups": [e.to_dict() for e in entries]})
         return
@@ -616,7 +626,7 @@ def status(
                 status_mod.validate_cron(expr)
     except ValueError as exc:
         raise errors.DRError(str(exc), exit_code=errors.USAGE) from None
-    entries = catalog.list_backups(_storage(), _layout())
+    entries = catalog.list_backups(_storage(), _layout(), verify_key=_verify_key())
     report = status_mod.evaluate(entries, backup_cron=cron, verify_cron=verify_cron,
                                  grace=window, now=dt.datetime.now(dt.UTC),
                                  kind=kind.value if kind else None)

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prefect_dr import catalog, signing
+from prefect_dr.errors import NotFoundError, VerificationError
+from prefect_dr.layout import DUMP, MANIFEST, STATUS, Layout
+from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.storage.memory import MemoryStorage
+
+LAY = Layout("p")
+A, B = "20261101T000000Z-aaaaaa", "20261102T000000Z-bbbbbb"
+
+
+def _manifest(bid: str) -> Manifest:
+    art = Artifact("dump", LAY.artifact(bid, DUMP), "pg_dump-custom", 1, "x", 1, "y", "zstd")
+    return Manifest(bid, "full", "2026-11-01T00:00:00+00:00", "2026-11-01T00:01:00+00:00",
+                    "0.1.0", None, "rev", "15", "15", "db", {}, (art,), {})
+
+
+def _store() -> MemoryStorage:
+    s = MemoryStorage()
+    for bid in (A, B):
+        s.put_bytes(LAY.artifact(bid, DUMP), b"x")
+        s.put_bytes(LAY.artifact(bid, MANIFEST), _manifest(bid).to_json())
+    return s
+
+
+def test_statuses() -> None:
+    s = _store()
+    c = "20261103T000000Z-cccccc"
+    s.put_bytes(LAY.artifact(c, STATUS), catalog.status_record(
+        c, "full", "failed", started_at="2026-11-03T00:00:00+00:00", host="h", pid=1,
+        run_id="r", labels={}, error="boom"))
+    d = "20261104T000000Z-dddddd"
+    s.put_bytes(LAY.artifact(d, DUMP), b"partial")
+    got = {e.backup_id: e.status for e in catalog.list_backups(s, LAY)}
+    assert got == {A: "complete", B: "complete", c: "failed", d: "incomplete"}
+    assert catalog.resolve(s, LAY, None, latest=True).backup_id == B
+    with pytest.raises(NotFoundError, match="is failed: boom"):
+        catalog.require_complete(catalog.resolve(s, LAY, c))
+    with pytest.raises(NotFoundError, match="is not a backup id"):
+        catalog.resolve(s, LAY, "../etc")
+
+
+def test_manifest_replaced_by_another_backups_is_corrupt() -> None:
+    s = _store()
+    s.put_bytes(LAY.artifact(A, MANIFEST), _manifest(B).to_json())
+    entry = catalog.resolve(s, LAY, A)
+    assert entry.status == "corrupt" and "describes backup " + B in entry.error
+    with pytest.raises(VerificationError):
+        catalog.require_complete(entry)
+    assert catalog.resolve(s, LAY, None, latest=True).backup_id == B
+
+
+def test_garbage_manifest_is_corrupt_not_complete() -> None:
+    s = _store()
+    s.put_bytes(LAY.artifact(B, MANIFEST), b"{not json")
+    assert catalog.resolve(s, LAY, B).status == "corrupt"
+    assert catalog.resolve(s, LAY, None, latest=True).backup_id == A
+
+
+def test_forged_and_unsigned_verification_records() -> None:
+    s = _store()
+    pem, public = signing.generate()
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    good = signing.sign_record({"backup_id": A, "result": "passed"}, key)
+    s.put_bytes(LAY.verification(A, "20261101T010000Z-000001"), json.dumps(good).encode())
+    s.put_bytes(LAY.verification(B, "20261102T010000Z-000001"),
+                json.dumps({"backup_id": B, "result": "passed"}).encode())
+    vk = signing.load_public(public)
+    got = {e.backup_id: e.verification["result"]
+           for e in catalog.list_backups(s, LAY, verify_key=vk)}
+    assert got == {A: "passed", B: "unsigned"}
+    s.put_bytes(LAY.verification(B, "20261102T020000Z-000002"),
+                json.dumps({"backup_id": A, "result": "passed"}).encode())
+    assert catalog.resolve(s, LAY, B).verification["result"] == "forged"
