@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from prefect_dr import prefect_schema as ps
+from prefect_dr.errors import VerificationError
 from prefect_dr.pg.connect import table_exists
 
 FORMAT = "prefect-dr-config-export"
@@ -77,6 +78,35 @@ def build(conn: psycopg.Connection, *, backup_id: str, key: ps.BlockKey | None,
     export["block_documents"] = documents
     export["summary"] = summary(export)
     return export
+
+
+class ExportError(VerificationError):
+    """A configuration export is malformed or of an unknown version."""
+
+
+def parse(raw: bytes, where: str = "configuration export") -> dict[str, Any]:
+    """Parse and validate export bytes. Raises ExportError naming the problem."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ExportError(f"{where} is not valid JSON") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ExportError(f"{where} is not a prefect-dr configuration export")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ExportError(f"{where} has format_version {version!r}; this prefect-dr reads "
+                          f"{FORMAT_VERSION} (upgrade prefect-dr)")
+    for section in (*SECTIONS, "block_documents"):
+        rows = data.get(section, [])
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ExportError(f"{where}: section {section!r} must be a list of objects")
+    for section in ("block_documents", "variables", "work_pools", "deployments", "automations"):
+        for row in data.get(section, []):
+            if not isinstance(row.get("name"), str):
+                raise ExportError(f"{where}: an entry of {section!r} has no name")
+    if not isinstance(data.get("summary", {}), dict):
+        raise ExportError(f"{where}: summary must be an object")
+    return data
 
 
 def summary(export: dict[str, Any]) -> dict[str, int]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import __version__, crypto, pipeline, signing, smoke
+from prefect_dr import __version__, crypto, export, pipeline, signing, smoke
 from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import COMPLETE, BackupEntry, list_backups, require_complete, resolve
 from prefect_dr.config import Settings
@@ -230,7 +230,8 @@ def read_small_artifacts(storage: Storage, manifest: Manifest,
             data = _decrypt_small(storage, artifact, identities)
             out["detail"] = f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok"
         if artifact.name == "config":
-            export_doc = json.loads(data)
+            with checks.run("export format", artifact.name):
+                export_doc = export.parse(data, f"configuration export of {manifest.backup_id}")
         elif artifact.name == "block-key":
             escrowed = str(json.loads(data)["fernet_key"])
     return export_doc, escrowed
