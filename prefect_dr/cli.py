@@ -600,6 +600,79 @@ def rollback(
 
 
 @app.command()
+def prune(
+    keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest.")
+                         ] = None,
+    keep_hourly: Annotated[int | None, typer.Option("--keep-hourly")] = None,
+    keep_daily: Annotated[int | None, typer.Option("--keep-daily")] = None,
+    keep_weekly: Annotated[int | None, typer.Option("--keep-weekly")] = None,
+    keep_monthly: Annotated[int | None, typer.Option("--keep-monthly")] = None,
+    keep_yearly: Annotated[int | None, typer.Option("--keep-yearly")] = None,
+    keep_within: Annotated[str | None, typer.Option(
+        "--keep-within", help="Keep all within DURATION of the newest backup.")] = None,
+    keep_label: Annotated[list[str] | None, typer.Option(
+        "--keep-label", help="Keep backups with this label (KEY or KEY=VALUE).")] = None,
+    min_verified: Annotated[int | None, typer.Option(
+        "--min-verified", help="Never remove the N newest verified backups (default 1).")
+    ] = None,
+    grace: Annotated[str | None, typer.Option(
+        "--grace", help="Failed/incomplete backups and uploads younger than this are kept "
+        "(default 24h).")] = None,
+    kind: Annotated[Kind | None, typer.Option("--kind", help="Prune only this kind.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; delete nothing.")
+                       ] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Remove backups a retention policy no longer keeps (GFS, restic semantics), safely."""
+    from prefect_dr import durations, retention
+    from prefect_dr import prune as prune_mod
+
+    try:
+        within = durations.parse(keep_within) if keep_within else None
+        grace_d = durations.parse(grace) if grace else None
+    except ValueError as exc:
+        raise errors.DRError(str(exc), exit_code=errors.USAGE) from None
+    settings = _state.settings()
+    policies = retention.policies_for(
+        settings, kind.value if kind else None, keep_last=keep_last, keep_hourly=keep_hourly,
+        keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly,
+        keep_yearly=keep_yearly, keep_within=within,
+        keep_labels=tuple(keep_label) if keep_label else None, min_verified=min_verified,
+        grace=grace_d)
+    try:
+        result = prune_mod.run(_storage(), _layout(), policies, dry_run=dry_run,
+                               verify_key=_verify_key())
+    except prune_mod.PruneError as exc:
+        _record_prune(exc.result)
+        raise
+    _record_prune(result)
+    if _json(json_flag):
+        console.print_json({"ok": True, **result.to_dict()})
+    else:
+        title = "Prune plan (dry run: nothing deleted)" if dry_run else "Prune"
+        console.table(title, ["kind", "id", "status", "started", "verified", "size", "action",
+                              "reasons"],
+                      [(r["kind"], r["id"], r["status"], r["started_at"],
+                        {True: "yes", False: "no"}.get(r["verified"], ""),
+                        console.human_bytes(r.get("size")), r["action"], "; ".join(r["reasons"]))
+                       for r in result.rows()], status_column=6)
+        c = result.counts
+        verb = "would remove" if dry_run else "removed"
+        console.info(f"kept {c['kept']}, {verb} {c['removed']} backups "
+                     f"({console.human_bytes(c['bytes_freed'])}), skipped {c['skipped_locked']} "
+                     f"under Object Lock, {c['uploads_aborted']} stale uploads")
+    if result.locked:
+        logger.warning("%d backups are under Object Lock retention and were kept",
+                       len(result.locked))
+
+
+def _record_prune(result: Any) -> None:
+    if result is not None and _state.run is not None:
+        _state.run.set("prune_removed_backups", result.counts["removed"])
+        _state.run.set("prune_kept_backups", result.counts["kept"])
+
+
+@app.command()
 def status(
     cron: Annotated[str | None, typer.Option(
         "--cron", envvar="PREFECT_DR_BACKUP_CRON",

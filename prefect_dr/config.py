@@ -73,6 +73,11 @@ SPECS: tuple[Spec, ...] = (
          help="zstd compression level (1-19)"),
     Spec("lock_stale_hours", "PREFECT_DR_LOCK_STALE_HOURS", "backup.lock_stale_hours", "int",
          default=12, help="age after which another host's backup lock counts as stale"),
+    Spec("retention_full", "PREFECT_DR_RETENTION_FULL", "retention.full",
+         help="retention policy of full backups for `prune`, e.g. "
+              "keep-daily=7,keep-weekly=4,keep-monthly=12,min-verified=1"),
+    Spec("retention_config_only", "PREFECT_DR_RETENTION_CONFIG_ONLY", "retention.config_only",
+         help="retention policy of config-only backups for `prune`, e.g. keep-last=48"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 _TOML_KEYS = {s.toml: s for s in SPECS}

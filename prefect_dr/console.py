@@ -20,7 +20,7 @@ from prefect_dr import redact
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                 "complete": "green", "failed": "bold red", "incomplete": "yellow",
-                "passed": "green"}
+                "passed": "green", "keep": "green", "remove": "yellow", "locked": "cyan"}
 
 
 def out() -> Console:

@@ -55,12 +55,15 @@ class PolicyError(DRError, ValueError):
 
 
 def format_duration(delta: dt.timedelta) -> str:
-    """Compact text of a duration in the units ``durations.parse`` reads: 90s, 1d12h, 2w."""
+    """Compact text of a duration in the units ``durations.parse`` reads: 90s, 1d12h, 30d, 2w
+    (weeks only for whole weeks)."""
     seconds = int(delta.total_seconds())
     if seconds <= 0:
         return "0s"
+    if seconds % 604800 == 0:
+        return f"{seconds // 604800}w"
     parts = []
-    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if seconds >= size:
             parts.append(f"{seconds // size}{unit}")
             seconds %= size
@@ -237,7 +240,7 @@ def policies_for(settings: Settings, kind: str | None = None, **options: Any
     """
     if kind is not None and kind not in KINDS:
         raise PolicyError(f"unknown backup kind {kind!r} (full or config-only)")
-    flags = any(options.get(n) is not None for n in _KEEP_RULES)
+    flags = any(options.get(n) not in (None, (), []) for n in _KEEP_RULES)
     out: dict[str, Policy] = {}
     for k in [kind] if kind else list(KINDS):
         configured = configured_policy(settings, k)

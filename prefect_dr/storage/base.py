@@ -6,7 +6,8 @@ Semantics every backend honours (tests/test_storage_contract.py checks them agai
 - ``stat`` of a missing key returns None, ``open_reader``/``get_bytes`` raise NotFoundError;
 - ``list`` yields every object under a prefix in key order, across pages;
 - ``delete`` of a missing key is not an error;
-- ``put_if_absent`` writes only when no object has the key and says whether it did.
+- ``put_if_absent`` writes only when no object has the key and says whether it did;
+- ``retention`` tells whether Object Lock forbids deleting an object (None: nothing does).
 """
 
 from __future__ import annotations
@@ -37,6 +38,28 @@ class IncompleteUpload:
     key: str
     upload_id: str
     initiated: dt.datetime
+
+
+@dataclass(frozen=True)
+class ObjectRetention:
+    """The Object Lock state of one object: a retain-until date and/or a legal hold."""
+
+    until: dt.datetime | None = None
+    mode: str | None = None  # "GOVERNANCE" | "COMPLIANCE"
+    legal_hold: bool = False
+
+    def blocks_delete(self, now: dt.datetime) -> bool:
+        """Whether deleting the object is forbidden at ``now``."""
+        return self.legal_hold or (self.until is not None and self.until > now)
+
+    def describe(self) -> str:
+        """A short human description, e.g. 'COMPLIANCE until 2027-01-01T00:00:00+00:00'."""
+        parts = []
+        if self.until is not None:
+            parts.append(f"{self.mode or 'retention'} until {self.until.isoformat()}")
+        if self.legal_hold:
+            parts.append("legal hold")
+        return ", ".join(parts) or "no lock"
 
 
 class Writer(abc.ABC):
@@ -115,6 +138,14 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
         """Abort one incomplete upload."""
+
+    def retention(self, key: str) -> ObjectRetention | None:
+        """The Object Lock state of ``key``, or None when nothing forbids deleting it.
+
+        Backends without Object Lock return None. Raises StorageError when the state cannot
+        be read (a caller about to delete must not guess).
+        """
+        return None
 
     def put_bytes(self, key: str, data: bytes,
                   content_type: str = "application/octet-stream") -> ObjectInfo:

@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from prefect_dr.errors import NotFoundError, StorageError
-from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, Storage, Writer
+from prefect_dr.storage.base import (
+    IncompleteUpload,
+    ObjectInfo,
+    ObjectRetention,
+    Storage,
+    Writer,
+)
 
 
 class MemoryWriter(Writer):
@@ -46,12 +52,17 @@ class MemoryWriter(Writer):
 
 
 class MemoryStorage(Storage):
-    """Objects in a dict; thread-safe; ``fail_writes`` injects write failures."""
+    """Objects in a dict; thread-safe; ``fail_writes`` injects write failures.
+
+    Tests put Object Lock states in ``retentions``; deleting an object they lock raises
+    StorageError (like deleting a locked object version on S3).
+    """
 
     def __init__(self) -> None:
         self.objects: dict[str, tuple[bytes, ObjectInfo]] = {}
         self.uploads: dict[str, IncompleteUpload] = {}
         self.fail_writes = False
+        self.retentions: dict[str, ObjectRetention] = {}
         self.description = "memory"
         self._lock = threading.Lock()
         self._tick = 0
@@ -93,6 +104,10 @@ class MemoryStorage(Storage):
         yield from sorted(infos, key=lambda i: i.key)
 
     def delete(self, key: str) -> None:
+        lock = self.retentions.get(key)
+        if lock is not None and key in self.objects and lock.blocks_delete(
+                dt.datetime.now(dt.UTC)):
+            raise StorageError(f"delete {key}: AccessDenied (Object Lock: {lock.describe()})")
         with self._lock:
             self.objects.pop(key, None)
 
@@ -109,3 +124,6 @@ class MemoryStorage(Storage):
 
     def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
         self.uploads.pop(upload.upload_id, None)
+
+    def retention(self, key: str) -> ObjectRetention | None:
+        return self.retentions.get(key)

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, BinaryIO
 from urllib.parse import quote
 
@@ -20,7 +21,13 @@ from botocore.config import Config
 
 from prefect_dr import retry
 from prefect_dr.errors import NotFoundError, StorageError
-from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, Storage, Writer
+from prefect_dr.storage.base import (
+    IncompleteUpload,
+    ObjectInfo,
+    ObjectRetention,
+    Storage,
+    Writer,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +39,9 @@ MAX_PARTS = 10_000
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
                      "InvalidToken", "ExpiredToken", "Forbidden", "403"}
+# Answers meaning "this object (or bucket) has no retention / legal hold": not an error.
+_NO_LOCK_CODES = {"NoSuchObjectLockConfiguration", "ObjectLockConfigurationNotFoundError",
+                  "NoSuchObjectLegalHold", "InvalidRequest", "NotImplemented"}
 _TRANSIENT_CODES = {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout",
                     "500", "502", "503", "504", "RequestTimeTooSkewed"}
 
@@ -217,6 +227,47 @@ class S3Storage(Storage):
         except bce.BotoCoreError as exc:
             raise self.wrap_error(exc, "abort upload", upload.key) from None
 
+    @cached_property
+    def object_lock_enabled(self) -> bool:
+        """Whether the bucket has Object Lock enabled (read once). Raises StorageError."""
+        return self.bucket_object_lock() != "Disabled"
+
+    def retention(self, key: str) -> ObjectRetention | None:
+        """Retain-until date and legal hold of ``key``; None on buckets without Object Lock,
+        for objects without either, and for missing objects. Raises StorageError when S3
+        refuses to tell (grant s3:GetObjectRetention and s3:GetObjectLegalHold)."""
+        if not self.object_lock_enabled:
+            return None
+        resp = self._lock_call("read retention", key, self.client.get_object_retention)
+        if resp is _MISSING:
+            return None
+        found = (resp or {}).get("Retention") or {}
+        until = found.get("RetainUntilDate")
+        if isinstance(until, dt.datetime):
+            until = until.astimezone(dt.UTC)
+        hold = self._lock_call("read legal hold", key, self.client.get_object_legal_hold)
+        if hold is _MISSING:
+            return None
+        held = ((hold or {}).get("LegalHold") or {}).get("Status") == "ON"
+        if until is None and not held:
+            return None
+        return ObjectRetention(until=until, mode=found.get("Mode"), legal_hold=held)
+
+    def _lock_call(self, what: str, key: str, fn: Any) -> Any:
+        """One Object Lock read: None when nothing is configured, _MISSING for no object."""
+        try:
+            return retry.call(lambda: fn(Bucket=self.bucket, Key=key), transient=is_transient,
+                              what=what, deadline_s=self.retry_deadline_s)
+        except bce.ClientError as exc:
+            code = error_code(exc)
+            if code in _NO_LOCK_CODES:
+                return None
+            if code in ("404", "NoSuchKey", "NotFound"):
+                return _MISSING
+            raise self.wrap_error(exc, what, key) from None
+        except bce.BotoCoreError as exc:
+            raise self.wrap_error(exc, what, key) from None
+
     # -- bucket facts for doctor ---------------------------------------------------------
     def bucket_versioning(self) -> str:
         """'Enabled', 'Suspended' or 'Disabled'. Raises StorageError."""
@@ -249,6 +300,9 @@ class S3Storage(Storage):
     def head_bucket(self) -> None:
         """Raise StorageError unless the bucket exists and the credentials may use it."""
         self._call("open bucket", "", self.client.head_bucket, Bucket=self.bucket)
+
+
+_MISSING = object()
 
 
 class S3Writer(Writer):
