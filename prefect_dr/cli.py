@@ -675,13 +675,13 @@ def _record_prune(result: Any) -> None:
 @app.command()
 def status(
     cron: Annotated[str | None, typer.Option(
-        "--cron", envvar="PREFECT_DR_BACKUP_CRON",
-        help="Backup schedule, e.g. '0 */6 * * *'.")] = None,
+        "--cron", help="Backup schedule, e.g. '0 */6 * * *' (default: schedule.backup_cron).")
+    ] = None,
     verify_cron: Annotated[str | None, typer.Option(
-        "--verify-cron", envvar="PREFECT_DR_VERIFY_CRON", help="Verify schedule.")] = None,
-    grace: Annotated[str, typer.Option(
-        "--grace", envvar="PREFECT_DR_STATUS_GRACE",
-        help="How long a scheduled run may take before it counts as missing.")] = "1h",
+        "--verify-cron", help="Verify schedule (default: schedule.verify_cron).")] = None,
+    grace: Annotated[str | None, typer.Option(
+        "--grace", help="How long a scheduled run may take before it counts as missing "
+        "(default: schedule.grace, 1h).")] = None,
     kind: Annotated[Kind | None, typer.Option("--kind", help="Only backups of this kind.")
                     ] = None,
     json_flag: JsonFlag = False,
@@ -692,6 +692,10 @@ def status(
     from prefect_dr import catalog, durations
     from prefect_dr import status as status_mod
 
+    settings = _state.settings()
+    cron = cron or settings.backup_cron
+    verify_cron = verify_cron or settings.verify_cron
+    grace = grace or settings.status_grace or "1h"
     try:
         window = durations.parse(grace)
         for expr in (cron, verify_cron):

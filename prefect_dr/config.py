@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from prefect_dr import crypto, redact
+from croniter import croniter
+
+from prefect_dr import crypto, durations, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
@@ -78,6 +80,14 @@ SPECS: tuple[Spec, ...] = (
               "keep-daily=7,keep-weekly=4,keep-monthly=12,min-verified=1"),
     Spec("retention_config_only", "PREFECT_DR_RETENTION_CONFIG_ONLY", "retention.config_only",
          help="retention policy of config-only backups for `prune`, e.g. keep-last=48"),
+    Spec("backup_cron", "PREFECT_DR_BACKUP_CRON", "schedule.backup_cron",
+         help="backup schedule (cron), for 'status'"),
+    Spec("verify_cron", "PREFECT_DR_VERIFY_CRON", "schedule.verify_cron",
+         help="verify schedule (cron), for 'status'"),
+    Spec("status_grace", "PREFECT_DR_STATUS_GRACE", "schedule.grace", default="1h",
+         help="how long a scheduled run may take before 'status' calls it missing"),
+    Spec("s3_retry_deadline", "PREFECT_DR_S3_RETRY_DEADLINE", "s3.retry_deadline_seconds", "int",
+         default=120, help="seconds transient S3 errors are retried before giving up"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 _TOML_KEYS = {s.toml: s for s in SPECS}
@@ -282,6 +292,19 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
     level = values.get("zstd_level")
     if level is not None and not 1 <= level <= 19:
         problems.append("PREFECT_DR_ZSTD_LEVEL must be between 1 and 19")
+    for name in ("backup_cron", "verify_cron"):
+        expr = values.get(name)
+        if expr and not croniter.is_valid(expr):
+            problems.append(f"{SPEC_BY_NAME[name].env}: {expr!r} is not a valid cron expression")
+    grace = values.get("status_grace")
+    if grace:
+        try:
+            durations.parse(grace)
+        except ValueError as exc:
+            problems.append(f"PREFECT_DR_STATUS_GRACE: {exc}")
+    deadline = values.get("s3_retry_deadline")
+    if deadline is not None and deadline < 0:
+        problems.append("PREFECT_DR_S3_RETRY_DEADLINE must not be negative")
     stale = values.get("lock_stale_hours")
     if stale is not None and stale < 1:
         problems.append("PREFECT_DR_LOCK_STALE_HOURS must be at least 1")

@@ -6,7 +6,7 @@ from prefect_dr.config import Settings
 from prefect_dr.storage.s3 import S3Options, S3Storage
 
 
-def from_settings(settings: Settings, *, retry_deadline_s: float = 120.0) -> S3Storage:
+def from_settings(settings: Settings, *, retry_deadline_s: float | None = None) -> S3Storage:
     """The S3 storage the settings describe. Raises ConfigError when no bucket is set.
 
     ``retry_deadline_s`` bounds how long transient errors are retried (short for probes).
@@ -19,4 +19,5 @@ def from_settings(settings: Settings, *, retry_deadline_s: float = 120.0) -> S3S
         object_lock_days=settings.s3_object_lock_days or None)
     return S3Storage(settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
                      region=settings.s3_region, options=options,
-                     retry_deadline_s=retry_deadline_s)
+                     retry_deadline_s=retry_deadline_s if retry_deadline_s is not None
+                     else float(settings.s3_retry_deadline or 0))
