@@ -550,6 +550,60 @@ def _render_plan(plan: Any) -> None:
                     f"{r['change']:+d}") for r in plan.history_diff if r["backup"] or r["current"]])
 
 
+@app.command("restore-config")
+def restore_config(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="Comma-separated: blocks,variables,work-pools,deployments,automations,"
+        "concurrency-limits (default: all).")] = None,
+    on_conflict: Annotated[str, typer.Option(
+        "--on-conflict", help="skip (keep existing objects) or overwrite.")] = "skip",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff only.")] = False,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Import a backup's configuration export into a live Prefect server through its API."""
+    from prefect_dr import catalog
+    from prefect_dr import config_import as ci
+
+    if not backup_id and not latest:
+        raise errors.DRError("give a backup id or --latest", exit_code=errors.USAGE)
+    sections = ci.parse_only(only)
+    settings = _state.settings()
+    settings.require("prefect_api_url", "age_identity_file")
+    storage = _storage()
+    manifest = catalog.require_complete(catalog.resolve(storage, _layout(), backup_id,
+                                                        latest=latest))
+    identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
+    export_doc = ci.read_export(storage, manifest, identities)
+    the_plan = ci.plan(settings.prefect_api_url, export_doc, only=sections,
+                       on_conflict=on_conflict)
+    if not _json(json_flag):
+        console.table(f"restore-config of {manifest.backup_id} into Prefect "
+                      f"{the_plan.target_version or ''} ({'dry run' if dry_run else on_conflict})",
+                      ["section", "kind", "name", "action", "differences", "note"],
+                      [(i.section, i.kind, i.name, i.action, ", ".join(i.diff), i.note or "")
+                       for i in the_plan.items])
+        for warning in the_plan.warnings:
+            logger.warning(warning)
+    if dry_run:
+        if _json(json_flag):
+            console.print_json({"ok": True, "dry_run": True, "plan": the_plan.to_dict()})
+        else:
+            console.info(", ".join(f"{k}: {v}" for k, v in the_plan.counts.items()))
+        return
+    result = ci.apply(settings.prefect_api_url, export_doc, the_plan)
+    if _json(json_flag):
+        console.print_json({"ok": result.ok, "plan": the_plan.to_dict(),
+                            "result": result.to_dict()})
+    else:
+        console.info(", ".join(f"{k}: {v}" for k, v in result.counts.items()))
+    for failure in result.failures:
+        console.error(f"{failure.section} {failure.name}: {failure.error}")
+    if not result.ok:
+        raise typer.Exit(errors.PARTIAL)
+
+
 @app.command()
 def rollback(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
