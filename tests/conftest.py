@@ -66,6 +66,16 @@ def cli_env(stack_env: dict[str, str], identity: tuple[Path, str]) -> dict[str, 
     return env
 
 
+def s3_client(env: dict[str, str]):
+    """A boto3 S3 client for the stack, with the credentials of ``env``."""
+    import boto3
+
+    return boto3.session.Session(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    ).client("s3", endpoint_url=env["PREFECT_DR_S3_ENDPOINT_URL"], region_name="us-east-1")
+
+
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300,
             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m prefect_dr ARGS` as a real process and capture its output."""

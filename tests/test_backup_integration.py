@@ -11,22 +11,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import psycopg
 import pytest
-from conftest import clone_prefect_db, drop_db, run_cli
+from conftest import clone_prefect_db, drop_db, run_cli, s3_client
 from cryptography.fernet import Fernet
 
 from prefect_dr.lock import ADVISORY_KEY
 
 pytestmark = pytest.mark.integration
-
-
-def _s3(env: dict[str, str]):
-    return boto3.session.Session(
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    ).client("s3", endpoint_url=env["PREFECT_DR_S3_ENDPOINT_URL"], region_name="us-east-1")
 
 
 def _backup(env: dict[str, str], *args: str) -> dict:
@@ -42,7 +34,7 @@ def _list(env: dict[str, str]) -> dict[str, dict]:
 
 
 def _fetch(env: dict[str, str], key: str) -> bytes:
-    return _s3(env).get_object(Bucket=env["PREFECT_DR_S3_BUCKET"], Key=key)["Body"].read()
+    return s3_client(env).get_object(Bucket=env["PREFECT_DR_S3_BUCKET"], Key=key)["Body"].read()
 
 
 def _decrypt_with_age(blob: bytes, identity: Path) -> bytes:
@@ -139,7 +131,7 @@ def test_stale_lock_object_of_a_dead_process_is_taken_over(repo_env: dict[str, s
 
     from prefect_dr.layout import Layout
 
-    s3 = _s3(repo_env)
+    s3 = s3_client(repo_env)
     first = _backup(repo_env)  # learn the lock key from a real run's database fingerprint
     assert first["ok"]
     prefix = Layout(repo_env["PREFECT_DR_S3_PREFIX"]).root + "locks/"
@@ -188,7 +180,7 @@ def test_bad_inputs_fail_in_one_line(repo_env: dict[str, str], tmp_path: Path) -
 def _wait_for_upload_start(env: dict[str, str], proc: subprocess.Popen, prefix: str,
                            timeout: float = 60) -> None:
     """Wait until the backup's dump upload has begun (a multipart upload exists)."""
-    s3 = _s3(env)
+    s3 = s3_client(env)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
         ups = s3.list_multipart_uploads(Bucket=env["PREFECT_DR_S3_BUCKET"], Prefix=prefix)
@@ -229,7 +221,7 @@ def test_sigterm_leaves_failed_record_and_no_open_upload(slow_env: dict[str, str
     (entry,) = listed.values()
     assert entry["status"] == "failed"
     assert "signal" in entry["error"] or "interrupt" in entry["error"]
-    s3 = _s3(repo_env)
+    s3 = s3_client(repo_env)
     assert not s3.list_multipart_uploads(Bucket=repo_env["PREFECT_DR_S3_BUCKET"],
                                          Prefix=root).get("Uploads")
     assert "Traceback" not in err
@@ -258,7 +250,7 @@ def test_sigkill_never_leaves_a_complete_looking_backup(slow_env: dict[str, str]
         if b["status"] == "complete":  # finished before the kill: must be whole
             manifest = json.loads(run_cli(["show", b["id"], "--json"], repo_env).stdout)
             for art in manifest["artifacts"]:
-                head = _s3(repo_env).head_object(Bucket=repo_env["PREFECT_DR_S3_BUCKET"],
+                head = s3_client(repo_env).head_object(Bucket=repo_env["PREFECT_DR_S3_BUCKET"],
                                                  Key=art["key"])
                 assert head["ContentLength"] == art["size"]
     # the lock of a killed run does not block the next backup on this host

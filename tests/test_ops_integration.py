@@ -13,9 +13,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
-from conftest import run_cli
+from conftest import run_cli, s3_client
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +69,7 @@ def test_status_is_stale_until_a_backup_is_taken(env: dict[str, str]) -> None:
     fresh = run_cli(["status", "--cron", "0 3 * * *"], env)
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     # the same backup, as if taken two days ago: older than the daily schedule allows
-    s3 = boto3.session.Session(aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                               aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"]).client(
-        "s3", endpoint_url=env["PREFECT_DR_S3_ENDPOINT_URL"], region_name="us-east-1")
+    s3 = s3_client(env)
     key = manifest["artifacts"][0]["key"].rsplit("/", 1)[0] + "/manifest.json"
     import datetime as dt
 

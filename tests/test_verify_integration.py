@@ -11,19 +11,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import psycopg
 import pytest
-from conftest import run_cli
+from conftest import run_cli, s3_client
 
 pytestmark = pytest.mark.integration
-
-
-def _s3(env: dict[str, str]):
-    return boto3.session.Session(
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    ).client("s3", endpoint_url=env["PREFECT_DR_S3_ENDPOINT_URL"], region_name="us-east-1")
 
 
 def _scratch_dbs(env: dict[str, str]) -> list[str]:
@@ -44,7 +36,7 @@ def repo(cli_env: dict[str, str]) -> Iterator[tuple[dict[str, str], dict]]:
 
 
 def _replace(env: dict[str, str], key: str, fn) -> None:
-    s3 = _s3(env)
+    s3 = s3_client(env)
     body = s3.get_object(Bucket=env["PREFECT_DR_S3_BUCKET"], Key=key)["Body"].read()
     s3.put_object(Bucket=env["PREFECT_DR_S3_BUCKET"], Key=key, Body=fn(body))
 
@@ -73,7 +65,7 @@ def test_fresh_backup_verifies_and_is_recorded(repo) -> None:
     assert "data matches the export" in smoke["detail"]
     listed = json.loads(run_cli(["list", "--json"], env).stdout)["backups"]
     assert listed[0]["verification"]["result"] == "passed"
-    keys = [o["Key"] for o in _s3(env).list_objects_v2(
+    keys = [o["Key"] for o in s3_client(env).list_objects_v2(
         Bucket=env["PREFECT_DR_S3_BUCKET"], Prefix=env["PREFECT_DR_S3_PREFIX"])["Contents"]]
     assert any("/verifications/" in k for k in keys)
 
