@@ -774,6 +774,54 @@ def status(
         raise typer.Exit(errors.STALE)
 
 
+k8s_app = typer.Typer(help="Kubernetes objects for running prefect-dr.", no_args_is_help=True)
+app.add_typer(k8s_app, name="k8s")
+
+
+@k8s_app.command("render")
+def k8s_render(
+    schedule: Annotated[str, typer.Option("--schedule", help="Backup CronJob schedule.")
+                        ] = "0 2 * * *",
+    verify_schedule: Annotated[str, typer.Option("--verify-schedule")] = "0 4 * * *",
+    prune_schedule: Annotated[str, typer.Option("--prune-schedule")] = "0 6 * * *",
+    namespace: Annotated[str, typer.Option("--namespace")] = "prefect-dr",
+    image: Annotated[str | None, typer.Option("--image", help="Container image.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+                      ] = None,
+) -> None:
+    """Print CronJobs (backup, prune, verify), a restore Job template, ConfigMap and example
+    Secrets for the current settings (multi-document YAML; schedules validated)."""
+    from prefect_dr import k8s
+
+    settings = _state.settings()
+    overrides: dict[str, Any] = {
+        "namespace": namespace, "backup_schedule": schedule,
+        "verify_schedule": verify_schedule, "prune_schedule": prune_schedule,
+        "age_recipients": tuple(settings.recipients),
+    }
+    for field_name, setting in (("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
+                                ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
+                                ("database_url", "database_url"),
+                                ("prefect_api_url", "prefect_api_url"),
+                                ("retention_full", "retention_full"),
+                                ("retention_config_only", "retention_config_only"),
+                                ("verify_key", "verify_key")):
+        value = getattr(settings, setting)
+        if value:
+            overrides[field_name] = value
+    if image:
+        overrides["image"] = image
+    try:
+        text = k8s.to_yaml(k8s.render(k8s.RenderOptions(**overrides)))
+    except ValueError as exc:
+        raise errors.DRError(str(exc), exit_code=errors.USAGE) from None
+    if output:
+        output.write_text(text, encoding="utf-8")
+        console.info(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise interrupt.note(signal.Signals(signum).name)
 

@@ -21,6 +21,9 @@ from prefect_dr import crypto, durations, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
+#: Variables the command line reads itself (global metrics options), not settings.
+CLI_ENV = frozenset({"PREFECT_DR_METRICS_FILE", "PREFECT_DR_PUSHGATEWAY_URL",
+                     "PREFECT_DR_METRICS_INSTANCE"})
 
 
 @dataclass(frozen=True)
@@ -239,7 +242,7 @@ def load(
             value = _coerce(spec, raw, spec.env, problems)
             if value is not None:
                 values[spec.name], sources[spec.name] = value, f"env {spec.env}"
-    known_env = {s.env for s in SPECS} | {CONFIG_ENV}
+    known_env = {s.env for s in SPECS} | {CONFIG_ENV} | CLI_ENV
     for name in env:
         if (name.startswith("PREFECT_DR_") and name not in known_env
                 and not name.startswith("PREFECT_DR_STACK_")):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
@@ -21,6 +24,25 @@ from prefect_dr.errors import VerificationError
 from prefect_dr.storage.base import Writer
 
 READ_SIZE = 1024 * 1024
+MAX_ZSTD_THREADS = 4  # zstd memory grows with workers; 4 saturate a 2-4 CPU container
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the cgroup v2 CPU quota if any, else the affinity mask
+    (on Kubernetes the affinity is the whole node; the quota is the pod's limit)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text(encoding="ascii").split()[:2]
+        if quota != "max":
+            cpus = min(cpus or 1, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus or 1)
+
+
+def zstd_threads() -> int:
+    """Compression worker threads: the available CPUs, at most MAX_ZSTD_THREADS."""
+    return min(available_cpus(), MAX_ZSTD_THREADS)
 
 
 class Progress:
@@ -109,7 +131,8 @@ def encrypt_to(source: BinaryIO, writer: Writer, recipients: list[crypto.Recipie
     plain = HashingReader(source, progress, "dumped")
     stream: Any = plain
     if zstd_level is not None:
-        cctx = zstandard.ZstdCompressor(level=zstd_level, threads=-1, write_checksum=True)
+        cctx = zstandard.ZstdCompressor(level=zstd_level, threads=zstd_threads(),
+                                        write_checksum=True)
         compressed = cctx.stream_reader(plain, read_size=READ_SIZE)
         stream = HashingReader(compressed, progress, "compressed")
     out = HashingWriter(writer, progress, "uploaded")

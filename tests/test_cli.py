@@ -88,3 +88,25 @@ def test_logs_are_json_lines_with_run_id_when_not_a_tty(tmp_path: Path) -> None:
     record = json.loads(proc.stderr.splitlines()[0])
     assert record["level"] == "warning" and len(record["run_id"]) == 12
     assert "PREFECT_DR_S3_BUCKT" in record["msg"]
+
+
+def test_k8s_render_uses_settings_and_validates_schedule() -> None:
+    import yaml
+
+    env = _env(PREFECT_DR_S3_BUCKET="acme-backups", PREFECT_DR_S3_PREFIX="prod",
+               PREFECT_DR_DATABASE_URL="postgresql://prefect@db:5432/prefect")
+    proc = run_cli(["k8s", "render", "--schedule", "0 */6 * * *"], env)
+    assert proc.returncode == 0, proc.stderr
+    objects = list(yaml.safe_load_all(proc.stdout))
+    cronjobs = {o["metadata"]["name"]: o for o in objects if o and o["kind"] == "CronJob"}
+    backup = next(o for name, o in cronjobs.items() if name.endswith("backup"))
+    assert backup["spec"]["schedule"] == "0 */6 * * *"
+    config = next(o for o in objects if o and o["kind"] == "ConfigMap")
+    assert "acme-backups" in json.dumps(config)
+    bad = run_cli(["k8s", "render", "--schedule", "every day"], env)
+    assert bad.returncode == 2 and "invalid cron" in bad.stderr
+
+
+def test_metrics_variables_are_not_reported_unknown() -> None:
+    proc = run_cli(["config", "show"], _env(PREFECT_DR_PUSHGATEWAY_URL="http://127.0.0.1:9"))
+    assert proc.returncode == 0 and "unknown environment variable" not in proc.stderr

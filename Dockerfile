@@ -1,0 +1,77 @@
+# syntax=docker/dockerfile:1
+# prefect-dr container image: the CLI and the PostgreSQL 15 client tools, run as uid 10001.
+#
+#   docker build -t prefect-dr:dev --build-arg VERSION="$(python3 -c 'import prefect_dr; print(prefect_dr.__version__)')" .
+#   docker run --rm prefect-dr:dev --version
+#
+# Kubernetes manifests: deploy/kubernetes (docs/deploy.md). Linted by hadolint (tests/test_deploy.py).
+#
+# PostgreSQL client version: pg_dump must be at least the server's major version. Bookworm ships
+# the PostgreSQL 15 client. For a newer server, install postgresql-client-16/17 from the PGDG
+# repository in the runtime stage instead (and point PREFECT_DR_PG_BIN_DIR at its bin folder):
+#   apt-get install -y --no-install-recommends ca-certificates curl
+#   install -d /usr/share/postgresql-common/pgdg
+#   curl -fsSLo /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+#        https://www.postgresql.org/media/keys/ACCC4CF8.asc
+#   echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] \
+#         https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
+#        > /etc/apt/sources.list.d/pgdg.list
+#   apt-get update && apt-get install -y --no-install-recommends postgresql-client-17=17.*
+# A newer pg_dump also dumps older servers, so the newest client serves every server.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# ---- builder: the project's wheel and wheels of every dependency --------------------------
+FROM ${PYTHON_IMAGE} AS builder
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY prefect_dr ./prefect_dr
+# One resolution, here; the runtime stage installs from these wheels only (--no-index).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+# ---- runtime ---------------------------------------------------------------------------------
+FROM ${PYTHON_IMAGE}
+ARG VERSION=dev
+
+LABEL org.opencontainers.image.title="prefect-dr" \
+      org.opencontainers.image.description="Disaster recovery for self-hosted Prefect servers: encrypted, verified backups to S3 and undoable restores." \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://github.com/prefect-dr/prefect-dr" \
+      org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
+
+# pg_dump, pg_restore, psql. "=15.*" pins the major version and still takes Debian's security
+# updates (an exact version disappears from the mirror when the next one is published).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends postgresql-client-15=15.* \
+    && rm -rf /var/lib/apt/lists/*
+
+# Numeric uid/gid (USER below): Kubernetes' runAsNonRoot can check a number, not a name.
+RUN groupadd --system --gid 10001 prefect-dr \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
+       --shell /usr/sbin/nologin prefect-dr
+
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/prefect_dr-*.whl
+
+# HOME=/tmp: with readOnlyRootFilesystem the only writable place is the /tmp emptyDir; nothing
+# is staged on disk (backups stream), but libraries that cache in $HOME find somewhere to go.
+ENV PREFECT_DR_PG_BIN_DIR=/usr/lib/postgresql/15/bin \
+    HOME=/tmp \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+USER 10001:10001
+WORKDIR /tmp
+
+# A batch job: its health is its exit code (docs/exit-codes.md), and there is no long-running
+# process to probe. Kubernetes ignores Docker health checks anyway; NONE also disables any
+# check inherited from the base image.
+HEALTHCHECK NONE
+
+# The tool is PID 1, no shell in between: it installs its own SIGTERM/SIGINT handlers (a
+# Kubernetes deadline or eviction aborts the uploads and leaves a *failed* record), and it
+# waits for every child (pg_dump, pg_restore) it starts.
+ENTRYPOINT ["prefect-dr"]
+CMD ["--help"]

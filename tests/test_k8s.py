@@ -1,0 +1,433 @@
+"""prefect_dr.k8s: every rendered object is a valid Kubernetes object, hardened, least privilege.
+
+Validity is checked with the official client's models: ``__deserialize`` builds the typed model
+(types and required fields are validated) and ``sanitize_for_serialization`` turns it back into
+a dict. The deserializer silently drops keys it does not know, so the round trip must give back
+exactly the original dict: a misspelled or misplaced field shows up as a difference.
+"""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from prefect_dr import __version__, config, crypto, k8s
+from prefect_dr.errors import CryptoKeyError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy" / "kubernetes"
+MODELS = {
+    ("v1", "ServiceAccount"): "V1ServiceAccount",
+    ("v1", "ConfigMap"): "V1ConfigMap",
+    ("v1", "Secret"): "V1Secret",
+    ("batch/v1", "CronJob"): "V1CronJob",
+    ("batch/v1", "Job"): "V1Job",
+}
+API = client.ApiClient()
+RECIPIENT = crypto.generate_identity()[1]
+
+
+def roundtrip(obj: dict[str, Any]) -> Any:
+    """Deserialize ``obj`` into its client model and serialize it back."""
+    model_name = MODELS[(obj["apiVersion"], obj["kind"])]
+    model = API._ApiClient__deserialize(copy.deepcopy(obj), model_name)
+    return API.sanitize_for_serialization(model)
+
+
+def assert_valid(obj: dict[str, Any]) -> None:
+    assert roundtrip(obj) == obj, f"{obj['kind']} {obj['metadata']}: fields lost in the model"
+
+
+def full_options() -> k8s.RenderOptions:
+    """Every optional feature switched on."""
+    return k8s.RenderOptions(
+        namespace="dr", name="prod-dr", image="registry.example/prefect-dr@sha256:" + "a" * 64,
+        image_pull_policy="Always", backup_schedule="0 */6 * * *", verify_schedule="@daily",
+        prune_schedule="30 7 * * MON-FRI", time_zone="Europe/Berlin",
+        bucket="acme-prefect-backups", prefix="prod", endpoint_url="https://s3.example:9000",
+        region=None, database_url="postgresql://dr@db.internal:5432/prefect",
+        prefect_api_url=None, age_recipients=(RECIPIENT,), retention_full="keep-last=10",
+        retention_config_only="keep-last=48", verify_key="AAAA",
+        verify_scratch_url="postgresql://verify@scratch.internal:5432/postgres",
+        extra_env={"PREFECT_DR_ZSTD_LEVEL": "6"},
+        pushgateway_url="http://pushgateway.monitoring.svc:9091", metrics_instance="prod",
+        s3_secrets={"verify": "verify-keys"},  # the other jobs use IRSA
+        signing_key_secret="prefect-dr-signing", block_key_secret="prefect-block-key",
+        restore_backup_id="20261126T153000Z-a1b2c3", restore_dry_run=False,
+        backup_deadline_seconds=7200, memory_limit="1Gi",
+    )
+
+
+OPTIONS = [k8s.RenderOptions(), full_options()]
+IDS = ["defaults", "everything"]
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def pods(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """component -> pod spec of every CronJob and Job."""
+    out = {}
+    for obj in objects:
+        if obj["kind"] == "CronJob":
+            out[obj["metadata"]["labels"]["app.kubernetes.io/component"]] = (
+                obj["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+        elif obj["kind"] == "Job":
+            out["restore"] = obj["spec"]["template"]["spec"]
+    return out
+
+
+def job_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for obj in objects:
+        if obj["kind"] == "CronJob":
+            out[obj["metadata"]["labels"]["app.kubernetes.io/component"]] = (
+                obj["spec"]["jobTemplate"]["spec"])
+        elif obj["kind"] == "Job":
+            out["restore"] = obj["spec"]
+    return out
+
+
+# ---- schema ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_every_object_is_a_valid_kubernetes_object(options):
+    objects = k8s.render(options)
+    assert [o["kind"] for o in objects] == (
+        ["ServiceAccount"] * 4 + ["ConfigMap"]
+        + ["Secret"] * (len(options.s3_secrets) + 2 + bool(options.signing_key_secret)
+                        + bool(options.block_key_secret))
+        + ["CronJob"] * 3 + ["Job"])
+    for obj in objects:
+        assert_valid(obj)
+
+
+def test_the_round_trip_detects_misspelled_and_misplaced_fields():
+    cron = next(o for o in k8s.render() if o["kind"] == "CronJob")
+    assert_valid(cron)
+    typo = copy.deepcopy(cron)
+    pod = typo["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod["containers"][0]["securityContext"]["runAsNonroot"] = (
+        pod["containers"][0]["securityContext"].pop("runAsNonRoot"))
+    assert roundtrip(typo) != typo
+    misplaced = copy.deepcopy(cron)
+    misplaced["spec"]["backoffLimit"] = 2  # belongs to the Job spec, not the CronJob spec
+    assert roundtrip(misplaced) != misplaced
+
+
+def test_the_models_reject_wrong_types_and_missing_required_fields():
+    cron = next(o for o in k8s.render() if o["kind"] == "CronJob")
+    wrong = copy.deepcopy(cron)
+    wrong["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
+        "resources"]["limits"]["cpu"] = 2  # quantities are strings
+    with pytest.raises(ValueError, match="cpu"):  # pydantic's ValidationError
+        roundtrip(wrong)
+    nameless = copy.deepcopy(cron)
+    del nameless["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["name"]
+    with pytest.raises(ValueError, match="name"):
+        roundtrip(nameless)
+
+
+# ---- security ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_every_pod_is_hardened(options):
+    objects = k8s.render(options)
+    found = pods(objects)
+    assert set(found) == {"backup", "prune", "verify", "restore"}
+    for role, pod in found.items():
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["enableServiceLinks"] is False
+        assert pod["restartPolicy"] == "Never"
+        assert pod["serviceAccountName"] == f"{options.name}-{role}"
+        [container] = pod["containers"]
+        assert container["name"] == role
+        assert container["image"] == options.image
+        sc = container["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}} in pod["volumes"]
+        assert container["resources"] == {
+            "requests": {"cpu": options.cpu_request, "memory": options.memory_request},
+            "limits": {"cpu": options.cpu_limit, "memory": options.memory_limit}}
+        assert container["args"][0] == role
+    assert found["backup"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "500m", "memory": "256Mi"},
+        "limits": {"cpu": "2", "memory": "1Gi" if options.memory_limit == "1Gi" else "512Mi"}}
+
+
+def _secret_names(pod: dict[str, Any]) -> set[str]:
+    [container] = pod["containers"]
+    names = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    names |= {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
+    names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", ())
+              if "valueFrom" in e}
+    return names
+
+
+def _env_names(pod: dict[str, Any]) -> set[str]:
+    return {e["name"] for e in pod["containers"][0].get("env", ())}
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_only_verify_and_restore_hold_the_age_identity(options):
+    objects = k8s.render(options)
+    found = pods(objects)
+    for role in ("backup", "prune"):
+        assert options.identity_secret not in _secret_names(found[role]), role
+        assert "PREFECT_DR_AGE_IDENTITY_FILE" not in _env_names(found[role]), role
+        assert not [v for v in found[role]["volumes"] if v["name"] == "age-identity"], role
+    backup_cron = next(o for o in by_kind(objects, "CronJob")
+                       if o["metadata"]["name"] == f"{options.name}-backup")
+    assert options.identity_secret not in k8s.to_yaml([backup_cron])
+    assert "AGE-SECRET-KEY" not in k8s.to_yaml([backup_cron])
+    for role in ("verify", "restore"):
+        pod = found[role]
+        assert options.identity_secret in _secret_names(pod)
+        [volume] = [v for v in pod["volumes"] if v["name"] == "age-identity"]
+        assert volume["secret"]["defaultMode"] == 0o440
+        mount = next(m for m in pod["containers"][0]["volumeMounts"]
+                     if m["name"] == "age-identity")
+        assert mount["readOnly"] is True
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["PREFECT_DR_AGE_IDENTITY_FILE"] == f"{mount['mountPath']}/identity.txt"
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_each_job_gets_only_its_own_secrets(options):
+    found = pods(k8s.render(options))
+    for role, pod in found.items():
+        expected = {options.s3_secrets[role]} if role in options.s3_secrets else set()
+        if role != "prune":
+            expected.add(options.database_secret)  # PGPASSWORD
+        if role in ("verify", "restore"):
+            expected.add(options.identity_secret)
+        if options.signing_key_secret and role != "prune":
+            expected.add(options.signing_key_secret)
+        if options.block_key_secret and role in ("backup", "restore"):
+            expected.add(options.block_key_secret)
+        assert _secret_names(pod) == expected, role
+
+
+def test_example_secrets_hold_placeholders_only(tmp_path):
+    for options in OPTIONS:
+        secrets = by_kind(k8s.render(options), "Secret")
+        assert secrets
+        for secret in secrets:
+            assert "data" not in secret
+            for key, value in secret["stringData"].items():
+                assert k8s.PLACEHOLDER in value, key
+    # the placeholder identity is refused loudly, never mistaken for a key
+    [identity] = [s for s in k8s.example_secrets(k8s.RenderOptions())
+                  if "identity.txt" in s["stringData"]]
+    path = tmp_path / "identity.txt"
+    path.write_text(identity["stringData"]["identity.txt"])
+    with pytest.raises(CryptoKeyError, match="not an age secret key"):
+        crypto.load_identities(path)
+
+
+def test_no_s3_secrets_for_workload_identity():
+    options = k8s.RenderOptions(s3_secrets={})
+    objects = k8s.render(options)
+    assert not [s for s in by_kind(objects, "Secret") if "AWS_ACCESS_KEY_ID" in s["stringData"]]
+    for pod in pods(objects).values():
+        assert [e for e in pod["containers"][0]["envFrom"] if "secretRef" in e] == []
+
+
+# ---- jobs and schedules ------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_cron_jobs_never_overlap_and_give_up_in_time(options):
+    objects = k8s.render(options)
+    crons = {o["metadata"]["name"]: o["spec"] for o in by_kind(objects, "CronJob")}
+    assert set(crons) == {f"{options.name}-{r}" for r in ("backup", "prune", "verify")}
+    assert crons[f"{options.name}-backup"]["schedule"] == options.backup_schedule
+    assert crons[f"{options.name}-verify"]["schedule"] == options.verify_schedule
+    assert crons[f"{options.name}-prune"]["schedule"] == options.prune_schedule
+    for spec in crons.values():
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["startingDeadlineSeconds"] == options.starting_deadline_seconds
+        assert spec["timeZone"] == options.time_zone
+    specs = job_specs(objects)
+    assert specs["backup"]["activeDeadlineSeconds"] == options.backup_deadline_seconds
+    assert specs["verify"]["activeDeadlineSeconds"] == options.verify_deadline_seconds
+    assert specs["prune"]["activeDeadlineSeconds"] == options.prune_deadline_seconds
+    assert specs["restore"]["activeDeadlineSeconds"] == options.restore_deadline_seconds
+    assert {r: s["backoffLimit"] for r, s in specs.items()} == {
+        "backup": 2, "prune": 1, "verify": 1, "restore": 0}
+    for role, spec in specs.items():
+        first = spec["podFailurePolicy"]["rules"][0]
+        assert first["action"] == "FailJob"
+        assert first["onExitCodes"] == {"containerName": role, "operator": "In",
+                                        "values": [2, 10, 11, 12, 13, 14]}
+    # an evicted restore is not retried behind the operator's back
+    assert len(specs["restore"]["podFailurePolicy"]["rules"]) == 1
+
+
+def test_commands_of_each_job():
+    found = pods(k8s.render())
+    assert found["backup"]["containers"][0]["args"] == ["backup"]
+    assert found["prune"]["containers"][0]["args"] == ["prune"]
+    assert found["verify"]["containers"][0]["args"] == ["verify", "--latest"]
+    assert found["restore"]["containers"][0]["args"] == ["restore", "--latest", "--dry-run"]
+    full = pods(k8s.render(full_options()))
+    assert full["verify"]["containers"][0]["args"] == [
+        "verify", "--latest", "--scratch-url", "postgresql://verify@scratch.internal:5432/postgres"]
+    assert full["restore"]["containers"][0]["args"] == [
+        "restore", "20261126T153000Z-a1b2c3", "--yes"]
+
+
+def test_restore_is_a_one_shot_job_created_by_hand():
+    [job] = by_kind(k8s.render(), "Job")
+    assert job["metadata"]["generateName"] == "prefect-dr-restore-"
+    assert "name" not in job["metadata"]
+    assert "kubectl create" in job["metadata"]["annotations"]["prefect-dr/description"]
+    assert job["spec"]["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+
+
+@pytest.mark.parametrize(("schedule", "normalized"), [
+    ("0 2 * * *", "0 2 * * *"), ("0 */6 * * *", "0 */6 * * *"), ("@daily", "@daily"),
+    ("@HOURLY", "@hourly"), ("30 4 * * MON-FRI", "30 4 * * MON-FRI"),
+    ("0 2 1,15 * *", "0 2 1,15 * *"), ("*/15 0-6 * * ?", "*/15 0-6 * * ?"),
+    ("0 3 * JAN,JUL 0", "0 3 * JAN,JUL 0"), ("  0   2 * * *  ", "0 2 * * *"),
+])
+def test_good_schedules(schedule, normalized):
+    assert k8s.validate_schedule(schedule) == normalized
+    [cron] = [o for o in k8s.render(k8s.RenderOptions(backup_schedule=schedule))
+              if o["kind"] == "CronJob" and o["metadata"]["name"] == "prefect-dr-backup"]
+    assert cron["spec"]["schedule"] == normalized
+
+
+@pytest.mark.parametrize("schedule", [
+    "", "0 2 * *", "0 2 * * * *", "61 * * * *", "0 24 * * *", "H 2 * * *", "0 2 L * *",
+    "0 2 * * MON#1", "TZ=UTC 0 2 * * *", "0 2 31 2 *", "every day", "@every 1h", "0 2 * * 8",
+])
+def test_bad_schedules_raise_a_one_line_value_error(schedule):
+    for field in ("backup_schedule", "verify_schedule", "prune_schedule"):
+        with pytest.raises(ValueError) as info:
+            k8s.render(k8s.RenderOptions(**{field: schedule}))
+        message = str(info.value)
+        assert "\n" not in message
+        assert repr(schedule) in message
+        assert field.replace("_", " ") in message
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"database_url": "postgresql://prefect:hunter2@db/prefect"}, "must not carry a password"),
+    ({"verify_scratch_url": "postgresql://v:pw@db/postgres"}, "must not carry a password"),
+    ({"database_url": "mysql://db/prefect"}, "postgresql://"),
+    ({"endpoint_url": "s3.example"}, "http"),
+    ({"age_recipients": ("age1nope",)}, "recipient"),
+    ({"retention_full": "keep-nothing=3"}, "retention_full"),
+    ({"extra_env": {"PGPASSWORD": "x"}}, "secret"),
+    ({"extra_env": {"AWS_SECRET_ACCESS_KEY": "x"}}, "secret"),
+    ({"extra_env": {"PREFECT_DR_S3_BUCKET": "x"}}, "own option"),
+    ({"extra_env": {"PREFECT_DR_BACKUP_CRON": "0 1 * * *"}}, "own option"),
+    ({"pushgateway_url": "pgw:9091"}, "pushgateway_url"),
+    ({"metrics_instance": " "}, "metrics_instance"),
+    ({"extra_env": {"NOT VALID": "x"}}, "environment variable name"),
+    ({"s3_secrets": {"backups": "x"}}, "unknown role"),
+    ({"namespace": "Prefect_DR"}, "namespace"),
+    ({"name": "x" * 46}, "45"),
+    ({"time_zone": "Mars/Olympus"}, "time zone"),
+    ({"restore_backup_id": "latest"}, "backup id"),
+    ({"memory_limit": "512MB"}, "quantity"),
+    ({"image": "bad image"}, "image"),
+    ({"database_secret": "Bad_Name"}, "secret name"),
+])
+def test_bad_options_raise_value_error(changes, fragment):
+    with pytest.raises(ValueError, match=fragment) as info:
+        k8s.render(k8s.RenderOptions(**changes))
+    assert "\n" not in str(info.value)
+    assert "hunter2" not in str(info.value)
+
+
+# ---- settings ----------------------------------------------------------------------------
+
+# Read by the CLI's options (typer envvar), not by config.SPECS.
+CLI_ENV = {"PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE"}
+
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_configmap_holds_settings_the_tool_accepts(options):
+    [cm] = by_kind(k8s.render(options), "ConfigMap")
+    data = cm["data"]
+    known = {spec.env for spec in config.SPECS} | CLI_ENV
+    assert set(data) <= known
+    assert list(data) == sorted(data)
+    settings = config.load(env=data)  # the tool's own validation, every problem at once
+    # config.load does not know the CLI's metrics variables (yet) and warns about them
+    assert {w for w in settings.warnings
+            if not any(name in w for name in CLI_ENV)} == set()
+    assert settings.s3_bucket == options.bucket
+    assert settings.database_url == options.database_url
+    assert "PGPASSWORD" not in data and not any(k.startswith("AWS_") for k in data)
+    for pod in pods(k8s.render(options)).values():
+        assert _env_names(pod) <= known | {"PGPASSWORD"}
+
+
+def test_metrics_get_a_stable_instance():
+    assert "PREFECT_DR_PUSHGATEWAY_URL" not in k8s.config_env(k8s.RenderOptions())
+    env = k8s.config_env(k8s.RenderOptions(pushgateway_url="http://pgw:9091", namespace="ops"))
+    assert env["PREFECT_DR_PUSHGATEWAY_URL"] == "http://pgw:9091"
+    assert env["PREFECT_DR_METRICS_INSTANCE"] == "ops/prefect-dr"
+    env = k8s.config_env(full_options())
+    assert env["PREFECT_DR_METRICS_INSTANCE"] == "prod"
+
+
+def test_schedules_reach_status_only_in_utc():
+    env = k8s.config_env(k8s.RenderOptions(backup_schedule="0 */6 * * *"))
+    assert env["PREFECT_DR_BACKUP_CRON"] == "0 */6 * * *"
+    assert env["PREFECT_DR_VERIFY_CRON"] == "0 4 * * *"
+    for zone in ("Europe/Berlin", None):
+        env = k8s.config_env(k8s.RenderOptions(time_zone=zone))
+        assert "PREFECT_DR_BACKUP_CRON" not in env and "PREFECT_DR_VERIFY_CRON" not in env
+
+
+def test_default_image_is_this_version():
+    assert k8s.RenderOptions().image == f"ghcr.io/prefect-dr/prefect-dr:{__version__}"
+
+
+# ---- YAML and the committed examples -----------------------------------------------------
+
+def test_to_yaml_round_trips_and_is_stable():
+    objects = k8s.render(full_options())
+    text = k8s.to_yaml(objects)
+    assert list(yaml.safe_load_all(text)) == objects
+    assert k8s.to_yaml(k8s.render(full_options())) == text
+    assert text.startswith("---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n")
+    header = k8s.to_yaml(objects[:1], header="line one\nline two")
+    assert header.startswith("# line one\n# line two\n---\n")
+
+
+def test_committed_examples_equal_a_fresh_render():
+    files = k8s.example_files()
+    committed = {p.name for p in DEPLOY.glob("*.yaml")}
+    assert committed == set(files), "run scripts/render-k8s (and remove stale files)"
+    for name, text in files.items():
+        assert (DEPLOY / name).read_text(encoding="utf-8") == text, (
+            f"deploy/kubernetes/{name} is out of date: run scripts/render-k8s")
+    for name in files:
+        for obj in yaml.safe_load_all((DEPLOY / name).read_text(encoding="utf-8")):
+            assert_valid(obj)
+
+
+def test_render_script_writes_the_same_files(tmp_path):
+    proc = subprocess.run([str(ROOT / "scripts" / "render-k8s"), str(tmp_path)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in k8s.EXAMPLE_FILES:
+        assert (tmp_path / name).read_text() == (DEPLOY / name).read_text()
