@@ -217,7 +217,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
           fingerprints: tuple[str, ...], pg_dump: str, dump_version: str, pg_version: str,
           signer: signing.Ed25519PrivateKey | None, backup_id: str,
           started: dt.datetime) -> Manifest:
-    level = settings.zstd_level or 3
+    level = settings.zstd_level or 2
     prefect_version = _prefect_version(settings)
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
     row = conn.execute("SELECT pg_export_snapshot()").fetchone()

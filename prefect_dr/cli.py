@@ -23,7 +23,6 @@ from prefect_dr import (
     config,
     console,
     crypto,
-    doctor,
     errors,
     interrupt,
     log,
@@ -209,6 +208,8 @@ def keygen(
 @app.command("doctor")
 def doctor_cmd(json_flag: JsonFlag = False) -> None:
     """Check the database, client tools, S3 bucket and keys; exit 0 only if all required pass."""
+    from prefect_dr import doctor
+
     settings = _state.settings()
     report = doctor.run(settings)
     if _json(json_flag):

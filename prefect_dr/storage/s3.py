@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import threading
+import queue
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -99,7 +99,7 @@ class S3Storage(Storage):
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None,
                  region: str | None = None, options: S3Options | None = None,
-                 max_in_flight: int = 3, retry_deadline_s: float = 120.0,
+                 max_in_flight: int = 2, retry_deadline_s: float = 120.0,
                  client: Any = None) -> None:
         self.bucket = bucket
         self.endpoint_url = endpoint_url
@@ -308,19 +308,23 @@ _MISSING = object()
 class S3Writer(Writer):
     """Multipart upload: parts are uploaded by a small pool while the caller keeps writing.
 
-    Memory held is at most (max_in_flight + 1) parts. Each part carries a SHA-256 checksum, so
-    buckets with Object Lock (which require one) accept it. Small objects use one PUT.
+    Memory is (max_in_flight + 1) part buffers, allocated once and reused: the caller fills one
+    while the others upload, and ``write`` waits for a free buffer. Each part carries a SHA-256
+    checksum, so buckets with Object Lock (which require one) accept it. Small objects use one
+    PUT.
     """
 
     def __init__(self, s3: S3Storage, key: str, content_type: str, tags: dict[str, str]) -> None:
         self._s3, self._key, self._content_type = s3, key, content_type
         self._tags = tags
-        self._buf = bytearray()
+        self._cur: bytearray | None = None
+        self._fill = 0
         self._part_number = 1
         self._upload_id: str | None = None
         self._futures: list[Future[dict[str, Any]]] = []
         self._pool: ThreadPoolExecutor | None = None
-        self._slots = threading.BoundedSemaphore(s3.max_in_flight)
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._allocated = 0
         self._done = False
         self._failed: BaseException | None = None
 
@@ -332,22 +336,36 @@ class S3Writer(Writer):
                                        for k, v in self._tags.items())
         return args
 
+    def _buffer(self, size: int) -> bytearray:
+        """A part buffer of ``size`` bytes: a new one while fewer than max_in_flight + 1 exist,
+        else the next one an upload gives back (waiting for it)."""
+        if self._allocated <= self._s3.max_in_flight:
+            self._allocated += 1
+            return bytearray(size)
+        buf = self._free.get()
+        return buf if len(buf) == size else bytearray(size)
+
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._done:
             raise StorageError(f"write after close/abort of {self._key}")
-        if self._failed is not None:
-            raise self._s3.wrap_error(self._failed, "upload", self._key)
-        self._buf += data
-        n = len(data)
+        view = memoryview(data).cast("B")
+        n = len(view)
+        while view:
+            if self._failed is not None:
+                raise self._s3.wrap_error(self._failed, "upload", self._key)
+            if self._cur is None:
+                self._cur, self._fill = self._buffer(part_size_for(self._part_number)), 0
+            take = min(len(view), len(self._cur) - self._fill)
+            self._cur[self._fill:self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == len(self._cur):
+                buf, self._cur = self._cur, None
+                self._submit(buf)
         self.bytes_written += n
-        while len(self._buf) >= part_size_for(self._part_number):
-            size = part_size_for(self._part_number)
-            chunk = bytes(self._buf[:size])
-            del self._buf[:size]
-            self._submit(chunk)
         return n
 
-    def _submit(self, chunk: bytes) -> None:
+    def _submit(self, buf: bytearray) -> None:
         if self._part_number > MAX_PARTS:
             raise StorageError(f"upload {self._key}: more than {MAX_PARTS} parts")
         if self._upload_id is None:
@@ -359,19 +377,18 @@ class S3Writer(Writer):
                                             thread_name_prefix="s3-part")
         number = self._part_number
         self._part_number += 1
-        self._slots.acquire()  # bound memory: block while max_in_flight parts are uploading
         assert self._pool is not None
-        fut = self._pool.submit(self._upload_part, number, chunk)
-        fut.add_done_callback(lambda f: self._slots.release())
+        fut = self._pool.submit(self._upload_part, number, buf)
+        fut.add_done_callback(lambda f: self._free.put(buf))
         self._futures.append(fut)
 
-    def _upload_part(self, number: int, chunk: bytes) -> dict[str, Any]:
-        checksum = base64.b64encode(hashlib.sha256(chunk).digest()).decode()
+    def _upload_part(self, number: int, body: bytes | bytearray) -> dict[str, Any]:
+        checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
         try:
             resp = retry.call(
                 lambda: self._s3.client.upload_part(
                     Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
-                    PartNumber=number, Body=chunk, ChecksumSHA256=checksum),
+                    PartNumber=number, Body=body, ChecksumSHA256=checksum),
                 transient=is_transient, what=f"upload part {number}",
                 deadline_s=self._s3.retry_deadline_s)
         except BaseException as exc:
@@ -382,14 +399,15 @@ class S3Writer(Writer):
     def close(self) -> ObjectInfo:
         if self._done:
             raise StorageError(f"{self._key} already closed")
+        tail = bytes(self._cur[:self._fill]) if self._cur is not None else b""
+        self._cur = None
         try:
             if self._upload_id is None:
                 self._s3._call("write", self._key, self._s3.client.put_object,
-                               Body=bytes(self._buf), **self._create_args())
+                               Body=tail, **self._create_args())
             else:
-                if self._buf:
-                    self._submit(bytes(self._buf))
-                    self._buf.clear()
+                if tail:
+                    self._submit(bytearray(tail))
                 parts = []
                 for fut in self._futures:
                     try:
@@ -418,7 +436,7 @@ class S3Writer(Writer):
 
     def abort(self) -> None:
         self._done = True
-        self._buf.clear()
+        self._cur = None
         self._shutdown()
         if self._upload_id is not None:
             try:
