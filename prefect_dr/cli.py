@@ -470,6 +470,9 @@ def restore(
     no_safety_backup: Annotated[bool, typer.Option(
         "--no-safety-backup", help="Skip the backup of the live database before the swap.")
     ] = False,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", help="pg_restore jobs; above 1 the decrypted dump is staged on local "
+        "disk (PREFECT_DR_STAGING_DIR) first. 0: one per available CPU.")] = 0,
     json_flag: JsonFlag = False,
 ) -> None:
     """Restore a backup beside the live database, check it, swap it in, keep the old one."""
@@ -500,7 +503,9 @@ def restore(
         result = restore_mod.execute(settings, storage, manifest, plan, target_url=target_url,
                                      force_disconnect=force_disconnect, env=os.environ,
                                      progress=pipeline.Progress(listener),
-                                     on_step=lambda s: logger.info(s))
+                                     on_step=lambda s: logger.info(s),
+                                     jobs=jobs or pipeline.available_cpus(),
+                                     staging_dir=settings.staging_dir)
     next_steps = [
         "Restart every Prefect server and worker: the server caches the block encryption "
         "key, automations and concurrency leases for up to an hour.",

@@ -83,6 +83,9 @@ SPECS: tuple[Spec, ...] = (
               "keep-daily=7,keep-weekly=4,keep-monthly=12,min-verified=1"),
     Spec("retention_config_only", "PREFECT_DR_RETENTION_CONFIG_ONLY", "retention.config_only",
          help="retention policy of config-only backups for `prune`, e.g. keep-last=48"),
+    Spec("staging_dir", "PREFECT_DR_STAGING_DIR", "restore.staging_dir", "path",
+         help="folder where restore stages the decrypted dump for parallel pg_restore "
+              "(default: the system temp folder; needs the dump's plaintext size)"),
     Spec("backup_cron", "PREFECT_DR_BACKUP_CRON", "schedule.backup_cron",
          help="backup schedule (cron), for 'status'"),
     Spec("verify_cron", "PREFECT_DR_VERIFY_CRON", "schedule.verify_cron",
@@ -311,7 +314,7 @@ def _validate(values: dict[str, Any], problems: list[str]) -> None:
     stale = values.get("lock_stale_hours")
     if stale is not None and stale < 1:
         problems.append("PREFECT_DR_LOCK_STALE_HOURS must be at least 1")
-    for name in ("age_recipients_file", "age_identity_file", "pg_bin_dir",
+    for name in ("age_recipients_file", "age_identity_file", "pg_bin_dir", "staging_dir",
                  "prefect_encryption_key_file", "signing_key_file"):
         path = values.get(name)
         if path and not Path(path).expanduser().exists():

@@ -28,7 +28,8 @@ ADVISORY_KEY = int.from_bytes(hashlib.sha256(b"prefect-dr:backup").digest()[:8],
                               signed=True)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -100,7 +101,7 @@ class BackupLock:
             return True
         pid = holder.get("pid")
         return (holder.get("host") == socket.gethostname() and isinstance(pid, int)
-                and not _pid_alive(pid))
+                and not pid_alive(pid))
 
     def release(self) -> None:
         """Drop both locks (the object only if it is still ours). Never raises."""

@@ -16,6 +16,8 @@ import datetime as dt
 import hashlib
 import logging
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,10 +195,26 @@ def _take_lock(admin: psycopg.Connection) -> None:
         raise LockHeldError("another restore or rollback on this server is running")
 
 
+def staging_choice(manifest: Manifest, jobs: int, staging_dir: str) -> tuple[bool, str]:
+    """Whether to stage the dump for a parallel restore, and why (or why not)."""
+    dump_artifact = manifest.artifact("dump")
+    if jobs < 2 or dump_artifact is None:
+        return False, "streamed into pg_restore (one job)"
+    try:
+        free = shutil.disk_usage(staging_dir).free
+    except OSError:
+        return False, f"streamed: staging folder {staging_dir} is not usable"
+    need = int(dump_artifact.plaintext_size * 1.1) + 64 * 1024 * 1024
+    if free < need:
+        return False, (f"streamed: {staging_dir} has {free} bytes free, staging needs {need}")
+    return True, f"staged in {staging_dir} ({dump_artifact.plaintext_size} bytes), {jobs} jobs"
+
+
 def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan, *,
             target_url: str | None, force_disconnect: bool,
             env: Mapping[str, str], progress: pipeline.Progress | None = None,
-            on_step: Callable[[str], None] = lambda _: None) -> Result:
+            on_step: Callable[[str], None] = lambda _: None, jobs: int = 1,
+            staging_dir: str | None = None) -> Result:
     """Carry out ``plan``. Before the swap, any failure leaves the live database untouched and
     drops the half-restored one; a failure inside the swap is undone.
 
@@ -227,8 +245,17 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             dump = manifest.artifact("dump")
             if dump is None:
                 raise VerificationError(f"backup {plan.backup_id} has no dump artifact")
-            verify.restore_dump(storage, dump, identities, restored_url, settings, progress,
-                                checks, role=role if role and role != me else None)
+            as_role = role if role and role != me else None
+            folder = staging_dir or tempfile.gettempdir()
+            staged, how = staging_choice(manifest, jobs, folder)
+            on_step(f"restore: {how}")
+            if staged:
+                verify.restore_dump_staged(storage, dump, identities, restored_url, settings,
+                                           progress, checks, jobs=jobs, staging_dir=folder,
+                                           role=as_role)
+            else:
+                verify.restore_dump(storage, dump, identities, restored_url, settings,
+                                    progress, checks, role=as_role)
             on_step("checking the restored database")
             with pgc.connect(restored_url) as conn:
                 verify.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)

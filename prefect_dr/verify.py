@@ -16,7 +16,10 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import secrets
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -32,8 +35,10 @@ from prefect_dr.catalog import COMPLETE, BackupEntry, list_backups, require_comp
 from prefect_dr.config import Settings
 from prefect_dr.errors import CryptoKeyError, DRError, Interrupted, NotFoundError, VerificationError
 from prefect_dr.layout import Layout
+from prefect_dr.lock import pid_alive
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import dump, tools
 from prefect_dr.pg import restore as pgr
 from prefect_dr.pg.scratch import ScratchDatabase
 from prefect_dr.storage.base import Storage
@@ -274,6 +279,59 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
     with checks.run("restore", "dump") as out:
         proc.wait()
         out["detail"] = "pg_restore into the scratch database succeeded"
+
+
+STAGING_PREFIX = "prefect-dr-restore-"
+
+
+def remove_stale_staging(staging_dir: str) -> list[str]:
+    """Delete staged dumps whose process is gone (a SIGKILLed restore): they hold plaintext."""
+    removed = []
+    for path in Path(staging_dir).glob(f"{STAGING_PREFIX}*.dump"):
+        pid_text = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(str(path))
+                log.warning("removed %s, staged by a restore that no longer runs", path)
+    return removed
+
+
+def restore_dump_staged(storage: Storage, artifact: Artifact,
+                        identities: list[crypto.Identity], url: str, settings: Settings,
+                        progress: pipeline.Progress | None, checks: Checks, *,
+                        jobs: int, staging_dir: str, role: str | None = None) -> None:
+    """Decrypt the dump to a private (0600) file, checking its integrity, then restore it with
+    ``pg_restore --jobs``: parallel data loading and index builds. The file is always removed.
+
+    Records an ``integrity`` and a ``restore`` check; raises the DRError of a failed one.
+    """
+    remove_stale_staging(staging_dir)
+    fd, path = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".dump",
+                                dir=staging_dir)
+    try:
+        with checks.run("integrity", "dump") as out, os.fdopen(fd, "wb") as staged, \
+                storage.open_reader(artifact.key) as reader:
+            pipeline.decrypt_from(reader, staged, identities,
+                                  compressed=artifact.compression == "zstd",
+                                  expect=_expect(artifact), progress=progress)
+            out["detail"] = (f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok "
+                             f"(staged {artifact.plaintext_size} bytes)")
+        with checks.run("restore", "dump") as out:
+            program = tools.find("pg_restore", settings.pg_bin_dir)
+            clean, child_env = dump.child_env(url)
+            proc = dump.ClientProcess(pgr.restore_argv(program, clean, jobs=jobs, file=path,
+                                                       role=role),
+                                      child_env, "pg_restore", stdout=subprocess.DEVNULL)
+            try:
+                proc.wait()
+            except BaseException:
+                proc.kill()
+                raise
+            out["detail"] = f"pg_restore --jobs {jobs} succeeded"
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def semantic_checks(conn: psycopg.Connection, manifest: Manifest,

@@ -155,7 +155,8 @@ def test_restore_into_a_new_database(clone: dict[str, str]) -> None:
     assert run_cli(["backup"], env).returncode == 0
     new = f"{env['_DB']}_new"
     target = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0] + "/" + new
-    proc = run_cli(["restore", "--latest", "--yes", "--target-url", target, "--json"], env)
+    proc = run_cli(["restore", "--latest", "--yes", "--target-url", target, "--json",
+                    "--jobs", "1"], env)  # the streamed path (others stage for --jobs 2)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     assert out["kept_database"] is None and out["safety_backup_id"] is None
@@ -205,9 +206,14 @@ def test_sigkill_before_the_swap_leaves_live_database_serving(clone: dict[str, s
         proxy.close()
     leftovers = [d for d in _databases(env, env["_DB"]) if "_restore_" in d]
     assert leftovers  # a killed run cannot clean up ...
+    import tempfile
+    from pathlib import Path
+
+    staged = list(Path(tempfile.gettempdir()).glob("prefect-dr-restore-*.dump"))
     dry = run_cli(["restore", "--latest", "--dry-run"], env)
     assert dry.returncode == 0
     done = run_cli(["restore", "--latest", "--yes", "--no-safety-backup"], env)
     assert done.returncode == 0, done.stderr  # ... the next restore does
     assert not [d for d in _databases(env, env["_DB"]) if "_restore_" in d
                 and "_pre_restore_" not in d]
+    assert not [p for p in staged if p.exists()]  # nor plaintext dumps of killed runs
