@@ -19,7 +19,7 @@ import pyrage
 from pyrage import x25519
 
 from prefect_dr import interrupt, redact
-from prefect_dr.errors import CryptoKeyError, DRError
+from prefect_dr.errors import CryptoKeyError, DRError, VerificationError
 
 Recipient = x25519.Recipient
 Identity = x25519.Identity
@@ -178,8 +178,8 @@ def encrypt_stream(src: BinaryIO, dst: BinaryIO, recipients: list[Recipient]) ->
 def decrypt_stream(src: BinaryIO, dst: BinaryIO, identities: list[Identity]) -> None:
     """Decrypt an age stream from ``src`` into ``dst`` (authenticated chunk by chunk).
 
-    Raises CryptoKeyError when no identity matches, DRError when the ciphertext is damaged or
-    truncated; an error raised by either stream propagates unchanged.
+    Raises CryptoKeyError when no identity matches, VerificationError when the ciphertext is
+    damaged or truncated; an error raised by either stream propagates unchanged.
     """
     reader, writer = _Relay(src, "r"), _Relay(dst, "w")
     try:
@@ -191,4 +191,5 @@ def decrypt_stream(src: BinaryIO, dst: BinaryIO, identities: list[Identity]) -> 
                 "none of the configured identities can decrypt this backup "
                 "(check PREFECT_DR_AGE_IDENTITY_FILE)"
             ) from None
-        raise DRError(f"age decryption failed, the data is damaged or truncated: {exc}") from None
+        raise VerificationError(
+            f"age decryption failed, the data is damaged or truncated: {exc}") from None

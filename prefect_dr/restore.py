@@ -270,20 +270,23 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                 safety_id = safety.backup_id
             on_step("swapping databases")
             stamp = plan.restore_db.rsplit("_", 1)[1]
+            restored_note = f"prefect-dr: restored backup {plan.backup_id} at {stamp}"
             if plan.target_exists:
                 assert plan.aside_db is not None
                 pgswap.swap(admin, db, plan.restore_db, plan.aside_db,
-                            force_disconnect=force_disconnect)
-                pgswap.comment(admin, plan.aside_db,
-                               f"prefect-dr: {db} before restore {stamp} of backup "
-                               f"{plan.backup_id}; undo with 'prefect-dr rollback'")
+                            force_disconnect=force_disconnect, comments={
+                                plan.aside_db: f"prefect-dr: {db} before restore {stamp} of "
+                                               f"backup {plan.backup_id}; undo with "
+                                               "'prefect-dr rollback'",
+                                db: restored_note})
             else:
-                pgswap.rename(admin, plan.restore_db, db)
+                with admin.transaction():
+                    pgswap.rename(admin, plan.restore_db, db)
+                    pgswap.comment(admin, db, restored_note)
         except BaseException:
             if pgswap.exists(admin, plan.restore_db):
                 drop_database(admin, plan.restore_db)
             raise
-        pgswap.comment(admin, db, f"prefect-dr: restored backup {plan.backup_id} at {stamp}")
         return Result(plan, report.checks, safety_id, plan.aside_db)
     except psycopg.Error as exc:
         raise DRError(f"restore failed: {pgc.first_line(exc)}") from None
@@ -355,11 +358,12 @@ def rollback(settings: Settings, *, target_url: str | None = None,
     try:
         with pgc.connect(admin_url) as admin:
             _take_lock(admin)
-            pgswap.swap(admin, db, chosen.name, aside, force_disconnect=force_disconnect)
-            pgswap.comment(admin, aside, f"prefect-dr: {db} rolled back at "
-                           f"{aside.rsplit('_', 1)[1]} (was restored, replaced by {chosen.name})")
-            pgswap.comment(admin, db, f"prefect-dr: rolled back to the database of "
-                           f"{chosen.stamp} (was {chosen.name})")
+            pgswap.swap(admin, db, chosen.name, aside, force_disconnect=force_disconnect,
+                        comments={
+                            aside: f"prefect-dr: {db} rolled back at {aside.rsplit('_', 1)[1]} "
+                                   f"(was restored, replaced by {chosen.name})",
+                            db: f"prefect-dr: rolled back to the database of {chosen.stamp} "
+                                f"(was {chosen.name})"})
     except psycopg.Error as exc:
         raise DRError(f"rollback failed: {pgc.first_line(exc)}") from None
     return chosen.name, aside

@@ -33,7 +33,15 @@ from prefect_dr import __version__, crypto, export, pipeline, signing, smoke
 from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import COMPLETE, BackupEntry, list_backups, require_complete, resolve
 from prefect_dr.config import Settings
-from prefect_dr.errors import CryptoKeyError, DRError, Interrupted, NotFoundError, VerificationError
+from prefect_dr.errors import (
+    CryptoKeyError,
+    DatabaseError,
+    DRError,
+    Interrupted,
+    NotFoundError,
+    StorageError,
+    VerificationError,
+)
 from prefect_dr.layout import Layout
 from prefect_dr.lock import pid_alive
 from prefect_dr.manifest import Artifact, Manifest
@@ -183,9 +191,11 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
     checks = Checks(report)
     try:
         _verify(settings, storage, manifest, options, env, progress, checks)
-    except Interrupted:
-        raise  # an interrupted run proves nothing either way: no record
+    except (Interrupted, StorageError):
+        raise  # an interrupted run, or an unreachable store, proves nothing: no record
     except DRError as exc:
+        if isinstance(exc, DatabaseError) and (not report.checks or report.checks[-1].ok):
+            raise  # the scratch server is unreachable: not a verdict on the backup
         if not report.checks or report.checks[-1].ok:
             checks.fail("verify", exc.message)
     report.finished_at = clock().isoformat()
@@ -259,7 +269,7 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
                                   expect=_expect(artifact), progress=progress)
     except (BrokenPipeError, ConnectionResetError):
         pass  # pg_restore stopped reading: its own error is reported below
-    except Interrupted:
+    except (Interrupted, StorageError):
         proc.kill()
         raise
     except DRError as exc:

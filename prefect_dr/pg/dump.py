@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
+import signal
 import subprocess
 import threading
 from collections.abc import Mapping, Sequence
@@ -36,6 +38,19 @@ def child_env(url: str, base: Mapping[str, str] | None = None) -> tuple[str, dic
     return clean, env
 
 
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    """Linux: have the kernel SIGKILL this child when prefect-dr dies, even by SIGKILL, so no
+    orphaned pg_dump/pg_restore keeps working on a half-made database or a staged file."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass  # not Linux: children may outlive a killed parent
+
+
+PR_SET_PDEATHSIG = 1
+
+
 class ClientProcess:
     """A PostgreSQL client program whose stdout is a stream; stderr tail kept for errors.
 
@@ -47,7 +62,8 @@ class ClientProcess:
         self.what = what
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self.proc = subprocess.Popen(list(argv), stdout=stdout,
-                                     stderr=subprocess.PIPE, stdin=stdin, env=dict(env))
+                                     stderr=subprocess.PIPE, stdin=stdin, env=dict(env),
+                                     preexec_fn=_die_with_parent)
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 

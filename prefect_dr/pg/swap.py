@@ -8,6 +8,7 @@ rename the replacement to the live name. A failure in the middle is undone.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psycopg
@@ -106,24 +107,28 @@ def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool) -> None
 
 
 def swap(admin: psycopg.Connection, live: str, replacement: str, aside: str, *,
-         force_disconnect: bool) -> None:
-    """Rename ``live`` to ``aside`` and ``replacement`` to ``live``, or change nothing.
+         force_disconnect: bool, comments: Mapping[str, str] | None = None,
+         attempts: int = 3) -> None:
+    """Rename ``live`` to ``aside`` and ``replacement`` to ``live`` (and set ``comments``,
+    keyed by the final names) in ONE transaction: a crash at any point leaves either the old
+    state or the new one, never a missing or half-renamed database.
 
     Raises ConnectedClientsError when clients are connected (and not forced off), DRError or
-    psycopg.Error on failure; in every failure case both databases keep their names.
+    psycopg.Error on failure; in every failure case nothing changed.
     """
-    allow_connections(admin, live, False)
-    try:
+    for attempt in range(1, attempts + 1):
         _clear(admin, live, force_disconnect)
         _clear(admin, replacement, force_disconnect)
-        rename(admin, live, aside)
         try:
-            rename(admin, replacement, live)
-        except BaseException:
-            rename(admin, aside, live)
-            raise
-    except BaseException:
-        name = aside if exists(admin, aside) and not exists(admin, live) else live
-        allow_connections(admin, name, True)
-        raise
-    allow_connections(admin, aside, True)
+            with admin.transaction():
+                rename(admin, live, aside)
+                rename(admin, replacement, live)
+                for name, text in (comments or {}).items():
+                    comment(admin, name, text)
+            return
+        except psycopg.errors.ObjectInUse:
+            # a client connected between the check and the rename: nothing was renamed
+            if not force_disconnect or attempt == attempts:
+                raise ConnectedClientsError(
+                    f"clients connected to {live} during the swap; nothing changed; stop "
+                    "Prefect servers and workers, or pass --force-disconnect") from None

@@ -108,10 +108,12 @@ class S3Storage(Storage):
         self.retry_deadline_s = retry_deadline_s
         self.description = f"s3://{bucket}" + (f" at {endpoint_url}" if endpoint_url else "")
         if client is None:
+            # Our retry.call owns retries (with the deadline); botocore makes one attempt,
+            # and a stalled store costs at most read_timeout per attempt.
             config = Config(
                 signature_version="s3v4",
-                retries={"mode": "standard", "max_attempts": 3},
-                connect_timeout=5, read_timeout=60,
+                retries={"mode": "standard", "total_max_attempts": 1},
+                connect_timeout=5, read_timeout=max(5.0, min(60.0, retry_deadline_s / 4)),
                 s3={"addressing_style": "path" if endpoint_url else "auto"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
