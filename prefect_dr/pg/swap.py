@@ -1,8 +1,9 @@
 """Database-level operations for restore and rollback: sessions, renames, the swap.
 
-The swap is one short critical section: stop new connections to the live database, make sure
-nobody is connected (refuse, or terminate them with ``force_disconnect``), rename live aside,
-rename the replacement to the live name. A failure in the middle is undone.
+The swap makes sure nobody is connected (refuse, or terminate them with ``force_disconnect``),
+then renames live aside and the replacement to the live name, with their comments, in one
+transaction: PostgreSQL renames databases transactionally, so a crash leaves the old state or
+the new one, and a client connecting in between makes the rename fail with nothing changed.
 """
 
 from __future__ import annotations
@@ -59,12 +60,6 @@ def sessions(admin: psycopg.Connection, name: str) -> list[Session]:
         "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
     ).fetchall()
     return [Session(int(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3])) for r in rows]
-
-
-def allow_connections(admin: psycopg.Connection, name: str, allow: bool) -> None:
-    """ALTER DATABASE ... WITH ALLOW_CONNECTIONS."""
-    admin.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {}").format(
-        sql.Identifier(name), sql.SQL("true" if allow else "false")))
 
 
 def rename(admin: psycopg.Connection, old: str, new: str) -> None:
