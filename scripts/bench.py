@@ -1,5 +1,9 @@
 """Backup benchmark: `prefect-dr backup` against the peer pipeline and the pg_dump floor.
 
+Also `verify` and `restore` (RestoreBench, below): `prefect-dr verify ID` / `prefect-dr restore ID
+--target-url ...` (--jobs 0 and --jobs 1) against `aws s3 cp | age -d -i KEY | pg_restore -d DB`,
+on one fixture backup reused across runs; see docs/benchmarks.md.
+
 Run through scripts/bench, which bootstraps, starts the bench stack, seeds it and makes a key:
 
     scripts/bench backup [--history-gb N[,M...]] [--runs K] [--stages]
@@ -519,10 +523,338 @@ def report(paths: list[Path]) -> None:
     for path in paths:
         result = json.loads(path.read_text())
         variants = list(dict.fromkeys(r["variant"] for r in result["runs"]))
+        what = result["params"].get("what", "backup")
+        if what in RESTORE_TARGETS:
+            result["summary"] = summarise_restore(result["runs"], variants)
+            result["verdicts"] = restore_verdicts(what, result["summary"])
+            print(f"## {path.name} ({result['meta']['date']})\n")
+            print(restore_markdown(result) + "\n")
+            continue
         result["summary"] = summarise(result["runs"], variants)
         result["verdicts"] = verdicts(result["summary"])
         print(f"## {path.name} ({result['meta']['date']})\n")
         print(markdown(result) + "\n")
+
+
+# --- verify / restore benchmarks ----------------------------------------------------------------
+# Both restore the same fixture: one `prefect-dr backup` (ours) and one peer object
+# (`pg_dump -Fc | age -r KEY`, uploaded with `aws s3 cp`), made once per database size under
+# s3://BUCKET/bench/fixture/ and recorded in $PREFECT_DR_STACK_DIR/bench-fixture.json, so that
+# `scripts/bench verify` and `scripts/bench restore` reuse them (they are not deleted: deleting
+# makes SeaweedFS compact volumes in the background, which would load the machine).
+FIXTURE_PREFIX = "bench/fixture"
+RESTORE_TARGETS = {"verify": 1.1, "restore": 0.7}
+RESTORE_VARIANTS = {"verify": ["ours", "peer"], "restore": ["ours", "ours-j1", "peer"]}
+
+
+class RestoreBench(Bench):
+    """`prefect-dr verify` / `prefect-dr restore` against `aws s3 cp | age -d | pg_restore`."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        super().__init__(args)
+        self.pg_bin = Path(args.pg_bin)
+        self.admin_url = self.env["PREFECT_DR_DATABASE_URL"]
+        url = self.admin_url
+        self.url_base = url[: url.rindex("/") + 1]  # postgresql://prefect@127.0.0.1:PORT/
+        self.fixture_path = Path(self.env["PREFECT_DR_STACK_DIR"]) / "bench-fixture.json"
+        self.fx: dict[str, Any] = {}
+        self.dbs: dict[str, int] = {}  # run id -> pg_database_size of the restored database
+
+    # -- SQL helpers (outside every timed section)
+    def psql(self, sql: str, *, superuser: bool = False) -> str:
+        url, env = self.admin_url, self.env
+        if superuser and self.env.get("PREFECT_DR_STACK_PG_ADMIN_URL"):
+            # DROP ... WITH (FORCE) must be able to end autovacuum workers: needs the superuser
+            url = self.env["PREFECT_DR_STACK_PG_ADMIN_URL"]
+            env = {**self.env, "PGPASSWORD": self.env.get("PREFECT_DR_STACK_PG_ADMIN_PASSWORD", "")}
+        out = subprocess.run([str(self.pg_bin / "psql"), "-X", "-A", "-t", "-w", "-q",
+                              "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+                             env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"bench: psql failed: {sql}\n{out.stderr}")
+        return out.stdout.strip()
+
+    def create_db(self, name: str) -> None:
+        self.drop_db(name)
+        self.psql(f'CREATE DATABASE "{name}"')
+
+    def drop_db(self, name: str) -> None:
+        self.psql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)', superuser=True)
+
+    def db_size(self, name: str) -> int:
+        return int(self.psql(f"SELECT pg_database_size('{name}')"))
+
+    def leftover_dbs(self) -> list[str]:
+        rows = self.psql("SELECT datname FROM pg_database WHERE datname LIKE 'bench\\_%' "
+                         "OR datname LIKE 'prefect\\_dr\\_scratch\\_%' "
+                         "OR datname LIKE 'prefect\\_%restore%'")
+        return [r for r in rows.splitlines() if r]
+
+    # -- the fixture
+    def ours_env(self) -> dict[str, str]:
+        a = self.args
+        return {**self.env, "PREFECT_DR_AGE_RECIPIENTS": a.recipient,
+                "PREFECT_DR_AGE_IDENTITY_FILE": a.key_file,
+                "PREFECT_DR_S3_PREFIX": f"{FIXTURE_PREFIX}/ours",
+                "PREFECT_DR_PG_BIN_DIR": str(self.pg_bin)}
+
+    def fixture(self) -> dict[str, Any]:
+        a = self.args
+        with contextlib.suppress(OSError, ValueError):
+            fx = json.loads(self.fixture_path.read_text())
+            if abs(fx["database_size"] - a.database_size) <= 0.02 * a.database_size:
+                show = subprocess.run([a.prefect_dr, "show", fx["backup_id"], "--json"],
+                                      env=self.ours_env(), capture_output=True, text=True)
+                if show.returncode == 0 and self.head_size(fx["peer_key"]) == fx["peer_size"]:
+                    say(f"reusing the fixture: backup {fx['backup_id']} and s3://{self.bucket}/"
+                        f"{fx['peer_key']} ({self.fixture_path})")
+                    return fx
+        say(f"making the fixture (untimed): prefect-dr backup and the peer's pg_dump -Fc | age "
+            f"| aws s3 cp, under s3://{self.bucket}/{FIXTURE_PREFIX}/")
+        with contextlib.suppress(Exception):
+            self.delete_prefix(f"{FIXTURE_PREFIX}/")
+        env = self.ours_env()
+        out = subprocess.run([a.prefect_dr, "backup", "--json"], env=env, capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"bench: fixture backup failed:\n{out.stderr[-2000:]}")
+        bid = json.loads(out.stdout)["backup_id"]
+        show = subprocess.run([a.prefect_dr, "show", bid, "--json"], env=env,
+                              capture_output=True, check=True, text=True)
+        dump = next(x for x in json.loads(show.stdout)["artifacts"] if x["name"] == "dump")
+        key = f"{FIXTURE_PREFIX}/peer/dump.age"
+        script = ('"$B_PG_DUMP" -Fc --no-password --dbname "$B_URL" | age -r "$B_RECIPIENT" | '
+                  '"$B_AWS" s3 cp - "s3://$B_BUCKET/$B_KEY" --endpoint-url "$B_ENDPOINT" '
+                  '--region "$B_REGION" --only-show-errors')
+        env = {**self.env, "B_PG_DUMP": str(self.pg_bin / "pg_dump"), "B_URL": self.admin_url,
+               "B_RECIPIENT": a.recipient, "B_AWS": a.aws, "B_BUCKET": self.bucket,
+               "B_KEY": key, "B_ENDPOINT": self.endpoint, "B_REGION": self.region}
+        subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], env=env, check=True)
+        fx = {"backup_id": bid, "ours_key": dump["key"], "ours_size": dump["size"],
+              "plaintext_size": dump["plaintext_size"], "peer_key": key,
+              "peer_size": self.head_size(key), "database_size": a.database_size,
+              "made": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+        self.fixture_path.write_text(json.dumps(fx, indent=2) + "\n")
+        return fx
+
+    # -- variants
+    def command(self, variant: str, run_id: str) -> tuple[list[str], dict[str, str]]:
+        a, fx = self.args, self.fx
+        db = f"bench_{a.what}_{run_id.replace('-', '_')}"
+        if variant.startswith("ours"):
+            env = self.ours_env()
+            if a.what == "verify":
+                return [a.prefect_dr, "verify", fx["backup_id"], "--json"], env
+            jobs = "1" if variant == "ours-j1" else "0"
+            return [a.prefect_dr, "restore", fx["backup_id"], "--target-url",
+                    self.url_base + db, "--yes", "--json", "--jobs", jobs], env
+        if variant == "peer":
+            env = {**self.env, "B_AWS": a.aws, "B_BUCKET": self.bucket, "B_KEY": fx["peer_key"],
+                   "B_ENDPOINT": self.endpoint, "B_REGION": self.region,
+                   "B_KEYFILE": a.key_file, "B_PG_RESTORE": str(self.pg_bin / "pg_restore"),
+                   "B_DB_URL": self.url_base + db}
+            return self._shell(
+                '"$B_AWS" s3 cp "s3://$B_BUCKET/$B_KEY" - --endpoint-url "$B_ENDPOINT"'
+                ' --region "$B_REGION" --only-show-errors | age -d -i "$B_KEYFILE"'
+                ' | "$B_PG_RESTORE" --no-password -d "$B_DB_URL"', env)
+        raise ValueError(variant)
+
+    def run_one(self, variant: str, number: int) -> dict[str, Any]:
+        a = self.args
+        run_id = f"{variant}-{number}"
+        db = f"bench_{a.what}_{run_id.replace('-', '_')}"
+        if variant == "peer":
+            self.create_db(db)  # untimed: the peer restores into an existing empty database
+        elif a.what == "restore":
+            self.drop_db(db)  # ours must create it
+        argv, env = self.command(variant, run_id)
+        out_path = self.tmp / f"{run_id}.out"
+        try:
+            with open(out_path, "wb") as out:
+                res = measure(argv, env, stdout=out, stderr_path=self.tmp / f"{run_id}.err")
+            res.update(variant=variant, run=number)
+            if res["exit"] != 0:
+                err = (self.tmp / f"{run_id}.err").read_text(errors="replace")[-3000:]
+                raise SystemExit(f"bench: {run_id} failed (exit {res['exit']}):\n{err}")
+            if variant.startswith("ours"):
+                with contextlib.suppress(ValueError):
+                    res["output"] = json.loads(out_path.read_text())
+            if variant == "peer" or a.what == "restore":
+                res["restored_db_size"] = self.db_size(db)  # untimed
+        finally:
+            if variant == "peer" or a.what == "restore":
+                self.drop_db(db)  # untimed
+            # Databases the run should have dropped itself (a verify scratch database, a
+            # restore's temporary one): recorded, then dropped here, outside the timing.
+            left = [n for n in self.leftover_dbs() if n != db]
+            if left:
+                sizes = {n: self.db_size(n) for n in left}
+                say(f"warning: {run_id} left databases behind: {sizes}; dropping them")
+                for n in left:
+                    self.drop_db(n)
+                with contextlib.suppress(NameError):
+                    res["left_behind"] = sizes
+        if variant.startswith("ours"):
+            res["object_size"] = self.fx["ours_size"]
+        else:
+            res["object_size"] = self.fx["peer_size"]
+        return res
+
+    def run(self) -> dict[str, Any]:
+        try:
+            self.fx = self.fixture()
+            return self._rounds()
+        finally:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _rounds(self) -> dict[str, Any]:
+        a = self.args
+        variants = RESTORE_VARIANTS[a.what]
+        say(f"{a.runs} rounds of {', '.join(variants)} (no warm-up run: the objects were just "
+            f"read or written; the rotating order spreads cache effects)")
+        runs: list[dict[str, Any]] = []
+        for r in range(1, a.runs + 1):
+            shift = (r - 1) % len(variants)
+            order = variants[shift:] + variants[:shift]
+            for v in order:
+                res = self.run_one(v, r)
+                runs.append(res)
+                size = res.get("restored_db_size")
+                say(f"round {r}/{a.runs} {v:<8} {res['wall_s']:7.2f}s  "
+                    f"rss {mib(max(res['procs_hwm_kib'].values(), default=0)):6.1f} MiB  "
+                    f"cpu {res['cpu_s']:5.1f}s (postgres {res['server_cpu_s'].get('pg', 0):5.1f}s,"
+                    f" S3 {res['server_cpu_s'].get('s3', 0):4.1f}s, "
+                    f"machine {res['machine_cpu_s']:5.1f}s, foreign {foreign_cpu(res):4.1f}s)"
+                    + (f"  db {size / 2**20:8.1f} MiB" if size else ""))
+        left = self.leftover_dbs()
+        if left:
+            say(f"warning: databases left on the server: {', '.join(left)}")
+        return {"runs": runs, "fixture": self.fx, "leftover_databases": left,
+                "summary": summarise_restore(runs, variants)}
+
+
+def summarise_restore(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for v in variants:
+        rs = [r for r in runs if r["variant"] == v]
+        walls = [r["wall_s"] for r in rs]
+        procs: dict[str, int] = {}
+        for r in rs:
+            for name, kib in r["procs_hwm_kib"].items():
+                procs[name] = max(procs.get(name, 0), kib)
+        quiet = [r for r in rs if is_quiet(r)]
+        sizes = [r["restored_db_size"] for r in rs if r.get("restored_db_size")]
+        out[v] = {
+            "runs": len(rs), "wall_median_s": statistics.median(walls),
+            "wall_min_s": min(walls), "wall_max_s": max(walls),
+            "cpu_median_s": statistics.median(r["cpu_s"] for r in rs),
+            "machine_cpu_median_s": statistics.median(r["machine_cpu_s"] for r in rs),
+            "server_cpu_median_s": {
+                k: statistics.median(r["server_cpu_s"].get(k, 0.0) for r in rs)
+                for k in ("pg", "s3", "prefect")},
+            "maxrss_max_kib": max(r["maxrss_kib"] for r in rs),
+            "tree_rss_max_kib": max(r["tree_rss_kib"] for r in rs),
+            "procs_hwm_max_kib": procs,
+            "restored_db_size_median": statistics.median(sizes) if sizes else None,
+            "foreign_cpu_median_s": statistics.median(foreign_cpu(r) for r in rs),
+            "quiet_runs": len(quiet),
+            "wall_quiet_median_s": (statistics.median(r["wall_s"] for r in quiet)
+                                    if quiet else None),
+        }
+    for v in variants:
+        p = out["peer"]
+        out[v]["vs_peer"] = round(out[v]["wall_median_s"] / p["wall_median_s"], 3)
+        out[v]["vs_peer_best"] = round(out[v]["wall_min_s"] / p["wall_min_s"], 3)
+        a, b = out[v]["wall_quiet_median_s"], p["wall_quiet_median_s"]
+        out[v]["vs_peer_quiet"] = round(a / b, 3) if a and b else None
+    return out
+
+
+def restore_verdicts(what: str, summary: dict[str, Any]) -> dict[str, Any]:
+    target = RESTORE_TARGETS[what]
+    out = {"wall_vs_peer": _ratio_verdict(summary["ours"], "peer", target)}
+    if "ours-j1" in summary:
+        v = _ratio_verdict(summary["ours-j1"], "peer", target)
+        v["informative"] = True  # the --jobs 1 variant only shows the effect of staging
+        out["wall_vs_peer_jobs1"] = v
+    return out
+
+
+def restore_markdown(result: dict[str, Any]) -> str:
+    s, fx, what = result["summary"], result["fixture"], result["params"]["what"]
+    db = result["database_size_bytes"] / 2**30
+    restored = next((row["restored_db_size_median"] for row in s.values()
+                     if row["restored_db_size_median"]), None)
+    lines = [
+        f"Database {db:.2f} GiB (pg_database_size); fixture: ours {fx['ours_size'] / 2**20:.1f} "
+        f"MiB object ({fx['plaintext_size'] / 2**20:.1f} MiB dump plaintext), peer "
+        f"{fx['peer_size'] / 2**20:.1f} MiB object; {result['params']['runs']} runs each, median "
+        f"wall; RSS = max over runs; quiet = the rest of the machine used < {QUIET_SHARE:g} of a "
+        "core.",
+        "",
+        "| variant | median wall s (min-max) | vs peer | peak RSS MiB, main process "
+        "| pg_restore RSS MiB (max) | tree RSS MiB (sum) | CPU s: tree / postgres / S3 / machine "
+        "| restored DB MiB | quiet runs: n, median wall s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for v, row in s.items():
+        procs = row["procs_hwm_max_kib"]
+        name = "prefect-dr" if v.startswith("ours") else "aws"
+        main_rss = mib(procs.get(name, row["maxrss_max_kib"]))
+        pgr = mib(procs.get("pg_restore"))
+        srv = row["server_cpu_median_s"]
+        size = row["restored_db_size_median"]
+        quiet = row["wall_quiet_median_s"]
+        lines.append(
+            f"| {v} | {row['wall_median_s']:.2f} ({row['wall_min_s']:.2f}-{row['wall_max_s']:.2f})"
+            f" | {row['vs_peer']:.2f}x | {main_rss:.1f} ({name})"
+            f" | {f'{pgr:.1f}' if pgr is not None else '-'} | {mib(row['tree_rss_max_kib']):.1f}"
+            f" | {row['cpu_median_s']:.1f} / {srv.get('pg', 0):.1f} / {srv.get('s3', 0):.1f}"
+            f" / {row['machine_cpu_median_s']:.1f}"
+            f" | {f'{size / 2**20:.1f}' if size else '-'}"
+            f" | {row['quiet_runs']}, "
+            f"{f'{quiet:.2f}' if quiet else '-'} |")
+    lines.append("")
+    if what == "verify":
+        lines.append(f"- scratch disk needed: {restored / 2**20:.1f} MiB (pg_database_size of the "
+                     "peer's restored database; ours restores the same dump)" if restored else
+                     "- scratch disk needed: not measured")
+    else:
+        lines.append(f"- staging disk needed by --jobs 0: {fx['plaintext_size'] / 2**20:.1f} MiB "
+                     "(the dump artifact's plaintext_size); restored database: "
+                     + (f"{restored / 2**20:.1f} MiB" if restored else "not measured"))
+    for name, v in result["verdicts"].items():
+        tail = ", informative only" if v.get("informative") else ""
+        warn = " (UNCERTAIN: quiet runs disagree with the median)" if v["noise_warning"] else ""
+        lines.append(f"- {name}: {v['value']}, best-of-runs {v['best_of_runs']}, quiet-runs "
+                     f"{v['quiet_runs']}{warn} (target {v['target']}{tail}): "
+                     f"{'MET' if v['met'] else 'NOT MET'}")
+    return "\n".join(lines)
+
+
+def restore_main(args: argparse.Namespace) -> None:
+    bench = RestoreBench(args)
+    meta = {
+        "date": bench.stamp, "host_cpus": os.cpu_count(),
+        "mem_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(), "cpu": platform.processor() or platform.machine(),
+        "pg_restore": tool_version([str(bench.pg_bin / "pg_restore"), "--version"]),
+        "age": tool_version(["age", "--version"]),
+        "aws": tool_version([args.aws, "--version"]),
+        "prefect_dr": tool_version([args.prefect_dr, "--version"]),
+    }
+    result: dict[str, Any] = {
+        "meta": meta,
+        "params": {"what": args.what, "runs": args.runs, "history_gb": args.history_gb},
+        "database_size_bytes": args.database_size,
+    }
+    result.update(bench.run())
+    result["verdicts"] = restore_verdicts(args.what, result["summary"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"{args.what}-{bench.stamp}-{args.database_size / 2**30:.1f}gib.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    say(f"results written to {path}")
+    print(restore_markdown(result))
 
 
 def main() -> None:
@@ -542,9 +874,25 @@ def main() -> None:
     b.add_argument("--prefect-dr", required=True)
     b.add_argument("--project-python", required=True)
     b.add_argument("--out", required=True, type=Path)
+    for what in ("verify", "restore"):
+        r = sub.add_parser(what, help=f"run the {what} benchmark (use scripts/bench)")
+        r.add_argument("--runs", type=int, default=3)
+        r.add_argument("--history-gb", type=float, required=True, help="requested size (recorded)")
+        r.add_argument("--database-size", type=int, required=True, help="pg_database_size bytes")
+        r.add_argument("--recipient", required=True)
+        r.add_argument("--key-file", required=True, help="age identity file (for decrypting)")
+        r.add_argument("--pg-bin", required=True, help="PostgreSQL client bin folder")
+        r.add_argument("--aws", required=True)
+        r.add_argument("--prefect-dr", required=True)
+        r.add_argument("--out", required=True, type=Path)
     args = p.parse_args()
     if args.what == "report":
         report(args.files)
+        return
+    if args.what in ("verify", "restore"):
+        if args.runs < 1:
+            p.error("--runs must be >= 1")
+        restore_main(args)
         return
     if args.runs < 1:
         p.error("--runs must be >= 1")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
+import time
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
@@ -29,9 +30,29 @@ def with_database(url: str, dbname: str) -> str:
     return urlunsplit(parts._replace(path="/" + dbname))
 
 
-def drop_database(admin: psycopg.Connection, name: str) -> None:
-    """DROP DATABASE ``name`` IF EXISTS, forcing connections off."""
-    admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def drop_database(admin: psycopg.Connection, name: str, *, wait_s: float = 15.0) -> None:
+    """DROP DATABASE ``name`` IF EXISTS.
+
+    A plain DROP first: PostgreSQL itself stops autovacuum workers on the database, which a
+    non-superuser may not terminate. Clients still connected are then forced off (FORCE), and
+    the drop is retried until ``wait_s`` has passed. Raises psycopg.Error after that.
+    """
+    plain = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
+    forced = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            admin.execute(plain)
+            return
+        except psycopg.errors.ObjectInUse:
+            pass
+        try:
+            admin.execute(forced)
+            return
+        except (psycopg.errors.ObjectInUse, psycopg.errors.InsufficientPrivilege):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def leftovers(admin: psycopg.Connection) -> list[str]:
