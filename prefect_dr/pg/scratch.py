@@ -59,7 +59,8 @@ def leftovers(admin: psycopg.Connection) -> list[str]:
     """Scratch databases nobody is connected to (their run died)."""
     rows = admin.execute(
         "SELECT d.datname FROM pg_database d WHERE d.datname LIKE %s AND NOT EXISTS "
-        "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname) ORDER BY 1",
+        "(SELECT 1 FROM pg_stat_activity a WHERE a.datname = d.datname "
+        "AND a.usename IS NOT NULL) ORDER BY 1",  # autovacuum workers have no role
         (PREFIX.replace("_", r"\_") + "%",)).fetchall()
     return [str(r[0]) for r in rows]
 

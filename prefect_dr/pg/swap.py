@@ -54,10 +54,16 @@ def owner(admin: psycopg.Connection, name: str) -> str:
 
 
 def sessions(admin: psycopg.Connection, name: str) -> list[Session]:
-    """Clients connected to ``name`` (other than this connection)."""
+    """Clients connected to ``name`` (other than this connection).
+
+    Autovacuum workers are not clients: a non-superuser may not terminate them, and PostgreSQL
+    stops them itself when a database is renamed or dropped. They are told by their missing
+    role (``usename``): a non-superuser sees NULL as their ``backend_type``.
+    """
     rows = admin.execute(
         "SELECT pid, usename, application_name, coalesce(client_addr::text, '') "
-        "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (name,)
+        "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid() "
+        "AND usename IS NOT NULL", (name,)
     ).fetchall()
     return [Session(int(r[0]), str(r[1] or ""), str(r[2] or ""), str(r[3])) for r in rows]
 

@@ -223,3 +223,65 @@ def test_restore_killed_inside_the_swap(chaos: Chaos, setup: Setup, rng: random.
                 t.outcome(judge(chaos, setup, t, point, rng))
     finally:
         repair(chaos.stack, setup.before)
+
+
+AUTOVACUUM = FIGURES.scenario(
+    "autovacuum-swap", group="Crashes", title="restore and rollback while autovacuum works",
+    invariant="autovacuum is not a client: restore --force-disconnect and rollback succeed "
+              "(found by the soak: the swap counted autovacuum workers as connected clients "
+              "and, forced, failed to terminate them as a non-superuser)")
+AV_DB = "prefect_av"
+
+
+@pytest.mark.timeout(240)
+def test_restore_while_autovacuum_works(chaos: Chaos, setup: Setup) -> None:
+    """A Prefect database on which autovacuum is busy (a table of dead rows, vacuumed at the
+    slowest cost settings) is restored over and rolled back, as happens on a busy server or
+    right after a big restore."""
+    stack = chaos.stack
+    with stack.admin() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{AV_DB}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{AV_DB}" OWNER prefect')
+    try:
+        with stack.connect(AV_DB) as conn:
+            conn.execute("CREATE TABLE chaos_dead (id int, pad text) WITH ("
+                         "autovacuum_vacuum_cost_delay = 100, autovacuum_vacuum_cost_limit = 1,"
+                         " autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0)")
+            conn.execute("INSERT INTO chaos_dead SELECT g, repeat('x', 200) "
+                         "FROM generate_series(1, 100000) g")
+            conn.execute("DELETE FROM chaos_dead")
+        with stack.admin() as admin:
+            admin.execute("ALTER SYSTEM SET autovacuum_naptime = 1")
+            admin.execute("SELECT pg_reload_conf()")
+        busy = 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not busy:
+            with stack.admin() as admin:
+                busy = admin.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+                                     "AND backend_type = 'autovacuum worker'",
+                                     (AV_DB,)).fetchone()[0]
+            time.sleep(0.5)
+        need(bool(busy), "autovacuum never started on the test database")
+        target = ["--target-url", chaos.url(AV_DB)]
+        with AUTOVACUUM.trial(seed=SEED) as t:
+            t.fault()
+            forced = cli(["restore", setup.backup_id, "--yes", "--no-safety-backup",
+                          "--force-disconnect", "--json", *target], setup.env)
+            t.outcome(f"restore --force-disconnect: exit {forced.returncode}")
+            t.check(forced.returncode == 0, forced.describe())
+            with stack.connect(AV_DB) as conn:
+                restored = conn.execute("SELECT to_regclass('chaos_dead')").fetchone()[0]
+            t.check(restored is None, "the restored database still has the old table")
+            back = cli(["rollback", "--yes", *target], setup.env)
+            t.outcome(f"rollback: exit {back.returncode}")
+            t.check(back.returncode == 0, back.describe())
+            with stack.connect(AV_DB) as conn:
+                old = conn.execute("SELECT to_regclass('chaos_dead')").fetchone()[0]
+            t.check(old is not None, "rollback did not bring the old database back")
+    finally:
+        with stack.admin() as admin:
+            admin.execute("ALTER SYSTEM RESET autovacuum_naptime")
+            admin.execute("SELECT pg_reload_conf()")
+            for name in [r[0] for r in admin.execute(
+                    "SELECT datname FROM pg_database WHERE datname LIKE %s", (AV_DB + "%",))]:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
