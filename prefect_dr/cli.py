@@ -867,11 +867,13 @@ def _main(argv: list[str] | None) -> int:
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: unknown flag, bad value
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            console.error(str(exc))
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            sys.stderr.write(ctx.get_help() + "\n")  # no command at all: the help, exit 2
+            return errors.USAGE
+        if "--json" in (sys.argv[1:] if argv is None else argv):
+            _state.json = True  # the error may precede the parsing of --json itself
+        _report(errors.UsageError(_usage_message(exc)))
         return errors.USAGE
     except (KeyboardInterrupt, typer.Abort):
         _report(errors.Interrupted("interrupted"))
@@ -883,6 +885,16 @@ def _main(argv: list[str] | None) -> int:
         _report(errors.DRError(f"unexpected {type(exc).__name__}: {exc} "
                                "(run with -v for the traceback)"))
         return errors.FAILURE
+
+
+def _usage_message(exc: Exception) -> str:
+    """One line for a usage error: click's message and where to read the usage."""
+    fmt = getattr(exc, "format_message", None)
+    text = fmt() if callable(fmt) else str(exc)
+    text = " ".join(str(text).split())
+    ctx = getattr(exc, "ctx", None)
+    path = getattr(ctx, "command_path", None) or "prefect-dr"
+    return f"{text} (see '{path} --help')"
 
 
 def _report(exc: errors.DRError) -> None:

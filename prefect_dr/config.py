@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from croniter import croniter
 
@@ -175,16 +175,41 @@ def _coerce(spec: Spec, raw: Any, where: str, problems: list[str]) -> Any:
             return tuple(x.strip() for x in raw if x.strip())
         problems.append(f"{where}: expected a list of strings")
         return None
+    if isinstance(raw, str) and not _is_utf8(raw):
+        problems.append(f"{where}: not valid UTF-8")
+        return None
     if spec.kind == "int":
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            problems.append(f"{where}: expected a whole number, got {raw!r}")
+            return None
         try:
             return int(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             problems.append(f"{where}: expected a whole number, got {raw!r}")
             return None
     if not isinstance(raw, str):
         problems.append(f"{where}: expected a string")
         return None
     return raw.strip()
+
+
+def _is_utf8(text: str) -> bool:
+    """False for text holding undecodable bytes (surrogate escapes from a non-UTF-8 environment)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _split(url: str) -> SplitResult | None:
+    """urlsplit, or None when the URL is malformed (e.g. an unbalanced '[')."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number
+    except ValueError:
+        return None
+    return parts
 
 
 def _read_toml(path: Path, problems: list[str]) -> dict[str, Any]:
@@ -258,7 +283,8 @@ def load(
         value = _coerce(spec, raw, flag, problems)
         if value is not None:
             values[name], sources[name] = value, f"flag {flag}"
-            if spec.kind == "url" and urlsplit(str(value)).password:
+            parts = _split(str(value)) if spec.kind == "url" else None
+            if parts is not None and parts.password:
                 problems.append(
                     f"{flag} must not carry a password (it would show in the process list); "
                     "use PGPASSWORD, a .pgpass file or the environment/config file instead"
@@ -271,6 +297,11 @@ def load(
 
 
 def _validate(values: dict[str, Any], problems: list[str]) -> None:
+    for spec in SPECS:
+        url = values.get(spec.name)
+        if spec.kind == "url" and url and _split(url) is None:
+            problems.append(f"{spec.env} is not a valid URL (check brackets and the port)")
+            values[spec.name] = None  # nothing below, nor later, may parse it
     db = values.get("database_url")
     if db:
         redact.register(urlsplit(db).password)

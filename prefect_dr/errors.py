@@ -51,6 +51,12 @@ class ConfigError(DRError):
         super().__init__(f"{head}: " + "; ".join(self.problems))
 
 
+class UsageError(DRError):
+    """The command line is wrong: an unknown flag or command, a bad or missing argument."""
+
+    exit_code = USAGE
+
+
 class StorageError(DRError):
     """The object store failed or refused a request."""
 

@@ -182,7 +182,9 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
                clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> Report:
     """Verify one backup; returns the report (never raises for a failed check).
 
-    Raises ConfigError when settings are missing, StorageError when the record cannot be written.
+    Writes the verification record unless ``options.write_record`` is off or the run failed on
+    a key error. Raises ConfigError when settings are missing, StorageError when the store is
+    unreachable or the record cannot be written.
     """
     settings.require("age_identity_file")
     if not (options.scratch_url or settings.database_url):
@@ -199,7 +201,9 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
         if not report.checks or report.checks[-1].ok:
             checks.fail("verify", exc.message)
     report.finished_at = clock().isoformat()
-    if options.write_record:
+    # A key error (missing, malformed or wrong identity) is a fault of this verifier's set-up,
+    # not a verdict on the backup: it exits 12 and leaves the backup's record as it was.
+    if options.write_record and not report.key_error:
         _write_record(settings, storage, report, clock)
     return report
 

@@ -97,10 +97,10 @@ def render(figures: dict) -> str:
         out += [f"  - {_cell(n)}" for n in s["notes"][:5]]
     out += [
         "",
-        "The xfail tests naming each open bug are in `tests/chaos/test_bad_input.py` "
-        "(`test_bad_input_failing_today`); when one is fixed its test passes, fails as a strict "
-        "xfail, and moves into the regular cases. Bugs this suite found that are fixed (their "
-        "tests now pass) are named in the invariants above.",
+        "An open bug gets an `xfail(strict=True)` test that demonstrates it; when it is fixed "
+        "that test passes, fails as a strict xfail, and becomes a regular test. Bugs this "
+        "suite found that are fixed (their tests now pass) are named in the invariants above "
+        "and in CHANGELOG.md.",
         "",
         "## Method",
         "",

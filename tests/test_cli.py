@@ -30,7 +30,27 @@ def test_version() -> None:
 def test_unknown_flag_is_usage_error_without_traceback() -> None:
     proc = run_cli(["doctor", "--no-such-flag"], _env())
     assert proc.returncode == 2
-    assert "No such option" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: No such option: --no-such-flag (see 'prefect-dr doctor --help')"], proc.stderr
+
+
+def test_usage_errors_are_one_line_and_json_with_json() -> None:
+    for args, needle in [(["backup", "--kind", "weird"], "'weird' is not one of"),
+                         (["nosuch"], "No such command 'nosuch'"),
+                         (["--json", "list", "--nope"], "No such option: --nope"),
+                         (["list", "--json-typo"], "No such option: --json-typo")]:
+        proc = run_cli(args, _env())
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], lines
+        if "--json" in args:
+            doc = json.loads(proc.stdout)
+            assert doc["ok"] is False and doc["exit_code"] == 2 and needle in doc["error"]
+
+
+def test_no_command_prints_the_help_and_exits_2() -> None:
+    proc = run_cli([], _env())
+    assert proc.returncode == 2 and "Commands" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_config_error_exit_code_and_one_line(tmp_path: Path) -> None:

@@ -94,3 +94,35 @@ def test_require_lists_every_missing_setting() -> None:
 def test_unknown_env_variable_is_a_warning_not_an_error() -> None:
     s = config.load(env={"PREFECT_DR_S3_BUCKT": "x", "PREFECT_DR_STACK_DIR": "/tmp"})
     assert s.warnings == ("unknown environment variable PREFECT_DR_S3_BUCKT ignored",)
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"PREFECT_DR_S3_ENDPOINT_URL": "http://[127.0.0.1:9000"},
+     "PREFECT_DR_S3_ENDPOINT_URL is not a valid URL"),
+    ({"PREFECT_DR_DATABASE_URL": "postgresql://u:Sekr1t@[::1/prefect"},
+     "PREFECT_DR_DATABASE_URL is not a valid URL"),
+    ({"PREFECT_DR_DATABASE_URL": "postgresql://u:Sekr1t@h:port/prefect"},
+     "PREFECT_DR_DATABASE_URL is not a valid URL"),
+    ({"PREFECT_DR_S3_PREFIX": "chaos-\udcff"}, "PREFECT_DR_S3_PREFIX: not valid UTF-8"),
+    ({"PREFECT_DR_ZSTD_LEVEL": "3.5"}, "expected a whole number"),
+])
+def test_malformed_values_are_config_errors(env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(env=env)
+    assert needle in info.value.message
+    assert "Sekr1t" not in info.value.message
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "3.5", "true", '"x"'])
+def test_non_integer_toml_values_are_config_errors(tmp_path: Path, value: str) -> None:
+    cfg = tmp_path / "dr.toml"
+    cfg.write_text(f"[backup]\nzstd_level = {value}\n")
+    with pytest.raises(ConfigError, match=r"backup\.zstd_level: expected a whole number"):
+        config.load(config_file=cfg, env={})
+    cfg.write_text("[backup]\nzstd_level = 4.0\n")
+    assert config.load(config_file=cfg, env={}).zstd_level == 4
+
+
+def test_malformed_url_in_a_flag_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"PREFECT_DR_DATABASE_URL is not a valid URL"):
+        config.load(env={}, flags={"database_url": ("postgresql://x@[h/db", "--database-url")})

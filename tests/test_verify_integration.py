@@ -137,6 +137,9 @@ def test_wrong_identity_is_a_key_error(repo, tmp_path: Path) -> None:
     code, report, err = _verify(dict(env, PREFECT_DR_AGE_IDENTITY_FILE=str(other)), "--latest")
     assert code == 12, report
     assert "none of the configured identities" in err
+    # the verifier's key problem is no verdict on the backup: no record is written
+    listed = json.loads(run_cli(["list", "--json"], env).stdout)
+    assert [b["verification"] for b in listed["backups"]] == [None], listed
 
 
 def test_no_such_backup(repo) -> None:

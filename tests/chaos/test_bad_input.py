@@ -36,25 +36,6 @@ pytestmark = pytest.mark.integration
 
 FUZZ = count(40, 400)
 PROCESS_SAMPLE = 6  # fixed cases also run as real processes in CI (all of them in soak)
-USAGE_BUG = ("BUG: usage errors (unknown flag, invalid choice) print click's multi-line "
-             "'Usage: ... Error: ...' block, without the one `error:` line, and print no JSON "
-             "error with --json, unlike docs/exit-codes.md says; prefect_dr/cli.py _main() calls "
-             "exc.show() for typer/click usage errors instead of _report()")
-VALIDATION_BUG = ("BUG: settings validation lets malformed values through to an unexpected "
-                  "exception, exit 1 'unexpected ...' instead of a configuration error exit 2: "
-                  "a URL with an unbalanced '[' (urlsplit raises ValueError 'Invalid IPv6 URL' "
-                  "in prefect_dr/config.py _validate, uncaught), `inf` for a whole number in the "
-                  "TOML file (_coerce catches ValueError/TypeError, not the OverflowError of "
-                  "int(inf)), an environment value that is not UTF-8 (accepted, then "
-                  "UnicodeEncodeError when used)")
-# Signatures of VALIDATION_BUG the fuzzer finds: counted as known, not failed.
-KNOWN_FUZZ = ("unexpected ValueError: Invalid IPv6 URL",
-              "unexpected OverflowError: cannot convert float infinity")
-RECORD_BUG = ("BUG?: verify with a wrong or malformed age identity (exit 12) still writes a "
-              "`failed` verification record (failed_check 'identity'), so bad input writes "
-              "something and the backup's newest verification flips to failed; "
-              "docs/format.md says failure records are written, the issue says nothing must be: "
-              "prefect_dr/verify.py verify_one() should skip the record for key errors")
 SCENARIO = FIGURES.scenario(
     "bad-input", group="Bad input", title="malformed config, env, flags, keys, ids, region, "
     "database", invariant="documented exit code, one error line, no traceback, no secret, "
@@ -63,11 +44,6 @@ FUZZED = FIGURES.scenario(
     "bad-input-fuzz", group="Bad input", title="fuzzed config files and environment values",
     invariant="exit 0 with JSON or exit 2 with one error line; no traceback; the password in "
               "the file never shows")
-KNOWN = FIGURES.scenario(
-    "bad-input-known", group="Bad input", title="bad input cases failing today",
-    known_bug="usage errors; malformed values crashing validation; records of key errors",
-    invariant="as above")
-
 CONFIG_PASSWORD = "ChaosTomlPw7c1e9a"
 VALID_TOML = f"""\
 [database]
@@ -214,25 +190,23 @@ CASES = [
          env={"PREFECT_DR_DATABASE_URL": "@notprefect"}),
     Case("database does not exist", ["backup"], 1, "does not exist",
          env={"PREFECT_DR_DATABASE_URL": "@nosuchdb"}),
-]
-KNOWN_CASES = [
-    (Case("unknown flag", ["backup", "--no-such-flag"], 2, "--no-such-flag"), USAGE_BUG),
-    (Case("invalid choice", ["backup", "--kind", "weird"], 2, "weird"), USAGE_BUG),
-    (Case("unknown flag, --json", ["--json", "list", "--no-such-flag"], 2, "--no-such-flag",
-          json_error=True), USAGE_BUG),
-    (Case("non-UTF-8 prefix", ["backup"], 2, "PREFECT_DR_S3_PREFIX",
-          env={"PREFECT_DR_S3_PREFIX": "chaos-\udcff\udcfe"}), VALIDATION_BUG),
-    (Case("unbalanced bracket in endpoint", ["list"], 2, "PREFECT_DR_S3_ENDPOINT_URL",
-          env={"PREFECT_DR_S3_ENDPOINT_URL": "http://[127.0.0.1:9000"}), VALIDATION_BUG),
-    (Case("infinity for a whole number", ["backup"], 2, "zstd_level",
-          config="[backup]\nzstd_level = inf\n"), VALIDATION_BUG),
-    (Case("unbalanced bracket in database url", ["backup"], 2, "PREFECT_DR_DATABASE_URL",
-          env={"PREFECT_DR_DATABASE_URL": "postgresql://prefect@[::1/prefect"}),
-     VALIDATION_BUG),
-    (Case("malformed identity", ["verify", "--latest"], 12, "not an age secret key",
-          env={"PREFECT_DR_AGE_IDENTITY_FILE": "@garbage-identity"}, repo="one"), RECORD_BUG),
-    (Case("wrong identity", ["verify", "--latest"], 12, "none of the configured identities",
-          env={"PREFECT_DR_AGE_IDENTITY_FILE": "@other-identity"}, repo="one"), RECORD_BUG),
+    # fixed bugs the suite found: usage errors, malformed values, records of key errors
+    Case("unknown flag", ["backup", "--no-such-flag"], 2, "--no-such-flag"),
+    Case("invalid choice", ["backup", "--kind", "weird"], 2, "weird"),
+    Case("unknown flag, --json", ["--json", "list", "--no-such-flag"], 2, "--no-such-flag",
+         json_error=True),
+    Case("non-UTF-8 prefix", ["backup"], 2, "PREFECT_DR_S3_PREFIX",
+         env={"PREFECT_DR_S3_PREFIX": "chaos-\udcff\udcfe"}),
+    Case("unbalanced bracket in endpoint", ["list"], 2, "PREFECT_DR_S3_ENDPOINT_URL",
+         env={"PREFECT_DR_S3_ENDPOINT_URL": "http://[127.0.0.1:9000"}),
+    Case("infinity for a whole number", ["backup"], 2, "zstd_level",
+         config="[backup]\nzstd_level = inf\n"),
+    Case("unbalanced bracket in database url", ["backup"], 2, "PREFECT_DR_DATABASE_URL",
+         env={"PREFECT_DR_DATABASE_URL": "postgresql://prefect@[::1/prefect"}),
+    Case("malformed identity", ["verify", "--latest"], 12, "not an age secret key",
+         env={"PREFECT_DR_AGE_IDENTITY_FILE": "@garbage-identity"}, repo="one"),
+    Case("wrong identity", ["verify", "--latest"], 12, "none of the configured identities",
+         env={"PREFECT_DR_AGE_IDENTITY_FILE": "@other-identity"}, repo="one"),
 ]
 
 
@@ -353,28 +327,6 @@ def test_bad_input_fails_cleanly_and_writes_nothing(world: World, rng: random.Ra
             t.outcome(f"exit {run.returncode}")
 
 
-@pytest.mark.parametrize("case", [
-    pytest.param(c, id=c.name,
-                 marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=bug))
-    for c, bug in KNOWN_CASES])
-def test_bad_input_failing_today(world: World, case: Case, tmp_path: Path) -> None:
-    before = _state(world)
-    env, args = _env_for(world, case, tmp_path)
-    with KNOWN.trial(seed=SEED, case=case.name) as t:
-        t.fault()
-        if any("\udc80" <= ch <= "\udcff" for v in env.values() for ch in v):
-            raw = subprocess.run([sys.executable, "-m", "prefect_dr", *args],
-                                 env={k.encode(): v.encode("utf-8", "surrogateescape")
-                                      for k, v in env.items()},
-                                 capture_output=True, timeout=120)
-            run = Run(args, raw.returncode, raw.stdout.decode(errors="replace"),
-                      raw.stderr.decode(errors="replace"), 0.0)
-        else:
-            run = cli(args, env, timeout=120)
-        t.outcome(f"{case.name}: exit {run.returncode}")
-        _judge(t, world, case, run, before)
-
-
 REGION = FIGURES.scenario(
     "bucket-region", group="Bad input", title="bucket in another region than configured",
     invariant="the S3 redirect is followed (as AWS and MinIO answer it): the backup is "
@@ -477,10 +429,6 @@ def test_fuzzed_config_and_environment(world: World, rng: random.Random,
             t.fault()
             run = run_in_process(["--config", str(path), "config", "show", "--json"],
                                  {**base, **extra}, capsys)
-            known = [k for k in KNOWN_FUZZ if k in run.stderr]
-            if run.returncode == 1 and known:
-                t.known_bug(f"fuzz {i}: {known[0]} (exit 1, not 2)")
-                continue
             t.check(run.returncode in (0, 2), f"fuzz {i}: {run.describe()}\n--- config:\n{text}")
             if run.returncode == 0:
                 t.check(isinstance(json.loads(run.stdout), dict), f"fuzz {i}: not JSON")
