@@ -63,35 +63,11 @@ class Progress:
             self._listener(snapshot)
 
 
-class HashingReader(io.RawIOBase):
-    """Reads from ``inner``, hashing and counting what passes."""
-
-    def __init__(self, inner: BinaryIO, progress: Progress | None = None,
-                 counter: str = "read") -> None:
-        super().__init__()
-        self._inner = inner
-        self.sha256 = hashlib.sha256()
-        self.size = 0
-        self._progress, self._counter = progress, counter
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = self._inner.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.sha256.update(data)
-        self.size += n
-        if self._progress is not None and n:
-            self._progress.add(self._counter, n)
-        return n
-
-
 class CountingReader(io.RawIOBase):
-    """Reads from ``inner``, counting (not hashing) what passes, for progress only."""
+    """Reads from ``inner``, reporting what passes to ``progress`` under ``counter``."""
 
-    def __init__(self, inner: Any, progress: Progress | None, counter: str) -> None:
+    def __init__(self, inner: Any, progress: Progress | None = None,
+                 counter: str = "read") -> None:
         super().__init__()
         self._inner, self._progress, self._counter = inner, progress, counter
 
@@ -102,9 +78,27 @@ class CountingReader(io.RawIOBase):
         data = self._inner.read(len(buffer))
         n = len(data)
         buffer[:n] = data
+        self._seen(data)
         if self._progress is not None and n:
             self._progress.add(self._counter, n)
         return n
+
+    def _seen(self, data: bytes) -> None:
+        """Called with every chunk read (subclasses hash it)."""
+
+
+class HashingReader(CountingReader):
+    """Reads from ``inner``, hashing and counting what passes."""
+
+    def __init__(self, inner: BinaryIO, progress: Progress | None = None,
+                 counter: str = "read") -> None:
+        super().__init__(inner, progress, counter)
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def _seen(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
 
 
 class HashingWriter(io.RawIOBase):
