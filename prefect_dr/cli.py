@@ -277,6 +277,7 @@ def backup(
     from prefect_dr import backup as backup_mod
     from prefect_dr import pipeline
 
+    _state.run.labels["kind"] = kind.value
     settings = _state.settings()
     request = backup_mod.Request(kind=kind.value, labels=_parse_labels(label or []),
                                  allow_undecryptable_blocks=allow_undecryptable_blocks)

@@ -1,9 +1,11 @@
 """Prometheus metrics of one run: a textfile for node_exporter and/or a Pushgateway push.
 
 Every command records its result, duration and last success; backup adds bytes per stage and
-rows, verify its result, prune its counts. The textfile is shared by all commands: samples of
-other commands already in the file are kept, and a failed run keeps the previous
-``last_success`` of its command. The file is written atomically (temp file + rename).
+rows, verify its result, prune its counts. Backups carry a ``kind`` label (full, config-only),
+so frequent config-only backups never stand in for a failing full backup. The textfile is
+shared by all commands: samples of other commands (and kinds) already in the file are kept, and
+a failed run keeps the previous ``last_success`` of its command. The file is written
+atomically (temp file + rename).
 """
 
 from __future__ import annotations
@@ -44,17 +46,18 @@ class RunMetrics:
     finished: float | None = None
     success: bool | None = None
     values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)  # on every sample, e.g. kind
 
     def set(self, name: str, value: float, **labels: str) -> None:
-        """Record gauge ``prefect_dr_<name>`` with ``labels``."""
+        """Record gauge ``prefect_dr_<name>`` with ``labels`` (plus the run's labels)."""
         if name not in HELP:
             raise KeyError(f"unknown metric {name}")
-        self.values[(name, tuple(sorted(labels.items())))] = float(value)
+        self.values[(name, tuple(sorted({**self.labels, **labels}.items())))] = float(value)
 
     def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         """Every sample of this run, including the per-command result ones."""
         out = dict(self.values)
-        cmd = (("command", self.command),)
+        cmd = tuple(sorted({"command": self.command, **self.labels}.items()))
         end = self.finished or self.started
         out[("last_run_timestamp_seconds", cmd)] = end
         out[("last_run_success", cmd)] = 1.0 if self.success else 0.0
@@ -66,15 +69,22 @@ class RunMetrics:
 
 def _registry(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]
               ) -> CollectorRegistry:
+    """One gauge per metric name. Samples of one name may carry different label names (a
+    backup's ``kind``, a file written by an older version): the missing ones are set to "",
+    which Prometheus treats as an absent label."""
     registry = CollectorRegistry()
-    gauges: dict[tuple[str, tuple[str, ...]], Gauge] = {}
+    keys_of: dict[str, set[str]] = {}
+    for name, labels in samples:
+        keys_of.setdefault(name, set()).update(k for k, _ in labels)
+    gauges: dict[str, Gauge] = {}
     for (name, labels), value in sorted(samples.items()):
-        keys = tuple(k for k, _ in labels)
-        gauge = gauges.get((name, keys))
+        keys = tuple(sorted(keys_of[name]))
+        gauge = gauges.get(name)
         if gauge is None:
             gauge = Gauge(f"{NAMESPACE}_{name}", HELP[name], labelnames=keys, registry=registry)
-            gauges[(name, keys)] = gauge
-        (gauge.labels(*[v for _, v in labels]) if keys else gauge).set(value)
+            gauges[name] = gauge
+        given = dict(labels)
+        (gauge.labels(*[given.get(k, "") for k in keys]) if keys else gauge).set(value)
     return registry
 
 
@@ -90,8 +100,9 @@ def _read_existing(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
                 name = sample.name.removeprefix(f"{NAMESPACE}_")
-                if name in HELP:
-                    out[(name, tuple(sorted(sample.labels.items())))] = float(sample.value)
+                if name in HELP:  # labels written as "" are absent ones
+                    labels = tuple(sorted((k, v) for k, v in sample.labels.items() if v != ""))
+                    out[(name, labels)] = float(sample.value)
     except ValueError:
         return {}  # an unreadable old file is replaced, not fatal
     return out
@@ -114,12 +125,13 @@ def write_textfile(path: Path, run: RunMetrics) -> None:
 
 
 def push(url: str, run: RunMetrics, *, instance: str | None = None) -> None:
-    """Push this run's samples to a Pushgateway, grouped by job, instance and command.
+    """Push this run's samples to a Pushgateway, grouped by job, instance, command (and kind).
 
     POST semantics: a failed run does not erase the group's last_success. Raises DRError.
     """
     registry = _registry(run.samples())
-    grouping = {"instance": instance or socket.gethostname(), "command": run.command}
+    grouping = {"instance": instance or socket.gethostname(), "command": run.command,
+                **run.labels}  # one group per backup kind: a push replaces its group's metrics
     try:
         pushadd_to_gateway(url, job="prefect-dr", registry=registry, grouping_key=grouping,
                            timeout=10)
