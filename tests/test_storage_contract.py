@@ -106,6 +106,7 @@ def test_incomplete_uploads_are_listed_and_aborted(store: tuple[Storage, str]) -
     for up in ups:
         s.abort_incomplete_upload(up)
     assert s.list_incomplete_uploads(p) == []
+    s.abort_incomplete_upload(ups[0])  # already gone: fine (an earlier attempt's answer lost)
 
 
 def test_part_sizes_grow_to_fit_ten_thousand_parts() -> None:
@@ -126,3 +127,39 @@ def test_wrong_credentials_are_rejected(stack_env: dict[str, str]) -> None:
     with pytest.raises(StorageError, match="rejected the credentials") as info:
         s3.head_bucket()
     assert "not-the-secret-key" not in info.value.message
+
+
+class _LostAnswer:
+    """A real S3 client whose first put_object is carried out but answered with a dropped
+    connection (or, with ``land=False``, dropped before it reaches S3)."""
+
+    def __init__(self, client: object, *, land: bool) -> None:
+        self._client, self._land, self.puts = client, land, 0
+
+    def put_object(self, **kwargs: object) -> object:
+        import botocore.exceptions as bce
+
+        self.puts += 1
+        if self.puts == 1:
+            if self._land:
+                self._client.put_object(**kwargs)
+            raise bce.EndpointConnectionError(endpoint_url="http://s3")
+        return self._client.put_object(**kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+
+def test_put_if_absent_retried_after_a_lost_answer(stack_env: dict[str, str]) -> None:
+    s3 = _s3(stack_env)
+    p = f"contract-{uuid.uuid4().hex[:8]}/"
+    real = s3.client
+    try:
+        s3.client = flaky = _LostAnswer(real, land=True)  # our write landed, its answer lost
+        assert s3.put_if_absent(p + "lock", b"mine") is True and flaky.puts == 2
+        s3.client = flaky = _LostAnswer(real, land=False)  # someone else's object is there
+        assert s3.put_if_absent(p + "lock", b"other") is False and flaky.puts == 2
+        assert s3.get_bytes(p + "lock") == b"mine"
+    finally:
+        s3.client = real
+        s3.delete(p + "lock")

@@ -142,11 +142,20 @@ class S3Storage(Storage):
             return StorageError(f"{action} {where}: S3 error {code}")
         return StorageError(f"{action} {where}: {type(exc).__name__}: {exc}")
 
-    def _call(self, what: str, key: str, fn: Any, **kwargs: Any) -> Any:
+    def _call(self, what: str, key: str, fn: Any, *, answers: dict[str, Any] | None = None,
+              **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` with transient errors retried until the deadline. An S3 error code
+        listed in ``answers`` is an answer, not an error: its value is returned. Raises
+        StorageError (NotFoundError for a missing bucket) for every other error."""
         try:
             return retry.call(lambda: fn(**kwargs), transient=is_transient, what=what,
                               deadline_s=self.retry_deadline_s)
-        except (bce.BotoCoreError, bce.ClientError) as exc:
+        except bce.ClientError as exc:
+            code = error_code(exc)
+            if answers and code in answers:
+                return answers[code]
+            raise self.wrap_error(exc, what, key) from None
+        except bce.BotoCoreError as exc:
             raise self.wrap_error(exc, what, key) from None
 
     # -- interface -----------------------------------------------------------------------
@@ -161,16 +170,10 @@ class S3Storage(Storage):
         return io.BufferedReader(_RangeReader(self, key, info), buffer_size=MiB)
 
     def stat(self, key: str) -> ObjectInfo | None:
-        try:
-            head = retry.call(lambda: self.client.head_object(Bucket=self.bucket, Key=key),
-                              transient=is_transient, what="stat",
-                              deadline_s=self.retry_deadline_s)
-        except bce.ClientError as exc:
-            if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise self.wrap_error(exc, "stat", key) from None
-        except bce.BotoCoreError as exc:
-            raise self.wrap_error(exc, "stat", key) from None
+        head = self._call("stat", key, self.client.head_object, answers=_NO_OBJECT,
+                          Bucket=self.bucket, Key=key)
+        if head is _MISSING:
+            return None
         return ObjectInfo(key=key, size=int(head["ContentLength"]),
                           last_modified=head["LastModified"], etag=head.get("ETag", ""),
                           metadata=dict(head.get("Metadata", {})))
@@ -194,17 +197,27 @@ class S3Storage(Storage):
 
     def put_if_absent(self, key: str, data: bytes,
                       content_type: str = "application/json") -> bool:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                   ContentType=content_type, IfNoneMatch="*",
-                                   **self.options.put_args())
-        except bce.ClientError as exc:
-            if error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            raise self.wrap_error(exc, "write", key) from None
-        except bce.BotoCoreError as exc:
-            raise self.wrap_error(exc, "write", key) from None
-        return True
+        attempts = 0
+
+        def put() -> Any:
+            nonlocal attempts
+            attempts += 1
+            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                          ContentType=content_type, IfNoneMatch="*",
+                                          **self.options.put_args())
+
+        taken = object()
+        if self._call("write", key, put, answers=dict.fromkeys(_PRECONDITION, taken)) \
+                is not taken:
+            return True
+        # After a retry the object may be our own first attempt, which landed before its
+        # answer was lost: it is ours when it holds exactly these bytes.
+        return attempts > 1 and self._holds(key, data)
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        body = self._call("read", key, self.client.get_object, answers=_NO_OBJECT,
+                          Bucket=self.bucket, Key=key)
+        return body is not _MISSING and body["Body"].read() == data
 
     def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         out: list[IncompleteUpload] = []
@@ -220,14 +233,10 @@ class S3Storage(Storage):
             kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
-        try:
-            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key,
-                                               UploadId=upload.upload_id)
-        except bce.ClientError as exc:
-            if error_code(exc) not in ("NoSuchUpload", "404"):
-                raise self.wrap_error(exc, "abort upload", upload.key) from None
-        except bce.BotoCoreError as exc:
-            raise self.wrap_error(exc, "abort upload", upload.key) from None
+        # already gone (or aborted by an attempt whose answer was lost): done
+        self._call("abort upload", upload.key, self.client.abort_multipart_upload,
+                   answers={"NoSuchUpload": None, "404": None},
+                   Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
 
     @cached_property
     def object_lock_enabled(self) -> bool:
@@ -257,18 +266,9 @@ class S3Storage(Storage):
 
     def _lock_call(self, what: str, key: str, fn: Any) -> Any:
         """One Object Lock read: None when nothing is configured, _MISSING for no object."""
-        try:
-            return retry.call(lambda: fn(Bucket=self.bucket, Key=key), transient=is_transient,
-                              what=what, deadline_s=self.retry_deadline_s)
-        except bce.ClientError as exc:
-            code = error_code(exc)
-            if code in _NO_LOCK_CODES:
-                return None
-            if code in ("404", "NoSuchKey", "NotFound"):
-                return _MISSING
-            raise self.wrap_error(exc, what, key) from None
-        except bce.BotoCoreError as exc:
-            raise self.wrap_error(exc, what, key) from None
+        return self._call(what, key, fn, answers={**dict.fromkeys(_NO_LOCK_CODES),
+                                                  **_NO_OBJECT},
+                          Bucket=self.bucket, Key=key)
 
     # -- bucket facts for doctor ---------------------------------------------------------
     def bucket_versioning(self) -> str:
@@ -279,16 +279,13 @@ class S3Storage(Storage):
 
     def bucket_object_lock(self) -> str:
         """A description of the bucket's Object Lock configuration, 'Disabled' when none."""
-        try:
-            resp = self.client.get_object_lock_configuration(Bucket=self.bucket)
-        except bce.ClientError as exc:
-            code = error_code(exc)
-            if code in ("ObjectLockConfigurationNotFoundError", "404", "NotImplemented",
-                        "NoSuchObjectLockConfiguration"):
-                return "Disabled"
-            raise self.wrap_error(exc, "get object lock", "") from None
-        except bce.BotoCoreError as exc:
-            raise self.wrap_error(exc, "get object lock", "") from None
+        resp = self._call("get object lock", "", self.client.get_object_lock_configuration,
+                          answers=dict.fromkeys(("ObjectLockConfigurationNotFoundError", "404",
+                                                 "NotImplemented",
+                                                 "NoSuchObjectLockConfiguration")),
+                          Bucket=self.bucket)
+        if resp is None:
+            return "Disabled"
         conf = resp.get("ObjectLockConfiguration", {})
         if conf.get("ObjectLockEnabled") != "Enabled":
             return "Disabled"
@@ -305,6 +302,8 @@ class S3Storage(Storage):
 
 
 _MISSING = object()
+_NO_OBJECT = dict.fromkeys(("404", "NoSuchKey", "NotFound"), _MISSING)
+_PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
 class S3Writer(Writer):
