@@ -385,43 +385,50 @@ class Bench:
         return {"runs": runs, "summary": summarise(runs, variants)}
 
 
+def variant_stats(rs: list[dict[str, Any]], size_field: str) -> dict[str, Any]:
+    """Medians, extremes and peaks of one variant's runs; ``size_field`` is the size each run
+    records (the object, or the restored database), summarised as ``<size_field>_median``."""
+    walls = [r["wall_s"] for r in rs]
+    procs: dict[str, int] = {}
+    for r in rs:
+        for name, kib in r["procs_hwm_kib"].items():
+            procs[name] = max(procs.get(name, 0), kib)
+    sizes = [r[size_field] for r in rs if r.get(size_field)]
+    quiet = [r for r in rs if is_quiet(r)]
+    return {
+        "runs": len(rs), "wall_median_s": statistics.median(walls),
+        "wall_min_s": min(walls), "wall_max_s": max(walls),
+        "cpu_median_s": statistics.median(r["cpu_s"] for r in rs),
+        "machine_cpu_median_s": statistics.median(r["machine_cpu_s"] for r in rs),
+        "server_cpu_median_s": {
+            k: statistics.median(r["server_cpu_s"].get(k, 0.0) for r in rs)
+            for k in ("pg", "s3", "prefect")},
+        "maxrss_max_kib": max(r["maxrss_kib"] for r in rs),
+        "tree_rss_max_kib": max(r["tree_rss_kib"] for r in rs),
+        "procs_hwm_max_kib": procs,
+        f"{size_field}_median": statistics.median(sizes) if sizes else None,
+        "foreign_cpu_median_s": statistics.median(foreign_cpu(r) for r in rs),
+        "quiet_runs": len(quiet),
+        "wall_quiet_median_s": (statistics.median(r["wall_s"] for r in quiet)
+                                if quiet else None),
+    }
+
+
+def add_ratios(row: dict[str, Any], ref_row: dict[str, Any], ref: str) -> None:
+    """``vs_<ref>`` (medians), ``vs_<ref>_best`` (best of K: less sensitive to other load on a
+    shared machine) and ``vs_<ref>_quiet`` (quiet runs only) of ``row`` against ``ref_row``."""
+    row[f"vs_{ref}"] = round(row["wall_median_s"] / ref_row["wall_median_s"], 3)
+    row[f"vs_{ref}_best"] = round(row["wall_min_s"] / ref_row["wall_min_s"], 3)
+    a, b = row["wall_quiet_median_s"], ref_row["wall_quiet_median_s"]
+    row[f"vs_{ref}_quiet"] = round(a / b, 3) if a and b else None
+
+
 def summarise(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out = {v: variant_stats([r for r in runs if r["variant"] == v], "object_size")
+           for v in variants}
     for v in variants:
-        rs = [r for r in runs if r["variant"] == v]
-        walls = [r["wall_s"] for r in rs]
-        procs: dict[str, int] = {}
-        for r in rs:
-            for name, kib in r["procs_hwm_kib"].items():
-                procs[name] = max(procs.get(name, 0), kib)
-        sizes = [r["object_size"] for r in rs if r.get("object_size")]
-        quiet = [r for r in rs if is_quiet(r)]
-        out[v] = {
-            "runs": len(rs), "wall_median_s": statistics.median(walls),
-            "wall_min_s": min(walls), "wall_max_s": max(walls),
-            "cpu_median_s": statistics.median(r["cpu_s"] for r in rs),
-            "machine_cpu_median_s": statistics.median(r["machine_cpu_s"] for r in rs),
-            "server_cpu_median_s": {
-                k: statistics.median(r["server_cpu_s"].get(k, 0.0) for r in rs)
-                for k in ("pg", "s3", "prefect")},
-            "maxrss_max_kib": max(r["maxrss_kib"] for r in rs),
-            "tree_rss_max_kib": max(r["tree_rss_kib"] for r in rs),
-            "procs_hwm_max_kib": procs,
-            "object_size_median": statistics.median(sizes) if sizes else None,
-            "foreign_cpu_median_s": statistics.median(foreign_cpu(r) for r in rs),
-            "quiet_runs": len(quiet),
-            "wall_quiet_median_s": (statistics.median(r["wall_s"] for r in quiet)
-                                    if quiet else None),
-        }
-    for v in variants:
-        out[v]["vs_peer"] = round(out[v]["wall_median_s"] / out["peer"]["wall_median_s"], 3)
-        out[v]["vs_floor"] = round(out[v]["wall_median_s"] / out["floor"]["wall_median_s"], 3)
-        # best-of-K ratios: less sensitive to other load on a shared machine
-        out[v]["vs_peer_best"] = round(out[v]["wall_min_s"] / out["peer"]["wall_min_s"], 3)
-        out[v]["vs_floor_best"] = round(out[v]["wall_min_s"] / out["floor"]["wall_min_s"], 3)
         for ref in ("peer", "floor"):
-            a, b = out[v]["wall_quiet_median_s"], out[ref]["wall_quiet_median_s"]
-            out[v][f"vs_{ref}_quiet"] = round(a / b, 3) if a and b else None
+            add_ratios(out[v], out[ref], ref)
     return out
 
 
@@ -734,39 +741,10 @@ class RestoreBench(Bench):
 
 
 def summarise_restore(runs: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+    out = {v: variant_stats([r for r in runs if r["variant"] == v], "restored_db_size")
+           for v in variants}
     for v in variants:
-        rs = [r for r in runs if r["variant"] == v]
-        walls = [r["wall_s"] for r in rs]
-        procs: dict[str, int] = {}
-        for r in rs:
-            for name, kib in r["procs_hwm_kib"].items():
-                procs[name] = max(procs.get(name, 0), kib)
-        quiet = [r for r in rs if is_quiet(r)]
-        sizes = [r["restored_db_size"] for r in rs if r.get("restored_db_size")]
-        out[v] = {
-            "runs": len(rs), "wall_median_s": statistics.median(walls),
-            "wall_min_s": min(walls), "wall_max_s": max(walls),
-            "cpu_median_s": statistics.median(r["cpu_s"] for r in rs),
-            "machine_cpu_median_s": statistics.median(r["machine_cpu_s"] for r in rs),
-            "server_cpu_median_s": {
-                k: statistics.median(r["server_cpu_s"].get(k, 0.0) for r in rs)
-                for k in ("pg", "s3", "prefect")},
-            "maxrss_max_kib": max(r["maxrss_kib"] for r in rs),
-            "tree_rss_max_kib": max(r["tree_rss_kib"] for r in rs),
-            "procs_hwm_max_kib": procs,
-            "restored_db_size_median": statistics.median(sizes) if sizes else None,
-            "foreign_cpu_median_s": statistics.median(foreign_cpu(r) for r in rs),
-            "quiet_runs": len(quiet),
-            "wall_quiet_median_s": (statistics.median(r["wall_s"] for r in quiet)
-                                    if quiet else None),
-        }
-    for v in variants:
-        p = out["peer"]
-        out[v]["vs_peer"] = round(out[v]["wall_median_s"] / p["wall_median_s"], 3)
-        out[v]["vs_peer_best"] = round(out[v]["wall_min_s"] / p["wall_min_s"], 3)
-        a, b = out[v]["wall_quiet_median_s"], p["wall_quiet_median_s"]
-        out[v]["vs_peer_quiet"] = round(a / b, 3) if a and b else None
+        add_ratios(out[v], out["peer"], "peer")
     return out
 
 
