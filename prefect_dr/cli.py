@@ -379,16 +379,12 @@ def verify(
     json_flag: JsonFlag = False,
 ) -> None:
     """Prove backups restorable: checksums, decryption, a test restore and semantic checks."""
-    from urllib.parse import urlsplit
-
     from prefect_dr import durations, pipeline
     from prefect_dr import verify as verify_mod
 
     if sum(bool(x) for x in (backup_id, latest, all_, since)) > 1:
         raise errors.DRError("give one of ID, --latest, --all, --since", exit_code=errors.USAGE)
-    if scratch_url and urlsplit(scratch_url).password:
-        raise errors.DRError("--scratch-url must not carry a password (use PGPASSWORD or "
-                             ".pgpass)", exit_code=errors.USAGE)
+    _url_flag(scratch_url, "--scratch-url")
     try:
         window = durations.parse(since) if since else None
     except ValueError as exc:
@@ -447,11 +443,14 @@ def _confirm(name: str, yes: bool, what: str) -> None:
 
 
 def _url_flag(value: str | None, flag: str) -> None:
-    from urllib.parse import urlsplit
-
-    if value and urlsplit(value).password:
-        raise errors.DRError(f"{flag} must not carry a password (use PGPASSWORD or .pgpass)",
-                             exit_code=errors.USAGE)
+    """Refuse (exit 2) a database URL flag that is malformed or carries a password."""
+    if not value:
+        return
+    parts = config.split_url(value)
+    if parts is None:
+        raise errors.UsageError(f"{flag} is not a valid URL (check brackets and the port)")
+    if parts.password:
+        raise errors.UsageError(f"{flag} must not carry a password (use PGPASSWORD or .pgpass)")
 
 
 @app.command()

@@ -202,8 +202,9 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _split(url: str) -> SplitResult | None:
-    """urlsplit, or None when the URL is malformed (e.g. an unbalanced '[')."""
+def split_url(url: str) -> SplitResult | None:
+    """urlsplit, or None when the URL is malformed (an unbalanced '[', a port that is no
+    number)."""
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError for a port that is no number
@@ -283,7 +284,7 @@ def load(
         value = _coerce(spec, raw, flag, problems)
         if value is not None:
             values[name], sources[name] = value, f"flag {flag}"
-            parts = _split(str(value)) if spec.kind == "url" else None
+            parts = split_url(str(value)) if spec.kind == "url" else None
             if parts is not None and parts.password:
                 problems.append(
                     f"{flag} must not carry a password (it would show in the process list); "
@@ -299,7 +300,7 @@ def load(
 def _validate(values: dict[str, Any], problems: list[str]) -> None:
     for spec in SPECS:
         url = values.get(spec.name)
-        if spec.kind == "url" and url and _split(url) is None:
+        if spec.kind == "url" and url and split_url(url) is None:
             problems.append(f"{spec.env} is not a valid URL (check brackets and the port)")
             values[spec.name] = None  # nothing below, nor later, may parse it
     db = values.get("database_url")

@@ -130,3 +130,19 @@ def test_k8s_render_uses_settings_and_validates_schedule() -> None:
 def test_metrics_variables_are_not_reported_unknown() -> None:
     proc = run_cli(["config", "show"], _env(PREFECT_DR_PUSHGATEWAY_URL="http://127.0.0.1:9"))
     assert proc.returncode == 0 and "unknown environment variable" not in proc.stderr
+
+
+def test_database_url_flags_malformed_or_with_password_are_usage_errors() -> None:
+    for args, needle in [
+            (["verify", "--latest", "--scratch-url", "postgresql://x@[h/db"],
+             "--scratch-url is not a valid URL"),
+            (["restore", "--latest", "--target-url", "postgresql://x@h:port/db"],
+             "--target-url is not a valid URL"),
+            (["rollback", "--list", "--target-url", "postgresql://x@[h/db"],
+             "--target-url is not a valid URL"),
+            (["verify", "--latest", "--scratch-url", "postgresql://x:Sekr1t@h/db"],
+             "--scratch-url must not carry a password")]:
+        proc = run_cli(args, _env())
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], (args, lines)
+        assert "Sekr1t" not in proc.stderr + proc.stdout
