@@ -72,7 +72,47 @@ def _free_port() -> int:
     raise RuntimeError("no free loopback port")
 
 
-class FaultProxy:
+class _LoopbackServer:
+    """A TCP server on a free 127.0.0.1 port; each accepted connection goes to ``_serve`` in
+    its own thread. Subclasses set up their state, then call ``_listen``."""
+
+    port: int
+    _closed: threading.Event
+    _listener: socket.socket
+
+    def _listen(self, backlog: int, name: str) -> None:
+        self.port = _free_port()
+        self._closed = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind(("127.0.0.1", self.port))
+        self._listener.listen(backlog)
+        threading.Thread(target=self._accept, daemon=True, name=f"{name}-accept").start()
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:<port>"""
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        """Stop listening."""
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class FaultProxy(_LoopbackServer):
     """Forward 127.0.0.1:<port> to ``target`` and inject faults on demand.
 
     - ``rate``: bytes/s per direction per connection (None: unlimited); ``latency``: seconds
@@ -89,7 +129,6 @@ class FaultProxy:
     def __init__(self, target: tuple[str, int], *, rate: int | None = None,
                  latency: float = 0.0) -> None:
         self.target, self.rate, self.latency = target, rate, latency
-        self.port = _free_port()
         self.up_bytes = 0
         self.down_bytes = 0
         self.requests: list[Request] = []
@@ -99,20 +138,10 @@ class FaultProxy:
         self._allow: Callable[[Request], bool] | None = None
         self._trigger: _Trigger | None = None
         self._frozen = threading.Event()
-        self._closed = threading.Event()
         self._conns: set[socket.socket] = set()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", self.port))
-        self._listener.listen(128)
-        threading.Thread(target=self._accept, daemon=True, name="faultproxy-accept").start()
+        self._listen(128, "faultproxy")
 
     # -- control -------------------------------------------------------------------------
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port>"""
-        return f"http://127.0.0.1:{self.port}"
-
     def reset(self) -> None:
         """Forward normally again, forget counters, requests and any trigger."""
         with self._lock:
@@ -170,9 +199,7 @@ class FaultProxy:
 
     def close(self) -> None:
         """Stop everything; close every socket."""
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
+        super().close()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:
@@ -187,14 +214,6 @@ class FaultProxy:
     def _track(self, sock: socket.socket, add: bool) -> None:
         with self._lock:
             (self._conns.add if add else self._conns.discard)(sock)
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _read_head(self, client: socket.socket) -> tuple[bytes, Request | None]:
         """Read until the first request line is complete (or the client stops)."""
@@ -330,7 +349,7 @@ class FaultProxy:
         return data, fire
 
 
-class RegionEndpoint:
+class RegionEndpoint(_LoopbackServer):
     """An S3 endpoint in front of the real one whose bucket lives in ``home`` region.
 
     Requests signed for another region get what the store answers: AWS style, ``301
@@ -343,32 +362,7 @@ class RegionEndpoint:
                  style: str = "aws") -> None:
         self.target, self.home, self.style = target, home, style
         self.seen: list[str] = []
-        self.port = _free_port()
-        self._closed = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind(("127.0.0.1", self.port))
-        self._listener.listen(64)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        """http://127.0.0.1:<port>"""
-        return f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        """Stop listening."""
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _accept(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+        self._listen(64, "region")
 
     def _serve(self, client: socket.socket) -> None:
         buf = b""

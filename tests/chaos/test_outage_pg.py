@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Any
 
 import pytest
 
 from .conftest import BULKY, FIGURES, SEED, Chaos, count
 from .harness import (
     LIVE,
+    Run,
     cli,
     databases,
     drop_kept,
@@ -63,6 +65,24 @@ def _restart_in_background(chaos: Chaos, mode: str) -> tuple[threading.Thread, l
     return thread, errors
 
 
+def _run_restarted(chaos: Chaos, proxy: FaultProxy, direction: str, offset: int, mode: str,
+                   args: list[str], env: dict[str, str], t: Any) -> Run:
+    """Run prefect-dr with ``args`` while PostgreSQL is restarted (``mode``) once ``offset``
+    bytes have passed the S3 proxy in ``direction``; check the restart happened and the run
+    failed cleanly (exit 1, one error line) within the bound."""
+    proxy.reset()
+    thread, errors = _restart_in_background(chaos, mode)
+    proxy.at(direction, offset, thread.start, freeze=False)
+    run = cli(args, env, timeout=300)
+    thread.join(120)
+    t.check(not errors, f"restarting PostgreSQL failed: {errors}")
+    t.check(thread.ident is not None, f"the restart never began: {run.describe()}")
+    t.fault()
+    t.check(run.seconds < BOUND_S, f"took {run.seconds:.0f}s")
+    t.check(error_problem(run, 1) is None, str(error_problem(run, 1)))
+    return run
+
+
 @pytest.mark.timeout(120 + DUMPS * 150)
 def test_postgres_restarted_during_a_dump(chaos: Chaos, rng: random.Random) -> None:
     env = chaos.env("pgdump", PREFECT_DR_DATABASE_URL=chaos.url(BULKY))
@@ -73,17 +93,8 @@ def test_postgres_restarted_during_a_dump(chaos: Chaos, rng: random.Random) -> N
         for i in range(DUMPS):
             mode = rng.choice(["fast", "immediate"])
             offset = rng.randrange(1_000_000, 12_000_000)  # of a ~21 MB upload
-            proxy.reset()
-            thread, errors = _restart_in_background(chaos, mode)
-            proxy.at("up", offset, thread.start, freeze=False)
             with DUMP.trial(seed=SEED, trial=i, mode=mode, offset=offset) as t:
-                run = cli(["backup", "--json"], through, timeout=300)
-                thread.join(120)
-                t.check(not errors, f"restarting PostgreSQL failed: {errors}")
-                t.check(thread.ident is not None, f"the restart never began: {run.describe()}")
-                t.fault()
-                t.check(run.seconds < BOUND_S, f"took {run.seconds:.0f}s")
-                t.check(error_problem(run, 1) is None, str(error_problem(run, 1)))
+                _run_restarted(chaos, proxy, "up", offset, mode, ["backup", "--json"], through, t)
                 t.check(not wait_no_client_programs(f"/{BULKY}"), "pg_dump still runs")
                 entries = listing(env)
                 new = [e for bid, e in entries.items() if bid not in seen]
@@ -114,17 +125,8 @@ def test_postgres_restarted_during_a_restore(chaos: Chaos, rng: random.Random) -
         for i in range(RESTORES):
             mode = rng.choice(["fast", "immediate"])
             offset = rng.randrange(1_000_000, int(made.json["size"] * 0.6))
-            proxy.reset()
-            thread, errors = _restart_in_background(chaos, mode)
-            proxy.at("down", offset, thread.start, freeze=False)
             with RESTORE.trial(seed=SEED, trial=i, mode=mode, offset=offset) as t:
-                run = cli(args, through, timeout=300)
-                thread.join(120)
-                t.check(not errors, f"restarting PostgreSQL failed: {errors}")
-                t.check(thread.ident is not None, f"the restart never began: {run.describe()}")
-                t.fault()
-                t.check(run.seconds < BOUND_S, f"took {run.seconds:.0f}s")
-                t.check(error_problem(run, 1) is None, str(error_problem(run, 1)))
+                _run_restarted(chaos, proxy, "down", offset, mode, args, through, t)
                 t.check(databases(chaos.stack, LIVE).get(LIVE) is True,
                         "the live database is gone or refuses connections")
                 t.check(fingerprint(chaos.stack, LIVE) == before, "the live database changed",
