@@ -368,21 +368,29 @@ class Bench:
         say(f"warm-up: one untimed floor run (page cache), then {a.runs} rounds of "
             f"{', '.join(variants)}")
         self.run_one("floor", 0)
+        runs = self.round_robin(variants, "object_size", "object")
+        return {"runs": runs, "summary": summarise(runs, variants)}
+
+    def round_robin(self, variants: list[str], size_field: str, size_label: str
+                    ) -> list[dict[str, Any]]:
+        """``--runs`` rounds of every variant, the order rotating by one each round (spreads
+        cache and warm-up effects); one progress line per run."""
         runs: list[dict[str, Any]] = []
-        for r in range(1, a.runs + 1):
+        n = self.args.runs
+        for r in range(1, n + 1):
             shift = (r - 1) % len(variants)
-            order = variants[shift:] + variants[:shift]
-            for v in order:
+            for v in variants[shift:] + variants[:shift]:
                 res = self.run_one(v, r)
                 runs.append(res)
-                size = res.get("object_size")
-                say(f"round {r}/{a.runs} {v:<10} {res['wall_s']:7.2f}s  "
+                size = res.get(size_field)
+                srv = res["server_cpu_s"]
+                say(f"round {r}/{n} {v:<10} {res['wall_s']:7.2f}s  "
                     f"rss {mib(max(res['procs_hwm_kib'].values(), default=0)):6.1f} MiB  "
-                    f"cpu {res['cpu_s']:5.1f}s (postgres {res['server_cpu_s'].get('pg', 0):4.1f}s, "
-                    f"S3 {res['server_cpu_s'].get('s3', 0):4.1f}s, "
-                    f"machine {res['machine_cpu_s']:5.1f}s)"
-                    + (f"  object {size / 2**20:8.1f} MiB" if size else ""))
-        return {"runs": runs, "summary": summarise(runs, variants)}
+                    f"cpu {res['cpu_s']:5.1f}s (postgres {srv.get('pg', 0):5.1f}s, "
+                    f"S3 {srv.get('s3', 0):4.1f}s, machine {res['machine_cpu_s']:5.1f}s, "
+                    f"foreign {foreign_cpu(res):4.1f}s)"
+                    + (f"  {size_label} {size / 2**20:8.1f} MiB" if size else ""))
+        return runs
 
 
 def variant_stats(rs: list[dict[str, Any]], size_field: str) -> dict[str, Any]:
@@ -719,20 +727,7 @@ class RestoreBench(Bench):
         variants = RESTORE_VARIANTS[a.what]
         say(f"{a.runs} rounds of {', '.join(variants)} (no warm-up run: the objects were just "
             f"read or written; the rotating order spreads cache effects)")
-        runs: list[dict[str, Any]] = []
-        for r in range(1, a.runs + 1):
-            shift = (r - 1) % len(variants)
-            order = variants[shift:] + variants[:shift]
-            for v in order:
-                res = self.run_one(v, r)
-                runs.append(res)
-                size = res.get("restored_db_size")
-                say(f"round {r}/{a.runs} {v:<8} {res['wall_s']:7.2f}s  "
-                    f"rss {mib(max(res['procs_hwm_kib'].values(), default=0)):6.1f} MiB  "
-                    f"cpu {res['cpu_s']:5.1f}s (postgres {res['server_cpu_s'].get('pg', 0):5.1f}s,"
-                    f" S3 {res['server_cpu_s'].get('s3', 0):4.1f}s, "
-                    f"machine {res['machine_cpu_s']:5.1f}s, foreign {foreign_cpu(res):4.1f}s)"
-                    + (f"  db {size / 2**20:8.1f} MiB" if size else ""))
+        runs = self.round_robin(variants, "restored_db_size", "db")
         left = self.leftover_dbs()
         if left:
             say(f"warning: databases left on the server: {', '.join(left)}")
