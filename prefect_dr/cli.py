@@ -879,12 +879,23 @@ def _main(argv: list[str] | None) -> int:
         _report(errors.Interrupted("interrupted"))
         return errors.INTERRUPTED
     except errors.DRError as exc:
+        exc = _after_signal(exc)
         _report(exc)
         return exc.exit_code
     except Exception as exc:  # a bug: still one line unless --verbose
-        _report(errors.DRError(f"unexpected {type(exc).__name__}: {exc} "
-                               "(run with -v for the traceback)"))
-        return errors.FAILURE
+        failure = _after_signal(errors.DRError(f"unexpected {type(exc).__name__}: {exc} "
+                                               "(run with -v for the traceback)"))
+        _report(failure)
+        return failure.exit_code
+
+
+def _after_signal(exc: errors.DRError) -> errors.DRError:
+    """A run stopped by SIGINT/SIGTERM exits 130 whatever error the stop surfaced as (a
+    library may have wrapped the signal's exception); the error's own text is kept."""
+    stop = interrupt.pending()
+    if stop is None or isinstance(exc, errors.Interrupted):
+        return exc
+    return errors.Interrupted(f"{stop.message}: {exc.message}")
 
 
 def _usage_message(exc: Exception) -> str:

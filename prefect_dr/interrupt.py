@@ -2,7 +2,9 @@
 
 The CLI's handler calls ``note`` and then raises Interrupted. If that exception surfaces
 inside a native library (pyrage checks signals and reports them as its own error), the caller
-uses ``raise_if_noted`` to turn the library's error back into Interrupted.
+uses ``raise_if_noted`` to turn the library's error back into Interrupted. botocore does the
+same (it wraps any exception raised inside an HTTP request as HTTPClientError), so the retry
+loop and the S3 error mapping consult ``pending`` too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ def note(signal_name: str) -> Interrupted:
     return Interrupted(f"stopped by signal {signal_name}")
 
 
+def pending() -> Interrupted | None:
+    """The Interrupted to raise when a stop signal has arrived, else None."""
+    return Interrupted(f"stopped by signal {_noted}") if _noted is not None else None
+
+
 def raise_if_noted() -> None:
     """Raise Interrupted when a stop signal has arrived."""
-    if _noted is not None:
-        raise Interrupted(f"stopped by signal {_noted}")
+    stop = pending()
+    if stop is not None:
+        raise stop

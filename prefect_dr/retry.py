@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from prefect_dr import interrupt
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
@@ -25,7 +27,9 @@ def call(
 ) -> T:
     """Call ``fn`` until it succeeds, retrying errors ``transient`` accepts until the deadline.
 
-    Raises the last error once the deadline would pass, or at once for a non-transient error.
+    Raises the last error once the deadline would pass, or at once for a non-transient error;
+    raises Interrupted instead of retrying once a stop signal has arrived (a library may have
+    wrapped the signal's exception into an error of its own, which must not be retried).
     """
     start = clock()
     attempt = 0
@@ -36,6 +40,7 @@ def call(
             attempt += 1
             if not transient(exc):
                 raise
+            interrupt.raise_if_noted()
             delay = random.uniform(0, min(cap_s, base_s * 2**attempt))  # noqa: S311
             if clock() - start + delay > deadline_s:
                 raise

@@ -163,3 +163,62 @@ def test_put_if_absent_retried_after_a_lost_answer(stack_env: dict[str, str]) ->
     finally:
         s3.client = real
         s3.delete(p + "lock")
+
+
+def test_signal_inside_a_request_is_interrupted_not_a_storage_error(
+        stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore wraps any exception raised inside an HTTP request (our SIGTERM handler's
+    too) as HTTPClientError; the run must still end as Interrupted, without retries."""
+    import urllib3.connectionpool
+
+    from prefect_dr import interrupt
+    from prefect_dr.errors import Interrupted
+
+    s3 = _s3(stack_env)
+    s3.stat("warm-up")  # the connection pool exists before the signal arrives
+    monkeypatch.setattr(interrupt, "_noted", None)
+    sent = []
+
+    def signal_arrives(*args: object, **kwargs: object) -> object:
+        sent.append(1)
+        raise interrupt.note("SIGTERM")
+
+    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", signal_arrives)
+    for action in (lambda: s3.stat("k"), lambda: s3.put_bytes("k", b"x"),
+                   lambda: s3.put_if_absent("k", b"x")):
+        sent.clear()
+        with pytest.raises(Interrupted, match=r"^stopped by signal SIGTERM$"):
+            action()
+        assert sent == [1]  # no retry after the signal
+
+
+class _StartAnsweredTooLate:
+    """A real S3 client whose create_multipart_upload reaches S3 but whose answer never
+    reaches the caller, as when SIGTERM arrives while the answer is on its way."""
+
+    def __init__(self, client: object) -> None:
+        self._client = client
+
+    def create_multipart_upload(self, **kwargs: object) -> object:
+        from prefect_dr import interrupt
+
+        self._client.create_multipart_upload(**kwargs)
+        raise interrupt.note("SIGTERM")
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._client, name)
+
+
+def test_stopped_while_starting_an_upload_leaves_no_open_upload(
+        stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect_dr import interrupt
+    from prefect_dr.errors import Interrupted
+
+    s3 = _s3(stack_env)
+    monkeypatch.setattr(interrupt, "_noted", None)
+    key = f"contract-{uuid.uuid4().hex[:8]}/dump"
+    s3.client = _StartAnsweredTooLate(s3.client)
+    with pytest.raises(Interrupted), s3.open_writer(key) as writer:
+        writer.write(b"\0" * (MIN_PART + 1))  # a full part: the upload starts
+    assert [u.key for u in s3.list_incomplete_uploads(key)] == []
+    assert s3.stat(key) is None

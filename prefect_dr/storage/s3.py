@@ -19,8 +19,8 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from prefect_dr import retry
-from prefect_dr.errors import NotFoundError, StorageError
+from prefect_dr import interrupt, retry
+from prefect_dr.errors import DRError, NotFoundError, StorageError
 from prefect_dr.storage.base import (
     IncompleteUpload,
     ObjectInfo,
@@ -124,8 +124,13 @@ class S3Storage(Storage):
         self.client = client
 
     # -- error mapping -------------------------------------------------------------------
-    def wrap_error(self, exc: BaseException, action: str, key: str = "") -> StorageError:
-        """Turn a boto3/botocore error into a one-line StorageError (no secrets, no trace)."""
+    def wrap_error(self, exc: BaseException, action: str, key: str = "") -> DRError:
+        """Turn a boto3/botocore error into a one-line StorageError (no secrets, no trace).
+        After a stop signal a client-side error is Interrupted: botocore wraps any exception
+        raised inside a request, the signal handler's too (S3's own answers stay errors)."""
+        stop = interrupt.pending()
+        if stop is not None and not isinstance(exc, bce.ClientError):
+            return stop
         where = f"{self.description}/{key}" if key else self.description
         code = error_code(exc)
         if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
@@ -143,13 +148,15 @@ class S3Storage(Storage):
         return StorageError(f"{action} {where}: {type(exc).__name__}: {exc}")
 
     def _call(self, what: str, key: str, fn: Any, *, answers: dict[str, Any] | None = None,
-              **kwargs: Any) -> Any:
-        """``fn(**kwargs)`` with transient errors retried until the deadline. An S3 error code
-        listed in ``answers`` is an answer, not an error: its value is returned. Raises
-        StorageError (NotFoundError for a missing bucket) for every other error."""
+              deadline_s: float | None = None, **kwargs: Any) -> Any:
+        """``fn(**kwargs)`` with transient errors retried until the deadline (default: the
+        configured one). An S3 error code listed in ``answers`` is an answer, not an error:
+        its value is returned. Raises StorageError (NotFoundError for a missing bucket) for
+        every other error."""
         try:
             return retry.call(lambda: fn(**kwargs), transient=is_transient, what=what,
-                              deadline_s=self.retry_deadline_s)
+                              deadline_s=self.retry_deadline_s if deadline_s is None
+                              else deadline_s)
         except bce.ClientError as exc:
             code = error_code(exc)
             if answers and code in answers:
@@ -233,10 +240,14 @@ class S3Storage(Storage):
             kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
 
     def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
-        # already gone (or aborted by an attempt whose answer was lost): done
-        self._call("abort upload", upload.key, self.client.abort_multipart_upload,
-                   answers={"NoSuchUpload": None, "404": None},
-                   Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+        self.abort_upload(upload.key, upload.upload_id)
+
+    def abort_upload(self, key: str, upload_id: str, *, deadline_s: float | None = None) -> None:
+        """Abort multipart upload ``upload_id`` of ``key``; one already gone (or aborted by an
+        attempt whose answer was lost) is fine. Raises StorageError."""
+        self._call("abort upload", key, self.client.abort_multipart_upload,
+                   answers={"NoSuchUpload": None, "404": None}, deadline_s=deadline_s,
+                   Bucket=self.bucket, Key=key, UploadId=upload_id)
 
     @cached_property
     def object_lock_enabled(self) -> bool:
@@ -302,6 +313,7 @@ class S3Storage(Storage):
 
 
 _MISSING = object()
+_CLEANUP_DEADLINE_S = 5.0  # retry budget of each clean-up call after a failed upload
 _NO_OBJECT = dict.fromkeys(("404", "NoSuchKey", "NotFound"), _MISSING)
 _PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
@@ -327,6 +339,7 @@ class S3Writer(Writer):
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 0
         self._done = False
+        self._starting = False  # a start was sent; its answer (the upload id) may be lost
         self._failed: BaseException | None = None
 
     def _create_args(self) -> dict[str, Any]:
@@ -370,6 +383,7 @@ class S3Writer(Writer):
         if self._part_number > MAX_PARTS:
             raise StorageError(f"upload {self._key}: more than {MAX_PARTS} parts")
         if self._upload_id is None:
+            self._starting = True
             resp = self._s3._call("start upload", self._key,
                                   self._s3.client.create_multipart_upload,
                                   ChecksumAlgorithm="SHA256", **self._create_args())
@@ -439,13 +453,29 @@ class S3Writer(Writer):
         self._done = True
         self._cur = None
         self._shutdown()
-        if self._upload_id is not None:
+        upload_ids = [self._upload_id] if self._upload_id is not None else []
+        self._upload_id = None
+        # Clean-up runs on the failure path, often with S3 in trouble: a short deadline keeps
+        # the failure prompt; what is left open, prune removes.
+        deadline_s = min(_CLEANUP_DEADLINE_S, self._s3.retry_deadline_s)
+        if not upload_ids and self._starting:
+            # The start was sent but its answer never arrived (a stop signal or a dropped
+            # connection): S3 may hold an upload we have no id for. The key is this run's own.
             try:
-                self._s3.client.abort_multipart_upload(Bucket=self._s3.bucket, Key=self._key,
-                                                       UploadId=self._upload_id)
-            except (bce.BotoCoreError, bce.ClientError) as exc:
-                log.warning("could not abort upload of %s: %s", self._key, type(exc).__name__)
-            self._upload_id = None
+                page = self._s3._call("list uploads", self._key,
+                                      self._s3.client.list_multipart_uploads,
+                                      deadline_s=deadline_s, Bucket=self._s3.bucket,
+                                      Prefix=self._key)
+                upload_ids = [u["UploadId"] for u in page.get("Uploads", [])
+                              if u["Key"] == self._key]
+            except DRError as exc:
+                log.warning("an upload of %s may be left open (prune removes it): %s",
+                            self._key, exc.message)
+        for upload_id in upload_ids:
+            try:
+                self._s3.abort_upload(self._key, upload_id, deadline_s=deadline_s)
+            except DRError as exc:
+                log.warning("could not abort upload of %s: %s", self._key, exc.message)
 
 
 class _RangeReader(io.RawIOBase):
