@@ -98,10 +98,12 @@ def clone_prefect_db(env: dict[str, str], name: str) -> str:
     """
     import psycopg
 
+    from prefect_dr.pg import scratch
+
     url = env["PREFECT_DR_DATABASE_URL"]
     pw = env["PGPASSWORD"]
     with psycopg.connect(url, password=pw, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.drop_database(conn, name)
         conn.execute(f'CREATE DATABASE "{name}"')
     child = dict(os.environ, PGPASSWORD=pw)
     dump = subprocess.run(["pg_dump", "-Fc", "--dbname", url], env=child, check=True,
@@ -113,12 +115,14 @@ def clone_prefect_db(env: dict[str, str], name: str) -> str:
 
 
 def drop_db(env: dict[str, str], name: str) -> None:
-    """Drop database ``name`` of the stack (forcing connections off)."""
+    """Drop database ``name`` of the stack (forcing clients off, waiting out autovacuum)."""
     import psycopg
+
+    from prefect_dr.pg import scratch
 
     with psycopg.connect(env["PREFECT_DR_DATABASE_URL"], password=env["PGPASSWORD"],
                          autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.drop_database(conn, name)
 
 
 @pytest.fixture(scope="session")

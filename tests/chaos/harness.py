@@ -22,6 +22,8 @@ import boto3
 import psycopg
 import pytest
 
+from prefect_dr.pg import scratch
+
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "scripts" / "stack"
 FAILPOINT = Path(__file__).resolve().parent / "failpoint.py"
@@ -299,7 +301,7 @@ def make_bulky(stack: ChaosStack, name: str, megabytes: int = 20) -> None:
     """``name``: a copy of `prefect` with ~``megabytes`` MB of incompressible ballast, so that
     its backup is a multipart upload that takes a while through a slow proxy."""
     with stack.connect("postgres") as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        scratch.drop_database(conn, name)
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE prefect')
     rows = max(1, megabytes * 1000)
     with stack.connect(name) as conn:
@@ -346,7 +348,7 @@ def comment_of(stack: ChaosStack, db: str) -> str:
 
 def drop_database(stack: ChaosStack, db: str) -> None:
     with stack.connect("postgres") as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        scratch.drop_database(conn, db)
 
 
 LIVE = "prefect"  # the live Prefect database of the chaos stack, which restores replace

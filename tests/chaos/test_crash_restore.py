@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from prefect_dr.pg import scratch
+
 from .conftest import BULKY, CHANGED, FIGURES, SEED, SOAK, Chaos, count
 from .harness import (
     LIVE,
@@ -240,7 +242,7 @@ def test_restore_while_autovacuum_works(chaos: Chaos, setup: Setup) -> None:
     right after a big restore."""
     stack = chaos.stack
     with stack.admin() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{AV_DB}" WITH (FORCE)')
+        scratch.drop_database(admin, AV_DB)
         admin.execute(f'CREATE DATABASE "{AV_DB}" OWNER prefect')
     try:
         with stack.connect(AV_DB) as conn:
@@ -284,4 +286,4 @@ def test_restore_while_autovacuum_works(chaos: Chaos, setup: Setup) -> None:
             admin.execute("SELECT pg_reload_conf()")
             for name in [r[0] for r in admin.execute(
                     "SELECT datname FROM pg_database WHERE datname LIKE %s", (AV_DB + "%",))]:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                scratch.drop_database(admin, name)
