@@ -6,9 +6,11 @@ import json
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -177,8 +179,10 @@ def test_newer_schema_is_refused(clone: dict[str, str]) -> None:
     assert _databases(env, env["_DB"]) == sorted([env["_DB"], future])
 
 
-def test_sigkill_before_the_swap_leaves_live_database_serving(clone: dict[str, str],
-                                                               bulky_db: str) -> None:
+def test_stop_before_the_swap_leaves_live_database_serving(clone: dict[str, str],
+                                                           bulky_db: str) -> None:
+    """SIGTERM: exit 130, nothing left behind; SIGKILL at several points: the live database
+    serves unchanged and the next restore clears what the killed runs left."""
     from slowproxy import SlowProxy
 
     env, pw = clone, clone["PGPASSWORD"]
@@ -189,26 +193,28 @@ def test_sigkill_before_the_swap_leaves_live_database_serving(clone: dict[str, s
     slow = dict(env, PREFECT_DR_S3_ENDPOINT_URL=proxy.url)
     before = _counts(env["PREFECT_DR_DATABASE_URL"], pw)
     try:
-        for delay in (0.0, 1.0, 2.5):
+        for sig, delay in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 0.0),
+                           (signal.SIGKILL, 1.0), (signal.SIGKILL, 2.5)):
             proc = subprocess.Popen([sys.executable, "-m", "prefect_dr", "restore", "--latest",
                                      "--yes", "--no-safety-backup", "--allow-newer-schema"],
                                     env=slow, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
+                                    stderr=subprocess.PIPE, text=True)
             deadline = time.monotonic() + 60
             while len(_databases(env, env["_DB"])) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(delay)
-            assert proc.poll() is None, "restore ended before it could be killed"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            assert proc.poll() is None, "restore ended before it could be stopped"
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=60)
             assert _counts(env["PREFECT_DR_DATABASE_URL"], pw) == before  # live, unchanged
+            if sig == signal.SIGTERM:  # a stopped run cleans up after itself
+                assert proc.returncode == 130 and "Traceback" not in err, err
+                assert _databases(env, env["_DB"]) == [env["_DB"]]
+                assert not list(Path(tempfile.gettempdir()).glob("prefect-dr-restore-*.dump"))
     finally:
         proxy.close()
     leftovers = [d for d in _databases(env, env["_DB"]) if "_restore_" in d]
     assert leftovers  # a killed run cannot clean up ...
-    import tempfile
-    from pathlib import Path
-
     staged = list(Path(tempfile.gettempdir()).glob("prefect-dr-restore-*.dump"))
     dry = run_cli(["restore", "--latest", "--dry-run"], env)
     assert dry.returncode == 0
