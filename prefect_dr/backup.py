@@ -28,7 +28,16 @@ from pathlib import Path
 
 import psycopg
 
-from prefect_dr import __version__, crypto, export, layout, pipeline, prefect_api, signing
+from prefect_dr import (
+    __version__,
+    crypto,
+    export,
+    interrupt,
+    layout,
+    pipeline,
+    prefect_api,
+    signing,
+)
 from prefect_dr import log as runlog
 from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import FAILED, status_record
@@ -127,6 +136,7 @@ def _prefect_version(settings: Settings) -> str | None:
     try:
         return prefect_api.server_version(settings.prefect_api_url)
     except DRError as exc:
+        interrupt.raise_if_noted()
         log.warning("Prefect version unknown: %s", exc.message)
         return None
 

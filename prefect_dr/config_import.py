@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from prefect_dr import crypto, export, redact
+from prefect_dr import crypto, export, interrupt, redact
 from prefect_dr.errors import USAGE, DRError, Interrupted, NotFoundError
 from prefect_dr.manifest import Manifest
 from prefect_dr.prefect_api import PrefectAPIError, paged, request, server_version
@@ -1235,6 +1235,7 @@ def apply(api_url: str, export_doc: dict[str, Any], the_plan: ImportPlan, *,
             except Interrupted:
                 raise
             except (DRError, KeyError, TypeError, ValueError, StopIteration) as exc:
+                interrupt.raise_if_noted()
                 done = ItemResult(item.section, item.kind, item.name, item.action, FAILED,
                                   _first_line(exc))
         result.items.append(done)

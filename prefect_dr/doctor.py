@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from prefect_dr import crypto, prefect_api
+from prefect_dr import crypto, interrupt, prefect_api
 from prefect_dr.config import Settings
 from prefect_dr.errors import DRError
 from prefect_dr.layout import Layout
@@ -72,6 +72,7 @@ def _guard(report: Report, name: str, fn: Callable[[], tuple[str, str]],
     try:
         status, detail = fn()
     except DRError as exc:
+        interrupt.raise_if_noted()
         status, detail = FAIL, exc.message
     report.add(name, status, detail, required)
     return status != FAIL
@@ -85,6 +86,7 @@ def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -
     try:
         conn = pgc.connect(settings.database_url)
     except DRError as exc:
+        interrupt.raise_if_noted()
         report.add("database", FAIL, exc.message)
         for name in ("pg_dump", "read permissions", "prefect schema", "block encryption key"):
             report.add(name, SKIP, "database unreachable")

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from prefect_dr import interrupt
 from prefect_dr import prefect_schema as ps
 from prefect_dr.errors import VerificationError
 from prefect_dr.pg.connect import table_exists
@@ -65,6 +66,7 @@ def build(conn: psycopg.Connection, *, backup_id: str, key: ps.BlockKey | None,
             try:
                 data, decrypted = ps.decrypt_block(token, key.key), True
             except Exception:
+                interrupt.raise_if_noted()
                 data = None
         documents.append({
             "id": row["id"], "name": row.get("name"), "is_anonymous": row.get("is_anonymous"),

@@ -5,6 +5,11 @@ inside a native library (pyrage checks signals and reports them as its own error
 uses ``raise_if_noted`` to turn the library's error back into Interrupted. botocore does the
 same (it wraps any exception raised inside an HTTP request as HTTPClientError), so the retry
 loop and the S3 error mapping consult ``pending`` too.
+
+The rule (enforced by tests/test_interrupt.py): a handler that catches DRError, Exception or
+BaseException and carries on instead of raising calls ``raise_if_noted`` first, because
+Interrupted is a DRError and a wrapped signal may be any error. Clean-up on a path that is
+already failing, and the CLI's top level, are the exceptions.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from types import TracebackType
 
 import psycopg
 
+from prefect_dr import interrupt
 from prefect_dr.errors import DRError, LockHeldError, StorageError
 from prefect_dr.storage.base import Storage
 
@@ -80,6 +81,7 @@ class BackupLock:
         try:
             data = json.loads(self._storage.get_bytes(self._key))
         except (DRError, ValueError):  # absent (NotFoundError), unreadable, not JSON
+            interrupt.raise_if_noted()
             return None
         return data if isinstance(data, dict) else None
 

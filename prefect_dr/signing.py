@@ -11,6 +11,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from prefect_dr import interrupt
 from prefect_dr.errors import CryptoKeyError
 from prefect_dr.manifest import Manifest, ManifestError, b64, unb64
 
@@ -100,5 +101,6 @@ def check_record(record: dict[str, object], public: Ed25519PublicKey) -> bool:
     try:
         public.verify(unb64(str(sig.get("value", "")), "signature"), _canonical(record))
     except Exception:
+        interrupt.raise_if_noted()
         return False
     return True

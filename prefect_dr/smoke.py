@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from prefect_dr import prefect_api
+from prefect_dr import interrupt, prefect_api
 from prefect_dr.errors import DRError, VerificationError
 from prefect_dr.manifest import Manifest
 
@@ -127,6 +127,7 @@ def _wait_ready(api: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
             prefect_api.request(api, "GET", "/ready", timeout=2)
             return
         except DRError:
+            interrupt.raise_if_noted()
             time.sleep(0.5)
     raise DRError(f"Prefect server not ready after {START_TIMEOUT_S}s")
 

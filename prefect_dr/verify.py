@@ -29,7 +29,7 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import __version__, crypto, export, pipeline, signing, smoke
+from prefect_dr import __version__, crypto, export, interrupt, pipeline, signing, smoke
 from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import COMPLETE, BackupEntry, list_backups, require_complete, resolve
 from prefect_dr.config import Settings
@@ -277,6 +277,7 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
         proc.kill()
         raise
     except DRError as exc:
+        interrupt.raise_if_noted()
         integrity_error = exc
     finally:
         with contextlib.suppress(OSError):
@@ -359,6 +360,7 @@ def semantic_checks(conn: psycopg.Connection, manifest: Manifest,
             with checks.run(name) as out:
                 fn(out)
         except DRError:
+            interrupt.raise_if_noted()
             failures += 1
 
     def revision(out: dict[str, str]) -> None:
