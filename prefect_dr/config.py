@@ -291,73 +291,85 @@ def load(
                     "use PGPASSWORD, a .pgpass file or the environment/config file instead"
                 )
 
-    _validate(values, problems)
+    _validate(values, sources, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(values=values, sources=sources, warnings=tuple(warnings), config_file=path)
 
 
-def _validate(values: dict[str, Any], problems: list[str]) -> None:
+def _where(spec: Spec, source: str) -> str:
+    """How a problem names a setting: by the flag, file key or variable that set it."""
+    if source.startswith("flag "):
+        return source[len("flag "):]
+    if source.startswith("file "):
+        return f"{source[len('file '):]}: {spec.toml}"
+    return spec.env
+
+
+def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list[str]) -> None:
+    def at(name: str) -> str:
+        return _where(SPEC_BY_NAME[name], sources.get(name, "default"))
+
     for spec in SPECS:
         url = values.get(spec.name)
         if spec.kind == "url" and url and split_url(url) is None:
-            problems.append(f"{spec.env} is not a valid URL (check brackets and the port)")
+            problems.append(f"{at(spec.name)} is not a valid URL (check brackets and the port)")
             values[spec.name] = None  # nothing below, nor later, may parse it
     db = values.get("database_url")
     if db:
         redact.register(urlsplit(db).password)
         if urlsplit(db).scheme not in ("postgresql", "postgres"):
-            problems.append("PREFECT_DR_DATABASE_URL must start with postgresql://")
+            problems.append(f"{at('database_url')} must start with postgresql://")
     for name in ("s3_endpoint_url", "prefect_api_url"):
         url = values.get(name)
         if url and urlsplit(url).scheme not in ("http", "https"):
-            problems.append(f"{SPEC_BY_NAME[name].env} must be an http(s):// URL")
+            problems.append(f"{at(name)} must be an http(s):// URL")
     bucket = values.get("s3_bucket")
     if bucket and not _BUCKET_RE.match(bucket):
         problems.append(
-            f"PREFECT_DR_S3_BUCKET {bucket!r} is not a valid bucket name "
+            f"{at('s3_bucket')} {bucket!r} is not a valid bucket name "
             "(3-63 lowercase letters, digits, dots, hyphens)"
         )
     prefix = values.get("s3_prefix") or ""
     if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
-        problems.append("PREFECT_DR_S3_PREFIX must not start or end with '/' nor contain '//'")
+        problems.append(f"{at('s3_prefix')} must not start or end with '/' nor contain '//'")
     if values.get("s3_sse") not in (None, "", "AES256", "aws:kms"):
-        problems.append("PREFECT_DR_S3_SSE must be AES256 or aws:kms")
+        problems.append(f"{at('s3_sse')} must be AES256 or aws:kms")
     if values.get("s3_object_lock_mode") not in (None, "", "GOVERNANCE", "COMPLIANCE"):
-        problems.append("PREFECT_DR_S3_OBJECT_LOCK_MODE must be GOVERNANCE or COMPLIANCE")
+        problems.append(f"{at('s3_object_lock_mode')} must be GOVERNANCE or COMPLIANCE")
     if bool(values.get("s3_object_lock_mode")) != bool(values.get("s3_object_lock_days")):
         problems.append("PREFECT_DR_S3_OBJECT_LOCK_MODE and _DAYS go together")
     level = values.get("zstd_level")
     if level is not None and not 1 <= level <= 19:
-        problems.append("PREFECT_DR_ZSTD_LEVEL must be between 1 and 19")
+        problems.append(f"{at('zstd_level')} must be between 1 and 19")
     for name in ("backup_cron", "verify_cron"):
         expr = values.get(name)
         if expr and not croniter.is_valid(expr):
-            problems.append(f"{SPEC_BY_NAME[name].env}: {expr!r} is not a valid cron expression")
+            problems.append(f"{at(name)}: {expr!r} is not a valid cron expression")
     grace = values.get("status_grace")
     if grace:
         try:
             durations.parse(grace)
         except ValueError as exc:
-            problems.append(f"PREFECT_DR_STATUS_GRACE: {exc}")
+            problems.append(f"{at('status_grace')}: {exc}")
     deadline = values.get("s3_retry_deadline")
     if deadline is not None and deadline < 0:
-        problems.append("PREFECT_DR_S3_RETRY_DEADLINE must not be negative")
+        problems.append(f"{at('s3_retry_deadline')} must not be negative")
     stale = values.get("lock_stale_hours")
     if stale is not None and stale < 1:
-        problems.append("PREFECT_DR_LOCK_STALE_HOURS must be at least 1")
+        problems.append(f"{at('lock_stale_hours')} must be at least 1")
     for name in ("age_recipients_file", "age_identity_file", "pg_bin_dir", "staging_dir",
                  "prefect_encryption_key_file", "signing_key_file"):
         path = values.get(name)
         if path and not Path(path).expanduser().exists():
-            problems.append(f"{SPEC_BY_NAME[name].env}: {path} does not exist")
+            problems.append(f"{at(name)}: {path} does not exist")
     recipients = list(values.get("age_recipients") or ())
     rfile = values.get("age_recipients_file")
     if rfile and Path(rfile).is_file():
         try:
             recipients += crypto.parse_recipient_lines(Path(rfile).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError) as exc:
-            problems.append(f"PREFECT_DR_AGE_RECIPIENTS_FILE: cannot read {rfile}: {exc}")
+            problems.append(f"{at('age_recipients_file')}: cannot read {rfile}: {exc}")
     for text in recipients:
         try:
             crypto.parse_recipient(text)

@@ -123,6 +123,22 @@ def test_non_integer_toml_values_are_config_errors(tmp_path: Path, value: str) -
     assert config.load(config_file=cfg, env={}).zstd_level == 4
 
 
-def test_malformed_url_in_a_flag_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match=r"PREFECT_DR_DATABASE_URL is not a valid URL"):
+def test_malformed_url_in_a_flag_is_a_config_error_named_by_the_flag() -> None:
+    with pytest.raises(ConfigError, match=r"--database-url is not a valid URL"):
         config.load(env={}, flags={"database_url": ("postgresql://x@[h/db", "--database-url")})
+
+
+def test_problems_name_the_file_key_flag_or_variable_that_set_the_value(tmp_path: Path) -> None:
+    cfg = tmp_path / "dr.toml"
+    cfg.write_text('[s3]\nbucket = "No_Such"\n[database]\nurl = "mysql://h/db"\n'
+                   '[backup]\nzstd_level = 40\n')
+    env = {"PREFECT_DR_S3_PREFIX": "/lead"}
+    flags = {"database_url": ("http://h/db", "--database-url")}
+    with pytest.raises(ConfigError) as info:
+        config.load(config_file=cfg, env=env, flags=flags)
+    assert sorted(info.value.problems) == sorted([
+        f"{cfg}: s3.bucket 'No_Such' is not a valid bucket name (3-63 lowercase letters, "
+        "digits, dots, hyphens)",
+        "--database-url must start with postgresql://",
+        f"{cfg}: backup.zstd_level must be between 1 and 19",
+        "PREFECT_DR_S3_PREFIX must not start or end with '/' nor contain '//'"])
