@@ -210,7 +210,8 @@ def test_stop_before_the_swap_leaves_live_database_serving(clone: dict[str, str]
             if sig == signal.SIGTERM:  # a stopped run cleans up after itself
                 assert proc.returncode == 130 and "Traceback" not in err, err
                 assert _databases(env, env["_DB"]) == [env["_DB"]]
-                assert not list(Path(tempfile.gettempdir()).glob("prefect-dr-restore-*.dump"))
+                assert not list(Path(tempfile.gettempdir()).glob(
+                    f"prefect-dr-restore-{proc.pid}-*.dump"))  # its staged plaintext too
     finally:
         proxy.close()
     leftovers = [d for d in _databases(env, env["_DB"]) if "_restore_" in d]
