@@ -277,13 +277,13 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
         proc.kill()
         raise
     except DRError as exc:
-        interrupt.raise_if_noted()
+        proc.kill()
+        interrupt.raise_if_noted()  # a stop a library wrapped: pg_restore is stopped too
         integrity_error = exc
     finally:
         with contextlib.suppress(OSError):
             proc.stdin.close()
     if integrity_error is not None:
-        proc.kill()
         checks.report.key_error = isinstance(integrity_error, CryptoKeyError)
         checks.report.checks.append(Check("integrity", False, integrity_error.message,
                                           round(time.monotonic() - start, 3), "dump"))

@@ -226,12 +226,13 @@ class S3Storage(Storage):
                           Bucket=self.bucket, Key=key)
         return body is not _MISSING and body["Body"].read() == data
 
-    def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
+    def list_incomplete_uploads(self, prefix: str, *,
+                                deadline_s: float | None = None) -> list[IncompleteUpload]:
         out: list[IncompleteUpload] = []
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
             page = self._call("list uploads", prefix, self.client.list_multipart_uploads,
-                              **kwargs)
+                              deadline_s=deadline_s, **kwargs)
             for up in page.get("Uploads", []):
                 out.append(IncompleteUpload(up["Key"], up["UploadId"], up["Initiated"]))
             if not page.get("IsTruncated"):
@@ -462,12 +463,8 @@ class S3Writer(Writer):
             # The start was sent but its answer never arrived (a stop signal or a dropped
             # connection): S3 may hold an upload we have no id for. The key is this run's own.
             try:
-                page = self._s3._call("list uploads", self._key,
-                                      self._s3.client.list_multipart_uploads,
-                                      deadline_s=deadline_s, Bucket=self._s3.bucket,
-                                      Prefix=self._key)
-                upload_ids = [u["UploadId"] for u in page.get("Uploads", [])
-                              if u["Key"] == self._key]
+                upload_ids = [u.upload_id for u in self._s3.list_incomplete_uploads(
+                    self._key, deadline_s=deadline_s) if u.key == self._key]
             except DRError as exc:
                 log.warning("an upload of %s may be left open (prune removes it): %s",
                             self._key, exc.message)
