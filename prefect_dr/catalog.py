@@ -17,13 +17,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from prefect_dr import layout as lay
 from prefect_dr import signing
-from prefect_dr.errors import NotFoundError, VerificationError
+from prefect_dr.errors import NotFoundError, UsageError, VerificationError
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, Status
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest, ManifestError, parse
 from prefect_dr.storage.base import ObjectInfo, Storage
 
 STATUS_FORMAT = "prefect-dr-status"
-COMPLETE, FAILED, INCOMPLETE, CORRUPT = "complete", "failed", "incomplete", "corrupt"
+COMPLETE, FAILED, INCOMPLETE, CORRUPT = (Status.COMPLETE, Status.FAILED, Status.INCOMPLETE,
+                                       Status.CORRUPT)
 
 
 @dataclass
@@ -168,7 +170,8 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
         complete = [e for e in list_backups(storage, layout, verify_key=verify_key)
                     if e.status == COMPLETE and (kind is None or e.kind == kind)]
         if not complete:
-            raise NotFoundError(f"no complete backup in {storage.description}/{layout.root}")
+            what = f"complete {kind} backup" if kind else "complete backup"
+            raise NotFoundError(f"no {what} in {storage.description}/{layout.root}")
         return complete[-1]
     assert ref is not None
     if not lay.BACKUP_ID_RE.match(ref):
@@ -177,6 +180,29 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
     if not objects:
         raise NotFoundError(f"no backup {ref} in {storage.description}/{layout.root}")
     return _entry(storage, layout, ref, objects, True, verify_key)
+
+
+def select_one(storage: Storage, layout: Layout, ref: str | None, *, latest: bool,
+               kind: str | None, default_kind: str | None = DEFAULT_LATEST_KIND,
+               verify_key: Ed25519PublicKey | None = None) -> BackupEntry:
+    """The backup a command acts on: ``ref``, or with ``latest`` the newest complete backup of
+    ``kind`` (``default_kind`` when no kind is given: ``--latest`` means the newest *full*
+    backup unless the command says otherwise).
+
+    Raises UsageError when both or neither of ``ref`` and ``latest`` are given, or ``ref`` is
+    not of ``kind``; NotFoundError as ``resolve``.
+    """
+    if ref and latest:
+        raise UsageError(f"give a backup id or --latest, not both ({ref} and --latest)")
+    if not ref and not latest:
+        raise UsageError("give a backup id or --latest")
+    if latest:
+        return resolve(storage, layout, None, latest=True, kind=kind or default_kind,
+                       verify_key=verify_key)
+    entry = resolve(storage, layout, ref, verify_key=verify_key)
+    if kind and entry.kind and entry.kind != kind:
+        raise UsageError(f"backup {entry.backup_id} is {entry.kind}, not {kind}")
+    return entry
 
 
 def require_complete(entry: BackupEntry) -> Manifest:

@@ -48,6 +48,7 @@ from croniter import CroniterError, croniter
 
 from prefect_dr import __version__, crypto, layout, retention
 from prefect_dr.errors import CryptoKeyError
+from prefect_dr.kinds import Kind
 
 UID = 10001  # the image's user and group (Dockerfile)
 ROLES = ("backup", "prune", "verify", "restore")
@@ -459,7 +460,8 @@ def example_secrets(options: RenderOptions) -> list[dict[str, Any]]:
 
 def restore_job(options: RenderOptions) -> dict[str, Any]:
     """The restore Job: create it by hand; ``--dry-run`` unless ``restore_dry_run`` is False."""
-    args = ["restore", options.restore_backup_id or "--latest"]
+    args = (["restore", options.restore_backup_id] if options.restore_backup_id
+            else ["restore", "--latest", "--kind", Kind.FULL.value])
     args.append("--dry-run" if options.restore_dry_run else "--yes")
     what = ("prints the restore plan and changes nothing" if options.restore_dry_run
             else "RESTORES the backup over the live database (the old one is kept)")
@@ -494,11 +496,11 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
                                           "Non-secret prefect-dr settings (PREFECT_DR_*)"),
                     "data": config_env(options)})
     objects += example_secrets(options)
-    verify_args = ["verify", "--latest"]
+    verify_args = ["verify", "--latest", "--kind", Kind.FULL.value]
     if options.verify_scratch_url:
         verify_args += ["--scratch-url", options.verify_scratch_url]
     objects += [
-        _cron_job(options, "backup", options.backup_schedule, ["backup"],
+        _cron_job(options, "backup", options.backup_schedule, ["backup", "--kind", Kind.FULL.value],
                   deadline=options.backup_deadline_seconds, backoff=2,
                   description="Encrypted backup to S3; holds the age recipients only"),
         _cron_job(options, "prune", options.prune_schedule, ["prune"],
@@ -506,7 +508,7 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
                   description="Applies the retention policies; the only job that deletes"),
         _cron_job(options, "verify", options.verify_schedule, verify_args,
                   deadline=options.verify_deadline_seconds, backoff=1,
-                  description="Test-restores the newest backup into a scratch database"),
+                  description="Test-restores the newest full backup into a scratch database"),
     ]
     objects.append(restore_job(options))
     return objects

@@ -13,10 +13,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from prefect_dr.errors import DRError, VerificationError
+from prefect_dr.kinds import KINDS
 
 FORMAT = "prefect-dr-manifest"
 FORMAT_VERSION = 1
-KINDS = ("full", "config-only")
 
 
 class ManifestError(VerificationError):

@@ -32,15 +32,16 @@ from typing import TYPE_CHECKING, Any
 from prefect_dr import durations
 from prefect_dr import layout as lay
 from prefect_dr.errors import USAGE, DRError
+from prefect_dr.kinds import KINDS, Kind, Status
 
 if TYPE_CHECKING:
     from prefect_dr.catalog import BackupEntry
     from prefect_dr.config import Settings
 
-COMPLETE, FAILED, INCOMPLETE, CORRUPT = "complete", "failed", "incomplete", "corrupt"
-KINDS = ("full", "config-only")
+COMPLETE, FAILED, INCOMPLETE, CORRUPT = (Status.COMPLETE, Status.FAILED, Status.INCOMPLETE,
+                                       Status.CORRUPT)
 #: Setting that holds the policy of each kind (config.SPECS).
-SETTING_OF_KIND = {"full": "retention_full", "config-only": "retention_config_only"}
+SETTING_OF_KIND = {Kind.FULL: "retention_full", Kind.CONFIG_ONLY: "retention_config_only"}
 
 _COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
            "keep_yearly")

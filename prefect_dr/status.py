@@ -4,6 +4,10 @@ With a cron schedule, the backup that *must* exist by now is the one of the newe
 ``t`` with ``t + grace <= now``: the newest complete backup must have started at ``t`` or later
 (a minute of clock skew allowed). The same for verifications, whose newest record must also have
 passed. Without a schedule only presence is checked.
+
+Freshness is judged per kind: by default only *full* backups, and only verifications of full
+backups, count, so hourly config-only backups can never keep the probe green while full
+backups (the only ones holding run history) have stopped.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 from croniter import croniter
 
 from prefect_dr.catalog import COMPLETE, BackupEntry
+from prefect_dr.kinds import DEFAULT_LATEST_KIND
 
 SKEW = dt.timedelta(minutes=1)
 
@@ -63,25 +68,27 @@ def _time(text: str | None) -> dt.datetime | None:
 
 
 def evaluate(entries: list[BackupEntry], *, backup_cron: str | None, verify_cron: str | None,
-             grace: dt.timedelta, now: dt.datetime, kind: str | None = None) -> Report:
-    """Judge freshness from the repository listing. Raises ValueError for a bad cron."""
+             grace: dt.timedelta, now: dt.datetime, kind: str = DEFAULT_LATEST_KIND) -> Report:
+    """Judge the freshness of backups of ``kind`` and of their verifications from the
+    repository listing. Raises ValueError for a bad cron."""
     report = Report()
-    complete = [e for e in entries if e.status == COMPLETE and (kind is None or e.kind == kind)]
+    entries = [e for e in entries if e.kind == kind]
+    complete = [e for e in entries if e.status == COMPLETE]
     newest = max(complete, key=lambda e: e.started_at or "", default=None)
     started = _time(newest.started_at) if newest else None
     if backup_cron:
         due = due_since(backup_cron, grace, now)
         ok = started is not None and started >= due - SKEW
-        detail = (f"newest complete backup {newest.backup_id} started {newest.started_at}"
-                  if newest else "no complete backup") + (
+        detail = (f"newest complete {kind} backup {newest.backup_id} started "
+                  f"{newest.started_at}" if newest else f"no complete {kind} backup") + (
             "" if ok else f"; one scheduled at {due.isoformat()} is missing")
-        report.items.append(Freshness("backup", ok, detail, newest.backup_id if newest else None,
-                                      due.isoformat()))
+        report.items.append(Freshness(f"{kind} backup", ok, detail,
+                                      newest.backup_id if newest else None, due.isoformat()))
     else:
         report.items.append(Freshness(
-            "backup", newest is not None,
-            f"newest complete backup {newest.backup_id}" if newest else "no complete backup",
-            newest.backup_id if newest else None))
+            f"{kind} backup", newest is not None,
+            f"newest complete {kind} backup {newest.backup_id}" if newest
+            else f"no complete {kind} backup", newest.backup_id if newest else None))
 
     records = [(e.backup_id, e.verification) for e in entries if e.verification]
     latest = max(records, key=lambda r: str(r[1].get("finished_at", "")), default=None)
@@ -91,7 +98,7 @@ def evaluate(entries: list[BackupEntry], *, backup_cron: str | None, verify_cron
         due_v = due_since(verify_cron, grace, now) if verify_cron else None
         fresh = finished is not None and (due_v is None or finished >= due_v - SKEW)
         if latest is None:
-            detail = "no verification recorded"
+            detail = f"no verification of a {kind} backup recorded"
         else:
             detail = (f"newest verification of {latest[0]} {latest[1].get('result')} at "
                       f"{latest[1].get('finished_at')}")
@@ -99,7 +106,7 @@ def evaluate(entries: list[BackupEntry], *, backup_cron: str | None, verify_cron
                 detail += f" ({latest[1].get('failed_check')})"
             if not fresh and due_v is not None:
                 detail += f"; one scheduled at {due_v.isoformat()} is missing"
-        report.items.append(Freshness("verification", fresh and passed, detail,
+        report.items.append(Freshness(f"{kind} verification", fresh and passed, detail,
                                       latest[0] if latest else None,
                                       due_v.isoformat() if due_v else None))
     return report

@@ -31,7 +31,13 @@ import psycopg
 
 from prefect_dr import __version__, crypto, export, interrupt, pipeline, signing, smoke
 from prefect_dr import prefect_schema as ps
-from prefect_dr.catalog import COMPLETE, BackupEntry, list_backups, require_complete, resolve
+from prefect_dr.catalog import (
+    COMPLETE,
+    BackupEntry,
+    list_backups,
+    require_complete,
+    select_one,
+)
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
     CryptoKeyError,
@@ -161,13 +167,18 @@ def _decrypt_small(storage: Storage, artifact: Artifact,
 
 def select(storage: Storage, layout: Layout, *, backup_id: str | None = None,
            latest: bool = False, all_: bool = False, since: dt.timedelta | None = None,
-           now: dt.datetime | None = None) -> list[BackupEntry]:
-    """The complete backups a verify run covers. Raises NotFoundError when there are none."""
+           kind: str | None = None, now: dt.datetime | None = None) -> list[BackupEntry]:
+    """The complete backups a verify run covers: ``backup_id``; the newest complete backup of
+    ``kind`` (full by default) with ``latest`` or no selector; every complete one (of ``kind``
+    when given) with ``all_`` or ``since``. Raises NotFoundError when there are none,
+    UsageError for a backup id of another kind."""
     if backup_id or latest or not (all_ or since):
-        entry = resolve(storage, layout, backup_id, latest=latest or not backup_id)
+        entry = select_one(storage, layout, backup_id, latest=latest or not backup_id,
+                           kind=kind)
         require_complete(entry)
         return [entry]
-    entries = [e for e in list_backups(storage, layout) if e.status == COMPLETE]
+    entries = [e for e in list_backups(storage, layout)
+               if e.status == COMPLETE and (kind is None or e.kind == kind)]
     if since is not None:
         cutoff = (now or dt.datetime.now(dt.UTC)) - since
         entries = [e for e in entries

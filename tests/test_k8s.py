@@ -279,13 +279,17 @@ def test_cron_jobs_never_overlap_and_give_up_in_time(options):
 
 def test_commands_of_each_job():
     found = pods(k8s.render())
-    assert found["backup"]["containers"][0]["args"] == ["backup"]
+    # every job that selects or takes a backup names its kind (a config-only backup must
+    # never stand in for a full one)
+    assert found["backup"]["containers"][0]["args"] == ["backup", "--kind", "full"]
     assert found["prune"]["containers"][0]["args"] == ["prune"]
-    assert found["verify"]["containers"][0]["args"] == ["verify", "--latest"]
-    assert found["restore"]["containers"][0]["args"] == ["restore", "--latest", "--dry-run"]
+    assert found["verify"]["containers"][0]["args"] == ["verify", "--latest", "--kind", "full"]
+    assert found["restore"]["containers"][0]["args"] == ["restore", "--latest", "--kind", "full",
+                                                         "--dry-run"]
     full = pods(k8s.render(full_options()))
     assert full["verify"]["containers"][0]["args"] == [
-        "verify", "--latest", "--scratch-url", "postgresql://verify@scratch.internal:5432/postgres"]
+        "verify", "--latest", "--kind", "full", "--scratch-url",
+        "postgresql://verify@scratch.internal:5432/postgres"]
     assert full["restore"]["containers"][0]["args"] == [
         "restore", "20261126T153000Z-a1b2c3", "--yes"]
 

@@ -11,8 +11,8 @@ NOW = dt.datetime(2026, 11, 26, 13, 30, tzinfo=dt.UTC)
 
 
 def _entry(bid: str, started: dt.datetime, state: str = COMPLETE,
-           verification: dict | None = None) -> BackupEntry:
-    return BackupEntry(bid, state, kind="full", started_at=started.isoformat(),
+           verification: dict | None = None, kind: str = "full") -> BackupEntry:
+    return BackupEntry(bid, state, kind=kind, started_at=started.isoformat(),
                        verification=verification)
 
 
@@ -38,7 +38,7 @@ def test_failed_backups_do_not_count_and_none_is_stale() -> None:
     entries = [_entry("a", dt.datetime(2026, 11, 26, 12, 0, tzinfo=dt.UTC), FAILED)]
     report = status.evaluate(entries, backup_cron="0 */6 * * *", verify_cron=None,
                              grace=dt.timedelta(hours=1), now=NOW)
-    assert not report.ok and "no complete backup" in report.items[0].detail
+    assert not report.ok and "no complete full backup" in report.items[0].detail
     assert not status.evaluate([], backup_cron=None, verify_cron=None,
                                grace=dt.timedelta(0), now=NOW).ok
 
@@ -63,3 +63,27 @@ def test_verification_stale_or_failed() -> None:
 def test_bad_cron() -> None:
     with pytest.raises(ValueError, match="not a valid cron expression"):
         status.validate_cron("every day")
+
+
+def test_config_only_backups_never_stand_in_for_full_ones() -> None:
+    """Hourly config-only backups and their verifications are fresh, the full ones stopped a
+    week ago: the default (full) probe is stale on both counts; --kind config-only is fresh."""
+    week_ago = NOW - dt.timedelta(days=7)
+    fresh_check = {"result": "passed", "finished_at": (NOW - dt.timedelta(minutes=20)).isoformat()}
+    old_check = {"result": "passed", "finished_at": week_ago.isoformat()}
+    entries = [_entry("full-old", week_ago, verification=old_check)] + [
+        _entry(f"cfg-{h}", NOW - dt.timedelta(hours=h, minutes=-5), kind="config-only",
+               verification=fresh_check) for h in range(1, 4)]
+    kwargs = {"backup_cron": "0 2 * * *", "verify_cron": "30 4 * * *",
+              "grace": dt.timedelta(hours=1), "now": NOW}
+    full = status.evaluate(entries, **kwargs)
+    assert [(i.what, i.ok) for i in full.items] == [("full backup", False),
+                                                     ("full verification", False)]
+    assert "full-old" in full.items[0].detail and "full-old" in full.items[1].detail
+    config = status.evaluate(entries, kind="config-only", **kwargs)
+    assert config.ok, config.to_dict()
+    only_config = [e for e in entries if e.kind == "config-only"]
+    none_full = status.evaluate(only_config, **kwargs)
+    assert not none_full.ok
+    assert none_full.items[0].detail.startswith("no complete full backup")
+    assert none_full.items[1].detail == "no verification of a full backup recorded"

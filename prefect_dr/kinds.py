@@ -1,0 +1,44 @@
+"""The one definition of backup kinds and backup statuses.
+
+Manifest, catalog, retention, prune, status, the CLI and the Kubernetes renderer all import these;
+none defines its own. Both are ``StrEnum``s, so a member equals its text (``Kind.FULL ==
+"full"``) and JSON, manifests and status records keep plain strings.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Kind(enum.StrEnum):
+    """What a backup holds.
+
+    - ``full``: the whole database (schema and every table's data, run history included);
+    - ``config-only``: the schema of every table plus the data of the configuration tables.
+    """
+
+    FULL = "full"
+    CONFIG_ONLY = "config-only"
+
+
+class Status(enum.StrEnum):
+    """What the repository says of a backup (docs/format.md, "Status rules")."""
+
+    COMPLETE = "complete"  # manifest present and valid
+    FAILED = "failed"  # the run recorded its failure
+    INCOMPLETE = "incomplete"  # still running, or killed before it could write anything final
+    CORRUPT = "corrupt"  # a manifest is present but unreadable or not this backup's
+
+
+KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
+#: The kind ``--latest`` means when a command restores or proves history (restore, verify,
+#: show, status): a config-only backup must never stand in for a full one by accident.
+DEFAULT_LATEST_KIND = Kind.FULL
+
+
+def parse(text: str) -> Kind:
+    """The kind named ``text``. Raises ValueError (one line) for an unknown one."""
+    try:
+        return Kind(text)
+    except ValueError:
+        raise ValueError(f"unknown backup kind {text!r} (full or config-only)") from None
