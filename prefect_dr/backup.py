@@ -43,6 +43,7 @@ from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import FAILED, status_record
 from prefect_dr.config import Settings
 from prefect_dr.errors import DatabaseError, DRError
+from prefect_dr.kinds import KINDS, Kind
 from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
 from prefect_dr.manifest import Artifact, Manifest
@@ -62,7 +63,7 @@ class UndecryptableBlocksError(DRError):
 class Request:
     """What the operator asked for."""
 
-    kind: str = "full"
+    kind: str = Kind.FULL
     labels: dict[str, str] = field(default_factory=dict)
     allow_undecryptable_blocks: bool = False
 
@@ -101,31 +102,17 @@ def _row_counts(conn: psycopg.Connection, tables: list[str],
 
 def _block_key(conn: psycopg.Connection, env: Mapping[str, str],
                allow_undecryptable: bool) -> tuple[ps.BlockKey | None, dict[str, object]]:
-    """The key that decrypts the block documents and the manifest's block_key record."""
-    blocks = ps.encrypted_blocks(conn)
-    db_key = ps.database_key(conn)
-    given = ps.configured_key(env)
-    key = given or db_key  # Prefect itself prefers the environment's key
-    bad = ps.undecryptable(blocks, key.key) if key else [name for _, name, _ in blocks]
-    if bad and key is given and db_key is not None:  # a wrong env key: try the stored one
-        alt = ps.undecryptable(blocks, db_key.key)
-        if len(alt) < len(bad):
-            key, bad = db_key, alt
-    if bad and not allow_undecryptable:
-        if key is None:
-            raise UndecryptableBlocksError(
-                f"{len(blocks)} block documents but no encryption key: the Prefect server "
-                "must use PREFECT_SERVER_ENCRYPTION_KEY; give prefect-dr the same key "
-                "(PREFECT_SERVER_ENCRYPTION_KEY or PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE) "
-                "or pass --allow-undecryptable-blocks")
-        raise UndecryptableBlocksError(
-            f"{len(bad)} of {len(blocks)} block documents do not decrypt with the {key.source} "
-            f"key (first: {bad[0]!r}); give prefect-dr the server's key or pass "
-            "--allow-undecryptable-blocks")
+    """The key that decrypts the block documents and the manifest's block_key record.
+    Raises UndecryptableBlocksError unless ``allow_undecryptable``."""
+    verdict = ps.judge_block_key(conn, env)
+    problem = verdict.problem()
+    if problem and not allow_undecryptable:
+        raise UndecryptableBlocksError(problem)
+    key = verdict.key
     record: dict[str, object] = {
         "source": key.source if key else None,
         "escrowed": bool(key and not key.in_database),
-        "blocks": len(blocks), "undecryptable": len(bad),
+        "blocks": verdict.blocks, "undecryptable": len(verdict.undecryptable),
     }
     return key, record
 
@@ -152,7 +139,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     """
     env = os.environ if env is None else env
     settings.require("database_url", "recipients")
-    if request.kind not in ("full", "config-only"):
+    if request.kind not in KINDS:
         raise DRError(f"unknown backup kind {request.kind!r} (full or config-only)")
     recipient_texts = settings.recipients
     recipients = [crypto.parse_recipient(r) for r in recipient_texts]
@@ -234,9 +221,10 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     snapshot = str(row[0]) if row else None
     revision = pgc.alembic_revision(conn)
     size_row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
-    key, key_record = _block_key(conn, env, request.allow_undecryptable_blocks)
+    key, key_record = _block_key(conn, env, request.allow_undecryptable_blocks
+                                 or bool(settings.allow_undecryptable_blocks))
     tables = ps.user_tables(conn)
-    dumped = set(tables) if request.kind == "full" else {t for t in tables
+    dumped = set(tables) if request.kind == Kind.FULL else {t for t in tables
                                                           if t in ps.CONFIG_TABLES}
     exclude = sorted(set(tables) - dumped)
 

@@ -6,6 +6,7 @@ No logic lives here beyond that; every command calls one core function.
 from __future__ import annotations
 
 import enum
+import errno
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from prefect_dr import (
     log,
     redact,
 )
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 
 app = typer.Typer(
     name="prefect-dr",
@@ -255,16 +257,23 @@ def _parse_labels(labels: list[str]) -> dict[str, str]:
     return out
 
 
-class Kind(enum.StrEnum):
-    """Values of --kind."""
+KindFlag = Annotated[Kind | None, typer.Option(
+    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
+    "default is full).")]
 
-    full = "full"
-    config_only = "config-only"
+
+def _select(backup_id: str | None, latest: bool, kind: Kind | None,
+            default_kind: Kind | None = DEFAULT_LATEST_KIND) -> Any:
+    """The one backup a command acts on (catalog.select_one with this run's repository)."""
+    from prefect_dr import catalog
+
+    return catalog.select_one(_storage(), _layout(), backup_id, latest=latest, kind=kind,
+                              default_kind=default_kind, verify_key=_verify_key())
 
 
 @app.command()
 def backup(
-    kind: Annotated[Kind, typer.Option("--kind", help="full or config-only.")] = Kind.full,
+    kind: Annotated[Kind, typer.Option("--kind", help="full or config-only.")] = Kind.FULL,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="KEY=VALUE label (repeatable).")] = None,
     allow_undecryptable_blocks: Annotated[bool, typer.Option(
@@ -301,11 +310,16 @@ def backup(
 
 
 @app.command("list")
-def list_cmd(json_flag: JsonFlag = False) -> None:
+def list_cmd(
+    kind: Annotated[Kind | None, typer.Option("--kind", help="Only backups of this kind.")
+                    ] = None,
+    json_flag: JsonFlag = False,
+) -> None:
     """List backups with their status, size, labels and newest verification."""
     from prefect_dr import catalog
 
-    entries = catalog.list_backups(_storage(), _layout(), verify_key=_verify_key())
+    entries = [e for e in catalog.list_backups(_storage(), _layout(), verify_key=_verify_key())
+               if kind is None or e.kind == kind]
     if _json(json_flag):
         console.print_json({"backups": [e.to_dict() for e in entries]})
         return
@@ -324,15 +338,13 @@ def list_cmd(json_flag: JsonFlag = False) -> None:
 @app.command()
 def show(
     backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
-    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    kind: KindFlag = None,
     json_flag: JsonFlag = False,
 ) -> None:
     """Print a backup's manifest."""
-    from prefect_dr import catalog
-
-    if not backup_id and not latest:
-        raise errors.DRError("give a backup id or --latest", exit_code=errors.USAGE)
-    entry = catalog.resolve(_storage(), _layout(), backup_id, latest=latest)
+    entry = _select(backup_id, latest, kind)
     if entry.manifest is None:
         detail = {"id": entry.backup_id, "status": entry.status, "error": entry.error}
         if _json(json_flag):
@@ -364,8 +376,10 @@ def show(
 @app.command()
 def verify(
     backup_id: Annotated[str | None, typer.Argument(help="Backup id (default: --latest).")] = None,
-    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
-    all_: Annotated[bool, typer.Option("--all", help="Every complete backup.")] = False,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every complete backup (of --kind).")
+                    ] = False,
     since: Annotated[str | None, typer.Option(
         "--since", help="Complete backups started within DURATION (e.g. 7d).")] = None,
     scratch_url: Annotated[str | None, typer.Option(
@@ -376,14 +390,18 @@ def verify(
     prefect_smoke: Annotated[bool, typer.Option(
         "--prefect-smoke", help="Also start Prefect on the restored database and read its API.")
     ] = False,
+    kind: KindFlag = None,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Prove backups restorable: checksums, decryption, a test restore and semantic checks."""
+    """Prove backups restorable: checksums, decryption, a test restore and semantic checks.
+
+    Without a selector, or with --latest, the newest complete *full* backup (--kind
+    config-only for the newest config-only one)."""
     from prefect_dr import durations, pipeline
     from prefect_dr import verify as verify_mod
 
     if sum(bool(x) for x in (backup_id, latest, all_, since)) > 1:
-        raise errors.DRError("give one of ID, --latest, --all, --since", exit_code=errors.USAGE)
+        raise errors.UsageError("give one of ID, --latest, --all, --since")
     _url_flag(scratch_url, "--scratch-url")
     try:
         window = durations.parse(since) if since else None
@@ -393,7 +411,7 @@ def verify(
     settings.require("age_identity_file")
     storage = _storage()
     entries = verify_mod.select(storage, _layout(), backup_id=backup_id, latest=latest,
-                                all_=all_, since=window)
+                                all_=all_, since=window, kind=kind)
     options = verify_mod.Options(scratch_url=scratch_url, keep_scratch=keep_scratch,
                                  prefect_smoke=prefect_smoke)
     reports = []
@@ -430,14 +448,14 @@ def _render_verification(report: Any) -> None:
                   ["check", "artifact", "result", "time", "detail"], rows, status_column=2)
 
 
-def _confirm(name: str, yes: bool, what: str) -> None:
+def _confirm(name: str, yes: bool, what: str, noun: str = "the database name") -> None:
     """Ask the operator to type ``name``; without a terminal, --yes is required."""
     if yes:
         return
     if not sys.stdin.isatty():
         raise errors.DRError(f"{what}: no terminal to confirm on; pass --yes",
                              exit_code=errors.USAGE)
-    typed = typer.prompt(f"{what}. Type the database name ({name}) to go on")
+    typed = typer.prompt(f"{what}. Type {noun} ({name}) to go on")
     if typed.strip() != name:
         raise errors.DRError("not confirmed; nothing changed", exit_code=errors.USAGE)
 
@@ -456,17 +474,23 @@ def _url_flag(value: str | None, flag: str) -> None:
 @app.command()
 def restore(
     backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
-    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    kind: KindFlag = None,
     target_url: Annotated[str | None, typer.Option(
         "--target-url", help="Database to restore into (default: PREFECT_DR_DATABASE_URL); "
         "created when it does not exist.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     force_disconnect: Annotated[bool, typer.Option(
-        "--force-disconnect", help="Terminate clients still connected at the swap.")] = False,
+        "--force-disconnect", help="Terminate clients connected to the live database at the "
+        "swap (without it, connected clients refuse the restore before any work).")] = False,
     allow_newer_schema: Annotated[bool, typer.Option(
         "--allow-newer-schema", help="Restore a schema revision newer than the target's "
         "Prefect is known to run.")] = False,
+    allow_history_loss: Annotated[bool, typer.Option(
+        "--allow-history-loss", help="Restore a config-only backup over a database that holds "
+        "run history (the history is deleted).")] = False,
     no_safety_backup: Annotated[bool, typer.Option(
         "--no-safety-backup", help="Skip the backup of the live database before the swap.")
     ] = False,
@@ -475,27 +499,35 @@ def restore(
         "disk (PREFECT_DR_STAGING_DIR) first. 0: one per available CPU.")] = 0,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Restore a backup beside the live database, check it, swap it in, keep the old one."""
-    from prefect_dr import catalog, pipeline
+    """Restore a backup beside the live database, check it, swap it in, keep the old one.
+
+    Every precondition (schema, history loss, signature, identity, connected clients, client
+    programs, staging space) is checked first; --dry-run prints the same plan and exits with
+    the code the restore would be refused with."""
+    from prefect_dr import catalog, pipeline, restore_plan
     from prefect_dr import restore as restore_mod
 
     _url_flag(target_url, "--target-url")
-    if not backup_id and not latest:
-        raise errors.DRError("give a backup id or --latest", exit_code=errors.USAGE)
+    if jobs < 0:
+        raise errors.UsageError("--jobs must be 0 (one per CPU) or more")
     settings = _state.settings()
     storage = _storage()
-    entry = catalog.resolve(storage, _layout(), backup_id, latest=latest)
-    manifest = catalog.require_complete(entry)
-    plan = restore_mod.make_plan(settings, manifest, target_url=target_url,
-                                 allow_newer_schema=allow_newer_schema,
-                                 safety_backup=not no_safety_backup)
+    manifest = catalog.require_complete(_select(backup_id, latest, kind))
+    jobs = jobs or pipeline.available_cpus()
+    plan = restore_plan.make_plan(settings, manifest, restore_plan.Options(
+        target_url=target_url, allow_newer_schema=allow_newer_schema,
+        allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
+        force_disconnect=force_disconnect, jobs=jobs,
+        staging_dir=settings.staging_dir))
     if _json(json_flag) and dry_run:
-        console.print_json({"ok": plan.schema_ok, "dry_run": True, "plan": plan.to_dict()})
+        console.print_json({"ok": plan.refusal is None, "dry_run": True,
+                            "plan": plan.to_dict()})
     elif not _json(json_flag):
         _render_plan(plan)
-    if not plan.schema_ok:
-        raise restore_mod.SchemaRefusedError(
-            f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}")
+    for warning in plan.warnings:
+        logger.warning(warning)
+    if plan.refusal is not None:
+        raise restore_plan.RestoreRefusedError(plan.refusal)
     if dry_run:
         return
     _confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
@@ -504,8 +536,7 @@ def restore(
                                      force_disconnect=force_disconnect, env=os.environ,
                                      progress=pipeline.Progress(listener),
                                      on_step=lambda s: logger.info(s),
-                                     jobs=jobs or pipeline.available_cpus(),
-                                     staging_dir=settings.staging_dir)
+                                     jobs=jobs, staging_dir=settings.staging_dir)
     next_steps = [
         "Restart every Prefect server and worker: the server caches the block encryption "
         "key, automations and concurrency leases for up to an hour.",
@@ -519,7 +550,8 @@ def restore(
                           f"'prefect-dr rollback --drop {result.kept_db}' frees its space.")
     if manifest.block_key.get("escrowed"):
         next_steps.append("This backup's block key was escrowed: start Prefect with the same "
-                          "PREFECT_SERVER_ENCRYPTION_KEY (see docs/break-glass.md).")
+                          "PREFECT_SERVER_ENCRYPTION_KEY; if it is lost, 'prefect-dr block-key "
+                          f"{manifest.backup_id} -o FILE' recovers it (docs/break-glass.md).")
     if _json(json_flag):
         console.print_json({"ok": True, "plan": plan.to_dict(),
                             "safety_backup_id": result.safety_backup_id,
@@ -543,6 +575,7 @@ def _render_plan(plan: Any) -> None:
         ("creates", ", ".join(plan.creates)),
         ("renames", "; ".join(f"{a} -> {b}" for a, b in plan.renames)),
         ("safety backup", "yes" if plan.safety_backup else "no"),
+        ("pg_restore", plan.staging),
         ("disk needed", console.human_bytes(plan.disk_needed) + " (the backed-up database's "
                         "size; the old database is kept too)" if plan.disk_needed else "unknown"),
     ])
@@ -554,32 +587,41 @@ def _render_plan(plan: Any) -> None:
     console.table("Run history (backup vs current)", ["table", "backup", "current", "change"],
                   [(r["table"], r["backup"], r["current"] if r["exact"] else f"~{r['current']}",
                     f"{r['change']:+d}") for r in plan.history_diff if r["backup"] or r["current"]])
+    console.table("Preflight", ["check", "status", "detail"],
+                  [(f.name, "ok" if f.ok else ("REFUSED" if f.blocking else "warn"), f.detail)
+                   for f in plan.preflight], status_column=1)
 
 
 @app.command("restore-config")
 def restore_config(
     backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
-    latest: Annotated[bool, typer.Option("--latest", help="The newest complete backup.")] = False,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: either kind; both "
+        "carry the configuration export).")] = False,
+    kind: KindFlag = None,
     only: Annotated[str | None, typer.Option(
         "--only", help="Comma-separated: blocks,variables,work-pools,deployments,automations,"
         "concurrency-limits (default: all).")] = None,
     on_conflict: Annotated[str, typer.Option(
         "--on-conflict", help="skip (keep existing objects) or overwrite.")] = "skip",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff only.")] = False,
+    yes: Annotated[bool, typer.Option(
+        "--yes", help="Do not ask for confirmation (needed with --on-conflict overwrite "
+        "when there is no terminal).")] = False,
     json_flag: JsonFlag = False,
 ) -> None:
     """Import a backup's configuration export into a live Prefect server through its API."""
     from prefect_dr import catalog
     from prefect_dr import config_import as ci
 
-    if not backup_id and not latest:
-        raise errors.DRError("give a backup id or --latest", exit_code=errors.USAGE)
+    if on_conflict not in ci.ON_CONFLICT:
+        raise errors.UsageError(f"--on-conflict must be one of {', '.join(ci.ON_CONFLICT)}, "
+                                f"not {on_conflict!r}")
     sections = ci.parse_only(only)
     settings = _state.settings()
     settings.require("prefect_api_url", "age_identity_file")
     storage = _storage()
-    manifest = catalog.require_complete(catalog.resolve(storage, _layout(), backup_id,
-                                                        latest=latest))
+    manifest = catalog.require_complete(_select(backup_id, latest, kind, default_kind=None))
     identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
     export_doc = ci.read_export(storage, manifest, identities)
     the_plan = ci.plan(settings.prefect_api_url, export_doc, only=sections,
@@ -598,6 +640,12 @@ def restore_config(
         else:
             console.info(", ".join(f"{k}: {v}" for k, v in the_plan.counts.items()))
         return
+    overwrites = sum(1 for i in the_plan.items if i.action == ci.OVERWRITE)
+    if overwrites:
+        _confirm("overwrite", yes,
+                 f"overwrite {overwrites} existing objects of the Prefect server at "
+                 f"{settings.prefect_api_url} with backup {manifest.backup_id}'s",
+                 noun="the word")
     result = ci.apply(settings.prefect_api_url, export_doc, the_plan)
     if _json(json_flag):
         console.print_json({"ok": result.ok, "plan": the_plan.to_dict(),
@@ -608,6 +656,44 @@ def restore_config(
         console.error(f"{failure.section} {failure.name}: {failure.error}")
     if not result.ok:
         raise typer.Exit(errors.PARTIAL)
+
+
+@app.command("block-key")
+def block_key_cmd(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: either kind).")
+    ] = False,
+    kind: KindFlag = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="New file (mode 0600, never overwritten) for the key; '-' "
+        "writes it to stdout.")] = None,
+    json_flag: JsonFlag = False,
+) -> None:
+    """Recover Prefect's block encryption key from a backup (escrowed, or the configuration
+    row in its dump) into a new 0600 file: break-glass for PREFECT_SERVER_ENCRYPTION_KEY."""
+    from prefect_dr import block_key, catalog
+
+    if not output:
+        raise errors.UsageError("give -o FILE for the key (or -o - to write it to stdout)")
+    if output == "-" and _json(json_flag):
+        raise errors.UsageError("-o - writes the key itself to stdout; it cannot go with --json")
+    settings = _state.settings()
+    settings.require("age_identity_file")
+    identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
+    manifest = catalog.require_complete(_select(backup_id, latest, kind, default_kind=None))
+    found = block_key.recover(_storage(), manifest, identities, pg_bin_dir=settings.pg_bin_dir)
+    if output == "-":
+        sys.stdout.write(found.key + "\n")
+        return
+    crypto.write_secret_file(Path(output).expanduser(), found.key + "\n")
+    if _json(json_flag):
+        console.print_json({"ok": True, "backup_id": manifest.backup_id, "source": found.source,
+                            "file": output})
+        return
+    console.info(f"wrote the block encryption key of backup {manifest.backup_id} "
+                 f"({found.source}) to {output}: start Prefect with "
+                 f"PREFECT_SERVER_ENCRYPTION_KEY=\"$(cat {output})\" (see docs/break-glass.md)")
 
 
 @app.command()
@@ -742,11 +828,13 @@ def status(
     grace: Annotated[str | None, typer.Option(
         "--grace", help="How long a scheduled run may take before it counts as missing "
         "(default: schedule.grace, 1h).")] = None,
-    kind: Annotated[Kind | None, typer.Option("--kind", help="Only backups of this kind.")
-                    ] = None,
+    kind: Annotated[Kind, typer.Option(
+        "--kind", help="Judge backups (and verifications of backups) of this kind only.")
+    ] = DEFAULT_LATEST_KIND,
     json_flag: JsonFlag = False,
 ) -> None:
-    """Exit 15 when the newest backup or verification is older than its schedule allows."""
+    """Exit 15 when the newest backup or verification of --kind (default full) is older than
+    its schedule allows."""
     import datetime as dt
 
     from prefect_dr import catalog, durations
@@ -765,8 +853,7 @@ def status(
         raise errors.DRError(str(exc), exit_code=errors.USAGE) from None
     entries = catalog.list_backups(_storage(), _layout(), verify_key=_verify_key())
     report = status_mod.evaluate(entries, backup_cron=cron, verify_cron=verify_cron,
-                                 grace=window, now=dt.datetime.now(dt.UTC),
-                                 kind=kind.value if kind else None)
+                                 grace=window, now=dt.datetime.now(dt.UTC), kind=kind)
     if _json(json_flag):
         console.print_json(report.to_dict())
     else:
@@ -882,6 +969,10 @@ def _main(argv: list[str] | None) -> int:
         exc = _after_signal(exc)
         _report(exc)
         return exc.exit_code
+    except OSError as exc:
+        failure = _after_signal(_os_error(exc))
+        _report(failure)
+        return failure.exit_code
     except Exception as exc:  # a bug: still one line unless --verbose
         failure = _after_signal(errors.DRError(f"unexpected {type(exc).__name__}: {exc} "
                                                "(run with -v for the traceback)"))
@@ -896,6 +987,17 @@ def _after_signal(exc: errors.DRError) -> errors.DRError:
     if stop is None or isinstance(exc, errors.Interrupted):
         return exc
     return errors.Interrupted(f"{stop.message}: {exc.message}")
+
+
+def _os_error(exc: OSError) -> errors.DRError:
+    """One actionable line for an operating-system error no core module expected."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.ENOSPC:
+        return errors.DRError(
+            f"no space left on the device{where}: free space there; a restore stages its "
+            "dump in PREFECT_DR_STAGING_DIR (--jobs 1 stages nothing)")
+    return errors.DRError(f"unexpected {type(exc).__name__}{where}: {exc.strerror or exc} "
+                          "(run with -v for the traceback)")
 
 
 def _usage_message(exc: Exception) -> str:

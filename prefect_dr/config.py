@@ -33,7 +33,7 @@ class Spec:
     name: str
     env: str
     toml: str  # "section.key"
-    kind: str = "str"  # str | int | list | path | url
+    kind: str = "str"  # str | int | bool | list | path | url
     default: Any = None
     secret: bool = False  # shown as *** (URLs: only the password part)
     help: str = ""
@@ -76,6 +76,10 @@ SPECS: tuple[Spec, ...] = (
          help="days of Object Lock retention"),
     Spec("zstd_level", "PREFECT_DR_ZSTD_LEVEL", "backup.zstd_level", "int", default=2,
          help="zstd compression level (1-19); 2 is ~30% less CPU than 3 for ~2% more bytes"),
+    Spec("allow_undecryptable_blocks", "PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS",
+         "backup.allow_undecryptable_blocks", "bool", default=False,
+         help="back up even when block documents cannot be decrypted with any known key "
+              "(as --allow-undecryptable-blocks; doctor then warns instead of failing)"),
     Spec("lock_stale_hours", "PREFECT_DR_LOCK_STALE_HOURS", "backup.lock_stale_hours", "int",
          default=12, help="age after which another host's backup lock counts as stale"),
     Spec("retention_full", "PREFECT_DR_RETENTION_FULL", "retention.full",
@@ -177,6 +181,16 @@ def _coerce(spec: Spec, raw: Any, where: str, problems: list[str]) -> Any:
         return None
     if isinstance(raw, str) and not _is_utf8(raw):
         problems.append(f"{where}: not valid UTF-8")
+        return None
+    if spec.kind == "bool":
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        problems.append(f"{where}: expected true or false, got {raw!r}")
         return None
     if spec.kind == "int":
         if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
@@ -358,7 +372,10 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
     stale = values.get("lock_stale_hours")
     if stale is not None and stale < 1:
         problems.append(f"{at('lock_stale_hours')} must be at least 1")
-    for name in ("age_recipients_file", "age_identity_file", "pg_bin_dir", "staging_dir",
+    # age_identity_file is checked where it is used (crypto.load_identities): a missing
+    # identity is a key error (exit 12), and the backup job, which never needs it, may run
+    # where it is not mounted.
+    for name in ("age_recipients_file", "pg_bin_dir", "staging_dir",
                  "prefect_encryption_key_file", "signing_key_file"):
         path = values.get(name)
         if path and not Path(path).expanduser().exists():

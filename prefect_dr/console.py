@@ -20,7 +20,8 @@ from prefect_dr import redact
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                 "complete": "green", "failed": "bold red", "incomplete": "yellow",
-                "passed": "green", "keep": "green", "remove": "yellow", "locked": "cyan"}
+                "passed": "green", "keep": "green", "remove": "yellow", "locked": "cyan",
+                "REFUSED": "bold red", "corrupt": "bold red"}
 
 
 def out() -> Console:

@@ -7,7 +7,9 @@ decrypts with the stock ``age`` binary and an identity file ``prefect-dr keygen`
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import hashlib
 import io
 import os
@@ -47,8 +49,17 @@ def write_secret_file(path: Path, text: str) -> None:
         raise DRError(f"{path} already exists; refusing to overwrite a key file") from None
     except OSError as exc:
         raise DRError(f"cannot create {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # never leave a truncated key file behind
+        hint = (": no space left on the device; free space there or choose another folder"
+                if exc.errno == errno.ENOSPC else f": {exc.strerror}")
+        raise DRError(f"cannot write {path}{hint}") from None
 
 
 def parse_recipient(text: str) -> Recipient:

@@ -16,6 +16,7 @@ from pathlib import Path
 import psycopg
 
 from prefect_dr import crypto, interrupt, prefect_api
+from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import DRError
 from prefect_dr.layout import Layout
@@ -25,7 +26,6 @@ from prefect_dr.storage.base import Storage
 from prefect_dr.storage.s3 import S3Storage
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
-PREFECT_KEY_ENV = "PREFECT_SERVER_ENCRYPTION_KEY"
 PROBE_RETRY_S = 3.0  # doctor reports an outage quickly instead of riding it out
 
 
@@ -125,31 +125,42 @@ def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -
             report.add("block encryption key", SKIP, "not a Prefect database")
             return
         report.add("prefect schema", OK, f"alembic revision {revision}")
-        _check_block_key(report, conn, env)
+        _check_block_key(report, conn, env, bool(settings.allow_undecryptable_blocks))
 
 
-def _check_block_key(report: Report, conn: psycopg.Connection, env: Mapping[str, str]) -> None:
-    in_db = pgc.table_exists(conn, "configuration") and bool(conn.execute(
-        "SELECT 1 FROM configuration WHERE key = 'ENCRYPTION_KEY'").fetchone())
-    blocks = pgc.count_rows(conn, "block_document") if pgc.table_exists(
-        conn, "block_document") else 0
-    in_env = bool(env.get(PREFECT_KEY_ENV) or env.get("PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE"))
-    if in_env:
-        where = "given in this environment" + (" (the database also holds one)" if in_db else "")
-        report.add("block encryption key", WARN,
-                   f"{where}: a database dump alone cannot decrypt blocks; backups escrow the key",
-                   required=False)
-    elif in_db:
-        report.add("block encryption key", OK,
-                   f"in the database (configuration ENCRYPTION_KEY); {blocks} block documents",
-                   required=False)
-    elif blocks:
-        report.add("block encryption key", WARN,
-                   f"{blocks} block documents but no key in the database: the server must use "
-                   f"{PREFECT_KEY_ENV}; give it to prefect-dr too", required=False)
-    else:
+def _check_block_key(report: Report, conn: psycopg.Connection, env: Mapping[str, str],
+                     allow_undecryptable: bool) -> None:
+    """Whether the next backup can decrypt every block document (the check backup makes): a
+    required check, so doctor fails when the next backup is bound to fail."""
+    try:
+        verdict = ps.judge_block_key(conn, env)
+    except DRError as exc:
+        interrupt.raise_if_noted()
+        report.add("block encryption key", FAIL, exc.message)
+        return
+    problem = verdict.problem()
+    if problem:
+        if allow_undecryptable:
+            report.add("block encryption key", WARN, problem.split("; give")[0] + " (allowed "
+                       "by PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS: backups keep them undecryptable)",
+                       required=False)
+        else:
+            report.add("block encryption key", FAIL,
+                       f"the next backup would fail: {problem}")
+        return
+    key = verdict.key
+    if key is None:
         report.add("block encryption key", OK, "no block documents and no key yet",
                    required=False)
+    elif key.in_database:
+        report.add("block encryption key", OK,
+                   f"in the database (configuration ENCRYPTION_KEY); {verdict.blocks} block "
+                   "documents decrypt", required=False)
+    else:
+        report.add("block encryption key", WARN,
+                   f"given in this environment ({key.source}); {verdict.blocks} block "
+                   "documents decrypt; a database dump alone cannot decrypt them, so backups "
+                   "escrow the key", required=False)
 
 
 def check_storage(report: Report, settings: Settings, storage: Storage | None,

@@ -26,6 +26,11 @@ CONFIG_TABLES: tuple[str, ...] = (
     "deployment", "deployment_schedule", "deployment_version", "concurrency_limit_v2",
     "concurrency_limit", "automation", "automation_related_resource", "saved_search",
 )
+#: Run history: what a config-only backup leaves out and a restore of one would delete.
+HISTORY_TABLES: tuple[str, ...] = (
+    "flow_run", "flow_run_state", "task_run", "task_run_state", "flow_run_input", "log",
+    "artifact", "artifact_collection", "events", "event_resources",
+)
 KEY_ENV_VARS = ("PREFECT_SERVER_ENCRYPTION_KEY", "ORION_ENCRYPTION_KEY")
 KEY_FILE_ENV = "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE"
 
@@ -111,3 +116,45 @@ def undecryptable(blocks: list[tuple[str, str, str]], key: str) -> list[str]:
         except (InvalidToken, ValueError, TypeError):
             bad.append(name)
     return bad
+
+
+@dataclass(frozen=True)
+class KeyVerdict:
+    """Which key decrypts the block documents, and which documents none decrypts."""
+
+    key: BlockKey | None
+    blocks: int
+    undecryptable: tuple[str, ...]
+
+    def problem(self) -> str | None:
+        """One line saying why the next backup would fail (None when every block decrypts)."""
+        if not self.undecryptable:
+            return None
+        if self.key is None:
+            return (f"{self.blocks} block documents but no encryption key: the Prefect server "
+                    "must use PREFECT_SERVER_ENCRYPTION_KEY; give prefect-dr the same key "
+                    "(PREFECT_SERVER_ENCRYPTION_KEY or PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE) "
+                    "or allow it (--allow-undecryptable-blocks, "
+                    "PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS=true)")
+        return (f"{len(self.undecryptable)} of {self.blocks} block documents do not decrypt "
+                f"with the {self.key.source} key (first: {self.undecryptable[0]!r}); give "
+                "prefect-dr the server's key or allow it (--allow-undecryptable-blocks, "
+                "PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS=true)")
+
+
+def judge_block_key(conn: psycopg.Connection, env: Mapping[str, str]) -> KeyVerdict:
+    """The key that decrypts the block documents: the one given to prefect-dr (Prefect itself
+    prefers the environment's key), else the database's; a given key that decrypts fewer
+    documents than the stored one loses to it. Raises ConfigError for an unreadable key file.
+    """
+    blocks = encrypted_blocks(conn)
+    db_key = database_key(conn)
+    given = configured_key(env)
+    key = given or db_key
+    bad = undecryptable(blocks, key.key) if key else [name for _, name, _ in blocks]
+    if bad and key is given and db_key is not None:  # a wrong env key: try the stored one
+        alt = undecryptable(blocks, db_key.key)
+        if len(alt) < len(bad):
+            key, bad = db_key, alt
+    return KeyVerdict(key, len(blocks), tuple(bad))
+

@@ -13,74 +13,44 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
 import logging
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from prefect_dr import backup as backup_mod
-from prefect_dr import crypto, pipeline, schema_gate, signing, verify
-from prefect_dr import prefect_schema as ps
+from prefect_dr import crypto, pipeline, verify
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
-    SCHEMA_REFUSED,
     DRError,
     LockHeldError,
     VerificationError,
 )
+from prefect_dr.kinds import Kind
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg.scratch import drop_database, with_database
+from prefect_dr.restore_plan import (
+    STAMP_FORMAT,
+    Plan,
+    RestoreRefusedError,
+    staging_choice,
+    staging_need,
+    target_of,
+)
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
 RESTORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"prefect-dr:restore").digest()[:8], "big",
                                   signed=True)
-STAMP_FORMAT = "%Y%m%d%H%M%S"
-MAX_IDENTIFIER = 63
-
-
-class SchemaRefusedError(DRError):
-    """The backup's schema revision is newer than the target's Prefect can run."""
-
-    exit_code = SCHEMA_REFUSED
-
-
-@dataclass
-class Plan:
-    """Everything a restore will do, computed without changing anything."""
-
-    backup_id: str
-    kind: str
-    prefect_version: str | None
-    backup_revision: str | None
-    target: str  # host:port/db, no credentials
-    target_db: str
-    target_exists: bool
-    target_revision: str | None
-    schema_ok: bool
-    schema_reason: str
-    config_diff: list[dict[str, Any]] = field(default_factory=list)
-    history_diff: list[dict[str, Any]] = field(default_factory=list)
-    restore_db: str = ""
-    aside_db: str | None = None
-    creates: list[str] = field(default_factory=list)
-    renames: list[tuple[str, str]] = field(default_factory=list)
-    disk_needed: int | None = None
-    safety_backup: bool = True
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -93,88 +63,9 @@ class Result:
     kept_db: str | None
 
 
-def _names(db: str, stamp: str) -> tuple[str, str]:
-    restore_db, aside = f"{db}_restore_{stamp}", f"{db}_pre_restore_{stamp}"
-    if len(aside) > MAX_IDENTIFIER:
-        raise DRError(f"database name {db!r} is too long to keep a renamed copy beside it "
-                      f"({MAX_IDENTIFIER} characters at most for {aside!r})")
-    return restore_db, aside
-
-
-def target_of(settings: Settings, target_url: str | None) -> tuple[str, str, str]:
-    """(target URL, target database name, maintenance URL on the same server)."""
-    url = target_url or settings.database_url
-    if not url:
-        settings.require("database_url")
-    db = pgc.urlsplit_db(url)
-    return url, db, with_database(url, "postgres")
-
-
-def _counts(conn: psycopg.Connection, tables: list[str]) -> dict[str, tuple[int, bool]]:
-    out: dict[str, tuple[int, bool]] = {}
-    for table in tables:
-        if not pgc.table_exists(conn, table):
-            continue
-        if table in ps.CONFIG_TABLES:
-            out[table] = (pgc.count_rows(conn, table), True)
-        else:
-            row = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class "
-                               "WHERE oid = %s::regclass", (f"public.{table}",)).fetchone()
-            estimate = int(row[0]) if row else 0
-            out[table] = ((pgc.count_rows(conn, table), True) if estimate < 100_000
-                          else (estimate, False))
-    return out
-
-
-def make_plan(settings: Settings, manifest: Manifest, *, target_url: str | None,
-              allow_newer_schema: bool, safety_backup: bool,
-              now: dt.datetime | None = None) -> Plan:
-    """Compute the plan (what --dry-run prints). Changes nothing. Raises DatabaseError."""
-    url, db, admin_url = target_of(settings, target_url)
-    stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
-    restore_db, aside = _names(db, stamp)
-    with pgc.connect(admin_url) as admin:
-        target_exists = pgswap.exists(admin, db)
-    target_revision = None
-    current: dict[str, tuple[int, bool]] = {}
-    if target_exists:
-        with pgc.connect(url) as conn:
-            target_revision = pgc.alembic_revision(conn)
-            current = _counts(conn, sorted(manifest.row_counts))
-    verdict = schema_gate.judge(manifest.alembic_revision, target_revision,
-                                schema_gate.installed_revisions())
-    plan = Plan(
-        backup_id=manifest.backup_id, kind=manifest.kind,
-        prefect_version=manifest.prefect_version, backup_revision=manifest.alembic_revision,
-        target=pgc.describe(url), target_db=db, target_exists=target_exists,
-        target_revision=target_revision,
-        schema_ok=verdict.ok or allow_newer_schema,
-        schema_reason=verdict.reason + (" (overridden by --allow-newer-schema)"
-                                        if allow_newer_schema and not verdict.ok else ""),
-        restore_db=restore_db, aside_db=aside if target_exists else None,
-        creates=[restore_db],
-        renames=([(db, aside), (restore_db, db)] if target_exists else [(restore_db, db)]),
-        disk_needed=manifest.database_size,
-        safety_backup=safety_backup and target_exists,
-    )
-    for table, entry in sorted(manifest.row_counts.items()):
-        now_rows, exact = current.get(table, (0, True))
-        row = {"table": table, "backup": entry["rows"], "current": now_rows,
-               "change": entry["rows"] - now_rows,
-               "exact": bool(entry.get("exact")) and exact}
-        (plan.config_diff if table in ps.CONFIG_TABLES else plan.history_diff).append(row)
-    return plan
-
-
 def _load_identities(settings: Settings) -> list[crypto.Identity]:
     settings.require("age_identity_file")
     return crypto.load_identities(Path(settings.age_identity_file).expanduser())
-
-
-def check_signature(settings: Settings, manifest: Manifest) -> None:
-    """With PREFECT_DR_VERIFY_KEY set, refuse an unsigned or wrongly signed manifest."""
-    if settings.verify_key:
-        signing.check(manifest, signing.load_public(settings.verify_key))
 
 
 def _drop_leftovers(admin: psycopg.Connection, db: str) -> list[str]:
@@ -195,21 +86,6 @@ def _take_lock(admin: psycopg.Connection) -> None:
         raise LockHeldError("another restore or rollback on this server is running")
 
 
-def staging_choice(manifest: Manifest, jobs: int, staging_dir: str) -> tuple[bool, str]:
-    """Whether to stage the dump for a parallel restore, and why (or why not)."""
-    dump_artifact = manifest.artifact("dump")
-    if jobs < 2 or dump_artifact is None:
-        return False, "streamed into pg_restore (one job)"
-    try:
-        free = shutil.disk_usage(staging_dir).free
-    except OSError:
-        return False, f"streamed: staging folder {staging_dir} is not usable"
-    need = int(dump_artifact.plaintext_size * 1.1) + 64 * 1024 * 1024
-    if free < need:
-        return False, (f"streamed: {staging_dir} has {free} bytes free, staging needs {need}")
-    return True, f"staged in {staging_dir} ({dump_artifact.plaintext_size} bytes), {jobs} jobs"
-
-
 def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan, *,
             target_url: str | None, force_disconnect: bool,
             env: Mapping[str, str], progress: pipeline.Progress | None = None,
@@ -218,13 +94,12 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
     """Carry out ``plan``. Before the swap, any failure leaves the live database untouched and
     drops the half-restored one; a failure inside the swap is undone.
 
-    Raises SchemaRefusedError, LockHeldError, VerificationError, ConnectedClientsError,
-    DatabaseError, StorageError, CryptoKeyError, Interrupted.
+    Raises RestoreRefusedError (a preflight finding of ``plan`` refuses it), LockHeldError,
+    VerificationError, ConnectedClientsError, DatabaseError, StorageError, CryptoKeyError,
+    Interrupted.
     """
-    if not plan.schema_ok:
-        raise SchemaRefusedError(f"refusing to restore backup {plan.backup_id}: "
-                                 f"{plan.schema_reason}")
-    check_signature(settings, manifest)
+    if plan.refusal is not None:
+        raise RestoreRefusedError(plan.refusal)
     identities = _load_identities(settings)
     url, db, admin_url = target_of(settings, target_url)
     admin = pgc.connect(admin_url)
@@ -248,11 +123,23 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             as_role = role if role and role != me else None
             folder = staging_dir or tempfile.gettempdir()
             staged, how = staging_choice(manifest, jobs, folder)
-            on_step(f"restore: {how}")
+            if jobs >= 2 and not staged:
+                log.warning("restore: %s", how)
+            else:
+                on_step(f"restore: {how}")
             if staged:
-                verify.restore_dump_staged(storage, dump, identities, restored_url, settings,
-                                           progress, checks, jobs=jobs, staging_dir=folder,
-                                           role=as_role)
+                try:
+                    verify.restore_dump_staged(storage, dump, identities, restored_url,
+                                               settings, progress, checks, jobs=jobs,
+                                               staging_dir=folder, role=as_role)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    raise DRError(
+                        f"no space left in {folder} while staging the decrypted dump "
+                        f"({staging_need(manifest)} bytes needed); free space there, set "
+                        "PREFECT_DR_STAGING_DIR to a larger folder, or pass --jobs 1 "
+                        "(streams, stages nothing)") from None
             else:
                 verify.restore_dump(storage, dump, identities, restored_url, settings,
                                     progress, checks, role=as_role)
@@ -260,12 +147,14 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             with pgc.connect(restored_url) as conn:
                 verify.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
             safety_id = None
+            if plan.target_exists and not force_disconnect:
+                pgswap.refuse_clients(admin, db)  # before the safety backup, not after it
             if plan.safety_backup:
                 on_step(f"safety backup of the live database {db}")
                 safety_settings = dataclasses.replace(
                     settings, values={**settings.values, "database_url": url})
                 safety = backup_mod.run(safety_settings, storage, backup_mod.Request(
-                    kind="full", labels={"safety": "pre-restore", "restore-of": plan.backup_id},
+                    kind=Kind.FULL, labels={"safety": "pre-restore", "restore-of": plan.backup_id},
                     allow_undecryptable_blocks=True), env=env)
                 safety_id = safety.backup_id
             on_step("swapping databases")

@@ -34,14 +34,14 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     cfg = tmp_path / "dr.toml"
     cfg.write_text('[s3]\nbucket = "UPPER_case"\nbuckit = "typo"\n[age]\nrecipients = ["nope"]\n')
     env = {"PREFECT_DR_DATABASE_URL": "mysql://x@y/z",
-           "PREFECT_DR_AGE_IDENTITY_FILE": str(tmp_path / "missing.txt")}
+           "PREFECT_DR_SIGNING_KEY_FILE": str(tmp_path / "missing.pem")}
     with pytest.raises(ConfigError) as info:
         config.load(config_file=cfg, env=env)
     problems = info.value.problems
     assert len(problems) == 5, problems
     joined = " | ".join(problems)
     for needle in ("unknown setting 's3.buckit'", "not a valid bucket name", "postgresql://",
-                   "not an age recipient", "missing.txt does not exist"):
+                   "not an age recipient", "missing.pem does not exist"):
         assert needle in joined
     assert "\n" not in info.value.message
 
@@ -142,3 +142,30 @@ def test_problems_name_the_file_key_flag_or_variable_that_set_the_value(tmp_path
         "--database-url must start with postgresql://",
         f"{cfg}: backup.zstd_level must be between 1 and 19",
         "PREFECT_DR_S3_PREFIX must not start or end with '/' nor contain '//'"])
+
+
+def test_a_missing_identity_file_is_a_key_error_where_it_is_used(tmp_path: Path) -> None:
+    """The backup job never needs the identity: its absence is no configuration error (exit 2)
+    but a key error (exit 12) for the commands that read it."""
+    from prefect_dr import crypto
+    from prefect_dr.errors import KEY_ERROR, CryptoKeyError
+
+    missing = tmp_path / "missing.txt"
+    settings = config.load(env={"PREFECT_DR_AGE_IDENTITY_FILE": str(missing)})
+    assert settings.age_identity_file == str(missing)
+    with pytest.raises(CryptoKeyError) as info:
+        crypto.load_identities(missing)
+    assert info.value.exit_code == KEY_ERROR and "does not exist" in info.value.message
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("true", True), ("1", True), ("no", False),
+                                               ("FALSE", False)])
+def test_boolean_settings(raw: str, expected: bool) -> None:
+    settings = config.load(env={"PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS": raw})
+    assert settings.allow_undecryptable_blocks is expected
+
+
+def test_a_malformed_boolean_is_a_problem() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS": "maybe"})
+    assert "expected true or false" in info.value.message

@@ -87,16 +87,27 @@ def comment_of(admin: psycopg.Connection, name: str) -> str:
     return str(row[0] or "") if row else ""
 
 
+def describe_clients(name: str, others: list[Session]) -> str:
+    """One line naming the clients connected to ``name`` and what to do about them."""
+    shown = "; ".join(str(s) for s in others[:5])
+    more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+    return (f"{len(others)} clients are connected to {name}: {shown}{more}; stop Prefect "
+            "servers and workers first, or pass --force-disconnect")
+
+
+def refuse_clients(admin: psycopg.Connection, name: str) -> None:
+    """Raise ConnectedClientsError when clients are connected to ``name``."""
+    others = sessions(admin, name)
+    if others:
+        raise ConnectedClientsError(describe_clients(name, others))
+
+
 def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool) -> None:
     others = sessions(admin, name)
     if not others:
         return
     if not force_disconnect:
-        shown = "; ".join(str(s) for s in others[:5])
-        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
-        raise ConnectedClientsError(
-            f"{len(others)} clients are connected to {name}: {shown}{more}; stop Prefect "
-            "servers and workers first, or pass --force-disconnect")
+        raise ConnectedClientsError(describe_clients(name, others))
     for s in others:
         admin.execute("SELECT pg_terminate_backend(%s)", (s.pid,))
     deadline = time.monotonic() + DISCONNECT_WAIT_S

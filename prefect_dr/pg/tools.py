@@ -37,3 +37,9 @@ def version(path: str) -> tuple[int, str]:
     if not match:
         raise DRError(f"cannot read the version of {path} from {out!r}")
     return int(match.group(1)), out.split("(PostgreSQL)")[-1].strip()
+
+
+def major_of(version_text: str | None) -> int | None:
+    """The major version in a version text such as '15.18 (Debian 15.18-0+deb12u1)'."""
+    match = re.match(r"\s*(\d+)", version_text or "")
+    return int(match.group(1)) if match else None

@@ -1,0 +1,361 @@
+"""The restore plan: what a restore will do, and every precondition checked before any work.
+
+`restore --dry-run` prints exactly this plan and exits with the code the real run would refuse
+with, so a CI dry-run proves what a restore at 3 a.m. would meet. The preflight findings are
+cheap checks made *before* anything is created, downloaded or uploaded:
+
+- ``schema``: the target's Prefect can run the backup's revision (exit 14);
+- ``history``: a config-only backup restored over a database holding run history would delete
+  it; refused (exit 2) unless ``--allow-history-loss``;
+- ``signature``: with a verify key, the manifest is signed by it (exit 13);
+- ``identity``: the age identity decrypts for one of the backup's recipients (exit 12);
+- ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1);
+- ``createdb``: the role may create the database restored beside the live one (exit 1);
+- ``pg_restore`` / ``pg_dump``: the clients exist, pg_restore reads the archive, and pg_dump
+  can take the safety backup of the live server (exit 1);
+- ``staging``: with ``--jobs`` above 1, room to stage the decrypted dump (a warning: the restore
+  then streams with one job).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from prefect_dr import crypto, schema_gate, signing
+from prefect_dr import prefect_schema as ps
+from prefect_dr.config import Settings
+from prefect_dr.errors import (
+    FAILURE,
+    KEY_ERROR,
+    SCHEMA_REFUSED,
+    USAGE,
+    VERIFICATION_FAILED,
+    ConfigError,
+    DRError,
+)
+from prefect_dr.kinds import Kind
+from prefect_dr.manifest import Manifest
+from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import swap as pgswap
+from prefect_dr.pg import tools
+from prefect_dr.pg.scratch import with_database
+
+STAMP_FORMAT = "%Y%m%d%H%M%S"
+MAX_IDENTIFIER = 63
+#: Staging needs the dump's plaintext size plus this share and this headroom (docs: README,
+#: "Restore and rollback"): the file system must not be filled to the last byte.
+STAGING_MARGIN = 0.10
+STAGING_HEADROOM = 64 * 1024 * 1024
+
+
+@dataclass
+class Finding:
+    """One precondition. Not ok with an exit code: the restore is refused with that code; not
+    ok without one: a warning the plan shows and the run logs."""
+
+    name: str
+    ok: bool
+    detail: str
+    exit_code: int | None = None
+
+    @property
+    def blocking(self) -> bool:
+        """Whether this finding refuses the restore."""
+        return not self.ok and self.exit_code is not None
+
+
+@dataclass
+class Plan:
+    """Everything a restore will do, computed without changing anything."""
+
+    backup_id: str
+    kind: str
+    prefect_version: str | None
+    backup_revision: str | None
+    target: str  # host:port/db, no credentials
+    target_db: str
+    target_exists: bool
+    target_revision: str | None
+    schema_ok: bool
+    schema_reason: str
+    config_diff: list[dict[str, Any]] = field(default_factory=list)
+    history_diff: list[dict[str, Any]] = field(default_factory=list)
+    history_loss: dict[str, int] = field(default_factory=dict)  # table -> rows it would lose
+    restore_db: str = ""
+    aside_db: str | None = None
+    creates: list[str] = field(default_factory=list)
+    renames: list[tuple[str, str]] = field(default_factory=list)
+    disk_needed: int | None = None
+    safety_backup: bool = True
+    staging: str = ""
+    preflight: list[Finding] = field(default_factory=list)
+
+    @property
+    def refusal(self) -> Finding | None:
+        """The first finding that refuses the restore, if any."""
+        return next((f for f in self.preflight if f.blocking), None)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Findings that do not refuse the restore but must be seen."""
+        return [f.detail for f in self.preflight if not f.ok and not f.blocking]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        out = dataclasses.asdict(self)
+        refusal = self.refusal
+        out["refused"] = ({"check": refusal.name, "reason": refusal.detail,
+                           "exit_code": refusal.exit_code} if refusal else None)
+        out["warnings"] = self.warnings
+        return out
+
+
+class RestoreRefusedError(DRError):
+    """A preflight finding refuses the restore; the exit code is the finding's."""
+
+    def __init__(self, finding: Finding) -> None:
+        super().__init__(finding.detail, exit_code=finding.exit_code)
+        self.finding = finding
+
+
+def names(db: str, stamp: str) -> tuple[str, str]:
+    """(database restored beside, name the live one is kept as). Raises DRError if too long."""
+    restore_db, aside = f"{db}_restore_{stamp}", f"{db}_pre_restore_{stamp}"
+    if len(aside) > MAX_IDENTIFIER:
+        raise DRError(f"database name {db!r} is too long to keep a renamed copy beside it "
+                      f"({MAX_IDENTIFIER} characters at most for {aside!r})")
+    return restore_db, aside
+
+
+def target_of(settings: Settings, target_url: str | None) -> tuple[str, str, str]:
+    """(target URL, target database name, maintenance URL on the same server)."""
+    url = target_url or settings.database_url
+    if not url:
+        settings.require("database_url")
+    db = pgc.urlsplit_db(url)
+    return url, db, with_database(url, "postgres")
+
+
+def staging_need(manifest: Manifest) -> int | None:
+    """Free bytes staging the dump needs: plaintext size + 10% + 64 MiB (None: no dump)."""
+    dump_artifact = manifest.artifact("dump")
+    if dump_artifact is None:
+        return None
+    return int(dump_artifact.plaintext_size * (1 + STAGING_MARGIN)) + STAGING_HEADROOM
+
+
+def staging_choice(manifest: Manifest, jobs: int, staging_dir: str) -> tuple[bool, str]:
+    """Whether to stage the dump for a parallel restore, and why (or why not)."""
+    need = staging_need(manifest)
+    if jobs < 2 or need is None:
+        return False, "streamed into pg_restore (one job)"
+    try:
+        free = shutil.disk_usage(staging_dir).free
+    except OSError:
+        return False, (f"streaming with one job: staging folder {staging_dir} is not usable "
+                       "(set PREFECT_DR_STAGING_DIR)")
+    if free < need:
+        return False, (f"streaming with one job: {staging_dir} has {_mib(free)} free, staging "
+                       f"needs {_mib(need)} (set PREFECT_DR_STAGING_DIR to a larger folder)")
+    return True, f"staged in {staging_dir} ({_mib(need)} needed, {_mib(free)} free), {jobs} jobs"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.0f} MiB"
+
+
+def _counts(conn: psycopg.Connection, tables: list[str]) -> dict[str, tuple[int, bool]]:
+    out: dict[str, tuple[int, bool]] = {}
+    for table in tables:
+        if not pgc.table_exists(conn, table):
+            continue
+        if table in ps.CONFIG_TABLES:
+            out[table] = (pgc.count_rows(conn, table), True)
+        else:
+            row = conn.execute("SELECT greatest(reltuples, 0)::bigint FROM pg_class "
+                               "WHERE oid = %s::regclass", (f"public.{table}",)).fetchone()
+            estimate = int(row[0]) if row else 0
+            out[table] = ((pgc.count_rows(conn, table), True) if estimate < 100_000
+                          else (estimate, False))
+    return out
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the operator allowed or asked for."""
+
+    target_url: str | None = None
+    allow_newer_schema: bool = False
+    allow_history_loss: bool = False
+    safety_backup: bool = True
+    force_disconnect: bool = False
+    jobs: int = 1
+    staging_dir: str | None = None
+
+
+def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
+              now: dt.datetime | None = None) -> Plan:
+    """Compute the plan and run every preflight check (what --dry-run prints). Changes
+    nothing. Raises DatabaseError when the target's server is unreachable."""
+    url, db, admin_url = target_of(settings, options.target_url)
+    stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
+    restore_db, aside = names(db, stamp)
+    with pgc.connect(admin_url) as admin:
+        target_exists = pgswap.exists(admin, db)
+        clients = pgswap.sessions(admin, db) if target_exists else []
+        may_create = _may_create(admin)
+        server_major, server_version = pgc.server_version(admin)
+    target_revision = None
+    current: dict[str, tuple[int, bool]] = {}
+    if target_exists:
+        with pgc.connect(url) as conn:
+            target_revision = pgc.alembic_revision(conn)
+            tables = set(manifest.row_counts) | set(ps.HISTORY_TABLES)
+            current = _counts(conn, sorted(tables))
+    verdict = schema_gate.judge(manifest.alembic_revision, target_revision,
+                                schema_gate.installed_revisions())
+    staged, how = staging_choice(manifest, options.jobs,
+                                 options.staging_dir or _default_staging())
+    plan = Plan(
+        backup_id=manifest.backup_id, kind=manifest.kind,
+        prefect_version=manifest.prefect_version, backup_revision=manifest.alembic_revision,
+        target=pgc.describe(url), target_db=db, target_exists=target_exists,
+        target_revision=target_revision,
+        schema_ok=verdict.ok or options.allow_newer_schema,
+        schema_reason=verdict.reason + (" (overridden by --allow-newer-schema)"
+                                        if options.allow_newer_schema and not verdict.ok
+                                        else ""),
+        restore_db=restore_db, aside_db=aside if target_exists else None,
+        creates=[restore_db],
+        renames=([(db, aside), (restore_db, db)] if target_exists else [(restore_db, db)]),
+        disk_needed=manifest.database_size,
+        safety_backup=options.safety_backup and target_exists,
+        staging=how,
+    )
+    for table, entry in sorted(manifest.row_counts.items()):
+        now_rows, exact = current.get(table, (0, True))
+        row = {"table": table, "backup": entry["rows"], "current": now_rows,
+               "change": entry["rows"] - now_rows,
+               "exact": bool(entry.get("exact")) and exact}
+        (plan.config_diff if table in ps.CONFIG_TABLES else plan.history_diff).append(row)
+    if manifest.kind == Kind.CONFIG_ONLY:
+        plan.history_loss = {t: current[t][0] for t in ps.HISTORY_TABLES
+                             if current.get(t, (0, True))[0] > 0}
+    plan.preflight = [
+        Finding("schema", plan.schema_ok,
+                plan.schema_reason if plan.schema_ok else
+                f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}",
+                SCHEMA_REFUSED),
+        _history_finding(plan, options.allow_history_loss),
+        _signature_finding(settings, manifest),
+        _identity_finding(settings, manifest),
+        _clients_finding(db, clients, options.force_disconnect),
+        Finding("createdb", may_create,
+                "the role may create databases" if may_create else
+                f"the role of {plan.target} may not create databases: grant CREATEDB "
+                "(restore creates the new database beside the live one)", FAILURE),
+        _restore_client_finding(settings, manifest),
+    ]
+    if plan.safety_backup:
+        plan.preflight.append(_dump_client_finding(settings, server_major, server_version))
+    fallback = options.jobs >= 2 and not staged
+    plan.preflight.append(Finding("staging", not fallback, how))
+    return plan
+
+
+def _default_staging() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
+def _may_create(admin: psycopg.Connection) -> bool:
+    row = admin.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles "
+                        "WHERE rolname = current_user").fetchone()
+    return bool(row and row[0])
+
+
+def _history_finding(plan: Plan, allowed: bool) -> Finding:
+    if not plan.history_loss:
+        return Finding("history", True, "no run history would be lost")
+    lost = ", ".join(f"{t} {n} rows" for t, n in plan.history_loss.items())
+    if allowed:
+        return Finding("history", False,
+                       f"restoring config-only backup {plan.backup_id} deletes the run history "
+                       f"of {plan.target_db} ({lost}); allowed by --allow-history-loss")
+    return Finding("history", False,
+                   f"refusing to restore config-only backup {plan.backup_id} over "
+                   f"{plan.target_db}: its run history would be lost ({lost}); restore a full "
+                   "backup (--kind full) or pass --allow-history-loss", USAGE)
+
+
+def _signature_finding(settings: Settings, manifest: Manifest) -> Finding:
+    if not settings.verify_key:
+        return Finding("signature", True, "no verify key configured")
+    try:
+        signing.check(manifest, signing.load_public(settings.verify_key))
+    except DRError as exc:
+        return Finding("signature", False, exc.message, VERIFICATION_FAILED)
+    return Finding("signature", True, "signed by the configured key")
+
+
+def _identity_finding(settings: Settings, manifest: Manifest) -> Finding:
+    try:
+        settings.require("age_identity_file")
+        identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
+    except ConfigError as exc:
+        return Finding("identity", False, exc.message, USAGE)
+    except DRError as exc:
+        return Finding("identity", False, exc.message, KEY_ERROR)
+    mine = {crypto.fingerprint(crypto.recipient_of(i)) for i in identities}
+    wanted = {r for a in manifest.artifacts for r in a.recipients}
+    if wanted and not mine & wanted:
+        return Finding("identity", False,
+                       f"the identity {settings.age_identity_file} matches none of backup "
+                       f"{manifest.backup_id}'s recipients ({', '.join(sorted(wanted))}); "
+                       "use the identity of one of them", KEY_ERROR)
+    return Finding("identity", True, f"{settings.age_identity_file} decrypts this backup")
+
+
+def _clients_finding(db: str, clients: list[pgswap.Session], force: bool) -> Finding:
+    if not clients:
+        return Finding("clients", True, f"no client is connected to {db}")
+    if force:
+        return Finding("clients", False, "--force-disconnect: " + pgswap.describe_clients(
+            db, clients).split("; stop Prefect")[0] + " (they are disconnected at the swap)")
+    return Finding("clients", False, pgswap.describe_clients(db, clients), FAILURE)
+
+
+def _restore_client_finding(settings: Settings, manifest: Manifest) -> Finding:
+    try:
+        major, text = tools.version(tools.find("pg_restore", settings.pg_bin_dir))
+    except DRError as exc:
+        return Finding("pg_restore", False, exc.message, FAILURE)
+    archive = tools.major_of(manifest.pg_dump_version)
+    if archive is not None and major < archive:
+        return Finding("pg_restore", False,
+                       f"pg_restore {text} cannot read an archive written by pg_dump "
+                       f"{manifest.pg_dump_version}; install the PostgreSQL {archive} client "
+                       "or set PREFECT_DR_PG_BIN_DIR", FAILURE)
+    return Finding("pg_restore", True, f"pg_restore {text}")
+
+
+def _dump_client_finding(settings: Settings, server_major: int, server_version: str
+                         ) -> Finding:
+    try:
+        major, text = tools.version(tools.find("pg_dump", settings.pg_bin_dir))
+    except DRError as exc:
+        return Finding("pg_dump", False, f"safety backup impossible: {exc.message}", FAILURE)
+    if major < server_major:
+        return Finding("pg_dump", False,
+                       f"safety backup impossible: pg_dump {text} is older than the live "
+                       f"server ({server_version}); install the PostgreSQL {server_major} "
+                       "client, set PREFECT_DR_PG_BIN_DIR, or pass --no-safety-backup", FAILURE)
+    return Finding("pg_dump", True, f"pg_dump {text} can take the safety backup")
