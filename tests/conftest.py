@@ -125,6 +125,31 @@ def drop_db(env: dict[str, str], name: str) -> None:
         scratch.drop_database(conn, name)
 
 
+def databases(env: dict[str, str], prefix: str) -> list[str]:
+    """Names of the stack's databases that start with ``prefix``."""
+    import psycopg
+
+    with psycopg.connect(env["PREFECT_DR_DATABASE_URL"], password=env["PGPASSWORD"]) as conn:
+        return sorted(r[0] for r in conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)))
+
+
+@pytest.fixture()
+def clone(cli_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """A private copy of the seeded Prefect database and a repository prefix of its own;
+    ``_DB`` names the database. Every database whose name starts with it is dropped after."""
+    import uuid
+
+    name = f"prefect_rt_{uuid.uuid4().hex[:6]}"
+    url = clone_prefect_db(cli_env, name)
+    env = dict(cli_env, PREFECT_DR_DATABASE_URL=url,
+               PREFECT_DR_S3_PREFIX=f"r-{uuid.uuid4().hex[:10]}")
+    env["_DB"] = name
+    yield env
+    for db in databases(cli_env, name):
+        drop_db(cli_env, db)
+
+
 @pytest.fixture(scope="session")
 def bulky_db(stack_env: dict[str, str]) -> Iterator[str]:
     """A copy of the Prefect database with ~20 MB of incompressible extra rows, so that

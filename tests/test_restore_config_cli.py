@@ -50,6 +50,19 @@ def test_restore_config_cli_dry_run_apply_and_rerun(cli_env: dict[str, str]) -> 
             counts = json.loads(again.stdout)["result"]["counts"]
             assert counts.get("created", 0) == 0 and counts.get("overwritten", 0) == 0
 
+            # overwriting a live server's objects needs a typed confirmation or --yes
+            request(server.api, "PATCH", "/variables/name/dr_string", {"value": "changed"})
+            asked = run_cli(["restore-config", "--latest", "--on-conflict", "overwrite"], target)
+            assert asked.returncode == 2, asked.stderr
+            assert "no terminal to confirm on; pass --yes" in asked.stderr
+            value = request(server.api, "GET", "/variables/name/dr_string")["value"]
+            assert value == "changed"  # nothing written
+            confirmed = run_cli(["restore-config", "--latest", "--on-conflict", "overwrite",
+                                 "--yes", "--json"], target)
+            assert confirmed.returncode == 0, confirmed.stderr
+            assert json.loads(confirmed.stdout)["result"]["counts"]["overwritten"] == 1
+            assert request(server.api, "GET", "/variables/name/dr_string")["value"] != "changed"
+
             bad = run_cli(["restore-config", "--latest", "--only", "nonsense"], target)
             assert bad.returncode == 2 and "Traceback" not in bad.stderr
     finally:

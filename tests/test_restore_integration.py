@@ -8,14 +8,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from conftest import clone_prefect_db, drop_db, run_cli
+from conftest import clone_prefect_db, run_cli
+from conftest import databases as _databases
 
 from prefect_dr import prefect_api
 from prefect_dr.smoke import PrefectServer
@@ -26,25 +25,6 @@ pytestmark = pytest.mark.integration
 def _with_password(url: str, pw: str) -> str:
     parts = urlsplit(url)
     return parts._replace(netloc=f"{parts.username}:{pw}@{parts.hostname}:{parts.port}").geturl()
-
-
-def _databases(env: dict[str, str], prefix: str) -> list[str]:
-    with psycopg.connect(env["PREFECT_DR_DATABASE_URL"], password=env["PGPASSWORD"]) as conn:
-        return sorted(r[0] for r in conn.execute(
-            "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)))
-
-
-@pytest.fixture()
-def clone(cli_env: dict[str, str]) -> Iterator[dict[str, str]]:
-    """A private copy of the seeded Prefect database and a repository prefix of its own."""
-    name = f"prefect_rt_{uuid.uuid4().hex[:6]}"
-    url = clone_prefect_db(cli_env, name)
-    env = dict(cli_env, PREFECT_DR_DATABASE_URL=url,
-               PREFECT_DR_S3_PREFIX=f"r-{uuid.uuid4().hex[:10]}")
-    env["_DB"] = name
-    yield env
-    for db in _databases(cli_env, name):
-        drop_db(cli_env, db)
 
 
 def _state(api: str) -> dict[str, object]:

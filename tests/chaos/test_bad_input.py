@@ -78,7 +78,8 @@ class Case:
     needle: str | None = None
     env: dict[str, str | None] = field(default_factory=dict)  # None: remove
     config: str | bytes | None = None  # written to a file passed with --config
-    repo: str = "empty"  # "empty": a repository with no backup; "one": with one backup
+    repo: str = "empty"  # "empty": no backup; "one": one full backup; "config": one
+    # config-only backup (all of the chaos stack's database, which holds run history)
     json_error: bool = False  # also expect the JSON error document on stdout
     secrets: tuple[str, ...] = ()  # values that must not be echoed
 
@@ -159,7 +160,7 @@ CASES = [
     Case("no identity configured", ["verify", "--latest"], 2,
          "PREFECT_DR_AGE_IDENTITY_FILE is not set", env={"PREFECT_DR_AGE_IDENTITY_FILE": None},
          repo="one"),
-    Case("identity file missing", ["verify", "--latest"], 2, "does not exist",
+    Case("identity file missing", ["verify", "--latest"], 12, "does not exist",
          env={"PREFECT_DR_AGE_IDENTITY_FILE": "/nonexistent/identity.txt"}, repo="one"),
     Case("no recipient", ["backup"], 2, "no age recipient",
          env={"PREFECT_DR_AGE_RECIPIENTS": None}),
@@ -180,7 +181,7 @@ CASES = [
     Case("restore unknown id", ["restore", NO_ID, "--yes"], 10, "no backup"),
     Case("malformed id", ["show", "../../etc/passwd"], 10, "is not a backup id"),
     Case("latest of an empty repository", ["restore", "--latest", "--yes"], 10,
-         "no complete backup"),
+         "no complete full backup"),
     Case("verify all of an empty repository", ["verify", "--all"], 10, "no complete backup"),
     Case("json error document", ["--json", "show", NO_ID], 10, "no backup", json_error=True),
     # bucket and database
@@ -207,6 +208,32 @@ CASES = [
          env={"PREFECT_DR_AGE_IDENTITY_FILE": "@garbage-identity"}, repo="one"),
     Case("wrong identity", ["verify", "--latest"], 12, "none of the configured identities",
          env={"PREFECT_DR_AGE_IDENTITY_FILE": "@other-identity"}, repo="one"),
+    # operator safety (issue 12): selectors, history loss, checks before heavy work
+    Case("id with --latest", ["show", NO_ID, "--latest"], 2, "not both"),
+    Case("restore id with --latest", ["restore", NO_ID, "--latest", "--yes"], 2, "not both"),
+    Case("restore-config id with --latest", ["restore-config", NO_ID, "--latest"], 2,
+         "not both", env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}),
+    Case("latest full of a config-only repository", ["restore", "--latest", "--yes"], 10,
+         "no complete full backup", repo="config"),
+    Case("config-only over run history", ["restore", "--latest", "--kind", "config-only",
+                                          "--yes"], 2, "--allow-history-loss", repo="config"),
+    Case("config-only over run history, dry run", ["restore", "--latest", "--kind",
+                                                   "config-only", "--dry-run"], 2,
+         "run history would be lost", repo="config"),
+    Case("restore with the wrong identity", ["restore", "--latest", "--yes"], 12,
+         "matches none of backup", env={"PREFECT_DR_AGE_IDENTITY_FILE": "@other-identity"},
+         repo="one"),
+    Case("restore with a missing identity", ["restore", "--latest", "--dry-run"], 12,
+         "does not exist", env={"PREFECT_DR_AGE_IDENTITY_FILE": "/nonexistent/id.txt"},
+         repo="one"),
+    Case("block-key without a file", ["block-key", "--latest"], 2, "-o FILE", repo="one"),
+    Case("block-key to stdout with --json", ["block-key", "--latest", "-o", "-", "--json"], 2,
+         "cannot go with --json", repo="one"),
+    Case("block-key with the wrong identity", ["block-key", "--latest", "-o",
+                                               "/nonexistent/key"], 12, None,
+         env={"PREFECT_DR_AGE_IDENTITY_FILE": "@other-identity"}, repo="one"),
+    Case("malformed boolean", ["backup"], 2, "expected true or false",
+         env={"PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS": "perhaps"}),
 ]
 
 
@@ -220,10 +247,12 @@ class World:
 @pytest.fixture(scope="module")
 def world(chaos: Chaos, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("bad")
-    empty, one = chaos.env("bad-empty"), chaos.env("bad-one")
-    for env in (empty, one):
+    empty, one, config = chaos.env("bad-empty"), chaos.env("bad-one"), chaos.env("bad-config")
+    for env in (empty, one, config):
         env.pop("PREFECT_DR_METRICS_FILE")  # nothing at all may be written
     made = cli(["backup", "--json"], one)
+    need(made.returncode == 0, made.describe())
+    made = cli(["backup", "--kind", "config-only", "--json"], config)
     need(made.returncode == 0, made.describe())
     garbage = tmp / "garbage.pem"
     garbage.write_text("garbage\n")
@@ -240,7 +269,7 @@ def world(chaos: Chaos, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
     files = {"@garbage": str(garbage), "@garbage-identity": str(bad_identity),
              "@other-identity": str(other), "@notprefect": chaos.url("notprefect"),
              "@nosuchdb": chaos.url("nosuchdb")}
-    yield World(chaos, {"empty": empty, "one": one}, files)
+    yield World(chaos, {"empty": empty, "one": one, "config": config}, files)
 
 
 def _env_for(world: World, case: Case, tmp: Path) -> tuple[dict[str, str], list[str]]:
