@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from prefect_dr import redact
@@ -29,15 +41,25 @@ def out() -> Console:
     return Console(file=sys.stdout, highlight=False, soft_wrap=False)
 
 
+_ERR: Console | None = None
+
+
 def err_console(stream: TextIO | None = None) -> Console:
-    """Console for messages on stderr."""
-    return Console(file=stream or sys.stderr, highlight=False, stderr=stream is None)
+    """Console for messages on stderr: one shared instance, so that log lines and the live
+    progress line go through the same console and never collide."""
+    global _ERR
+    if stream is not None:
+        return Console(file=stream, highlight=False)
+    if _ERR is None or _ERR.file is not sys.stderr:
+        _ERR = Console(file=sys.stderr, highlight=False, stderr=True)
+    return _ERR
 
 
 def log_handler(stream: TextIO | None = None) -> RichHandler:
-    """The rich logging handler used on a terminal."""
+    """The rich logging handler used on a terminal (ISO times)."""
     return RichHandler(console=err_console(stream), show_path=False, markup=False,
-                       show_level=True, rich_tracebacks=False)
+                       show_level=True, rich_tracebacks=False,
+                       log_time_format="[%Y-%m-%d %H:%M:%S]")
 
 
 def print_json(obj: Any) -> None:
@@ -53,18 +75,103 @@ def styled(value: str) -> str:
     return f"[{style}]{value}[/]" if style else value
 
 
-def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]],
-          status_column: int | None = None) -> None:
-    """Print a table on stdout; cells are redacted; ``status_column`` gets status colours."""
-    t = Table(title=title, title_justify="left", show_lines=False)
-    for col in columns:
-        t.add_column(col, overflow="fold")
-    for row in rows:
-        cells = [redact.redact("" if c is None else str(c)).replace("[", r"\[") for c in row]
-        if status_column is not None:
-            cells[status_column] = styled(cells[status_column])
-        t.add_row(*cells)
-    out().print(t)
+@dataclass(frozen=True)
+class Column:
+    """A table column: never wrapped. ``priority`` 0 is always shown; when the terminal is too
+    narrow, columns with the highest priority number go first. ``truncate`` columns (free text)
+    are shortened with an ellipsis before any column is dropped."""
+
+    header: str
+    priority: int = 0
+    truncate: bool = False
+    justify: str = "left"
+
+
+_MIN_TRUNCATED = 12
+_PAD = 2  # one space each side of a cell (box.SIMPLE_HEAD, no outer edge)
+
+
+def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
+        wide: bool = False) -> tuple[list[int], list[int]]:
+    """Which columns to show and how wide: (indexes kept, widths). Free text is shortened
+    first, then columns are dropped by priority, never wrapped."""
+    natural = [max([len(c.header)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    keep = list(range(len(columns)))
+    widths = dict(enumerate(natural))
+    if wide:
+        return keep, [widths[i] for i in keep]
+
+    def total() -> int:
+        return sum(widths[i] + _PAD for i in keep) - _PAD
+
+    for i in keep:
+        if columns[i].truncate and total() > width:
+            widths[i] = max(_MIN_TRUNCATED, widths[i] - (total() - width))
+    while total() > width:
+        droppable = [i for i in keep if columns[i].priority > 0]
+        if not droppable:
+            break
+        keep.remove(max(droppable, key=lambda i: (columns[i].priority, i)))
+    return keep, [widths[i] for i in keep]
+
+
+def table(title: str, columns: Sequence[str | Column], rows: Iterable[Sequence[Any]],
+          status_column: int | None = None, *, wide: bool = False,
+          caption: str | None = None) -> None:
+    """Print a table on stdout, fitted to the terminal's width (no cell ever wraps: free text
+    is shortened, low-priority columns dropped; ``wide`` keeps all). Cells are redacted;
+    ``status_column`` gets status colours."""
+    cols = [c if isinstance(c, Column) else Column(c, truncate=True) for c in columns]
+    cells = [[redact.redact("" if c is None else str(c)) for c in row] for row in rows]
+    console = out()
+    keep, widths = fit(cols, cells, console.width, wide)
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+              pad_edge=False, caption=caption, caption_justify="left")
+    for i, w in zip(keep, widths, strict=True):
+        t.add_column(cols[i].header, no_wrap=True, overflow="ellipsis", width=w,
+                     justify=cols[i].justify)  # type: ignore[arg-type]
+    for row in cells:
+        shown = []
+        for i in keep:
+            text = escape(row[i])
+            shown.append(styled(text) if i == status_column else text)
+        t.add_row(*shown)
+    if wide:
+        console = Console(file=sys.stdout, highlight=False, soft_wrap=False,
+                          width=max(console.width, sum(widths) + _PAD * len(widths)))
+    console.print(t)
+
+
+def short_time(iso: str | None) -> str:
+    """'2026-12-01T14:22:05.123456+00:00' -> '2026-12-01 14:22' (UTC)."""
+    if not iso:
+        return ""
+    try:
+        when = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return iso
+    if when.tzinfo is not None:
+        when = when.astimezone(dt.UTC)
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def ago(iso: str | None, now: dt.datetime | None = None) -> str:
+    """How long before ``now`` an ISO time was: '45s ago', '3h ago', '12d ago'."""
+    if not iso:
+        return ""
+    try:
+        when = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return ""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    seconds = int(((now or dt.datetime.now(dt.UTC)) - when).total_seconds())
+    if seconds < 0:
+        return "in future"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
 
 
 def error(message: str) -> None:
@@ -95,39 +202,78 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
+def _rate(n: float) -> str:
+    return f"{human_bytes(int(n))}/s"
+
+
+def describe_progress(counters: dict[str, int], elapsed_s: float, primary: str,
+                      total: int | None) -> str:
+    """One line of figures: every stage's bytes, the primary stage's rate, percent and ETA
+    (when its total is known), and the elapsed time."""
+    done = counters.get(primary, 0)
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    parts = [f"{k} {human_bytes(v)}" + (f" of {human_bytes(total)}" if k == primary and total
+                                         else "") for k, v in counters.items()]
+    parts.append(f"{_rate(rate)}")
+    if total:
+        parts.append(f"{min(100.0, 100.0 * done / total):.0f}%")
+        if rate > 0 and done < total:
+            parts.append(f"ETA {int((total - done) / rate)}s")
+    parts.append(f"{elapsed_s:.0f}s elapsed")
+    return ", ".join(parts)
+
+
 @contextlib.contextmanager
-def transfer_progress(enabled: bool = True, interval_s: float = 5.0
+def transfer_progress(enabled: bool = True, *, primary: str = "dumped",
+                      total: int | None = None, interval_s: float = 5.0
                       ) -> Iterator[Callable[[dict[str, int]], None]]:
-    """Yield a progress listener: a rich live line on a terminal, else a JSON log line every
-    ``interval_s`` seconds."""
+    """Yield a progress listener. On a terminal: a live line (bytes, rate, and percent and ETA
+    when ``total`` bytes of the ``primary`` stage are expected) drawn on the same console as the
+    log lines, so the two never collide. Otherwise: a log line with the figures every
+    ``interval_s`` seconds (and one at the end)."""
     logger = logging.getLogger("prefect_dr.progress")
     start = time.monotonic()
     last = [0.0]
+    latest: dict[str, int] = {}
     if enabled and sys.stderr.isatty():
-        progress = Progress(TextColumn("{task.description}"), TimeElapsedColumn(),
-                            console=err_console(), transient=True)
+        columns: list[Any] = [TextColumn("{task.description}"), DownloadColumn(),
+                              TransferSpeedColumn()]
+        if total:
+            columns += [BarColumn(bar_width=20), TaskProgressColumn(), TimeRemainingColumn()]
+        columns.append(TimeElapsedColumn())
+        progress = Progress(*columns, console=err_console(), transient=True)
         with progress:
-            task = progress.add_task("starting")
+            task = progress.add_task(primary, total=total)
 
             def show(counters: dict[str, int]) -> None:
                 now = time.monotonic()
                 if now - last[0] < 0.2:
                     return
                 last[0] = now
-                rate = counters.get("uploaded", 0) / max(now - start, 1e-6)
-                progress.update(task, description="  ".join(
-                    f"{k} {human_bytes(v)}" for k, v in counters.items())
-                    + f"  ({human_bytes(int(rate))}/s)")
+                others = "  ".join(f"{k} {human_bytes(v)}" for k, v in counters.items()
+                                   if k != primary)
+                progress.update(task, completed=counters.get(primary, 0),
+                                description=f"{primary}" + (f" ({others})" if others else ""))
 
             yield show
         return
 
     def log_line(counters: dict[str, int]) -> None:
+        latest.clear()
+        latest.update(counters)
         now = time.monotonic()
         if now - last[0] < interval_s:
             return
         last[0] = now
-        logger.info("progress", extra={"bytes": dict(counters),
-                                       "elapsed_s": round(now - start, 1)})
+        _log_progress(logger, counters, now - start, primary, total)
 
     yield log_line
+    if latest and enabled:
+        _log_progress(logger, latest, time.monotonic() - start, primary, total)
+
+
+def _log_progress(logger: logging.Logger, counters: dict[str, int], elapsed: float,
+                  primary: str, total: int | None) -> None:
+    logger.info("progress: %s", describe_progress(counters, elapsed, primary, total),
+                extra={"bytes": dict(counters), "elapsed_s": round(elapsed, 1),
+                       "total_bytes": total})

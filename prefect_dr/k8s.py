@@ -475,6 +475,27 @@ def restore_job(options: RenderOptions) -> dict[str, Any]:
             "spec": spec}
 
 
+#: RenderOptions field -> setting it takes its value from (config.SPECS names).
+FROM_SETTINGS = (("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
+                 ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
+                 ("database_url", "database_url"), ("prefect_api_url", "prefect_api_url"),
+                 ("retention_full", "retention_full"),
+                 ("retention_config_only", "retention_config_only"),
+                 ("verify_key", "verify_key"))
+
+
+def options_from_settings(settings: Any, **overrides: Any) -> RenderOptions:
+    """RenderOptions for the effective settings (values that are set), then ``overrides``
+    (those not None). Raises ValueError (one line) for a bad value."""
+    values: dict[str, Any] = {"age_recipients": tuple(settings.recipients)}
+    for field_name, setting in FROM_SETTINGS:
+        value = getattr(settings, setting)
+        if value:
+            values[field_name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RenderOptions(**values)
+
+
 def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
     """All Kubernetes objects, in apply order: ServiceAccounts, ConfigMap, example Secrets,
     CronJobs (backup, prune, verify), restore Job.

@@ -183,6 +183,26 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         admin.close()
 
 
+def next_steps(manifest: Manifest, result: Result) -> list[str]:
+    """What the operator must do after a restore, in order."""
+    steps = [
+        "Restart every Prefect server and worker: the server caches the block encryption "
+        "key, automations and concurrency leases for up to an hour.",
+        "Set PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION=false (or delete "
+        "~/.prefect/memo_store.toml) so block types are registered against the restored "
+        "database.",
+    ]
+    if result.kept_db:
+        steps.append(f"The previous database is kept as {result.kept_db}: "
+                     "'prefect-dr rollback' brings it back; "
+                     f"'prefect-dr rollback --drop {result.kept_db}' frees its space.")
+    if manifest.block_key.get("escrowed"):
+        steps.append("This backup's block key was escrowed: start Prefect with the same "
+                     "PREFECT_SERVER_ENCRYPTION_KEY; if it is lost, 'prefect-dr block-key "
+                     f"{manifest.backup_id} -o FILE' recovers it (docs/break-glass.md).")
+    return steps
+
+
 # -- rollback ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Kept:

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import crypto, schema_gate, signing
+from prefect_dr import crypto, interrupt, schema_gate, signing
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
@@ -302,6 +302,7 @@ def _signature_finding(settings: Settings, manifest: Manifest) -> Finding:
     try:
         signing.check(manifest, signing.load_public(settings.verify_key))
     except DRError as exc:
+        interrupt.raise_if_noted()
         return Finding("signature", False, exc.message, VERIFICATION_FAILED)
     return Finding("signature", True, "signed by the configured key")
 
@@ -311,8 +312,10 @@ def _identity_finding(settings: Settings, manifest: Manifest) -> Finding:
         settings.require("age_identity_file")
         identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
     except ConfigError as exc:
+        interrupt.raise_if_noted()
         return Finding("identity", False, exc.message, USAGE)
     except DRError as exc:
+        interrupt.raise_if_noted()
         return Finding("identity", False, exc.message, KEY_ERROR)
     mine = {crypto.fingerprint(crypto.recipient_of(i)) for i in identities}
     wanted = {r for a in manifest.artifacts for r in a.recipients}
@@ -337,6 +340,7 @@ def _restore_client_finding(settings: Settings, manifest: Manifest) -> Finding:
     try:
         major, text = tools.version(tools.find("pg_restore", settings.pg_bin_dir))
     except DRError as exc:
+        interrupt.raise_if_noted()
         return Finding("pg_restore", False, exc.message, FAILURE)
     archive = tools.major_of(manifest.pg_dump_version)
     if archive is not None and major < archive:
@@ -352,6 +356,7 @@ def _dump_client_finding(settings: Settings, server_major: int, server_version: 
     try:
         major, text = tools.version(tools.find("pg_dump", settings.pg_bin_dir))
     except DRError as exc:
+        interrupt.raise_if_noted()
         return Finding("pg_dump", False, f"safety backup impossible: {exc.message}", FAILURE)
     if major < server_major:
         return Finding("pg_dump", False,

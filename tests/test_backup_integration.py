@@ -69,7 +69,10 @@ def test_full_and_config_only_backups_are_complete(repo_env: dict[str, str],
     assert manifest["prefect_version"] == "3.9.1"
     assert manifest["row_counts"]["block_document"]["rows"] >= 2
     assert manifest["row_counts"]["flow_run"]["rows"] >= 1
-    co = json.loads(run_cli(["show", "--latest", "--json"], repo_env).stdout)
+    assert json.loads(run_cli(["show", "--latest", "--json"], repo_env).stdout)[
+        "backup_id"] == full["backup_id"]  # --latest means the newest full backup
+    co = json.loads(run_cli(["show", "--latest", "--kind", "config-only", "--json"],
+                            repo_env).stdout)
     assert co["backup_id"] == config_only["backup_id"]
     assert co["row_counts"]["flow_run"]["rows"] == 0  # run history left out
     assert co["row_counts"]["variable"] == manifest["row_counts"]["variable"]

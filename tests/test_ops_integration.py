@@ -63,7 +63,7 @@ def pushgateway() -> Iterator[str]:
 def test_status_is_stale_until_a_backup_is_taken(env: dict[str, str]) -> None:
     empty = run_cli(["status", "--cron", "0 3 * * *", "--json"], env)
     assert empty.returncode == 15
-    assert json.loads(empty.stdout)["items"][0]["detail"].startswith("no complete backup;")
+    assert json.loads(empty.stdout)["items"][0]["detail"].startswith("no complete full backup;")
     assert run_cli(["backup"], env).returncode == 0
     manifest = json.loads(run_cli(["show", "--latest", "--json"], env).stdout)
     fresh = run_cli(["status", "--cron", "0 3 * * *"], env)
@@ -79,7 +79,7 @@ def test_status_is_stale_until_a_backup_is_taken(env: dict[str, str]) -> None:
                   Body=json.dumps(manifest).encode())
     stale = run_cli(["status", "--cron", "0 3 * * *"], env)
     assert stale.returncode == 15
-    assert "error: backup: newest complete backup" in stale.stderr and "is missing" in \
+    assert "error: full backup: newest complete full backup" in stale.stderr and "is missing" in \
         stale.stderr
     bad = run_cli(["status", "--cron", "every day"], env)
     assert bad.returncode == 2 and "not a valid cron expression" in bad.stderr

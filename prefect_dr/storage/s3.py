@@ -527,3 +527,14 @@ class _RangeReader(io.RawIOBase):
             self._body.close()
             self._body = None
         super().close()
+
+
+def credentials_source() -> str:
+    """Where boto3 finds credentials: the method and a masked access key, never the secret."""
+    creds = boto3.session.Session().get_credentials()
+    if creds is None:
+        return "none found"
+    key = creds.access_key or ""
+    shown = f"{key[:4]}...{key[-2:]}" if len(key) > 8 else "***"
+    return f"{creds.method} (access key {shown})"
+

@@ -1,0 +1,141 @@
+"""Commands that make and read backups: backup, list, show, block-key."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prefect_dr import console, crypto, errors
+from prefect_dr.cli import render
+from prefect_dr.cli.app import command, state
+from prefect_dr.cli.common import (
+    KindFlag,
+    WideFlag,
+    json_mode,
+    layout,
+    parse_labels,
+    select,
+    settings,
+    storage,
+    verify_key,
+)
+from prefect_dr.kinds import Kind
+
+
+@command()
+def backup(
+    kind: Annotated[Kind, typer.Option("--kind", help="full or config-only.")] = Kind.FULL,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", help="KEY=VALUE label (repeatable).")] = None,
+    allow_undecryptable_blocks: Annotated[bool, typer.Option(
+        "--allow-undecryptable-blocks",
+        help="Back up even when block documents cannot be decrypted with any known key "
+             "(also PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS).")
+    ] = False,
+) -> None:
+    """Back up the Prefect database and configuration, encrypted, to S3."""
+    from prefect_dr import backup as backup_mod
+    from prefect_dr import pipeline
+
+    state.run.labels["kind"] = kind.value
+    current = settings()
+    request = backup_mod.Request(kind=kind.value, labels=parse_labels(label or []),
+                                 allow_undecryptable_blocks=allow_undecryptable_blocks)
+    repo = storage()
+    with console.transfer_progress(enabled=not json_mode(), primary="dumped") as listener:
+        progress = pipeline.Progress(listener)
+        manifest = backup_mod.run(current, repo, request, progress=progress)
+    for stage in ("dumped", "compressed", "uploaded"):
+        state.run.set("backup_bytes", progress.counters.get(stage, 0), stage=stage)
+    state.run.set("backup_rows", sum(int(c["rows"]) for c in manifest.row_counts.values()))
+    size = sum(a.size for a in manifest.artifacts)
+    if json_mode():
+        console.print_json({"ok": True, "backup_id": manifest.backup_id, "kind": manifest.kind,
+                            "size": size, "started_at": manifest.started_at,
+                            "finished_at": manifest.finished_at,
+                            "artifacts": [a.name for a in manifest.artifacts]})
+        return
+    console.line(manifest.backup_id)
+    console.info(f"backup {manifest.backup_id} complete: {console.human_bytes(size)} "
+                 f"in {len(manifest.artifacts)} artifacts")
+
+
+@command(name="list")
+def list_cmd(
+    kind: Annotated[Kind | None, typer.Option("--kind", help="Only backups of this kind.")
+                    ] = None,
+    wide: WideFlag = False,
+) -> None:
+    """List backups with their status, size, labels and newest verification."""
+    from prefect_dr import catalog
+
+    entries = [e for e in catalog.list_backups(storage(), layout(), verify_key=verify_key())
+               if kind is None or e.kind == kind]
+    if json_mode():
+        console.print_json({"backups": [e.to_dict() for e in entries]})
+        return
+    render.backups(entries, wide=wide)
+
+
+@command()
+def show(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    kind: KindFlag = None,
+    wide: WideFlag = False,
+) -> None:
+    """Print a backup's manifest."""
+    entry = select(backup_id, latest, kind)
+    if entry.manifest is None:
+        if json_mode():
+            console.print_json({"id": entry.backup_id, "status": entry.status,
+                                "error": entry.error})
+        else:
+            console.line(f"{entry.backup_id}: {entry.status}" +
+                         (f" ({entry.error})" if entry.error else ""))
+        raise typer.Exit(errors.NOT_FOUND if entry.status != "complete" else 0)
+    if json_mode():
+        console.print_json(entry.manifest.to_dict())
+        return
+    render.manifest(entry.manifest, wide=wide)
+
+
+@command(name="block-key")
+def block_key_cmd(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: either kind).")
+    ] = False,
+    kind: KindFlag = None,
+    output: Annotated[str | None, typer.Option(
+        "--output", "-o", help="New file (mode 0600, never overwritten) for the key; '-' "
+        "writes it to stdout.")] = None,
+) -> None:
+    """Recover Prefect's block encryption key from a backup (escrowed, or the configuration
+    row in its dump) into a new 0600 file: break-glass for PREFECT_SERVER_ENCRYPTION_KEY."""
+    from prefect_dr import block_key, catalog
+
+    if not output:
+        raise errors.UsageError("give -o FILE for the key (or -o - to write it to stdout)")
+    if output == "-" and json_mode():
+        raise errors.UsageError("-o - writes the key itself to stdout; it cannot go with --json")
+    current = settings()
+    current.require("age_identity_file")
+    identities = crypto.load_identities(Path(current.age_identity_file).expanduser())
+    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
+    found = block_key.recover(storage(), manifest, identities, pg_bin_dir=current.pg_bin_dir)
+    if output == "-":
+        sys.stdout.write(found.key + "\n")
+        return
+    crypto.write_secret_file(Path(output).expanduser(), found.key + "\n")
+    if json_mode():
+        console.print_json({"ok": True, "backup_id": manifest.backup_id, "source": found.source,
+                            "file": output})
+        return
+    console.info(f"wrote the block encryption key of backup {manifest.backup_id} "
+                 f"({found.source}) to {output}: start Prefect with "
+                 f"PREFECT_SERVER_ENCRYPTION_KEY=\"$(cat {output})\" (see docs/break-glass.md)")

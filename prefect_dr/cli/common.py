@@ -1,0 +1,95 @@
+"""What every command module shares: settings, the repository, selection, confirmation."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from prefect_dr import config, errors
+from prefect_dr.cli.app import state
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
+
+KindFlag = Annotated[Kind | None, typer.Option(
+    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
+    "default is full).")]
+WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column, even past the "
+                                                       "terminal's width.")]
+
+
+def json_mode() -> bool:
+    """Whether --json was given (before or after the command)."""
+    return state.json
+
+
+def settings() -> config.Settings:
+    """The effective settings (loaded once). Raises ConfigError."""
+    return state.settings()
+
+
+def storage() -> Any:
+    """The repository's storage backend for the current settings."""
+    from prefect_dr.storage import factory
+
+    return factory.from_settings(settings())
+
+
+def layout() -> Any:
+    """The repository layout for the current settings."""
+    from prefect_dr.layout import Layout
+
+    return Layout(settings().s3_prefix or "")
+
+
+def verify_key() -> Any:
+    """The configured manifest/record verify key, or None."""
+    current = settings()
+    if not current.verify_key:
+        return None
+    from prefect_dr import signing
+
+    return signing.load_public(current.verify_key)
+
+
+def select(backup_id: str | None, latest: bool, kind: Kind | None,
+           default_kind: Kind | None = DEFAULT_LATEST_KIND) -> Any:
+    """The one backup a command acts on (catalog.select_one with this run's repository)."""
+    from prefect_dr import catalog
+
+    return catalog.select_one(storage(), layout(), backup_id, latest=latest, kind=kind,
+                              default_kind=default_kind, verify_key=verify_key())
+
+
+def confirm(name: str, yes: bool, what: str, noun: str = "the database name") -> None:
+    """Ask the operator to type ``name``; without a terminal, --yes is required."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise errors.DRError(f"{what}: no terminal to confirm on; pass --yes",
+                             exit_code=errors.USAGE)
+    typed = typer.prompt(f"{what}. Type {noun} ({name}) to go on")
+    if typed.strip() != name:
+        raise errors.DRError("not confirmed; nothing changed", exit_code=errors.USAGE)
+
+
+def url_flag(value: str | None, flag: str) -> None:
+    """Refuse (exit 2) a database URL flag that is malformed or carries a password."""
+    if not value:
+        return
+    parts = config.split_url(value)
+    if parts is None:
+        raise errors.UsageError(f"{flag} is not a valid URL (check brackets and the port)")
+    if parts.password:
+        raise errors.UsageError(f"{flag} must not carry a password (use PGPASSWORD or .pgpass)")
+
+
+def parse_labels(labels: list[str]) -> dict[str, str]:
+    """KEY=VALUE options as a dict. Raises UsageError for one without '='."""
+    out: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise errors.UsageError(f"--label {item!r} is not KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out

@@ -1,0 +1,149 @@
+"""How each command's result looks on a terminal: tables fitted to its width (ids and times
+never split; free text shortened; low-priority columns dropped unless ``--wide``)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect_dr import console
+from prefect_dr.console import Column, ago, human_bytes, short_time
+
+UTC_NOTE = "times UTC"
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def backups(entries: list[Any], *, wide: bool = False) -> None:
+    """`list`: one row per backup, newest last."""
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for e in entries:
+        verified = e.verification.get("result", "") if e.verification else ""
+        duration = f"{e.duration_s:.0f}s" if e.duration_s is not None else ""
+        rows.append((e.backup_id, e.kind or "", e.status, short_time(e.started_at),
+                     ago(e.started_at, now), duration, human_bytes(e.size), _labels(e.labels),
+                     verified or (e.error or "")))
+    console.table(f"Backups ({UTC_NOTE})", [
+        Column("id"), Column("kind"), Column("status"), Column("started"),
+        Column("age", priority=2), Column("took", priority=5, justify="right"),
+        Column("size", priority=3, justify="right"), Column("labels", 6, truncate=True),
+        Column("verified / error", 4, truncate=True)], rows, status_column=2, wide=wide)
+
+
+def manifest(m: Any, *, wide: bool = False) -> None:
+    """`show`: the manifest, its artifacts and its row counts."""
+    console.table(f"Backup {m.backup_id} ({UTC_NOTE})", [Column("field"), Column(
+        "value", truncate=True)], [
+        ("kind", m.kind), ("started", f"{short_time(m.started_at)} ({ago(m.started_at)})"),
+        ("finished", short_time(m.finished_at)),
+        ("prefect", m.prefect_version or "unknown"), ("alembic revision", m.alembic_revision),
+        ("postgres", m.postgres_version), ("pg_dump", m.pg_dump_version),
+        ("database", m.database), ("labels", _labels(m.labels)),
+        ("block key", ", ".join(f"{k}={v}" for k, v in m.block_key.items())),
+        ("signed", "yes" if m.signature else "no"),
+    ], wide=wide)
+    console.table("Artifacts", [
+        Column("name"), Column("size", justify="right"),
+        Column("plaintext", priority=1, justify="right"), Column("sha256", priority=3),
+        Column("key", priority=2, truncate=True)], [
+        (a.name, human_bytes(a.size), human_bytes(a.plaintext_size), a.sha256[:16], a.key)
+        for a in m.artifacts], wide=wide)
+    console.table("Row counts", [Column("table"), Column("rows", justify="right"),
+                                 Column("exact")], [
+        (t, c["rows"], "yes" if c.get("exact") else "estimate")
+        for t, c in sorted(m.row_counts.items()) if c.get("rows")], wide=wide)
+
+
+def verification(report: Any) -> None:
+    """`verify`: one row per check."""
+    rows = [(c.name, c.artifact or "", "ok" if c.ok else "fail", f"{c.duration_s:.2f}s",
+             c.detail) for c in report.checks]
+    result = "passed" if report.ok else "FAILED"
+    console.table(f"Verification of {report.backup_id}: {result}", [
+        Column("check"), Column("artifact", priority=2), Column("result"),
+        Column("time", priority=3, justify="right"), Column("detail", 1, truncate=True)],
+        rows, status_column=2)
+
+
+def plan(p: Any) -> None:
+    """`restore`: the plan and its preflight."""
+    console.table(f"Restore plan for backup {p.backup_id}", [Column(""), Column(
+        "", truncate=True)], [
+        ("backup", f"{p.backup_id} ({p.kind}), Prefect {p.prefect_version or '?'}, "
+                   f"revision {p.backup_revision}"),
+        ("target", f"{p.target} ({'exists' if p.target_exists else 'will be created'}"
+                   + (f", revision {p.target_revision}" if p.target_exists else "") + ")"),
+        ("schema", ("ok: " if p.schema_ok else "REFUSED: ") + p.schema_reason),
+        ("creates", ", ".join(p.creates)),
+        ("renames", "; ".join(f"{a} -> {b}" for a, b in p.renames)),
+        ("safety backup", "yes" if p.safety_backup else "no"),
+        ("pg_restore", p.staging),
+        ("disk needed", human_bytes(p.disk_needed) + " (the backed-up database's size; the "
+                        "old database is kept too)" if p.disk_needed else "unknown"),
+    ])
+    changed = [r for r in p.config_diff if r["change"]]
+    console.table("Configuration tables (backup vs current)", [
+        Column("table"), Column("backup", justify="right"), Column("current", justify="right"),
+        Column("change", justify="right")],
+        [(r["table"], r["backup"], r["current"], f"{r['change']:+d}")
+         for r in (changed or p.config_diff)])
+    console.table("Run history (backup vs current)", [
+        Column("table"), Column("backup", justify="right"), Column("current", justify="right"),
+        Column("change", justify="right")],
+        [(r["table"], r["backup"], r["current"] if r["exact"] else f"~{r['current']}",
+          f"{r['change']:+d}") for r in p.history_diff if r["backup"] or r["current"]])
+    console.table("Preflight", [Column("check"), Column("status"), Column("detail",
+                                                                          truncate=True)],
+                  [(f.name, "ok" if f.ok else ("REFUSED" if f.blocking else "warn"), f.detail)
+                   for f in p.preflight], status_column=1)
+
+
+def freshness(report: Any) -> None:
+    """`status`: one row per schedule."""
+    console.table("prefect-dr status", [Column("what"), Column("status"),
+                                        Column("detail", truncate=True)],
+                  [(i.what, "ok" if i.ok else "fail", i.detail) for i in report.items],
+                  status_column=1)
+
+
+def prune(result: Any, *, dry_run: bool, wide: bool = False) -> None:
+    """`prune`: one row per backup with its action and reasons."""
+    title = "Prune plan (dry run: nothing deleted)" if dry_run else "Prune"
+    console.table(f"{title} ({UTC_NOTE})", [
+        Column("kind"), Column("id"), Column("status", priority=3), Column("started"),
+        Column("verified", priority=4), Column("size", priority=5, justify="right"),
+        Column("action"), Column("reasons", 2, truncate=True)],
+        [(r["kind"], r["id"], r["status"], short_time(r["started_at"]),
+          {True: "yes", False: "no"}.get(r["verified"], ""), human_bytes(r.get("size")),
+          r["action"], "; ".join(r["reasons"])) for r in result.rows()],
+        status_column=6, wide=wide)
+
+
+def kept(rows: list[Any]) -> None:
+    """`rollback --list`: databases kept by restore and rollback."""
+    console.table("Kept databases", [
+        Column("name"), Column("kind"), Column("size", priority=2, justify="right"),
+        Column("age", priority=1), Column("note", 3, truncate=True)],
+        [(k.name, k.kind, human_bytes(k.size), _age(k.age), k.comment) for k in rows])
+
+
+def _age(delta: dt.timedelta) -> str:
+    return ago((dt.datetime.now(dt.UTC) - delta).isoformat())
+
+
+def doctor(report: Any) -> None:
+    """`doctor`: one row per check."""
+    console.table("prefect-dr doctor", [Column("check"), Column("status"),
+                                        Column("detail", truncate=True)],
+                  [(c.name, c.status, c.detail) for c in report.checks], status_column=1)
+
+
+def settings(rows: list[dict[str, str]], *, wide: bool = False) -> None:
+    """`config show`: every setting, its variable, value and source."""
+    console.table("Settings", [
+        Column("setting"), Column("environment variable", priority=2),
+        Column("value", truncate=True), Column("source", 1, truncate=True)],
+        [(r["name"], r["env"], r["value"], r["source"]) for r in rows], wide=wide)

@@ -1,0 +1,219 @@
+"""Commands that change a live Prefect: restore, restore-config, rollback."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prefect_dr import console, crypto, errors
+from prefect_dr.cli import render
+from prefect_dr.cli.app import command
+from prefect_dr.cli.common import (
+    KindFlag,
+    confirm,
+    json_mode,
+    select,
+    settings,
+    storage,
+    url_flag,
+)
+
+logger = logging.getLogger("prefect_dr")
+
+
+@command()
+def restore(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    kind: KindFlag = None,
+    target_url: Annotated[str | None, typer.Option(
+        "--target-url", help="Database to restore into (default: PREFECT_DR_DATABASE_URL); "
+        "created when it does not exist.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    force_disconnect: Annotated[bool, typer.Option(
+        "--force-disconnect", help="Terminate clients connected to the live database at the "
+        "swap (without it, connected clients refuse the restore before any work).")] = False,
+    allow_newer_schema: Annotated[bool, typer.Option(
+        "--allow-newer-schema", help="Restore a schema revision newer than the target's "
+        "Prefect is known to run.")] = False,
+    allow_history_loss: Annotated[bool, typer.Option(
+        "--allow-history-loss", help="Restore a config-only backup over a database that holds "
+        "run history (the history is deleted).")] = False,
+    no_safety_backup: Annotated[bool, typer.Option(
+        "--no-safety-backup", help="Skip the backup of the live database before the swap.")
+    ] = False,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", "-j", help="pg_restore jobs; above 1 the decrypted dump is staged on local "
+        "disk (PREFECT_DR_STAGING_DIR) first. 0: one per available CPU.")] = 0,
+) -> None:
+    """Restore a backup beside the live database, check it, swap it in, keep the old one.
+
+    Every precondition (schema, history loss, signature, identity, connected clients, client
+    programs, staging space) is checked first; --dry-run prints the same plan and exits with
+    the code the restore would be refused with."""
+    from prefect_dr import catalog, pipeline, restore_plan
+    from prefect_dr import restore as restore_mod
+
+    url_flag(target_url, "--target-url")
+    if jobs < 0:
+        raise errors.UsageError("--jobs must be 0 (one per CPU) or more")
+    current = settings()
+    repo = storage()
+    manifest = catalog.require_complete(select(backup_id, latest, kind))
+    jobs = jobs or pipeline.available_cpus()
+    plan = restore_plan.make_plan(current, manifest, restore_plan.Options(
+        target_url=target_url, allow_newer_schema=allow_newer_schema,
+        allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
+        force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir))
+    if json_mode() and dry_run:
+        console.print_json({"ok": plan.refusal is None, "dry_run": True,
+                            "plan": plan.to_dict()})
+    elif not json_mode():
+        render.plan(plan)
+    for warning in plan.warnings:
+        logger.warning(warning)
+    if plan.refusal is not None:
+        raise restore_plan.RestoreRefusedError(plan.refusal)
+    if dry_run:
+        return
+    confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
+    dump = manifest.artifact("dump")
+    with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
+                                   total=dump.size if dump else None) as listener:
+        result = restore_mod.execute(current, repo, manifest, plan, target_url=target_url,
+                                     force_disconnect=force_disconnect, env=os.environ,
+                                     progress=pipeline.Progress(listener),
+                                     on_step=lambda s: logger.info(s),
+                                     jobs=jobs, staging_dir=current.staging_dir)
+    next_steps = restore_mod.next_steps(manifest, result)
+    if json_mode():
+        console.print_json({"ok": True, "plan": plan.to_dict(),
+                            "safety_backup_id": result.safety_backup_id,
+                            "kept_database": result.kept_db, "next_steps": next_steps})
+        return
+    console.line(f"restored backup {plan.backup_id} into {plan.target}")
+    if result.safety_backup_id:
+        console.line(f"safety backup of the previous database: {result.safety_backup_id}")
+    console.line("Next steps:")
+    for i, step in enumerate(next_steps, 1):
+        console.line(f"  {i}. {step}")
+
+
+@command(name="restore-config")
+def restore_config(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: either kind; both "
+        "carry the configuration export).")] = False,
+    kind: KindFlag = None,
+    only: Annotated[str | None, typer.Option(
+        "--only", help="Comma-separated: blocks,variables,work-pools,deployments,automations,"
+        "concurrency-limits (default: all).")] = None,
+    on_conflict: Annotated[str, typer.Option(
+        "--on-conflict", help="skip (keep existing objects) or overwrite.")] = "skip",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the diff only.")] = False,
+    yes: Annotated[bool, typer.Option(
+        "--yes", help="Do not ask for confirmation (needed with --on-conflict overwrite "
+        "when there is no terminal).")] = False,
+) -> None:
+    """Import a backup's configuration export into a live Prefect server through its API."""
+    from prefect_dr import catalog
+    from prefect_dr import config_import as ci
+
+    if on_conflict not in ci.ON_CONFLICT:
+        raise errors.UsageError(f"--on-conflict must be one of {', '.join(ci.ON_CONFLICT)}, "
+                                f"not {on_conflict!r}")
+    sections = ci.parse_only(only)
+    current = settings()
+    current.require("prefect_api_url", "age_identity_file")
+    repo = storage()
+    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
+    identities = crypto.load_identities(Path(current.age_identity_file).expanduser())
+    export_doc = ci.read_export(repo, manifest, identities)
+    the_plan = ci.plan(current.prefect_api_url, export_doc, only=sections,
+                       on_conflict=on_conflict)
+    if not json_mode():
+        console.table(f"restore-config of {manifest.backup_id} into Prefect "
+                      f"{the_plan.target_version or ''} ({'dry run' if dry_run else on_conflict})",
+                      [console.Column("section"), console.Column("kind", priority=3),
+                       console.Column("name"), console.Column("action"),
+                       console.Column("differences", 1, truncate=True),
+                       console.Column("note", 2, truncate=True)],
+                      [(i.section, i.kind, i.name, i.action, ", ".join(i.diff), i.note or "")
+                       for i in the_plan.items])
+        for warning in the_plan.warnings:
+            logger.warning(warning)
+    if dry_run:
+        if json_mode():
+            console.print_json({"ok": True, "dry_run": True, "plan": the_plan.to_dict()})
+        else:
+            console.info(", ".join(f"{k}: {v}" for k, v in the_plan.counts.items()))
+        return
+    overwrites = sum(1 for i in the_plan.items if i.action == ci.OVERWRITE)
+    if overwrites:
+        confirm("overwrite", yes,
+                f"overwrite {overwrites} existing objects of the Prefect server at "
+                f"{current.prefect_api_url} with backup {manifest.backup_id}'s",
+                noun="the word")
+    result = ci.apply(current.prefect_api_url, export_doc, the_plan)
+    if json_mode():
+        console.print_json({"ok": result.ok, "plan": the_plan.to_dict(),
+                            "result": result.to_dict()})
+    else:
+        console.info(", ".join(f"{k}: {v}" for k, v in result.counts.items()))
+    for failure in result.failures:
+        console.error(f"{failure.section} {failure.name}: {failure.error}")
+    if not result.ok:
+        raise typer.Exit(errors.PARTIAL)
+
+
+@command()
+def rollback(
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="Show kept databases.")] = False,
+    drop: Annotated[str | None, typer.Option("--drop", help="Drop one kept database.")] = None,
+    target_url: Annotated[str | None, typer.Option(
+        "--target-url", help="The restored database (default: PREFECT_DR_DATABASE_URL).")
+    ] = None,
+    force_disconnect: Annotated[bool, typer.Option(
+        "--force-disconnect", help="Terminate clients still connected at the swap.")] = False,
+) -> None:
+    """Undo the last restore: swap the pre-restore database back (the restored one is kept)."""
+    from prefect_dr import restore as restore_mod
+
+    url_flag(target_url, "--target-url")
+    current = settings()
+    if list_:
+        rows = restore_mod.kept(current, target_url)
+        if json_mode():
+            console.print_json({"kept": [{"name": k.name, "kind": k.kind, "size": k.size,
+                                          "age_s": int(k.age.total_seconds()),
+                                          "comment": k.comment} for k in rows]})
+        else:
+            render.kept(rows)
+        return
+    if drop:
+        confirm(drop, yes, f"drop kept database {drop}")
+        restore_mod.drop_kept(current, drop, target_url=target_url)
+        if json_mode():
+            console.print_json({"ok": True, "dropped": drop})
+        else:
+            console.line(f"dropped {drop}")
+        return
+    chosen, aside = restore_mod.rollback_target(current, target_url)
+    db = chosen.name.split("_pre_restore_")[0]
+    confirm(db, yes, f"roll {db} back to {chosen.name} (the current one is kept as {aside})")
+    brought, kept_as = restore_mod.rollback(current, target_url=target_url,
+                                            force_disconnect=force_disconnect)
+    if json_mode():
+        console.print_json({"ok": True, "restored_from": brought, "kept_as": kept_as})
+        return
+    console.line(f"rolled back: {brought} is {db} again; the restored database is kept as "
+                 f"{kept_as}")
+    console.line("Next step: restart every Prefect server and worker.")

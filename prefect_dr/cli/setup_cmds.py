@@ -1,0 +1,106 @@
+"""Commands that set prefect-dr up: keygen, doctor, config show, k8s render."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from prefect_dr import console, crypto, errors
+from prefect_dr.cli import render
+from prefect_dr.cli.app import command, config_app, k8s_app
+from prefect_dr.cli.common import WideFlag, json_mode, settings
+
+
+@command(config_app, "show")
+def config_show(wide: WideFlag = False) -> None:
+    """Print the effective settings, where each came from, with secrets redacted."""
+    from prefect_dr.storage.s3 import credentials_source
+
+    current = settings()
+    rows = current.display()
+    aws = credentials_source()
+    if json_mode():
+        console.print_json({"settings": rows, "aws_credentials": aws,
+                            "config_file": str(current.config_file or ""),
+                            "warnings": list(current.warnings)})
+        return
+    render.settings(rows, wide=wide)
+    console.line(f"AWS credentials: {aws}")
+
+
+@command()
+def keygen(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Key file to create.")],
+    signing_key: Annotated[bool, typer.Option(
+        "--signing", help="Make an Ed25519 manifest-signing key instead of an age identity.")
+    ] = False,
+) -> None:
+    """Create a key file (mode 0600) and print its public half.
+
+    By default an age identity (print: the recipient for PREFECT_DR_AGE_RECIPIENTS); with
+    --signing an Ed25519 key (print: the public key for PREFECT_DR_VERIFY_KEY).
+    """
+    if signing_key:
+        from prefect_dr import signing
+
+        text, public = signing.generate()
+        hint = "PREFECT_DR_VERIFY_KEY; point PREFECT_DR_SIGNING_KEY_FILE at the file"
+    else:
+        text, public = crypto.generate_identity()
+        hint = "PREFECT_DR_AGE_RECIPIENTS"
+    crypto.write_secret_file(output, text)
+    if json_mode():
+        console.print_json({"key_file": str(output), "public_key": public,
+                            "kind": "ed25519-signing" if signing_key else "age-identity"})
+        return
+    console.line(public)
+    console.info(f"wrote {output} (keep it secret; put the line above in {hint})")
+
+
+@command(name="doctor")
+def doctor_cmd() -> None:
+    """Check the database, client tools, S3 bucket and keys; exit 0 only if all required pass
+    (so it fails when the next backup is bound to fail)."""
+    from prefect_dr import doctor
+
+    report = doctor.run(settings())
+    if json_mode():
+        console.print_json(report.to_dict())
+    else:
+        render.doctor(report)
+    for check in report.failed:
+        console.error(f"{check.name}: {check.detail}")
+    if not report.ok:
+        raise typer.Exit(errors.FAILURE)
+
+
+@command(k8s_app, "render")
+def k8s_render(
+    schedule: Annotated[str, typer.Option("--schedule", help="Backup CronJob schedule.")
+                        ] = "0 2 * * *",
+    verify_schedule: Annotated[str, typer.Option("--verify-schedule")] = "0 4 * * *",
+    prune_schedule: Annotated[str, typer.Option("--prune-schedule")] = "0 6 * * *",
+    namespace: Annotated[str, typer.Option("--namespace")] = "prefect-dr",
+    image: Annotated[str | None, typer.Option("--image", help="Container image.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")
+                      ] = None,
+) -> None:
+    """Print CronJobs (backup, prune, verify), a restore Job template, ConfigMap and example
+    Secrets for the current settings (multi-document YAML; schedules validated)."""
+    from prefect_dr import k8s
+
+    try:
+        options = k8s.options_from_settings(
+            settings(), namespace=namespace, backup_schedule=schedule,
+            verify_schedule=verify_schedule, prune_schedule=prune_schedule, image=image)
+        text = k8s.to_yaml(k8s.render(options))
+    except ValueError as exc:
+        raise errors.UsageError(str(exc)) from None
+    if output:
+        output.write_text(text, encoding="utf-8")
+        console.info(f"wrote {output}")
+    else:
+        sys.stdout.write(text)

@@ -1,0 +1,80 @@
+"""The verify command: prove backups restorable."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated
+
+import typer
+
+from prefect_dr import console, errors
+from prefect_dr.cli import render
+from prefect_dr.cli.app import command, state
+from prefect_dr.cli.common import KindFlag, json_mode, layout, settings, storage, url_flag
+
+
+@command()
+def verify(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (default: --latest).")] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Every complete backup (of --kind).")
+                    ] = False,
+    since: Annotated[str | None, typer.Option(
+        "--since", help="Complete backups started within DURATION (e.g. 7d).")] = None,
+    scratch_url: Annotated[str | None, typer.Option(
+        "--scratch-url", help="Create the scratch database on this server (libpq URL of a "
+        "database to connect to, without password) instead of the Prefect database's.")] = None,
+    keep_scratch: Annotated[bool, typer.Option(
+        "--keep-scratch", help="Keep the scratch database for inspection.")] = False,
+    prefect_smoke: Annotated[bool, typer.Option(
+        "--prefect-smoke", help="Also start Prefect on the restored database and read its API.")
+    ] = False,
+    kind: KindFlag = None,
+) -> None:
+    """Prove backups restorable: checksums, decryption, a test restore and semantic checks.
+
+    Without a selector, or with --latest, the newest complete *full* backup (--kind
+    config-only for the newest config-only one)."""
+    from prefect_dr import durations, pipeline
+    from prefect_dr import verify as verify_mod
+
+    if sum(bool(x) for x in (backup_id, latest, all_, since)) > 1:
+        raise errors.UsageError("give one of ID, --latest, --all, --since")
+    url_flag(scratch_url, "--scratch-url")
+    try:
+        window = durations.parse(since) if since else None
+    except ValueError as exc:
+        raise errors.UsageError(f"--since: {exc}") from None
+    current = settings()
+    current.require("age_identity_file")
+    repo = storage()
+    entries = verify_mod.select(repo, layout(), backup_id=backup_id, latest=latest,
+                                all_=all_, since=window, kind=kind)
+    options = verify_mod.Options(scratch_url=scratch_url, keep_scratch=keep_scratch,
+                                 prefect_smoke=prefect_smoke)
+    reports = []
+    for entry in entries:
+        dump = entry.manifest.artifact("dump")
+        with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
+                                       total=dump.size if dump else None) as listener:
+            reports.append(verify_mod.verify_one(current, repo, entry.manifest, options,
+                                                 env=os.environ,
+                                                 progress=pipeline.Progress(listener)))
+        if not json_mode():
+            render.verification(reports[-1])
+    ok = all(r.ok for r in reports)
+    state.run.set("verification_success", 1 if ok else 0)
+    state.run.set("verification_timestamp_seconds", time.time())
+    if json_mode():
+        console.print_json({"ok": ok, "reports": [r.to_record() for r in reports]})
+    for report in reports:
+        failed = report.failed_check
+        if failed is not None:
+            where = f" ({failed.artifact})" if failed.artifact else ""
+            console.error(f"backup {report.backup_id}: {failed.name}{where}: {failed.detail}")
+    if not ok:
+        code = errors.KEY_ERROR if any(r.key_error for r in reports) else \
+            errors.VERIFICATION_FAILED
+        raise typer.Exit(code)
