@@ -27,8 +27,9 @@ import psycopg
 from psycopg import sql
 
 from prefect_dr import backup as backup_mod
-from prefect_dr import crypto, pipeline, schema_gate, signing, verify
+from prefect_dr import crypto, pipeline, restore_stream, schema_gate, semantic, signing
 from prefect_dr import prefect_schema as ps
+from prefect_dr.checks import Check, Checks, Report
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
     SCHEMA_REFUSED,
@@ -88,7 +89,7 @@ class Result:
     """What a restore did."""
 
     plan: Plan
-    checks: list[verify.Check]
+    checks: list[Check]
     safety_backup_id: str | None
     kept_db: str | None
 
@@ -235,13 +236,13 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
             sql.Identifier(plan.restore_db), sql.Identifier(role or me)))
-        report = verify.Report(plan.backup_id, dt.datetime.now(dt.UTC).isoformat())
-        checks = verify.Checks(report)
+        report = Report(plan.backup_id, dt.datetime.now(dt.UTC).isoformat())
+        checks = Checks(report)
         restored_url = with_database(url, plan.restore_db)
         try:
             on_step(f"restoring backup {plan.backup_id} into {plan.restore_db}")
-            export_doc, escrowed = verify.read_small_artifacts(storage, manifest, identities,
-                                                               checks)
+            export_doc, escrowed = restore_stream.read_small_artifacts(
+                storage, manifest, identities, checks)
             dump = manifest.artifact("dump")
             if dump is None:
                 raise VerificationError(f"backup {plan.backup_id} has no dump artifact")
@@ -250,15 +251,15 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             staged, how = staging_choice(manifest, jobs, folder)
             on_step(f"restore: {how}")
             if staged:
-                verify.restore_dump_staged(storage, dump, identities, restored_url, settings,
-                                           progress, checks, jobs=jobs, staging_dir=folder,
-                                           role=as_role)
+                restore_stream.restore_dump_staged(
+                    storage, dump, identities, restored_url, settings, progress, checks,
+                    jobs=jobs, staging_dir=folder, role=as_role)
             else:
-                verify.restore_dump(storage, dump, identities, restored_url, settings,
-                                    progress, checks, role=as_role)
+                restore_stream.restore_dump(storage, dump, identities, restored_url,
+                                            settings, progress, checks, role=as_role)
             on_step("checking the restored database")
             with pgc.connect(restored_url) as conn:
-                verify.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
+                semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
             safety_id = None
             if plan.safety_backup:
                 on_step(f"safety backup of the live database {db}")

@@ -8,9 +8,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from prefect_dr import crypto, export, redact
+from prefect_dr.checks import Checks, Report
 from prefect_dr.config_import.model import ConfigImportError
 from prefect_dr.errors import NotFoundError
 from prefect_dr.manifest import Manifest
+from prefect_dr.restore_stream import read_small_artifacts
 from prefect_dr.storage.base import Storage
 
 _SECRET_MIN_LEN = 4
@@ -24,8 +26,6 @@ def read_export(storage: Storage, manifest: Manifest,
     decrypts it, VerificationError/StorageError when it is damaged or unreadable, and
     ConfigImportError when it is not a configuration export this version understands.
     """
-    from prefect_dr.verify import Checks, Report, read_small_artifacts
-
     if manifest.artifact("config") is None:
         raise NotFoundError(f"backup {manifest.backup_id} holds no configuration export")
     doc, _ = read_small_artifacts(storage, manifest, identities,
