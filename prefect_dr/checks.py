@@ -26,7 +26,6 @@ class Check:
     artifact: str | None = None
 
 
-
 @dataclass
 class Report:
     """The checks run on one backup (by verify, restore or restore-config)."""
@@ -81,4 +80,3 @@ class Checks:
     def fail(self, name: str, detail: str, artifact: str | None = None) -> None:
         """Record a failed check without raising."""
         self.report.checks.append(Check(name, False, detail, 0.0, artifact))
-

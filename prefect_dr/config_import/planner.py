@@ -398,5 +398,3 @@ def plan(api_url: str, export_doc: dict[str, Any], *, only: Iterable[str] | str 
     if section_rows(export_doc, "saved_searches"):
         result.warnings.append("saved searches are not imported")
     return result
-
-

@@ -141,4 +141,3 @@ def register_secrets(data: Any, schema_fields: Any) -> None:
             continue
         if paths is None or any(_under(path, p) for p in paths):
             redact.register(value)
-
