@@ -26,7 +26,8 @@ import psycopg
 from psycopg import sql
 
 from prefect_dr import backup as backup_mod
-from prefect_dr import crypto, pipeline, verify
+from prefect_dr import crypto, pipeline, restore_stream, semantic
+from prefect_dr.checks import Check, Checks, Report
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
     DRError,
@@ -58,7 +59,7 @@ class Result:
     """What a restore did."""
 
     plan: Plan
-    checks: list[verify.Check]
+    checks: list[Check]
     safety_backup_id: str | None
     kept_db: str | None
 
@@ -110,13 +111,13 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
             sql.Identifier(plan.restore_db), sql.Identifier(role or me)))
-        report = verify.Report(plan.backup_id, dt.datetime.now(dt.UTC).isoformat())
-        checks = verify.Checks(report)
+        report = Report(plan.backup_id, dt.datetime.now(dt.UTC).isoformat())
+        checks = Checks(report)
         restored_url = with_database(url, plan.restore_db)
         try:
             on_step(f"restoring backup {plan.backup_id} into {plan.restore_db}")
-            export_doc, escrowed = verify.read_small_artifacts(storage, manifest, identities,
-                                                               checks)
+            export_doc, escrowed = restore_stream.read_small_artifacts(
+                storage, manifest, identities, checks)
             dump = manifest.artifact("dump")
             if dump is None:
                 raise VerificationError(f"backup {plan.backup_id} has no dump artifact")
@@ -129,9 +130,9 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                 on_step(f"restore: {how}")
             if staged:
                 try:
-                    verify.restore_dump_staged(storage, dump, identities, restored_url,
-                                               settings, progress, checks, jobs=jobs,
-                                               staging_dir=folder, role=as_role)
+                    restore_stream.restore_dump_staged(
+                        storage, dump, identities, restored_url, settings, progress, checks,
+                        jobs=jobs, staging_dir=folder, role=as_role)
                 except OSError as exc:
                     if exc.errno != errno.ENOSPC:
                         raise
@@ -141,11 +142,11 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                         "PREFECT_DR_STAGING_DIR to a larger folder, or pass --jobs 1 "
                         "(streams, stages nothing)") from None
             else:
-                verify.restore_dump(storage, dump, identities, restored_url, settings,
-                                    progress, checks, role=as_role)
+                restore_stream.restore_dump(storage, dump, identities, restored_url,
+                                            settings, progress, checks, role=as_role)
             on_step("checking the restored database")
             with pgc.connect(restored_url) as conn:
-                verify.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
+                semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
             safety_id = None
             if plan.target_exists and not force_disconnect:
                 pgswap.refuse_clients(admin, db)  # before the safety backup, not after it

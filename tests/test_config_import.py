@@ -8,6 +8,7 @@ import pytest
 
 from prefect_dr import config_import as ci
 from prefect_dr import errors
+from prefect_dr.config_import import bodies, compare, source
 from prefect_dr.prefect_api import error_detail
 
 
@@ -59,12 +60,12 @@ def test_deployment_body_translates_ids_limits_and_schedules() -> None:
         deployment_schedules=[{"id": "s", "deployment_id": dep_id, "active": False,
                                "schedule": {"interval": 60.0}, "parameters": {"a": 1},
                                "slug": "every-minute", "created": "2026-01-01"}])
-    ex = ci._Export(doc)
+    ex = source.Export(doc)
     row = {"id": dep_id, "name": "d", "flow_id": flow_id, "work_queue_id": queue_id,
            "work_queue_name": "q", "infra_overrides": {"env": {"A": "1"}},
            "labels": {"prefect.flow.id": flow_id, "team": "data"}, "paused": True,
            "concurrency_limit_id": own, "status": "READY"}
-    body = ci._deployment_body(ex, row, {flow_id: "new-flow"})
+    body = bodies.deployment_body(ex, row, {flow_id: "new-flow"})
     assert body["flow_id"] == "new-flow"
     assert (body["work_pool_name"], body["work_queue_name"]) == ("p", "q")
     assert body["job_variables"] == {"env": {"A": "1"}}
@@ -75,12 +76,12 @@ def test_deployment_body_translates_ids_limits_and_schedules() -> None:
     assert "status" not in body and "id" not in body
 
     shared_row = {**row, "concurrency_limit_id": shared}
-    assert ci._deployment_body(ex, shared_row, {shared: "new-gcl"})[
+    assert bodies.deployment_body(ex, shared_row, {shared: "new-gcl"})[
         "global_concurrency_limit_id"] == "new-gcl"
-    assert "global_concurrency_limit_id" not in ci._deployment_body(ex, shared_row, {})
-    assert ci._deployment_missing(ex, shared_row, {pool_id}) == [
+    assert "global_concurrency_limit_id" not in bodies.deployment_body(ex, shared_row, {})
+    assert compare.deployment_missing(ex, shared_row, {pool_id}) == [
         "global concurrency limit 'shared' (left out)"]
-    assert ci._deployment_missing(ex, row, set()) == ["work pool 'p'"]
+    assert compare.deployment_missing(ex, row, set()) == ["work pool 'p'"]
 
 
 def test_automation_ids_are_translated_and_trigger_ids_dropped() -> None:
@@ -90,7 +91,7 @@ def test_automation_ids_are_translated_and_trigger_ids_dropped() -> None:
                        "match_related": {"prefect.resource.id": f"prefect.deployment.{old}"}},
            "actions": [{"type": "pause-deployment", "source": "selected",
                         "deployment_id": old}]}
-    body = ci._automation_body(row, {old: new})
+    body = bodies.automation_body(row, {old: new})
     assert body["actions"][0]["deployment_id"] == new
     assert body["trigger"] == {"type": "event",
                                "match_related": {"prefect.resource.id":
@@ -115,10 +116,10 @@ def test_only_the_secret_fields_of_block_data_are_registered_as_secrets() -> Non
     from prefect_dr import redact
 
     fields = {"secret_fields": ["password", "extra.*"]}
-    ci._register_secrets({"username": "loader-unit", "password": "pa55-unit",
-                          "extra": {"token": "tok-unit"}, "connection": {"host": "h-unit"}},
-                         fields)
+    source.register_secrets({"username": "loader-unit", "password": "pa55-unit",
+                             "extra": {"token": "tok-unit"},
+                             "connection": {"host": "h-unit"}}, fields)
     shown = redact.redact("loader-unit pa55-unit tok-unit h-unit")
     assert shown == "loader-unit *** *** h-unit"
-    ci._register_secrets({"anything": "no-schema-unit"}, None)
+    source.register_secrets({"anything": "no-schema-unit"}, None)
     assert redact.redact("no-schema-unit") == "***"

@@ -67,8 +67,8 @@ ROLLBACK_SCENARIO = FIGURES.scenario(
 # Failpoints at the boundaries of the restore's steps before the swap ...
 STEP_POINTS = [
     "prefect_dr.restore:_drop_leftovers:after:1",
-    "prefect_dr.verify:read_small_artifacts:after:1",
-    "prefect_dr.verify:semantic_checks:after:1",
+    "prefect_dr.restore_stream:read_small_artifacts:after:1",
+    "prefect_dr.semantic:semantic_checks:after:1",
     "prefect_dr.backup:run:after:1",  # the safety backup is taken, the swap not yet begun
     "prefect_dr.pg.swap:swap:before:1",
 ]

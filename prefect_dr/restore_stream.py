@@ -1,0 +1,153 @@
+"""Reading a backup's artifacts back, checked on the way: the small ones (configuration
+export, escrowed block key) decrypted into memory, the dump streamed into pg_restore or staged
+in a private file for a parallel ``pg_restore --jobs``. Shared by verify, restore and
+restore-config; each read is recorded as an ``integrity`` (and ``restore``) check."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect_dr import crypto, export, interrupt, pipeline
+from prefect_dr.checks import Check, Checks
+from prefect_dr.config import Settings
+from prefect_dr.errors import CryptoKeyError, DRError, Interrupted, StorageError
+from prefect_dr.lock import pid_alive
+from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.pg import dump, tools
+from prefect_dr.pg import restore as pgr
+from prefect_dr.storage.base import Storage
+
+log = logging.getLogger(__name__)
+STAGING_PREFIX = "prefect-dr-restore-"
+
+
+def _expect(a: Artifact) -> pipeline.StreamStats:
+    return pipeline.StreamStats(a.plaintext_size, a.plaintext_sha256, a.size, a.sha256)
+
+
+def _decrypt_small(storage: Storage, artifact: Artifact,
+                   identities: list[crypto.Identity]) -> bytes:
+    out = io.BytesIO()
+    with storage.open_reader(artifact.key) as reader:
+        pipeline.decrypt_from(reader, out, identities, compressed=artifact.compression == "zstd",
+                              expect=_expect(artifact))
+    return out.getvalue()
+
+
+def read_small_artifacts(storage: Storage, manifest: Manifest,
+                         identities: list[crypto.Identity], checks: Checks
+                         ) -> tuple[dict[str, Any] | None, str | None]:
+    """Check and decrypt every artifact but the dump; return (export, escrowed block key)."""
+    export_doc: dict[str, Any] | None = None
+    escrowed: str | None = None
+    for artifact in manifest.artifacts:
+        if artifact.name == "dump":
+            continue
+        with checks.run("integrity", artifact.name) as out:
+            data = _decrypt_small(storage, artifact, identities)
+            out["detail"] = f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok"
+        if artifact.name == "config":
+            with checks.run("export format", artifact.name):
+                export_doc = export.parse(data, f"configuration export of {manifest.backup_id}")
+        elif artifact.name == "block-key":
+            escrowed = str(json.loads(data)["fernet_key"])
+    return export_doc, escrowed
+
+
+def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.Identity],
+                 url: str, settings: Settings, progress: pipeline.Progress | None,
+                 checks: Checks, role: str | None = None) -> None:
+    """Stream the dump into pg_restore: integrity and restore in one pass.
+
+    Records an ``integrity`` and a ``restore`` check; raises the DRError of a failed one.
+    """
+    start = time.monotonic()
+    proc = pgr.start(url, bin_dir=settings.pg_bin_dir, role=role)
+    integrity_error: DRError | None = None
+    try:
+        with storage.open_reader(artifact.key) as reader:
+            pipeline.decrypt_from(reader, proc.stdin, identities,
+                                  compressed=artifact.compression == "zstd",
+                                  expect=_expect(artifact), progress=progress)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # pg_restore stopped reading: its own error is reported below
+    except (Interrupted, StorageError):
+        proc.kill()
+        raise
+    except DRError as exc:
+        proc.kill()
+        interrupt.raise_if_noted()  # a stop a library wrapped: pg_restore is stopped too
+        integrity_error = exc
+    finally:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+    if integrity_error is not None:
+        checks.report.key_error = isinstance(integrity_error, CryptoKeyError)
+        checks.report.checks.append(Check("integrity", False, integrity_error.message,
+                                          round(time.monotonic() - start, 3), "dump"))
+        raise integrity_error
+    checks.report.checks.append(Check(
+        "integrity", True, f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok",
+        round(time.monotonic() - start, 3), "dump"))
+    with checks.run("restore", "dump") as out:
+        proc.wait()
+        out["detail"] = "pg_restore into the scratch database succeeded"
+
+
+def remove_stale_staging(staging_dir: str) -> list[str]:
+    """Delete staged dumps whose process is gone (a SIGKILLed restore): they hold plaintext."""
+    removed = []
+    for path in Path(staging_dir).glob(f"{STAGING_PREFIX}*.dump"):
+        pid_text = path.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed.append(str(path))
+                log.warning("removed %s, staged by a restore that no longer runs", path)
+    return removed
+
+
+def restore_dump_staged(storage: Storage, artifact: Artifact,
+                        identities: list[crypto.Identity], url: str, settings: Settings,
+                        progress: pipeline.Progress | None, checks: Checks, *,
+                        jobs: int, staging_dir: str, role: str | None = None) -> None:
+    """Decrypt the dump to a private (0600) file, checking its integrity, then restore it with
+    ``pg_restore --jobs``: parallel data loading and index builds. The file is always removed.
+
+    Records an ``integrity`` and a ``restore`` check; raises the DRError of a failed one.
+    """
+    remove_stale_staging(staging_dir)
+    fd, path = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".dump",
+                                dir=staging_dir)
+    try:
+        with checks.run("integrity", "dump") as out, os.fdopen(fd, "wb") as staged, \
+                storage.open_reader(artifact.key) as reader:
+            pipeline.decrypt_from(reader, staged, identities,
+                                  compressed=artifact.compression == "zstd",
+                                  expect=_expect(artifact), progress=progress)
+            out["detail"] = (f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok "
+                             f"(staged {artifact.plaintext_size} bytes)")
+        with checks.run("restore", "dump") as out:
+            program = tools.find("pg_restore", settings.pg_bin_dir)
+            clean, child_env = dump.child_env(url)
+            proc = dump.ClientProcess(pgr.restore_argv(program, clean, jobs=jobs, file=path,
+                                                       role=role),
+                                      child_env, "pg_restore", stdout=subprocess.DEVNULL)
+            try:
+                proc.wait()
+            except BaseException:
+                proc.kill()
+                raise
+            out["detail"] = f"pg_restore --jobs {jobs} succeeded"
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
