@@ -223,10 +223,11 @@ def doctor_cmd(json_flag: JsonFlag = False) -> None:
         raise typer.Exit(errors.FAILURE)
 
 
-def _storage() -> Any:
+def _storage(*, read_only: bool = False) -> Any:
+    """The configured storage; ``read_only`` commands get the short read deadline."""
     from prefect_dr.storage import factory
 
-    return factory.from_settings(_state.settings())
+    return factory.from_settings(_state.settings(), read_only=read_only)
 
 
 def _layout() -> Any:
@@ -305,7 +306,8 @@ def list_cmd(json_flag: JsonFlag = False) -> None:
     """List backups with their status, size, labels and newest verification."""
     from prefect_dr import catalog
 
-    entries = catalog.list_backups(_storage(), _layout(), verify_key=_verify_key())
+    entries = catalog.list_backups(_storage(read_only=True), _layout(),
+                                 verify_key=_verify_key())
     if _json(json_flag):
         console.print_json({"backups": [e.to_dict() for e in entries]})
         return
@@ -332,7 +334,7 @@ def show(
 
     if not backup_id and not latest:
         raise errors.DRError("give a backup id or --latest", exit_code=errors.USAGE)
-    entry = catalog.resolve(_storage(), _layout(), backup_id, latest=latest)
+    entry = catalog.resolve(_storage(read_only=True), _layout(), backup_id, latest=latest)
     if entry.manifest is None:
         detail = {"id": entry.backup_id, "status": entry.status, "error": entry.error}
         if _json(json_flag):
@@ -763,7 +765,8 @@ def status(
                 status_mod.validate_cron(expr)
     except ValueError as exc:
         raise errors.DRError(str(exc), exit_code=errors.USAGE) from None
-    entries = catalog.list_backups(_storage(), _layout(), verify_key=_verify_key())
+    entries = catalog.list_backups(_storage(read_only=True), _layout(),
+                                 verify_key=_verify_key())
     report = status_mod.evaluate(entries, backup_cron=cron, verify_cron=verify_cron,
                                  grace=window, now=dt.datetime.now(dt.UTC),
                                  kind=kind.value if kind else None)

@@ -94,6 +94,9 @@ SPECS: tuple[Spec, ...] = (
          help="how long a scheduled run may take before 'status' calls it missing"),
     Spec("s3_retry_deadline", "PREFECT_DR_S3_RETRY_DEADLINE", "s3.retry_deadline_seconds", "int",
          default=120, help="seconds transient S3 errors are retried before giving up"),
+    Spec("s3_read_deadline", "PREFECT_DR_S3_READ_DEADLINE", "s3.read_deadline_seconds", "int",
+         default=15, help="seconds the read-only commands (list, show, status) retry transient "
+                          "S3 errors before giving up"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 _TOML_KEYS = {s.toml: s for s in SPECS}
@@ -352,9 +355,10 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
             durations.parse(grace)
         except ValueError as exc:
             problems.append(f"{at('status_grace')}: {exc}")
-    deadline = values.get("s3_retry_deadline")
-    if deadline is not None and deadline < 0:
-        problems.append(f"{at('s3_retry_deadline')} must not be negative")
+    for name in ("s3_retry_deadline", "s3_read_deadline"):
+        deadline = values.get(name)
+        if deadline is not None and deadline < 0:
+            problems.append(f"{at(name)} must not be negative")
     stale = values.get("lock_stale_hours")
     if stale is not None and stale < 1:
         problems.append(f"{at('lock_stale_hours')} must be at least 1")
