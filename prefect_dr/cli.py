@@ -797,20 +797,29 @@ def k8s_render(
     image: Annotated[str | None, typer.Option("--image", help="Container image.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")
                       ] = None,
+    database_secret: Annotated[str, typer.Option(
+        "--database-secret", metavar="NAME[:KEY]",
+        help="Secret the jobs read the database URL from (as PREFECT_API_DATABASE_CONNECTION_URL;"
+             " default: prefect-helm's). With KEY PGPASSWORD it holds only the password and "
+             "the database URL setting goes into the ConfigMap.")
+    ] = "prefect-server-postgresql-connection:connection-string",  # noqa: S107 - a name
 ) -> None:
     """Print CronJobs (backup, prune, verify), a restore Job template, ConfigMap and example
     Secrets for the current settings (multi-document YAML; schedules validated)."""
     from prefect_dr import k8s
 
     settings = _state.settings()
+    secret_name, _, secret_key = database_secret.partition(":")
     overrides: dict[str, Any] = {
         "namespace": namespace, "backup_schedule": schedule,
         "verify_schedule": verify_schedule, "prune_schedule": prune_schedule,
-        "age_recipients": tuple(settings.recipients),
+        "age_recipients": tuple(settings.recipients), "database_secret": secret_name,
+        "database_secret_key": secret_key or "connection-string",
     }
+    if overrides["database_secret_key"] == k8s.PASSWORD_KEY and settings.database_url:
+        overrides["database_url"] = settings.database_url
     for field_name, setting in (("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
                                 ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
-                                ("database_url", "database_url"),
                                 ("prefect_api_url", "prefect_api_url"),
                                 ("retention_full", "retention_full"),
                                 ("retention_config_only", "retention_config_only"),
