@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from croniter import croniter
 
-from prefect_dr import crypto, durations, redact
+from prefect_dr import crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
@@ -41,7 +41,8 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     Spec("database_url", "PREFECT_DR_DATABASE_URL", "database.url", "url",
-         help="libpq URL of the Prefect database; password from PGPASSWORD or .pgpass"),
+         help="libpq URL of the Prefect database; password from PGPASSWORD or .pgpass "
+              "(default: Prefect's own PREFECT_API_DATABASE_CONNECTION_URL and its kin)"),
     Spec("pg_bin_dir", "PREFECT_DR_PG_BIN_DIR", "database.pg_bin_dir", "path",
          help="folder holding pg_dump/pg_restore (default: PATH)"),
     Spec("s3_bucket", "PREFECT_DR_S3_BUCKET", "s3.bucket", help="bucket holding the backups"),
@@ -98,6 +99,9 @@ SPECS: tuple[Spec, ...] = (
          help="how long a scheduled run may take before 'status' calls it missing"),
     Spec("s3_retry_deadline", "PREFECT_DR_S3_RETRY_DEADLINE", "s3.retry_deadline_seconds", "int",
          default=120, help="seconds transient S3 errors are retried before giving up"),
+    Spec("s3_read_deadline", "PREFECT_DR_S3_READ_DEADLINE", "s3.read_deadline_seconds", "int",
+         default=15, help="seconds the read-only commands (list, show, status) retry transient "
+                          "S3 errors before giving up"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 _TOML_KEYS = {s.toml: s for s in SPECS}
@@ -305,10 +309,28 @@ def load(
                     "use PGPASSWORD, a .pgpass file or the environment/config file instead"
                 )
 
+    if not values.get("database_url"):
+        _prefect_database(env, values, sources, problems, warnings)
     _validate(values, sources, problems)
     if problems:
         raise ConfigError(problems)
     return Settings(values=values, sources=sources, warnings=tuple(warnings), config_file=path)
+
+
+def _prefect_database(env: Mapping[str, str], values: dict[str, Any],
+                      sources: dict[str, str], problems: list[str], warnings: list[str]) -> None:
+    """No database setting of our own: take the one Prefect's own settings name (its
+    password is Prefect's secret: accepted, and registered as a secret at once)."""
+    found = prefect_db.from_env(env)
+    if found is None:
+        return
+    if found.password:
+        redact.register(found.password)
+        redact.register(quote(found.password, safe=""))
+    warnings.extend(found.warnings)
+    problems.extend(found.problems)
+    if found.url and not found.problems:
+        values["database_url"], sources["database_url"] = found.url, found.source
 
 
 def _where(spec: Spec, source: str) -> str:
@@ -317,6 +339,8 @@ def _where(spec: Spec, source: str) -> str:
         return source[len("flag "):]
     if source.startswith("file "):
         return f"{source[len('file '):]}: {spec.toml}"
+    if source.startswith("env "):
+        return source[len("env "):]
     return spec.env
 
 
@@ -331,7 +355,9 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
             values[spec.name] = None  # nothing below, nor later, may parse it
     db = values.get("database_url")
     if db:
-        redact.register(urlsplit(db).password)
+        password = urlsplit(db).password
+        redact.register(password)
+        redact.register(unquote(password or ""))
         if urlsplit(db).scheme not in ("postgresql", "postgres"):
             problems.append(f"{at('database_url')} must start with postgresql://")
     for name in ("s3_endpoint_url", "prefect_api_url"):
@@ -366,9 +392,10 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
             durations.parse(grace)
         except ValueError as exc:
             problems.append(f"{at('status_grace')}: {exc}")
-    deadline = values.get("s3_retry_deadline")
-    if deadline is not None and deadline < 0:
-        problems.append(f"{at('s3_retry_deadline')} must not be negative")
+    for name in ("s3_retry_deadline", "s3_read_deadline"):
+        deadline = values.get(name)
+        if deadline is not None and deadline < 0:
+            problems.append(f"{at(name)} must not be negative")
     stale = values.get("lock_stale_hours")
     if stale is not None and stale < 1:
         problems.append(f"{at('lock_stale_hours')} must be at least 1")

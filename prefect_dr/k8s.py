@@ -6,13 +6,20 @@
   each can be bound to its own least-privilege cloud role (IRSA, Pod Identity, Workload
   Identity); no Kubernetes API token is mounted;
 - a ConfigMap ``<name>`` with the non-secret ``PREFECT_DR_*`` settings;
-- example Secrets holding placeholders only (S3 credentials per job, PGPASSWORD, the age
-  identity, optionally the signing key and Prefect's block key);
+- example Secrets holding placeholders only (S3 credentials per job, the age identity,
+  optionally PGPASSWORD, the signing key and Prefect's block key);
 - CronJobs ``<name>-backup``, ``<name>-prune`` and ``<name>-verify``;
 - a restore Job (``generateName: <name>-restore-``, created by hand, ``--dry-run`` unless
   asked otherwise).
 
 Design choices (docs/deploy.md explains them for operators):
+
+- **The database URL comes from Prefect's own Secret** by default: the prefect-helm chart keeps
+  ``postgresql+asyncpg://user:password@host:port/db`` in ``prefect-server-postgresql-connection``
+  (key ``connection-string``); the jobs get it as ``PREFECT_API_DATABASE_CONNECTION_URL``, which
+  prefect-dr reads when ``PREFECT_DR_DATABASE_URL`` is unset. No example is rendered for that
+  Secret (applying a placeholder over it would break Prefect). With the key ``PGPASSWORD``
+  instead, the Secret holds only a password and ``database_url`` goes into the ConfigMap.
 
 - **Backup and prune are two CronJobs**, not ``sh -c 'prefect-dr backup && prefect-dr prune'``:
   the tool stays PID 1 with its own SIGTERM handler (a shell as PID 1 would not forward the
@@ -78,8 +85,13 @@ _UTC_ZONES = frozenset({"Etc/UTC", "UTC"})
 # Secrets never go into a ConfigMap.
 _SECRET_ENV = frozenset({
     "PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_SERVER_ENCRYPTION_KEY",
-    "PREFECT_API_KEY",
+    "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_PASSWORD",
+    "PREFECT_SERVER_DATABASE_PASSWORD",
 })
+PASSWORD_KEY = "PGPASSWORD"  # noqa: S105 - a key name: that Secret holds only the password
+DATABASE_URL_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"  # what a connection-string Secret sets
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
@@ -98,8 +110,11 @@ def _default_s3_secrets() -> dict[str, str]:
 class RenderOptions:
     """What to render. Every default renders a working shape with example values.
 
-    Values here end up in a ConfigMap or in arguments, never secrets: the database URL and the
-    scratch URL must not carry a password (PGPASSWORD comes from the ``database_secret``).
+    Values here end up in a ConfigMap or in arguments, never secrets. The database URL comes
+    from ``database_secret`` (key ``database_secret_key``; by default prefect-helm's Secret) as
+    ``PREFECT_API_DATABASE_CONNECTION_URL``; with the key ``PGPASSWORD`` the Secret holds only
+    the password and ``database_url`` (no password in it) goes into the ConfigMap. The scratch
+    URL must not carry a password either.
     Schedules are standard 5-field cron expressions (or ``@daily``-style macros) read in
     ``time_zone``.
     """
@@ -117,7 +132,7 @@ class RenderOptions:
     prefix: str = "prefect-dr"
     endpoint_url: str | None = None  # S3-compatible store (MinIO, SeaweedFS, Ceph, R2...)
     region: str | None = "us-east-1"
-    database_url: str = "postgresql://prefect@prefect-postgresql.prefect.svc:5432/prefect"
+    database_url: str | None = None  # only with a PGPASSWORD database Secret
     prefect_api_url: str | None = "http://prefect-server.prefect.svc:4200/api"
     age_recipients: tuple[str, ...] = ()  # empty: the backup fails until recipients are set
     retention_full: str | None = "keep-daily=7,keep-weekly=4,keep-monthly=12,min-verified=1"
@@ -130,7 +145,8 @@ class RenderOptions:
     metrics_instance: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)  # more non-secret settings
     # Secret names
-    database_secret: str = "prefect-dr-database"  # noqa: S105 - a name; key PGPASSWORD
+    database_secret: str = "prefect-server-postgresql-connection"  # noqa: S105 - a name
+    database_secret_key: str = "connection-string"  # noqa: S105 - or PGPASSWORD (+ database_url)
     identity_secret: str = "prefect-dr-age-identity"  # noqa: S105 - key identity.txt
     # role -> Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; a role left out gets no
     # credential Secret (IRSA, EKS Pod Identity, node role): annotate its ServiceAccount.
@@ -214,6 +230,16 @@ def _check(options: RenderOptions) -> None:
             raise ValueError(f"{what} must not carry a password (it would be stored in a "
                              "ConfigMap or in the pod's arguments); the password comes from "
                              "the database Secret (PGPASSWORD)")
+    if not _SECRET_KEY.match(options.database_secret_key):
+        raise ValueError(f"database secret key {options.database_secret_key!r} is not a valid "
+                         "Secret key (letters, digits, '-', '_', '.')")
+    if options.database_secret_key == PASSWORD_KEY and not options.database_url:
+        raise ValueError("a PGPASSWORD database Secret holds only the password: database_url "
+                         "(PREFECT_DR_DATABASE_URL) is required")
+    if options.database_secret_key != PASSWORD_KEY and options.database_url:
+        raise ValueError(f"database_url goes with a PGPASSWORD database Secret; the Secret "
+                         f"{options.database_secret} (key {options.database_secret_key}) "
+                         "holds the URL itself")
     for what in ("endpoint_url", "prefect_api_url", "pushgateway_url"):
         url = getattr(options, what)
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
@@ -285,12 +311,12 @@ def config_env(options: RenderOptions) -> dict[str, str]:
     zone ``status`` reads them in.
     """
     env: dict[str, str] = {
-        "PREFECT_DR_DATABASE_URL": options.database_url,
         "PREFECT_DR_S3_BUCKET": options.bucket,
         "PREFECT_DR_S3_PREFIX": options.prefix,
         "PREFECT_DR_AGE_RECIPIENTS": ",".join(options.age_recipients),
     }
     optional = {
+        "PREFECT_DR_DATABASE_URL": options.database_url,
         "PREFECT_DR_S3_ENDPOINT_URL": options.endpoint_url,
         "PREFECT_DR_S3_REGION": options.region,
         "PREFECT_API_URL": options.prefect_api_url,
@@ -322,8 +348,9 @@ def _pod_spec(options: RenderOptions, role: str, args: list[str]) -> dict[str, A
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
     if role != "prune":  # prune only talks to S3
-        env.append({"name": "PGPASSWORD", "valueFrom": {"secretKeyRef": {
-            "name": options.database_secret, "key": "PGPASSWORD"}}})
+        name = PASSWORD_KEY if options.database_secret_key == PASSWORD_KEY else DATABASE_URL_ENV
+        env.append({"name": name, "valueFrom": {"secretKeyRef": {
+            "name": options.database_secret, "key": options.database_secret_key}}})
     if role in ("verify", "restore"):
         env.append({"name": "PREFECT_DR_AGE_IDENTITY_FILE",
                     "value": f"{IDENTITY_DIR}/{IDENTITY_KEY}"})
@@ -438,9 +465,10 @@ def example_secrets(options: RenderOptions) -> list[dict[str, Any]]:
                    f"S3 credentials of the {role} job only (docs/deploy.md: IAM policies)",
                    {"AWS_ACCESS_KEY_ID": PLACEHOLDER, "AWS_SECRET_ACCESS_KEY": PLACEHOLDER})
            for role in ROLES if role in options.s3_secrets]
-    out.append(_secret(options, options.database_secret, "database",
-                       "Password of the role in PREFECT_DR_DATABASE_URL (libpq PGPASSWORD)",
-                       {"PGPASSWORD": PLACEHOLDER}))
+    if options.database_secret_key == PASSWORD_KEY:  # a connection-string Secret is Prefect's
+        out.append(_secret(options, options.database_secret, "database",
+                           "Password of the role in PREFECT_DR_DATABASE_URL (libpq PGPASSWORD)",
+                           {PASSWORD_KEY: PLACEHOLDER}))
     out.append(_secret(options, options.identity_secret, "age-identity",
                        "age identity (private key); mounted into verify and restore only, "
                        "never into backup",
@@ -475,19 +503,29 @@ def restore_job(options: RenderOptions) -> dict[str, Any]:
             "spec": spec}
 
 
-#: RenderOptions field -> setting it takes its value from (config.SPECS names).
+#: RenderOptions field -> setting it takes its value from (config.SPECS names). The database
+#: URL is not among them: by default the jobs read it from the database Secret.
 FROM_SETTINGS = (("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
                  ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
-                 ("database_url", "database_url"), ("prefect_api_url", "prefect_api_url"),
+                 ("prefect_api_url", "prefect_api_url"),
                  ("retention_full", "retention_full"),
                  ("retention_config_only", "retention_config_only"),
                  ("verify_key", "verify_key"))
+DEFAULT_DATABASE_SECRET = "prefect-server-postgresql-connection:connection-string"  # noqa: S105
 
 
-def options_from_settings(settings: Any, **overrides: Any) -> RenderOptions:
-    """RenderOptions for the effective settings (values that are set), then ``overrides``
-    (those not None). Raises ValueError (one line) for a bad value."""
-    values: dict[str, Any] = {"age_recipients": tuple(settings.recipients)}
+def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATABASE_SECRET,
+                          **overrides: Any) -> RenderOptions:
+    """RenderOptions for the effective settings (values that are set), the database Secret
+    (``NAME[:KEY]``; with KEY PGPASSWORD it holds only the password and the database URL
+    setting goes into the ConfigMap), then ``overrides`` (those not None). Raises ValueError
+    (one line) for a bad value."""
+    name, _, key = database_secret.partition(":")
+    values: dict[str, Any] = {"age_recipients": tuple(settings.recipients),
+                              "database_secret": name,
+                              "database_secret_key": key or "connection-string"}
+    if values["database_secret_key"] == PASSWORD_KEY and settings.database_url:
+        values["database_url"] = settings.database_url
     for field_name, setting in FROM_SETTINGS:
         value = getattr(settings, setting)
         if value:

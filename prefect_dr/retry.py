@@ -27,13 +27,17 @@ def call(
 ) -> T:
     """Call ``fn`` until it succeeds, retrying errors ``transient`` accepts until the deadline.
 
-    Raises the last error once the deadline would pass, or at once for a non-transient error;
-    raises Interrupted instead of retrying once a stop signal has arrived (a library may have
-    wrapped the signal's exception into an error of its own, which must not be retried).
+    Raises the last error once another attempt (as slow as the slowest so far) would end after
+    the deadline, or at once for a non-transient error; raises Interrupted instead of retrying
+    once a stop signal has arrived (a library may have wrapped the signal's exception into an
+    error of its own, which must not be retried). The first retry of an operation logs one
+    WARNING; later attempts log at DEBUG, so a store that is down costs one line per operation.
     """
     start = clock()
     attempt = 0
+    slowest = 0.0
     while True:
+        began = clock()
         try:
             return fn()
         except Exception as exc:
@@ -41,9 +45,15 @@ def call(
             if not transient(exc):
                 raise
             interrupt.raise_if_noted()
+            now = clock()
+            slowest = max(slowest, now - began)
             delay = random.uniform(0, min(cap_s, base_s * 2**attempt))  # noqa: S311
-            if clock() - start + delay > deadline_s:
+            if now - start + delay + slowest > deadline_s:
                 raise
-            log.warning("%s failed (attempt %d), retrying in %.1fs: %s",
-                        what, attempt, delay, type(exc).__name__)
+            if attempt == 1:
+                log.warning("%s failed, retrying for up to %.0fs: %s",
+                            what, deadline_s, type(exc).__name__)
+            else:
+                log.debug("%s failed (attempt %d), retrying in %.1fs: %s",
+                          what, attempt, delay, type(exc).__name__)
             sleep(delay)

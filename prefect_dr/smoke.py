@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from prefect_dr import interrupt, prefect_api
 from prefect_dr.errors import DRError, VerificationError
@@ -40,8 +40,8 @@ def prefect_program() -> str:
 def asyncpg_url(url: str) -> str:
     """The SQLAlchemy asyncpg URL Prefect needs for a libpq URL (password from PGPASSWORD)."""
     parts = urlsplit(url)
-    password = parts.password or os.environ.get("PGPASSWORD") or ""
-    user = quote(parts.username or "", safe="")
+    password = unquote(parts.password or "") or os.environ.get("PGPASSWORD") or ""
+    user = quote(unquote(parts.username or ""), safe="")
     auth = f"{user}:{quote(password, safe='')}@" if password else (f"{user}@" if user else "")
     host = parts.hostname or "localhost"
     port = f":{parts.port}" if parts.port else ""

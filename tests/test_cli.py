@@ -127,6 +127,49 @@ def test_k8s_render_uses_settings_and_validates_schedule() -> None:
     assert bad.returncode == 2 and "invalid cron" in bad.stderr
 
 
+def _db_env_of_backup(stdout: str) -> tuple[list[dict], dict]:
+    import yaml
+
+    objects = [o for o in yaml.safe_load_all(stdout) if o]
+    backup = next(o for o in objects if o["kind"] == "CronJob"
+                  and o["metadata"]["name"].endswith("-backup"))
+    container = backup["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    config = next(o for o in objects if o["kind"] == "ConfigMap")
+    return [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})
+            and e["name"] in ("PGPASSWORD", "PREFECT_API_DATABASE_CONNECTION_URL")], config["data"]
+
+
+def test_k8s_render_database_secret() -> None:
+    env = _env(PREFECT_DR_S3_BUCKET="acme-backups",
+               PREFECT_DR_DATABASE_URL="postgresql://dr@db:5432/prefect")
+    proc = run_cli(["k8s", "render"], env)
+    assert proc.returncode == 0, proc.stderr
+    db_env, data = _db_env_of_backup(proc.stdout)
+    assert db_env == [{"name": "PREFECT_API_DATABASE_CONNECTION_URL", "valueFrom": {
+        "secretKeyRef": {"name": "prefect-server-postgresql-connection",
+                         "key": "connection-string"}}}]
+    assert "PREFECT_DR_DATABASE_URL" not in data
+    proc = run_cli(["k8s", "render", "--database-secret", "my-db"], env)
+    assert _db_env_of_backup(proc.stdout)[0][0]["valueFrom"]["secretKeyRef"] == {
+        "name": "my-db", "key": "connection-string"}
+    proc = run_cli(["k8s", "render", "--database-secret", "dr-db:PGPASSWORD"], env)
+    assert proc.returncode == 0, proc.stderr
+    db_env, data = _db_env_of_backup(proc.stdout)
+    assert db_env[0]["name"] == "PGPASSWORD"
+    assert data["PREFECT_DR_DATABASE_URL"] == "postgresql://dr@db:5432/prefect"
+    # Prefect's own URL (with its password) never reaches the manifests.
+    prefect_env = _env(PREFECT_DR_S3_BUCKET="acme-backups", PREFECT_API_DATABASE_CONNECTION_URL=
+                       f"postgresql+asyncpg://prefect:{DB_PASSWORD}@db:5432/prefect")
+    proc = run_cli(["k8s", "render"], prefect_env)
+    assert proc.returncode == 0 and DB_PASSWORD not in proc.stdout + proc.stderr
+    proc = run_cli(["k8s", "render", "--database-secret", "dr-db:PGPASSWORD"], prefect_env)
+    assert proc.returncode == 2 and "must not carry a password" in proc.stderr
+    assert DB_PASSWORD not in proc.stdout + proc.stderr
+    bad = run_cli(["k8s", "render", "--database-secret", "dr-db:PGPASSWORD"],
+                  _env(PREFECT_DR_S3_BUCKET="acme-backups"))
+    assert bad.returncode == 2 and "database_url" in bad.stderr
+
+
 def test_metrics_variables_are_not_reported_unknown() -> None:
     proc = run_cli(["config", "show"], _env(PREFECT_DR_PUSHGATEWAY_URL="http://127.0.0.1:9"))
     assert proc.returncode == 0 and "unknown environment variable" not in proc.stderr

@@ -169,3 +169,154 @@ def test_a_malformed_boolean_is_a_problem() -> None:
     with pytest.raises(ConfigError) as info:
         config.load(env={"PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS": "maybe"})
     assert "expected true or false" in info.value.message
+
+
+# ---- the database from Prefect's own settings ---------------------------------------------
+
+ASYNC_URL = "postgresql+asyncpg://prefect:Pw-7c1e9a@db.internal:5433/prefect"
+
+
+def test_prefect_connection_url_is_the_fallback_as_a_libpq_url() -> None:
+    s = config.load(env={"PREFECT_API_DATABASE_CONNECTION_URL": ASYNC_URL})
+    assert s.database_url == "postgresql://prefect:Pw-7c1e9a@db.internal:5433/prefect"
+    assert s.sources["database_url"] == "env PREFECT_API_DATABASE_CONNECTION_URL"
+    [row] = [r for r in s.display() if r["name"] == "database_url"]
+    assert row["value"] == "postgresql://prefect:***@db.internal:5433/prefect"
+    assert row["source"] == "env PREFECT_API_DATABASE_CONNECTION_URL"
+    assert s.warnings == ()
+
+
+def test_prefect_settings_precedence() -> None:
+    """Ours first (flag > env > file); then Prefect's SERVER name, its API alias, components."""
+    prefect = {"PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://a@api/db",
+               "PREFECT_SERVER_DATABASE_CONNECTION_URL": "postgresql+asyncpg://a@server/db",
+               "PREFECT_SERVER_DATABASE_DRIVER": "postgresql+asyncpg",
+               "PREFECT_SERVER_DATABASE_HOST": "components", "PREFECT_SERVER_DATABASE_USER": "a",
+               "PREFECT_SERVER_DATABASE_NAME": "db"}
+    own = {"PREFECT_DR_DATABASE_URL": "postgresql://dr@own/db"}
+    assert config.load(env={**prefect, **own}).database_url == "postgresql://dr@own/db"
+    flag = {"database_url": ("postgresql://dr@flag/db", "--database-url")}
+    assert config.load(env=prefect, flags=flag).database_url == "postgresql://dr@flag/db"
+    s = config.load(env=prefect)
+    assert s.database_url == "postgresql://a@server/db"
+    assert s.sources["database_url"] == "env PREFECT_SERVER_DATABASE_CONNECTION_URL"
+    del prefect["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+    assert config.load(env=prefect).database_url == "postgresql://a@api/db"
+    del prefect["PREFECT_API_DATABASE_CONNECTION_URL"]
+    s = config.load(env=prefect)
+    assert s.database_url == "postgresql://a@components:5432/db"  # Prefect's default port
+    assert s.sources["database_url"] == (
+        "env PREFECT_SERVER_DATABASE_DRIVER, PREFECT_SERVER_DATABASE_HOST, "
+        "PREFECT_SERVER_DATABASE_USER, PREFECT_SERVER_DATABASE_NAME")
+
+
+def test_prefect_components_with_an_awkward_password() -> None:
+    env = {"PREFECT_API_DATABASE_DRIVER": "postgresql+asyncpg",
+           "PREFECT_SERVER_DATABASE_HOST": "db", "PREFECT_SERVER_DATABASE_PORT": "6543",
+           "PREFECT_API_DATABASE_USER": "pre fect", "PREFECT_SERVER_DATABASE_NAME": "prefect",
+           "PREFECT_SERVER_DATABASE_PASSWORD": "p@ss/w:rd%"}
+    s = config.load(env=env)
+    assert s.database_url == "postgresql://pre%20fect:p%40ss%2Fw%3Ard%25@db:6543/prefect"
+    from prefect_dr.pg import dump
+
+    clean, child = dump.child_env(s.database_url, {})
+    assert clean == "postgresql://pre%20fect@db:6543/prefect"
+    assert child["PGPASSWORD"] == "p@ss/w:rd%"  # decoded: what the server knows
+
+
+def test_prefect_components_need_the_postgres_driver_like_prefect() -> None:
+    base = {"PREFECT_SERVER_DATABASE_HOST": "db", "PREFECT_SERVER_DATABASE_USER": "u",
+            "PREFECT_SERVER_DATABASE_NAME": "n"}
+    s = config.load(env=base)  # without the driver, Prefect itself uses SQLite
+    assert s.database_url is None
+    assert any("PREFECT_SERVER_DATABASE_DRIVER is not set" in w for w in s.warnings)
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"PREFECT_SERVER_DATABASE_DRIVER": "postgresql+asyncpg",
+                         "PREFECT_SERVER_DATABASE_HOST": "db"})
+    assert "PREFECT_SERVER_DATABASE_USER, PREFECT_SERVER_DATABASE_NAME are not set" in (
+        info.value.message)
+
+
+def test_prefect_password_placeholder_is_filled_in() -> None:
+    env = {"PREFECT_SERVER_DATABASE_CONNECTION_URL":
+           "postgresql+asyncpg://u:${PREFECT_SERVER_DATABASE_PASSWORD}@db/prefect",
+           "PREFECT_SERVER_DATABASE_PASSWORD": "Placeholder-Pw-1"}
+    s = config.load(env=env)
+    assert s.database_url == "postgresql://u:Placeholder-Pw-1@db/prefect"
+    del env["PREFECT_SERVER_DATABASE_PASSWORD"]
+    with pytest.raises(ConfigError, match=r"PREFECT_SERVER_DATABASE_PASSWORD.*not set"):
+        config.load(env=env)
+
+
+@pytest.mark.parametrize(("query", "libpq", "warned"), [
+    ("ssl=require", "sslmode=require", None),
+    ("ssl=true", "sslmode=require", None),
+    ("ssl=false", "sslmode=disable", None),
+    ("ssl=verify-full&sslrootcert=%2Fca.pem", "sslmode=verify-full&sslrootcert=%2Fca.pem", None),
+    ("sslmode=verify-ca", "sslmode=verify-ca", None),
+    ("timeout=7.5", "connect_timeout=8", None),
+    ("command_timeout=30", "", "'command_timeout' has no libpq equivalent"),
+    ("prepared_statement_cache_size=0&application_name=x", "application_name=x",
+     "'prepared_statement_cache_size'"),
+    ("ssl=weird", "", "ssl='weird' has no libpq sslmode"),
+])
+def test_asyncpg_query_parameters_map_to_libpq_or_warn(query: str, libpq: str,
+                                                       warned: str | None) -> None:
+    s = config.load(env={"PREFECT_API_DATABASE_CONNECTION_URL":
+                         f"postgresql+asyncpg://u@db/prefect?{query}"})
+    assert s.database_url == "postgresql://u@db/prefect" + (f"?{libpq}" if libpq else "")
+    if warned:
+        assert len(s.warnings) == 1 and warned in s.warnings[0]
+    else:
+        assert s.warnings == ()
+
+
+def test_prefect_tls_settings_become_libpq_parameters() -> None:
+    tls = "PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_"
+    env = {"PREFECT_API_DATABASE_CONNECTION_URL": "postgresql+asyncpg://u@db/prefect",
+           f"{tls}ENABLED": "true", f"{tls}CA_FILE": "/ca.pem", f"{tls}CERT_FILE": "/c.pem",
+           f"{tls}KEY_FILE": "/k.pem"}
+    assert config.load(env=env).database_url == (
+        "postgresql://u@db/prefect?sslmode=verify-full&sslrootcert=%2Fca.pem"
+        "&sslcert=%2Fc.pem&sslkey=%2Fk.pem")
+    s = config.load(env={**env, f"{tls}CA_FILE": ""})
+    assert s.database_url.endswith("?sslmode=require&sslcert=%2Fc.pem&sslkey=%2Fk.pem")
+    assert any("not verified" in w for w in s.warnings)
+
+
+def test_sqlite_and_bad_prefect_urls() -> None:
+    s = config.load(env={"PREFECT_API_DATABASE_CONNECTION_URL":
+                         "sqlite+aiosqlite:////root/.prefect/prefect.db"})
+    assert s.database_url is None and "SQLite" in s.warnings[0]
+    secret = "Leaky-Pw-3b9d"
+    for bad, needle in [(f"mysql+aiomysql://u:{secret}@db/prefect", "not a PostgreSQL URL"),
+                        (f"postgresql+asyncpg://u:{secret}@db:port/prefect", "not a valid"),
+                        (f"nonsense {secret}", "not a valid")]:
+        with pytest.raises(ConfigError) as info:
+            config.load(env={"PREFECT_API_DATABASE_CONNECTION_URL": bad})
+        assert needle in info.value.message and secret not in info.value.message
+        assert "PREFECT_API_DATABASE_CONNECTION_URL" in info.value.message
+
+
+def test_a_prefect_password_is_a_registered_secret() -> None:
+    from prefect_dr import redact
+
+    pw = "Reg1stered&Pw/x"
+    config.load(env={"PREFECT_SERVER_DATABASE_DRIVER": "postgresql+asyncpg",
+                     "PREFECT_SERVER_DATABASE_HOST": "db", "PREFECT_SERVER_DATABASE_USER": "u",
+                     "PREFECT_SERVER_DATABASE_NAME": "n", "PREFECT_SERVER_DATABASE_PASSWORD": pw})
+    assert redact.redact(f"failed: {pw} / Reg1stered%26Pw%2Fx") == "failed: *** / ***"
+
+
+def test_own_flag_still_refuses_a_password_prefects_settings_may_carry_one() -> None:
+    with pytest.raises(ConfigError, match="must not carry a password"):
+        config.load(env={}, flags={"database_url": ("postgresql://u:pw12@db/p", "--database-url")})
+    s = config.load(env={"PREFECT_API_DATABASE_CONNECTION_URL": ASYNC_URL})
+    assert "Pw-7c1e9a" in s.database_url  # accepted: Prefect's own secret
+
+
+def test_problems_name_the_prefect_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(env={"PREFECT_API_DATABASE_CONNECTION_URL":
+                         "postgresql+asyncpg://u@[db/prefect"})
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" in info.value.message

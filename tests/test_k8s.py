@@ -52,6 +52,7 @@ def full_options() -> k8s.RenderOptions:
         prune_schedule="30 7 * * MON-FRI", time_zone="Europe/Berlin",
         bucket="acme-prefect-backups", prefix="prod", endpoint_url="https://s3.example:9000",
         region=None, database_url="postgresql://dr@db.internal:5432/prefect",
+        database_secret="prefect-dr-database", database_secret_key="PGPASSWORD",
         prefect_api_url=None, age_recipients=(RECIPIENT,), retention_full="keep-last=10",
         retention_config_only="keep-last=48", verify_key="AAAA",
         verify_scratch_url="postgresql://verify@scratch.internal:5432/postgres",
@@ -102,8 +103,9 @@ def test_every_object_is_a_valid_kubernetes_object(options):
     objects = k8s.render(options)
     assert [o["kind"] for o in objects] == (
         ["ServiceAccount"] * 4 + ["ConfigMap"]
-        + ["Secret"] * (len(options.s3_secrets) + 2 + bool(options.signing_key_secret)
-                        + bool(options.block_key_secret))
+        + ["Secret"] * (len(options.s3_secrets) + 1 + bool(options.signing_key_secret)
+                        + bool(options.block_key_secret)
+                        + (options.database_secret_key == "PGPASSWORD"))
         + ["CronJob"] * 3 + ["Job"])
     for obj in objects:
         assert_valid(obj)
@@ -212,7 +214,7 @@ def test_each_job_gets_only_its_own_secrets(options):
     for role, pod in found.items():
         expected = {options.s3_secrets[role]} if role in options.s3_secrets else set()
         if role != "prune":
-            expected.add(options.database_secret)  # PGPASSWORD
+            expected.add(options.database_secret)  # the database URL or PGPASSWORD
         if role in ("verify", "restore"):
             expected.add(options.identity_secret)
         if options.signing_key_secret and role != "prune":
@@ -351,12 +353,69 @@ def test_bad_schedules_raise_a_one_line_value_error(schedule):
     ({"memory_limit": "512MB"}, "quantity"),
     ({"image": "bad image"}, "image"),
     ({"database_secret": "Bad_Name"}, "secret name"),
+    ({"database_secret_key": "bad key"}, "Secret key"),
+    ({"database_secret_key": "PGPASSWORD"}, "database_url .*is required"),
+    ({"database_url": "postgresql://dr@db/prefect"}, "goes with a PGPASSWORD database Secret"),
+    ({"extra_env": {"PREFECT_API_DATABASE_CONNECTION_URL": "x"}}, "secret"),
+    ({"extra_env": {"PREFECT_SERVER_DATABASE_PASSWORD": "x"}}, "secret"),
 ])
 def test_bad_options_raise_value_error(changes, fragment):
     with pytest.raises(ValueError, match=fragment) as info:
         k8s.render(k8s.RenderOptions(**changes))
     assert "\n" not in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+# ---- the database Secret -------------------------------------------------------------------
+
+def _db_env(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [e for e in pod["containers"][0].get("env", ())
+            if e["name"] in ("PGPASSWORD", "PREFECT_API_DATABASE_CONNECTION_URL")]
+
+
+def test_by_default_the_jobs_read_the_url_from_prefect_helms_secret():
+    objects = k8s.render()
+    for role, pod in pods(objects).items():
+        expected = [] if role == "prune" else [{
+            "name": "PREFECT_API_DATABASE_CONNECTION_URL", "valueFrom": {"secretKeyRef": {
+                "name": "prefect-server-postgresql-connection", "key": "connection-string"}}}]
+        assert _db_env(pod) == expected, role
+    [cm] = by_kind(objects, "ConfigMap")
+    assert "PREFECT_DR_DATABASE_URL" not in cm["data"]  # it would win over the Secret
+    # Prefect's own Secret gets no placeholder example: applying it would break Prefect.
+    names = {s["metadata"]["name"] for s in by_kind(objects, "Secret")}
+    assert "prefect-server-postgresql-connection" not in names
+    assert not any("PGPASSWORD" in s["stringData"] for s in by_kind(objects, "Secret"))
+
+
+def test_a_secret_of_ones_own_and_the_password_only_mode():
+    own = k8s.render(k8s.RenderOptions(database_secret="prefect-db", database_secret_key="url"))
+    assert _db_env(pods(own)["backup"]) == [{
+        "name": "PREFECT_API_DATABASE_CONNECTION_URL",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-db", "key": "url"}}}]
+    pw = k8s.render(k8s.RenderOptions(database_secret="prefect-dr-database",
+                                      database_secret_key="PGPASSWORD",
+                                      database_url="postgresql://dr@db:5432/prefect"))
+    assert _db_env(pods(pw)["verify"]) == [{
+        "name": "PGPASSWORD",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-dr-database", "key": "PGPASSWORD"}}}]
+    [cm] = by_kind(pw, "ConfigMap")
+    assert cm["data"]["PREFECT_DR_DATABASE_URL"] == "postgresql://dr@db:5432/prefect"
+    [example] = [s for s in by_kind(pw, "Secret") if s["metadata"]["name"] == "prefect-dr-database"]
+    assert example["stringData"] == {"PGPASSWORD": k8s.PLACEHOLDER}
+    for objects in (own, pw):
+        for obj in objects:
+            assert_valid(obj)
+
+
+def test_the_url_the_secret_holds_is_what_the_tool_reads():
+    """A pod's environment as Kubernetes would build it (ConfigMap + the Secret's value)."""
+    [cm] = by_kind(k8s.render(), "ConfigMap")
+    helm_value = "postgresql+asyncpg://prefect:Helm-Pw-91@prefect-server-postgresql.prefect:5432/server"
+    settings = config.load(env={**cm["data"], "PREFECT_API_DATABASE_CONNECTION_URL": helm_value})
+    assert settings.database_url == (
+        "postgresql://prefect:Helm-Pw-91@prefect-server-postgresql.prefect:5432/server")
+    assert settings.sources["database_url"] == "env PREFECT_API_DATABASE_CONNECTION_URL"
 
 
 # ---- settings ----------------------------------------------------------------------------
@@ -380,7 +439,7 @@ def test_configmap_holds_settings_the_tool_accepts(options):
     assert settings.database_url == options.database_url
     assert "PGPASSWORD" not in data and not any(k.startswith("AWS_") for k in data)
     for pod in pods(k8s.render(options)).values():
-        assert _env_names(pod) <= known | {"PGPASSWORD"}
+        assert _env_names(pod) <= known | {"PGPASSWORD", "PREFECT_API_DATABASE_CONNECTION_URL"}
 
 
 def test_metrics_get_a_stable_instance():

@@ -72,7 +72,8 @@ def list_cmd(
     """List backups with their status, size, labels and newest verification."""
     from prefect_dr import catalog
 
-    entries = [e for e in catalog.list_backups(storage(), layout(), verify_key=verify_key())
+    entries = [e for e in catalog.list_backups(storage(read_only=True), layout(),
+                                               verify_key=verify_key())
                if kind is None or e.kind == kind]
     if json_mode():
         console.print_json({"backups": [e.to_dict() for e in entries]})
@@ -89,7 +90,7 @@ def show(
     wide: WideFlag = False,
 ) -> None:
     """Print a backup's manifest."""
-    entry = select(backup_id, latest, kind)
+    entry = select(backup_id, latest, kind, read_only=True)
     if entry.manifest is None:
         if json_mode():
             console.print_json({"id": entry.backup_id, "status": entry.status,

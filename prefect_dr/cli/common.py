@@ -28,11 +28,12 @@ def settings() -> config.Settings:
     return state.settings()
 
 
-def storage() -> Any:
-    """The repository's storage backend for the current settings."""
+def storage(*, read_only: bool = False) -> Any:
+    """The repository's storage backend for the current settings; ``read_only`` commands
+    (list, show, status) get the short read deadline (PREFECT_DR_S3_READ_DEADLINE)."""
     from prefect_dr.storage import factory
 
-    return factory.from_settings(settings())
+    return factory.from_settings(settings(), read_only=read_only)
 
 
 def layout() -> Any:
@@ -53,12 +54,12 @@ def verify_key() -> Any:
 
 
 def select(backup_id: str | None, latest: bool, kind: Kind | None,
-           default_kind: Kind | None = DEFAULT_LATEST_KIND) -> Any:
+           default_kind: Kind | None = DEFAULT_LATEST_KIND, *, read_only: bool = False) -> Any:
     """The one backup a command acts on (catalog.select_one with this run's repository)."""
     from prefect_dr import catalog
 
-    return catalog.select_one(storage(), layout(), backup_id, latest=latest, kind=kind,
-                              default_kind=default_kind, verify_key=verify_key())
+    return catalog.select_one(storage(read_only=read_only), layout(), backup_id, latest=latest,
+                              kind=kind, default_kind=default_kind, verify_key=verify_key())
 
 
 def confirm(name: str, yes: bool, what: str, noun: str = "the database name") -> None:

@@ -113,7 +113,7 @@ def status(
                 status_mod.validate_cron(expr)
     except ValueError as exc:
         raise errors.UsageError(str(exc)) from None
-    entries = catalog.list_backups(storage(), layout(), verify_key=verify_key())
+    entries = catalog.list_backups(storage(read_only=True), layout(), verify_key=verify_key())
     report = status_mod.evaluate(entries, backup_cron=cron, verify_cron=verify_cron,
                                  grace=window, now=dt.datetime.now(dt.UTC), kind=kind)
     if json_mode():

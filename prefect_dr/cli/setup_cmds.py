@@ -87,6 +87,12 @@ def k8s_render(
     image: Annotated[str | None, typer.Option("--image", help="Container image.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")
                       ] = None,
+    database_secret: Annotated[str, typer.Option(
+        "--database-secret", metavar="NAME[:KEY]",
+        help="Secret the jobs read the database URL from (as PREFECT_API_DATABASE_CONNECTION_URL;"
+             " default: prefect-helm's). With KEY PGPASSWORD it holds only the password and "
+             "the database URL setting goes into the ConfigMap.")
+    ] = "prefect-server-postgresql-connection:connection-string",  # noqa: S107 - a name
 ) -> None:
     """Print CronJobs (backup, prune, verify), a restore Job template, ConfigMap and example
     Secrets for the current settings (multi-document YAML; schedules validated)."""
@@ -94,7 +100,8 @@ def k8s_render(
 
     try:
         options = k8s.options_from_settings(
-            settings(), namespace=namespace, backup_schedule=schedule,
+            settings(), database_secret=database_secret, namespace=namespace,
+            backup_schedule=schedule,
             verify_schedule=verify_schedule, prune_schedule=prune_schedule, image=image)
         text = k8s.to_yaml(k8s.render(options))
     except ValueError as exc:

@@ -12,20 +12,24 @@ import threading
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import IO
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from prefect_dr import redact
 from prefect_dr.errors import DatabaseError
 
 
 def split_password(url: str) -> tuple[str, str | None]:
-    """Return (url without password, password or None) so the password can go by env."""
+    """Return (url without password, password or None) so the password can go by env.
+
+    The password comes back decoded (a URL holds it percent-encoded; PGPASSWORD holds it as
+    it is)."""
     parts = urlsplit(url)
     if parts.password is None:
         return url, None
     host = parts.netloc.rsplit("@", 1)[1]
     user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host)), parts.password
+    return (urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host)),
+            unquote(parts.password))
 
 
 def child_env(url: str, base: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:

@@ -1,0 +1,125 @@
+"""retry.call: the deadline bounds the whole operation; one WARNING per operation."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+from conftest import run_cli
+from test_cli import _env
+
+from prefect_dr import retry
+
+
+class FakeClock:
+    """A monotonic clock that advances only when told (by sleeps and by slow attempts)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def failing(clock: FakeClock, attempt_s: float, calls: list[float]):
+    def fn() -> None:
+        calls.append(clock.now)
+        clock.now += attempt_s
+        raise ConnectionError("down")
+    return fn
+
+
+def test_one_warning_per_operation_later_attempts_at_debug(caplog):
+    clock, calls = FakeClock(), []
+    caplog.set_level(logging.DEBUG, logger="prefect_dr.retry")
+    with pytest.raises(ConnectionError):
+        retry.call(failing(clock, 0.0, calls), transient=lambda e: True, what="list",
+                   deadline_s=15, sleep=clock.sleep, clock=clock)
+    assert len(calls) >= 4  # it did retry several times
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert [r.getMessage() for r in warnings] == [
+        "list failed, retrying for up to 15s: ConnectionError"]
+    assert len(debug) == len(calls) - 2  # every retry after the first; the last attempt gives up
+
+
+@pytest.mark.parametrize("attempt_s", [0.0, 1.0, 5.0, 7.0])
+def test_the_deadline_bounds_the_whole_operation(attempt_s):
+    """An attempt that would end after the deadline is not started (a stalled store costs
+    one timeout per attempt)."""
+    for _ in range(20):  # the jitter is random
+        clock, calls = FakeClock(), []
+        with pytest.raises(ConnectionError):
+            retry.call(failing(clock, attempt_s, calls), transient=lambda e: True, what="x",
+                       deadline_s=15, sleep=clock.sleep, clock=clock)
+        assert clock.now <= 15 or len(calls) == 1
+        if attempt_s <= 5.0:
+            assert len(calls) >= 2  # short attempts are retried
+
+
+def test_non_transient_errors_are_not_retried(caplog):
+    clock, calls = FakeClock(), []
+    with pytest.raises(ConnectionError):
+        retry.call(failing(clock, 0.0, calls), transient=lambda e: False, what="x",
+                   sleep=clock.sleep, clock=clock)
+    assert len(calls) == 1 and not caplog.records
+
+
+def test_success_after_retries_returns_the_value():
+    clock = FakeClock()
+    answers = iter([ConnectionError("a"), ConnectionError("b"), "ok"])
+
+    def fn() -> str:
+        item = next(answers)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    assert retry.call(fn, transient=lambda e: True, what="x", sleep=clock.sleep,
+                      clock=clock) == "ok"
+
+
+# ---- the read-only commands against an S3 endpoint that is down --------------------------
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("args", [["list"], ["show", "--latest"], ["status"]])
+def test_read_only_commands_fail_fast_when_s3_is_down(args):
+    env = _env(PREFECT_DR_S3_BUCKET="prefect-dr-test",
+               PREFECT_DR_S3_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}",
+               PREFECT_DR_S3_REGION="us-east-1", AWS_ACCESS_KEY_ID="AKIAEXAMPLEEXAMPLE",
+               AWS_SECRET_ACCESS_KEY="example-secret-key", AWS_EC2_METADATA_DISABLED="true")
+    start = time.monotonic()
+    proc = run_cli(["--log-format", "json", *args], env, timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert elapsed < 20, f"{args[0]} took {elapsed:.1f}s"  # 15 s deadline + start-up
+    lines = proc.stderr.strip().splitlines()
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "cannot reach the S3 endpoint" in errors[0], proc.stderr
+    records = [ln for ln in lines if not ln.startswith("error:")]
+    warnings = [ln for ln in records if '"level": "warning"' in ln]
+    assert len(warnings) == 1, proc.stderr  # one operation failed: one WARNING, not one per try
+    assert "retrying for up to 15s" in warnings[0]
+    assert len(records) == 1, proc.stderr
+
+
+def test_the_read_deadline_is_a_setting():
+    env = _env(PREFECT_DR_S3_BUCKET="prefect-dr-test",
+               PREFECT_DR_S3_ENDPOINT_URL=f"http://127.0.0.1:{_closed_port()}",
+               AWS_ACCESS_KEY_ID="AKIAEXAMPLEEXAMPLE", AWS_SECRET_ACCESS_KEY="example-secret",
+               AWS_EC2_METADATA_DISABLED="true", PREFECT_DR_S3_READ_DEADLINE="0")
+    start = time.monotonic()
+    proc = run_cli(["list"], env, timeout=60)
+    assert proc.returncode == 1
+    assert time.monotonic() - start < 8  # no retry at all: one refused connection
+    assert "WARNING" not in proc.stderr and "cannot reach the S3 endpoint" in proc.stderr
