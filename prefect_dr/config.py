@@ -15,9 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import SplitResult, quote, unquote, urlsplit
 
-from croniter import croniter
-
-from prefect_dr import crypto, durations, prefect_db, redact
+from prefect_dr import cron, crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
@@ -208,6 +206,8 @@ def _coerce(spec: Spec, raw: Any, where: str, problems: list[str]) -> Any:
     if not isinstance(raw, str):
         problems.append(f"{where}: expected a string")
         return None
+    if spec.kind == "path":  # '~' expanded once, here, for every path setting
+        return str(Path(raw.strip()).expanduser()) if raw.strip() else ""
     return raw.strip()
 
 
@@ -384,7 +384,7 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
         problems.append(f"{at('zstd_level')} must be between 1 and 19")
     for name in ("backup_cron", "verify_cron"):
         expr = values.get(name)
-        if expr and not croniter.is_valid(expr):
+        if expr and not cron.is_valid(expr):
             problems.append(f"{at(name)}: {expr!r} is not a valid cron expression")
     grace = values.get("status_grace")
     if grace:
@@ -405,7 +405,7 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
     for name in ("age_recipients_file", "pg_bin_dir", "staging_dir",
                  "prefect_encryption_key_file", "signing_key_file"):
         path = values.get(name)
-        if path and not Path(path).expanduser().exists():
+        if path and not Path(path).exists():
             problems.append(f"{at(name)}: {path} does not exist")
     recipients = list(values.get("age_recipients") or ())
     rfile = values.get("age_recipients_file")

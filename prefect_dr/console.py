@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import sys
@@ -36,9 +37,18 @@ STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "di
                 "REFUSED": "bold red", "corrupt": "bold red"}
 
 
+class _StdoutConsole(Console):
+    """rich's Console exits 1 when stdout's reader is gone; ours raises BrokenPipeError, which
+    the CLI turns into a quiet exit 0 (``prefect-dr list | head -2`` is no failure)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError(errno.EPIPE, "stdout closed")
+
+
 def out() -> Console:
     """Console for results on stdout."""
-    return Console(file=sys.stdout, highlight=False, soft_wrap=False)
+    return _StdoutConsole(file=sys.stdout, highlight=False, soft_wrap=False)
 
 
 _ERR: Console | None = None
@@ -88,7 +98,7 @@ class Column:
 
 
 _MIN_TRUNCATED = 12
-_PAD = 2  # one space each side of a cell (box.SIMPLE_HEAD, no outer edge)
+_PAD = 3  # between two columns: a space each side and the blank divider (box.SIMPLE_HEAD)
 
 
 def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
@@ -112,6 +122,9 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
         if not droppable:
             break
         keep.remove(max(droppable, key=lambda i: (columns[i].priority, i)))
+    for i in keep:  # room freed by a dropped column goes back to shortened text
+        if columns[i].truncate and total() < width:
+            widths[i] = min(natural[i], widths[i] + width - total())
     return keep, [widths[i] for i in keep]
 
 
@@ -137,8 +150,8 @@ def table(title: str, columns: Sequence[str | Column], rows: Iterable[Sequence[A
             shown.append(styled(text) if i == status_column else text)
         t.add_row(*shown)
     if wide:
-        console = Console(file=sys.stdout, highlight=False, soft_wrap=False,
-                          width=max(console.width, sum(widths) + _PAD * len(widths)))
+        console = _StdoutConsole(file=sys.stdout, highlight=False, soft_wrap=False,
+                                 width=max(console.width, sum(widths) + _PAD * len(widths)))
     console.print(t)
 
 

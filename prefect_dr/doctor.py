@@ -225,7 +225,7 @@ def check_keys(report: Report, settings: Settings) -> None:
         return
 
     def identity() -> tuple[str, str]:
-        identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
+        identities = crypto.load_identities(Path(settings.age_identity_file))
         if recipients and not crypto.matching_recipients(identities, recipients):
             return FAIL, ("the identity matches none of the recipients: backups taken with "
                           "these recipients could not be decrypted with it")

@@ -43,7 +43,6 @@ Design choices (docs/deploy.md explains them for operators):
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -51,9 +50,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import CroniterError, croniter
-
-from prefect_dr import __version__, crypto, layout, retention
+from prefect_dr import __version__, cron, crypto, layout, retention
 from prefect_dr.errors import CryptoKeyError
 from prefect_dr.kinds import Kind
 
@@ -95,10 +92,6 @@ _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
-_CRON_MACROS = frozenset({"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight",
-                          "@hourly"})
-_NAMES = "JAN|FEB|MAR|APR|MAY|JUN|JUL|AUG|SEP|OCT|NOV|DEC|SUN|MON|TUE|WED|THU|FRI|SAT"
-_CRON_TOKEN = re.compile(rf"^(\*|\?|(\d+|{_NAMES})(-(\d+|{_NAMES}))?)(/\d+)?$", re.IGNORECASE)
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 
 
@@ -171,29 +164,9 @@ class RenderOptions:
 
 
 def validate_schedule(expression: str, what: str = "schedule") -> str:
-    """Return ``expression`` stripped if Kubernetes and croniter both accept it.
-
-    Accepts the 5-field form (minute hour day-of-month month day-of-week; ``*``, ``?``,
-    ranges, lists, steps, month and weekday names) and the ``@daily``-style macros. Raises
-    ValueError with a one-line message otherwise (6-field, ``L``/``#``/``H`` extensions,
-    ``TZ=`` prefixes, out-of-range values, or a date that never occurs).
-    """
-    text = " ".join(str(expression).split())
-    example = "expected 5 fields (minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
-    if text.lower() in _CRON_MACROS:
-        return text.lower()
-    fields = text.split(" ")
-    ok = (len(fields) == 5
-          and all(_CRON_TOKEN.match(tok) for f in fields for tok in f.split(","))
-          and croniter.is_valid(text))
-    if not ok:
-        raise ValueError(f"invalid cron {what} {expression!r}: {example}")
-    try:
-        croniter(text, dt.datetime(2024, 1, 1, tzinfo=dt.UTC), max_years_between_matches=8
-                 ).get_next(dt.datetime)
-    except CroniterError:  # CroniterBadDateError: e.g. '0 2 31 2 *', no 31 February
-        raise ValueError(f"invalid cron {what} {expression!r}: it never fires") from None
-    return text
+    """Return ``expression`` normalized if Kubernetes and croniter both accept it (cron.validate).
+    Raises ValueError (one line)."""
+    return cron.validate(expression, what)
 
 
 def _check(options: RenderOptions) -> None:

@@ -137,8 +137,3 @@ def push(url: str, run: RunMetrics, *, instance: str | None = None) -> None:
                            timeout=10)
     except OSError as exc:
         raise DRError(f"cannot push metrics to {url}: {exc}") from None
-
-
-def render(run: RunMetrics) -> str:
-    """The exposition text of this run alone (for tests and --json)."""
-    return generate_latest(_registry(run.samples())).decode()

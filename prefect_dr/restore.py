@@ -66,7 +66,7 @@ class Result:
 
 def _load_identities(settings: Settings) -> list[crypto.Identity]:
     settings.require("age_identity_file")
-    return crypto.load_identities(Path(settings.age_identity_file).expanduser())
+    return crypto.load_identities(Path(settings.age_identity_file))
 
 
 def _drop_leftovers(admin: psycopg.Connection, db: str) -> list[str]:

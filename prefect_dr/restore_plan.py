@@ -310,7 +310,7 @@ def _signature_finding(settings: Settings, manifest: Manifest) -> Finding:
 def _identity_finding(settings: Settings, manifest: Manifest) -> Finding:
     try:
         settings.require("age_identity_file")
-        identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
+        identities = crypto.load_identities(Path(settings.age_identity_file))
     except ConfigError as exc:
         interrupt.raise_if_noted()
         return Finding("identity", False, exc.message, USAGE)

@@ -16,8 +16,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from croniter import croniter
-
+from prefect_dr import cron
 from prefect_dr.catalog import COMPLETE, BackupEntry
 from prefect_dr.kinds import DEFAULT_LATEST_KIND
 
@@ -52,15 +51,13 @@ class Report:
 
 
 def validate_cron(expr: str) -> None:
-    """Raise ValueError (one line) unless ``expr`` is a valid 5-field cron expression."""
-    if not croniter.is_valid(expr):
-        raise ValueError(f"{expr!r} is not a valid cron expression (e.g. '0 */6 * * *')")
+    """Raise ValueError (one line) unless ``expr`` is a valid schedule (cron.validate)."""
+    cron.validate(expr)
 
 
 def due_since(expr: str, grace: dt.timedelta, now: dt.datetime) -> dt.datetime:
     """The newest scheduled time whose run, plus ``grace``, must have finished by ``now``."""
-    validate_cron(expr)
-    return croniter(expr, now - grace).get_prev(dt.datetime)
+    return cron.newest_due(expr, grace, now)
 
 
 def _time(text: str | None) -> dt.datetime | None:

@@ -133,7 +133,7 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
             signing.check(manifest, signing.load_public(settings.verify_key))
             out["detail"] = f"signed by key {manifest.signature.get('key_id')}"  # type: ignore[union-attr]
     with checks.run("identity"):
-        identities = crypto.load_identities(Path(settings.age_identity_file).expanduser())
+        identities = crypto.load_identities(Path(settings.age_identity_file))
 
     export_doc, escrowed = restore_stream.read_small_artifacts(storage, manifest, identities,
                                                                checks)
@@ -160,7 +160,7 @@ def _write_record(settings: Settings, storage: Storage, report: VerificationRepo
     record = report.to_record()
     if settings.signing_key_file:
         record = signing.sign_record(record, signing.load_private(
-            Path(settings.signing_key_file).expanduser()))
+            Path(settings.signing_key_file)))
     stamp = clock().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
     key = Layout(settings.s3_prefix or "").verification(report.backup_id, stamp)
     storage.put_bytes(key, (json.dumps(record, indent=2) + "\n").encode(), "application/json")

@@ -320,3 +320,18 @@ def test_problems_name_the_prefect_variable() -> None:
         config.load(env={"PREFECT_API_DATABASE_CONNECTION_URL":
                          "postgresql+asyncpg://u@[db/prefect"})
     assert "PREFECT_API_DATABASE_CONNECTION_URL" in info.value.message
+
+
+def test_every_path_setting_expands_the_home_folder(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """'~' is expanded once, in config, for every path setting (it was expanded for some and
+    not others: a recipients file under ~ could not be read)."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    recipient = "age1qyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqszqgpqyqs3290gq"
+    (tmp_path / "recipients.txt").write_text(recipient + "\n")
+    settings = config.load(env={"PREFECT_DR_AGE_RECIPIENTS_FILE": "~/recipients.txt",
+                                "PREFECT_DR_STAGING_DIR": "~",
+                                "PREFECT_DR_AGE_IDENTITY_FILE": "~/id.txt"})
+    assert settings.staging_dir == str(tmp_path)
+    assert settings.age_identity_file == str(tmp_path / "id.txt")
+    assert settings.recipients == [recipient]

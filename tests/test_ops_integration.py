@@ -82,7 +82,7 @@ def test_status_is_stale_until_a_backup_is_taken(env: dict[str, str]) -> None:
     assert "error: full backup: newest complete full backup" in stale.stderr and "is missing" in \
         stale.stderr
     bad = run_cli(["status", "--cron", "every day"], env)
-    assert bad.returncode == 2 and "not a valid cron expression" in bad.stderr
+    assert bad.returncode == 2 and "invalid cron schedule" in bad.stderr
 
 
 def test_metrics_textfile_passes_promtool_and_reaches_pushgateway(

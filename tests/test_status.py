@@ -60,9 +60,11 @@ def test_verification_stale_or_failed() -> None:
     assert not stale.ok and "is missing" in stale.items[1].detail
 
 
-def test_bad_cron() -> None:
-    with pytest.raises(ValueError, match="not a valid cron expression"):
-        status.validate_cron("every day")
+@pytest.mark.parametrize("expr", ["every day", "0 2 * * * *", "0 2 31 2 *"])
+def test_bad_cron(expr: str) -> None:
+    """status judges by the same definition of a schedule as the settings and k8s render."""
+    with pytest.raises(ValueError, match="invalid cron schedule"):
+        status.validate_cron(expr)
 
 
 def test_config_only_backups_never_stand_in_for_full_ones() -> None:

@@ -1,7 +1,7 @@
 """The prefect-dr command line: parse, confirm, call the core, map errors to exit codes, render.
 
 No logic lives here beyond that; every command calls the core. Layout:
-- ``app``: the typer application, global options (before or after the command), the mapping
+- ``application``: the typer application, global options (before or after the command), the mapping
   of every outcome to an exit code (docs/exit-codes.md), signals and run metrics;
 - ``common``: settings, repository, backup selection, confirmation, shared option types;
 - ``render``: tables fitted to the terminal;
@@ -11,7 +11,7 @@ No logic lives here beyond that; every command calls the core. Layout:
 """
 
 from prefect_dr.cli import backups, ops, restore_cmds, setup_cmds, verify_cmd
-from prefect_dr.cli.app import _after_signal, app, hoist_globals, main, state
+from prefect_dr.cli.application import _after_signal, app, hoist_globals, main, state
 
 __all__ = ["_after_signal", "app", "backups", "hoist_globals", "main", "ops", "restore_cmds",
            "setup_cmds", "state", "verify_cmd"]

@@ -10,7 +10,7 @@ import typer
 
 from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
-from prefect_dr.cli.app import command, state
+from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
     KindFlag,
     WideFlag,
@@ -126,7 +126,7 @@ def block_key_cmd(
         raise errors.UsageError("-o - writes the key itself to stdout; it cannot go with --json")
     current = settings()
     current.require("age_identity_file")
-    identities = crypto.load_identities(Path(current.age_identity_file).expanduser())
+    identities = crypto.load_identities(Path(current.age_identity_file))
     manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
     found = block_key.recover(storage(), manifest, identities, pg_bin_dir=current.pg_bin_dir)
     if output == "-":

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from prefect_dr import config, errors
-from prefect_dr.cli.app import state
+from prefect_dr.cli.application import state
 from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 
 KindFlag = Annotated[Kind | None, typer.Option(

@@ -10,7 +10,7 @@ import typer
 
 from prefect_dr import console, errors
 from prefect_dr.cli import render
-from prefect_dr.cli.app import command, state
+from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import WideFlag, json_mode, layout, settings, storage, verify_key
 from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 

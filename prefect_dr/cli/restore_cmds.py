@@ -11,7 +11,7 @@ import typer
 
 from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
-from prefect_dr.cli.app import command
+from prefect_dr.cli.application import command
 from prefect_dr.cli.common import (
     KindFlag,
     confirm,
@@ -134,7 +134,7 @@ def restore_config(
     current.require("prefect_api_url", "age_identity_file")
     repo = storage()
     manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
-    identities = crypto.load_identities(Path(current.age_identity_file).expanduser())
+    identities = crypto.load_identities(Path(current.age_identity_file))
     export_doc = ci.read_export(repo, manifest, identities)
     the_plan = ci.plan(current.prefect_api_url, export_doc, only=sections,
                        on_conflict=on_conflict)

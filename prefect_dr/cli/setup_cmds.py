@@ -10,7 +10,7 @@ import typer
 
 from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
-from prefect_dr.cli.app import command, config_app, k8s_app
+from prefect_dr.cli.application import command, config_app, k8s_app
 from prefect_dr.cli.common import WideFlag, json_mode, settings
 
 

@@ -10,7 +10,7 @@ import typer
 
 from prefect_dr import console, errors
 from prefect_dr.cli import render
-from prefect_dr.cli.app import command, state
+from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import KindFlag, json_mode, layout, settings, storage, url_flag
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import functools
 import logging
 import signal
 import sys
@@ -104,10 +105,26 @@ k8s_app = typer.Typer(help="Kubernetes objects for running prefect-dr.", no_args
 app.add_typer(k8s_app, name="k8s")
 
 
+class PipeClosed(Exception):
+    """stdout's reader went away (``prefect-dr list | head -2``). Not an OSError, so that
+    click does not turn it into exit 1 before the CLI sees it."""
+
+
 def command(typer_app: typer.Typer = app, name: str | None = None
             ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """``@typer_app.command(name)`` with the global options listed in its help."""
-    return typer_app.command(name, epilog=GLOBALS_EPILOG)
+    """``@typer_app.command(name)`` with the global options listed in its help, and a closed
+    stdout pipe reported as :class:`PipeClosed`."""
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except BrokenPipeError:
+                raise PipeClosed() from None
+
+        return typer_app.command(name, epilog=GLOBALS_EPILOG)(run)
+
+    return register
 
 
 class LogFormat(enum.StrEnum):
@@ -249,7 +266,7 @@ def _main(argv: list[str] | None) -> int:
     except (KeyboardInterrupt, typer.Abort):
         _report(errors.Interrupted("interrupted"))
         return errors.INTERRUPTED
-    except BrokenPipeError:
+    except (PipeClosed, BrokenPipeError):
         return _broken_pipe()
     except errors.DRError as exc:
         exc = _after_signal(exc)

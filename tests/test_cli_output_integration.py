@@ -1,0 +1,118 @@
+"""The CLI at a terminal and in a pipe (issue 13): tables fit 80 and 100 columns without
+splitting an id or a time, global options work after the command, progress lines carry their
+figures without a terminal, and a closed pipe ends quietly."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+pytestmark = pytest.mark.integration
+SHORT_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
+
+
+@pytest.fixture(scope="module")
+def repo(stack_env: dict[str, str], identity: tuple[Path, str]) -> Iterator[dict[str, str]]:
+    """A repository of its own with a labelled full backup and a config-only backup."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_DR_", "AWS_", "PG", "PREFECT_"))}
+    env.update(stack_env, PREFECT_DR_AGE_RECIPIENTS=identity[1],
+               PREFECT_DR_AGE_IDENTITY_FILE=str(identity[0]),
+               PREFECT_DR_S3_PREFIX=f"out-{uuid.uuid4().hex[:10]}")
+    ids = []
+    for args in (["--label", "trigger=nightly-schedule", "--label", "team=data-platform"],
+                 ["--kind", "config-only"]):
+        made = run_cli(["backup", "--json", *args], env)
+        assert made.returncode == 0, made.stderr
+        ids.append(json.loads(made.stdout)["backup_id"])
+    env["_IDS"] = ",".join(ids)
+    yield env
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_tables_fit_the_terminal_and_never_split_an_id_or_a_time(repo: dict[str, str],
+                                                                  width: int) -> None:
+    env = dict(repo, COLUMNS=str(width))
+    ids = repo["_IDS"].split(",")
+    listed = run_cli(["list"], env)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert all(len(line) <= width for line in lines), listed.stdout
+    for backup_id, kind in zip(ids, ("full", "config-only"), strict=True):
+        [row] = [line for line in lines if backup_id in line]  # the id on one line, once
+        assert f" {kind} " in f" {row} " and SHORT_TIME.search(row), row
+        assert "ago" in row or width < 90, row
+    assert "UTC" in lines[0]  # the header says which time zone the times are in
+
+    shown = run_cli(["show", ids[0]], env)
+    assert shown.returncode == 0, shown.stderr
+    assert all(len(line) <= width for line in shown.stdout.splitlines()), shown.stdout
+    assert any(ids[0] in line for line in shown.stdout.splitlines())
+    started = [line for line in shown.stdout.splitlines() if line.strip().startswith("started")]
+    assert started and SHORT_TIME.search(started[0]), shown.stdout
+
+    status = run_cli(["status", "--cron", "0 2 * * *"], env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    status_lines = status.stdout.splitlines()
+    assert all(len(line) <= width for line in status_lines), status.stdout
+    [row] = [line for line in status_lines if "full backup" in line]
+    assert "ok" in row
+
+    wide = run_cli(["list", "--wide"], env)
+    assert "trigger=nightly-schedule" in wide.stdout and "team=data-platform" in wide.stdout
+
+
+def test_global_options_work_after_the_command(repo: dict[str, str], tmp_path: Path) -> None:
+    metrics = tmp_path / "dr.prom"
+    env = {k: v for k, v in repo.items() if k != "PREFECT_DR_S3_BUCKET"}
+    made = run_cli(["backup", "--metrics-file", str(metrics), "--bucket",
+                    repo["PREFECT_DR_S3_BUCKET"], "--kind", "config-only", "--json"], env)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["ok"] is True
+    assert 'prefect_dr_last_run_success{command="backup",kind="config-only"} 1.0' in \
+        metrics.read_text()
+    other = run_cli(["list", "--prefix", f"empty-{uuid.uuid4().hex[:8]}", "--json"], repo)
+    assert other.returncode == 0 and json.loads(other.stdout)["backups"] == []
+    helped = run_cli(["show", "--help"], repo)
+    assert "--metrics-file" in helped.stdout and "--database-url" in helped.stdout
+
+
+def test_progress_lines_carry_figures_without_a_terminal(repo: dict[str, str]) -> None:
+    made = run_cli(["backup", "--kind", "config-only"], repo)  # stderr is a pipe: JSON logs
+    assert made.returncode == 0, made.stderr
+    records = [json.loads(line) for line in made.stderr.splitlines() if line.startswith("{")]
+    progress = [r for r in records if r["logger"] == "prefect_dr.progress"]
+    assert progress, made.stderr
+    assert progress[-1]["bytes"]["dumped"] > 0 and "elapsed_s" in progress[-1]
+    assert re.search(r"dumped \d.* /s|/s, ", progress[-1]["msg"]), progress[-1]["msg"]
+
+    checked = run_cli(["verify", "--latest", "--kind", "config-only"], repo)
+    assert checked.returncode == 0, checked.stderr
+    records = [json.loads(line) for line in checked.stderr.splitlines() if line.startswith("{")]
+    [last] = [r for r in records if r["logger"] == "prefect_dr.progress"][-1:]
+    assert last["total_bytes"] > 0 and "downloaded" in last["bytes"]
+    assert "100%" in last["msg"] and " of " in last["msg"], last["msg"]
+
+
+def test_a_closed_pipe_ends_quietly(repo: dict[str, str]) -> None:
+    """`prefect-dr show ID | head -2`: the reader is gone before we write; exit 0, no
+    error, no traceback (was exit 1)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "prefect_dr", "show",
+                               repo["_IDS"].split(",")[0]], env=repo, stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr

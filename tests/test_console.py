@@ -1,0 +1,66 @@
+"""Rendering helpers: fitting tables, short times, progress figures, ISO log times, and moving
+global options in front of the command."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+
+import pytest
+
+from prefect_dr import console
+from prefect_dr.cli.application import hoist_globals
+from prefect_dr.console import Column
+
+
+def test_fit_shortens_free_text_then_drops_by_priority_never_the_essentials() -> None:
+    cols = [Column("id"), Column("kind"), Column("size", priority=2),
+            Column("note", priority=1, truncate=True)]
+    rows = [["20261201T142205Z-a1b2c3", "config-only", "12.3 MiB", "x" * 60]]
+    keep, widths = console.fit(cols, rows, 200)
+    assert keep == [0, 1, 2, 3] and widths[3] == 60
+    keep, widths = console.fit(cols, rows, 64)
+    assert keep == [0, 1, 2, 3] and widths[3] == 64 - (23 + 11 + 8 + 3 * 3)  # shortened
+    keep, widths = console.fit(cols, rows, 60)  # the note at its minimum is still too wide:
+    assert keep == [0, 1, 3] and widths == [23, 11, 60 - 23 - 11 - 6]  # size goes, note grows
+    keep, widths = console.fit(cols, rows, 40)
+    assert keep == [0, 1] and widths == [23, 11]  # both go; the essentials stay whole
+    assert console.fit(cols, rows, 40, wide=True)[0] == [0, 1, 2, 3]
+
+
+def test_short_time_and_age() -> None:
+    now = dt.datetime(2026, 12, 1, 15, 0, tzinfo=dt.UTC)
+    assert console.short_time("2026-12-01T14:22:05.123456+00:00") == "2026-12-01 14:22"
+    assert console.short_time("2026-12-01T15:22:05+01:00") == "2026-12-01 14:22"
+    assert console.ago("2026-12-01T12:00:00+00:00", now) == "3h ago"
+    assert console.ago("2026-11-21T15:00:00+00:00", now) == "10d ago"
+    assert console.ago("2026-12-01T14:59:15+00:00", now) == "45s ago"
+
+
+def test_progress_figures_have_rate_percent_and_eta() -> None:
+    text = console.describe_progress({"downloaded": 50 * 2**20, "restored": 120 * 2**20},
+                                     10.0, "downloaded", 100 * 2**20)
+    assert "downloaded 50.0 MiB of 100.0 MiB" in text and "5.0 MiB/s" in text
+    assert "50%" in text and "ETA 10s" in text and "restored 120.0 MiB" in text
+    assert "0 B/s" not in console.describe_progress({"dumped": 1 << 20}, 1.0, "dumped", None)
+
+
+def test_log_lines_on_a_terminal_carry_iso_dates() -> None:
+    stream = io.StringIO()
+    handler = console.log_handler(stream)
+    record = logging.LogRecord("prefect_dr", logging.INFO, __file__, 1, "hello", None, None)
+    handler.emit(record)
+    assert dt.datetime.now().strftime("%Y-%m-%d") in stream.getvalue()
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["backup", "--metrics-file", "m.prom", "--kind", "full"],
+     ["--metrics-file", "m.prom", "backup", "--kind", "full"]),
+    (["list", "--json", "-v", "--bucket=b"], ["--json", "-v", "--bucket=b", "list"]),
+    (["--json", "show", "ID", "--prefix", "p"], ["--json", "--prefix", "p", "show", "ID"]),
+    (["restore", "ID", "--", "--json"], ["restore", "ID", "--", "--json"]),
+])
+def test_global_options_move_in_front_of_the_command(argv: list[str],
+                                                     expected: list[str]) -> None:
+    assert hoist_globals(argv) == expected
