@@ -14,14 +14,13 @@ soon as it is read.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import subprocess
 import threading
 from dataclasses import dataclass
 
-from prefect_dr import crypto, interrupt, pipeline, redact
+from prefect_dr import crypto, interrupt, pipeline, redact, restore_stream
 from prefect_dr.errors import DRError, Interrupted, NotFoundError, StorageError
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import tools
@@ -42,10 +41,6 @@ class RecoveredKey:
         return f"RecoveredKey(source={self.source!r})"
 
 
-def _expect(a: Artifact) -> pipeline.StreamStats:
-    return pipeline.StreamStats(a.plaintext_size, a.plaintext_sha256, a.size, a.sha256)
-
-
 def recover(storage: Storage, manifest: Manifest, identities: list[crypto.Identity], *,
             pg_bin_dir: str | None = None) -> RecoveredKey:
     """The block encryption key ``manifest``'s backup holds.
@@ -56,11 +51,8 @@ def recover(storage: Storage, manifest: Manifest, identities: list[crypto.Identi
     """
     escrow = manifest.artifact("block-key")
     if escrow is not None:
-        out = io.BytesIO()
-        with storage.open_reader(escrow.key) as reader:
-            pipeline.decrypt_from(reader, out, identities,
-                                  compressed=escrow.compression == "zstd", expect=_expect(escrow))
-        key = str(json.loads(out.getvalue())["fernet_key"])
+        key = str(json.loads(restore_stream.decrypt_small(storage, escrow,
+                                                          identities))["fernet_key"])
         redact.register(key)
         return RecoveredKey(key, "escrowed")
     source = manifest.block_key.get("source")

@@ -30,16 +30,19 @@ log = logging.getLogger(__name__)
 STAGING_PREFIX = "prefect-dr-restore-"
 
 
-def _expect(a: Artifact) -> pipeline.StreamStats:
+def expected_stats(a: Artifact) -> pipeline.StreamStats:
+    """The sizes and digests the manifest promises for ``a`` (checked while streaming)."""
     return pipeline.StreamStats(a.plaintext_size, a.plaintext_sha256, a.size, a.sha256)
 
 
-def _decrypt_small(storage: Storage, artifact: Artifact,
-                   identities: list[crypto.Identity]) -> bytes:
+def decrypt_small(storage: Storage, artifact: Artifact,
+                  identities: list[crypto.Identity]) -> bytes:
+    """Download, check and decrypt a small artifact into memory. Raises CryptoKeyError,
+    VerificationError (size or digest mismatch), StorageError."""
     out = io.BytesIO()
     with storage.open_reader(artifact.key) as reader:
         pipeline.decrypt_from(reader, out, identities, compressed=artifact.compression == "zstd",
-                              expect=_expect(artifact))
+                              expect=expected_stats(artifact))
     return out.getvalue()
 
 
@@ -53,7 +56,7 @@ def read_small_artifacts(storage: Storage, manifest: Manifest,
         if artifact.name == "dump":
             continue
         with checks.run("integrity", artifact.name) as out:
-            data = _decrypt_small(storage, artifact, identities)
+            data = decrypt_small(storage, artifact, identities)
             out["detail"] = f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok"
         if artifact.name == "config":
             with checks.run("export format", artifact.name):
@@ -77,7 +80,7 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
         with storage.open_reader(artifact.key) as reader:
             pipeline.decrypt_from(reader, proc.stdin, identities,
                                   compressed=artifact.compression == "zstd",
-                                  expect=_expect(artifact), progress=progress)
+                                  expect=expected_stats(artifact), progress=progress)
     except (BrokenPipeError, ConnectionResetError):
         pass  # pg_restore stopped reading: its own error is reported below
     except (Interrupted, StorageError):
@@ -133,7 +136,7 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
                 storage.open_reader(artifact.key) as reader:
             pipeline.decrypt_from(reader, staged, identities,
                                   compressed=artifact.compression == "zstd",
-                                  expect=_expect(artifact), progress=progress)
+                                  expect=expected_stats(artifact), progress=progress)
             out["detail"] = (f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok "
                              f"(staged {artifact.plaintext_size} bytes)")
         with checks.run("restore", "dump") as out:

@@ -54,16 +54,24 @@ def identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return path, proc.stdout.strip()
 
 
-@pytest.fixture()
-def cli_env(stack_env: dict[str, str], identity: tuple[Path, str]) -> dict[str, str]:
-    """A clean environment for running the CLI against the stack."""
+def clean_cli_env(stack_env: dict[str, str], identity: tuple[Path, str],
+                  **extra: str) -> dict[str, str]:
+    """The process environment without prefect-dr's, AWS', libpq's and Prefect's variables,
+    plus the stack's settings, the test identity and ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_DR_", "AWS_", "PG", "PREFECT_"))}
     env.update(stack_env)
     env["PREFECT_DR_AGE_RECIPIENTS"] = identity[1]
     env["PREFECT_DR_AGE_IDENTITY_FILE"] = str(identity[0])
     env["COLUMNS"] = "200"
+    env.update(extra)
     return env
+
+
+@pytest.fixture()
+def cli_env(stack_env: dict[str, str], identity: tuple[Path, str]) -> dict[str, str]:
+    """A clean environment for running the CLI against the stack."""
+    return clean_cli_env(stack_env, identity)
 
 
 def s3_client(env: dict[str, str]):

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import clean_cli_env, run_cli
 
 pytestmark = pytest.mark.integration
 SHORT_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
@@ -23,11 +23,8 @@ SHORT_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
 @pytest.fixture(scope="module")
 def repo(stack_env: dict[str, str], identity: tuple[Path, str]) -> Iterator[dict[str, str]]:
     """A repository of its own with a labelled full backup and a config-only backup."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_DR_", "AWS_", "PG", "PREFECT_"))}
-    env.update(stack_env, PREFECT_DR_AGE_RECIPIENTS=identity[1],
-               PREFECT_DR_AGE_IDENTITY_FILE=str(identity[0]),
-               PREFECT_DR_S3_PREFIX=f"out-{uuid.uuid4().hex[:10]}")
+    env = clean_cli_env(stack_env, identity,
+                        PREFECT_DR_S3_PREFIX=f"out-{uuid.uuid4().hex[:10]}")
     ids = []
     for args in (["--label", "trigger=nightly-schedule", "--label", "team=data-platform"],
                  ["--kind", "config-only"]):

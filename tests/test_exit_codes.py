@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import ROOT, clone_prefect_db, run_cli
+from conftest import ROOT, clean_cli_env, clone_prefect_db, run_cli
 
 from prefect_dr import errors, lock
 
@@ -41,13 +41,9 @@ def _defined_codes() -> set[int]:
 @pytest.fixture(scope="module")
 def repo(stack_env: dict[str, str], identity: tuple[Path, str]) -> Iterator[dict[str, str]]:
     """A repository of its own holding one config-only backup of the stack's database."""
-    import os
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PREFECT_DR_", "AWS_", "PG", "PREFECT_"))}
-    env.update(stack_env, PREFECT_DR_AGE_RECIPIENTS=identity[1],
-               PREFECT_DR_AGE_IDENTITY_FILE=str(identity[0]),
-               PREFECT_DR_S3_PREFIX=f"ec-{uuid.uuid4().hex[:10]}", COLUMNS="200")
+    env = clean_cli_env(stack_env, identity,
+                        PREFECT_DR_S3_PREFIX=f"ec-{uuid.uuid4().hex[:10]}")
     made = run_cli(["backup", "--kind", "config-only"], env)
     assert made.returncode == 0, made.stderr
     yield env
