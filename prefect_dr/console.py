@@ -87,14 +87,22 @@ def styled(value: str) -> str:
 
 @dataclass(frozen=True)
 class Column:
-    """A table column: never wrapped. ``priority`` 0 is always shown; when the terminal is too
-    narrow, columns with the highest priority number go first. ``truncate`` columns (free text)
-    are shortened with an ellipsis before any column is dropped."""
+    """A table column. ``priority`` 0 is always shown; when the terminal is too narrow, columns
+    with the highest priority number go first. ``truncate`` columns (free text) are shortened
+    with an ellipsis before any column is dropped; ``wrap`` columns (explanations that must be
+    read whole: a plan, a failed check's reason) are narrowed too, and wrap at spaces instead.
+    No other column ever wraps."""
 
     header: str
     priority: int = 0
     truncate: bool = False
     justify: str = "left"
+    wrap: bool = False
+
+    @property
+    def shrinks(self) -> bool:
+        """Whether the column may be narrower than its content."""
+        return self.truncate or self.wrap
 
 
 _MIN_TRUNCATED = 12
@@ -115,7 +123,7 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
         return sum(widths[i] + _PAD for i in keep) - _PAD
 
     for i in keep:
-        if columns[i].truncate and total() > width:
+        if columns[i].shrinks and total() > width:
             widths[i] = max(_MIN_TRUNCATED, widths[i] - (total() - width))
     while total() > width:
         droppable = [i for i in keep if columns[i].priority > 0]
@@ -123,7 +131,7 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
             break
         keep.remove(max(droppable, key=lambda i: (columns[i].priority, i)))
     for i in keep:  # room freed by a dropped column goes back to shortened text
-        if columns[i].truncate and total() < width:
+        if columns[i].shrinks and total() < width:
             widths[i] = min(natural[i], widths[i] + width - total())
     return keep, [widths[i] for i in keep]
 
@@ -141,7 +149,8 @@ def table(title: str, columns: Sequence[str | Column], rows: Iterable[Sequence[A
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, caption=caption, caption_justify="left")
     for i, w in zip(keep, widths, strict=True):
-        t.add_column(cols[i].header, no_wrap=True, overflow="ellipsis", width=w,
+        t.add_column(cols[i].header, no_wrap=not cols[i].wrap,
+                     overflow="fold" if cols[i].wrap else "ellipsis", width=w,
                      justify=cols[i].justify)  # type: ignore[arg-type]
     for row in cells:
         shown = []

@@ -64,3 +64,16 @@ def test_log_lines_on_a_terminal_carry_iso_dates() -> None:
 def test_global_options_move_in_front_of_the_command(argv: list[str],
                                                      expected: list[str]) -> None:
     assert hoist_globals(argv) == expected
+
+
+def test_explanations_wrap_at_spaces_and_nothing_else_does(capsys: pytest.CaptureFixture[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    reason = "refusing to restore config-only backup 20261201T142205Z-a1b2c3 over prefect: " \
+             "its run history would be lost (flow_run 12 rows)"
+    console.table("Preflight", [Column("check"), Column("status"), Column("detail", wrap=True)],
+                  [("history", "REFUSED", reason)], status_column=1)
+    out = capsys.readouterr().out
+    assert all(len(line) <= 60 for line in out.splitlines())
+    assert "20261201T142205Z-a1b2c3" in out and "rows)" in out  # whole words, all of them
+    assert "…" not in out

@@ -36,7 +36,7 @@ def backups(entries: list[Any], *, wide: bool = False) -> None:
 def manifest(m: Any, *, wide: bool = False) -> None:
     """`show`: the manifest, its artifacts and its row counts."""
     console.table(f"Backup {m.backup_id} ({UTC_NOTE})", [Column("field"), Column(
-        "value", truncate=True)], [
+        "value", wrap=True)], [
         ("kind", m.kind), ("started", f"{short_time(m.started_at)} ({ago(m.started_at)})"),
         ("finished", short_time(m.finished_at)),
         ("prefect", m.prefect_version or "unknown"), ("alembic revision", m.alembic_revision),
@@ -64,14 +64,14 @@ def verification(report: Any) -> None:
     result = "passed" if report.ok else "FAILED"
     console.table(f"Verification of {report.backup_id}: {result}", [
         Column("check"), Column("artifact", priority=2), Column("result"),
-        Column("time", priority=3, justify="right"), Column("detail", 1, truncate=True)],
+        Column("time", priority=3, justify="right"), Column("detail", 1, wrap=True)],
         rows, status_column=2)
 
 
 def plan(p: Any) -> None:
     """`restore`: the plan and its preflight."""
     console.table(f"Restore plan for backup {p.backup_id}", [Column(""), Column(
-        "", truncate=True)], [
+        "", wrap=True)], [
         ("backup", f"{p.backup_id} ({p.kind}), Prefect {p.prefect_version or '?'}, "
                    f"revision {p.backup_revision}"),
         ("target", f"{p.target} ({'exists' if p.target_exists else 'will be created'}"
@@ -96,7 +96,7 @@ def plan(p: Any) -> None:
         [(r["table"], r["backup"], r["current"] if r["exact"] else f"~{r['current']}",
           f"{r['change']:+d}") for r in p.history_diff if r["backup"] or r["current"]])
     console.table("Preflight", [Column("check"), Column("status"), Column("detail",
-                                                                          truncate=True)],
+                                                                          wrap=True)],
                   [(f.name, "ok" if f.ok else ("REFUSED" if f.blocking else "warn"), f.detail)
                    for f in p.preflight], status_column=1)
 
@@ -104,7 +104,7 @@ def plan(p: Any) -> None:
 def freshness(report: Any) -> None:
     """`status`: one row per schedule."""
     console.table("prefect-dr status", [Column("what"), Column("status"),
-                                        Column("detail", truncate=True)],
+                                        Column("detail", wrap=True)],
                   [(i.what, "ok" if i.ok else "fail", i.detail) for i in report.items],
                   status_column=1)
 
@@ -137,7 +137,7 @@ def _age(delta: dt.timedelta) -> str:
 def doctor(report: Any) -> None:
     """`doctor`: one row per check."""
     console.table("prefect-dr doctor", [Column("check"), Column("status"),
-                                        Column("detail", truncate=True)],
+                                        Column("detail", wrap=True)],
                   [(c.name, c.status, c.detail) for c in report.checks], status_column=1)
 
 
