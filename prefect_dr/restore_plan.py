@@ -1,15 +1,17 @@
 """The restore plan: what a restore will do, and every precondition checked before any work.
 
 `restore --dry-run` prints exactly this plan and exits with the code the real run would refuse
-with, so a CI dry-run proves what a restore at 3 a.m. would meet. The preflight findings are
-cheap checks made *before* anything is created, downloaded or uploaded:
+with (connected clients excepted: the runbook stops Prefect after looking at the plan, so a dry
+run warns of them), so a CI dry-run proves what a restore at 3 a.m. would meet. The preflight
+findings are cheap checks made *before* anything is created, downloaded or uploaded:
 
 - ``schema``: the target's Prefect can run the backup's revision (exit 14);
 - ``history``: a config-only backup restored over a database holding run history would delete
   it; refused (exit 2) unless ``--allow-history-loss``;
 - ``signature``: with a verify key, the manifest is signed by it (exit 13);
 - ``identity``: the age identity decrypts for one of the backup's recipients (exit 12);
-- ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1);
+- ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1;
+  a dry run, made while Prefect still runs, warns instead);
 - ``createdb``: the role may create the database restored beside the live one (exit 1);
 - ``pg_restore`` / ``pg_dump``: the clients exist, pg_restore reads the archive, and pg_dump
   can take the safety backup of the live server (exit 1);
@@ -198,6 +200,7 @@ class Options:
     force_disconnect: bool = False
     jobs: int = 1
     staging_dir: str | None = None
+    dry_run: bool = False
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
@@ -256,7 +259,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         _history_finding(plan, options.allow_history_loss),
         _signature_finding(settings, manifest),
         _identity_finding(settings, manifest),
-        _clients_finding(db, clients, options.force_disconnect),
+        _clients_finding(db, clients, options.force_disconnect, options.dry_run),
         Finding("createdb", may_create,
                 "the role may create databases" if may_create else
                 f"the role of {plan.target} may not create databases: grant CREATEDB "
@@ -327,9 +330,15 @@ def _identity_finding(settings: Settings, manifest: Manifest) -> Finding:
     return Finding("identity", True, f"{settings.age_identity_file} decrypts this backup")
 
 
-def _clients_finding(db: str, clients: list[pgswap.Session], force: bool) -> Finding:
+def _clients_finding(db: str, clients: list[pgswap.Session], force: bool,
+                     dry_run: bool) -> Finding:
+    """Connected clients refuse a restore; a dry run, made while Prefect still runs (the
+    runbook stops it after looking at the plan), says so as a warning."""
     if not clients:
         return Finding("clients", True, f"no client is connected to {db}")
+    if dry_run and not force:
+        return Finding("clients", False, pgswap.describe_clients(db, clients).replace(
+            "; stop Prefect", "; a restore now would be refused: stop Prefect"))
     if force:
         return Finding("clients", False, "--force-disconnect: " + pgswap.describe_clients(
             db, clients).split("; stop Prefect")[0] + " (they are disconnected at the swap)")

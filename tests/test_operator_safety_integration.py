@@ -146,12 +146,17 @@ def test_preflight_refuses_before_anything_is_created_or_uploaded(
     backup_id = _backup(env)
 
     with _client(env["PREFECT_DR_DATABASE_URL"], env["PGPASSWORD"]):
-        for extra in (["--yes"], ["--dry-run"]):
-            proc = run_cli(["restore", "--latest", *extra], env)
-            assert proc.returncode == 1, proc.stderr
-            line = _one_error_line(proc.stderr)
-            assert "clients are connected" in line and "dr-test-client" in line
-            assert "--force-disconnect" in line
+        proc = run_cli(["restore", "--latest", "--yes"], env)
+        assert proc.returncode == 1, proc.stderr
+        line = _one_error_line(proc.stderr)
+        assert "clients are connected" in line and "dr-test-client" in line
+        assert "--force-disconnect" in line
+        # the runbook looks at the plan before stopping Prefect: a dry run warns
+        dry = run_cli(["restore", "--latest", "--dry-run", "--json"], env)
+        assert dry.returncode == 0, dry.stderr
+        warnings = json.loads(dry.stdout)["plan"]["warnings"]
+        assert any("dr-test-client" in w and "a restore now would be refused" in w
+                   for w in warnings), warnings
     assert databases(env, db) == [db]
     assert _listed(env) == [backup_id]  # no safety backup
 

@@ -70,7 +70,8 @@ def restore(
     plan = restore_plan.make_plan(current, manifest, restore_plan.Options(
         target_url=target_url, allow_newer_schema=allow_newer_schema,
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
-        force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir))
+        force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
+        dry_run=dry_run))
     if json_mode() and dry_run:
         console.print_json({"ok": plan.refusal is None, "dry_run": True,
                             "plan": plan.to_dict()})
