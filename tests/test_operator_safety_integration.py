@@ -86,8 +86,9 @@ def test_latest_is_full_and_a_config_only_backup_cannot_erase_history(
         assert f"flow_run {runs} rows" in line and "--allow-history-loss" in line, line
     plan = run_cli(["restore", config_id, "--dry-run", "--json"], env)
     assert plan.returncode == 2
-    out = json.loads(plan.stdout)
+    out = json.loads(plan.stdout)  # one document: the plan and the refusal
     assert out["ok"] is False and out["plan"]["refused"]["check"] == "history"
+    assert out["exit_code"] == 2 and "--allow-history-loss" in out["error"]
     assert out["plan"]["history_loss"]["flow_run"] == runs
     assert _count(env, "flow_run") == runs
     assert databases(env, db) == [db]

@@ -72,15 +72,20 @@ def restore(
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
         dry_run=dry_run))
-    if json_mode() and dry_run:
-        console.print_json({"ok": plan.refusal is None, "dry_run": True,
-                            "plan": plan.to_dict()})
+    refusal = plan.refusal
+    if json_mode() and dry_run:  # one JSON document: the plan, and the refusal if any
+        console.print_json({"ok": refusal is None, "dry_run": True, "plan": plan.to_dict(),
+                            **({"error": refusal.detail, "exit_code": refusal.exit_code}
+                               if refusal else {})})
     elif not json_mode():
         render.plan(plan)
     for warning in plan.warnings:
         logger.warning(warning)
-    if plan.refusal is not None:
-        raise restore_plan.RestoreRefusedError(plan.refusal)
+    if refusal is not None and json_mode() and dry_run:
+        console.error(refusal.detail)
+        raise typer.Exit(refusal.exit_code)
+    if refusal is not None:
+        raise restore_plan.RestoreRefusedError(refusal)
     if dry_run:
         return
     confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
