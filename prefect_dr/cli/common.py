@@ -98,12 +98,12 @@ def url_flag(value: str | None, flag: str) -> None:
         raise errors.UsageError(f"{flag} must not carry a password (use PGPASSWORD or .pgpass)")
 
 
-def parse_labels(labels: list[str]) -> dict[str, str]:
+def parse_labels(labels: list[str], flag: str = "--label") -> dict[str, str]:
     """KEY=VALUE options as a dict. Raises UsageError for one without '='."""
     out: dict[str, str] = {}
     for item in labels:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise errors.UsageError(f"--label {item!r} is not KEY=VALUE")
+            raise errors.UsageError(f"{flag} {item!r} is not KEY=VALUE")
         out[key.strip()] = value.strip()
     return out

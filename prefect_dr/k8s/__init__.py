@@ -2,7 +2,9 @@
 
 Modules: ``options`` (:class:`RenderOptions`, their validation and their mapping from the
 settings), ``pods`` (labels, ConfigMap, hardened pods, Jobs, CronJobs, example Secrets, the
-restore Job) and ``bundle`` (:func:`render` in apply order, :func:`to_yaml`, the example files).
+restore Job), ``bundle`` (:func:`render` in apply order, :func:`to_yaml`, the example files),
+``helm`` (:func:`pre_upgrade_hook`, a backup before prefect-helm's migration) and
+``monitoring`` (:func:`monitoring`: PrometheusRule and the Pushgateway's ServiceMonitor).
 
 ``render(options)`` returns plain dicts (ready for ``to_yaml`` or a Kubernetes client):
 
@@ -47,7 +49,10 @@ Design choices (docs/deploy.md explains them for operators):
 
 from __future__ import annotations
 
-from prefect_dr.k8s.bundle import EXAMPLE_FILES, example_files, render, to_yaml
+from prefect_dr.k8s.bundle import EXAMPLE_FILES, example_files, render, select, to_yaml
+from prefect_dr.k8s.helm import HOOK_WEIGHT, MIGRATION_HOOK_WEIGHT, pre_upgrade_hook
+from prefect_dr.k8s.monitoring import NOTE as MONITORING_NOTE
+from prefect_dr.k8s.monitoring import monitoring
 from prefect_dr.k8s.options import (
     DEFAULT_DATABASE_SECRET,
     DEFAULT_IMAGE,
@@ -64,7 +69,8 @@ from prefect_dr.k8s.pods import config_env, example_secrets, restore_job
 
 __all__ = [
     "DEFAULT_DATABASE_SECRET", "DEFAULT_IMAGE", "EXAMPLE_FILES", "FROM_SETTINGS",
-    "NO_RETRY_EXIT_CODES", "PLACEHOLDER", "ROLES", "UID", "RenderOptions", "config_env",
-    "example_files", "example_secrets", "options_from_settings", "render", "restore_job",
-    "to_yaml", "validate_schedule",
+    "HOOK_WEIGHT", "MIGRATION_HOOK_WEIGHT", "MONITORING_NOTE", "NO_RETRY_EXIT_CODES",
+    "PLACEHOLDER", "ROLES", "UID", "RenderOptions", "config_env", "example_files",
+    "example_secrets", "monitoring", "options_from_settings", "pre_upgrade_hook", "render",
+    "restore_job", "select", "to_yaml", "validate_schedule",
 ]

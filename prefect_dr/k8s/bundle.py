@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect_dr import __version__
+from prefect_dr.k8s import helm, monitoring
 from prefect_dr.k8s.options import ROLES, RenderOptions, check
 from prefect_dr.k8s.pods import config_env, cron_job, example_secrets, metadata, restore_job
 from prefect_dr.kinds import Kind
@@ -49,6 +50,24 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
     ]
     objects.append(restore_job(options))
     return objects
+
+
+def select(options: RenderOptions, *, pre_upgrade_hook: bool = False,
+           prometheus_rule: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+    """What ``k8s render`` prints: every object of :func:`render`, or only the pre-upgrade
+    hook Job and/or the Prometheus Operator objects; with the YAML header they need (None for
+    none). Raises ValueError (one line) for a bad option."""
+    if not (pre_upgrade_hook or prometheus_rule):
+        return render(options), None
+    objects: list[dict[str, Any]] = []
+    notes: list[str] = []
+    if pre_upgrade_hook:
+        objects.append(helm.pre_upgrade_hook(options))
+        notes.append(helm.NOTE)
+    if prometheus_rule:
+        objects += monitoring.monitoring(options)
+        notes.append(monitoring.NOTE)
+    return objects, "\n".join(notes)
 
 
 def to_yaml(objects: Sequence[Mapping[str, Any]], *, header: str | None = None) -> str:

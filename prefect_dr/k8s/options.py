@@ -35,7 +35,7 @@ _MANAGED_ENV = frozenset({
     "PREFECT_API_URL", "PREFECT_DR_RETENTION_FULL", "PREFECT_DR_RETENTION_CONFIG_ONLY",
     "PREFECT_DR_VERIFY_KEY", "PREFECT_DR_AGE_IDENTITY_FILE", "PREFECT_DR_SIGNING_KEY_FILE",
     "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE", "PREFECT_DR_BACKUP_CRON", "PREFECT_DR_VERIFY_CRON",
-    "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE",
+    "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE", "PREFECT_DR_NOTIFY_ON",
 })
 UTC_ZONES = frozenset({"Etc/UTC", "UTC"})
 # Secrets never go into a ConfigMap.
@@ -45,12 +45,14 @@ _SECRET_ENV = frozenset({
     "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_PASSWORD",
     "PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_DR_NOTIFY",
 })
+NOTIFY_KEY = "urls"
 PASSWORD_KEY = "PGPASSWORD"  # noqa: S105 - a key name: that Secret holds only the password
 DATABASE_URL_ENV = "PREFECT_API_DATABASE_CONNECTION_URL"  # what a connection-string Secret sets
 _SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
 
 
@@ -96,6 +98,9 @@ class RenderOptions:
     pushgateway_url: str | None = None
     metrics_instance: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)  # more non-secret settings
+    # Labels the Prometheus Operator selects the PrometheusRule and ServiceMonitor by
+    # (kube-prometheus-stack: release=<its release>)
+    prometheus_labels: Mapping[str, str] = field(default_factory=dict)
     # Secret names
     database_secret: str = "prefect-server-postgresql-connection"  # noqa: S105 - a name
     database_secret_key: str = "connection-string"  # noqa: S105 - or PGPASSWORD (+ database_url)
@@ -105,6 +110,10 @@ class RenderOptions:
     s3_secrets: Mapping[str, str] = field(default_factory=_default_s3_secrets)
     signing_key_secret: str | None = None  # key signing-key.pem (backup, verify, restore)
     block_key_secret: str | None = None  # key encryption-key (backup, restore's safety backup)
+    # Notifications: the Secret holding the apprise URLs (key urls) as PREFECT_DR_NOTIFY in
+    # every job, and PREFECT_DR_NOTIFY_ON (failure or always) in the ConfigMap
+    notify_secret: str | None = None
+    notify_on: str | None = None
     # Restore Job
     restore_backup_id: str | None = None  # None: --latest
     restore_dry_run: bool = True  # False: --yes (a real restore)
@@ -149,6 +158,8 @@ def check(options: RenderOptions) -> None:
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"time zone {options.time_zone!r} is not an IANA time zone name "
                              "(e.g. Etc/UTC, Europe/Berlin)") from None
+    if options.notify_on not in (None, "failure", "always"):
+        raise ValueError("notify_on must be failure or always")
     if not options.bucket:
         raise ValueError("bucket is required")
     for what in ("database_url", "verify_scratch_url"):
@@ -195,11 +206,16 @@ def check(options: RenderOptions) -> None:
             raise ValueError(f"extra_env: {key} is set by its own option")
         if key in _SECRET_ENV or key.startswith("AWS_"):
             raise ValueError(f"extra_env: {key} is a secret; put it in a Secret, not a ConfigMap")
+    for key, value in options.prometheus_labels.items():
+        name = key.rsplit("/", 1)[-1]
+        if (not _LABEL_NAME.match(name) or len(name) > 63 or len(value) > 63
+                or (value and not _LABEL_NAME.match(value))):
+            raise ValueError(f"prometheus label {key}={value} is not a valid Kubernetes label")
     unknown = sorted(set(options.s3_secrets) - set(ROLES))
     if unknown:
         raise ValueError(f"s3_secrets: unknown role {unknown[0]!r} (one of {', '.join(ROLES)})")
     secrets = [options.database_secret, options.identity_secret, *options.s3_secrets.values(),
-               options.signing_key_secret, options.block_key_secret]
+               options.signing_key_secret, options.block_key_secret, options.notify_secret]
     for secret in secrets:
         if secret is not None and (not _DNS_SUBDOMAIN.match(secret) or len(secret) > 253):
             raise ValueError(f"secret name {secret!r} is not a valid Kubernetes name")
@@ -244,6 +260,8 @@ def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATAB
         value = getattr(settings, setting)
         if value:
             values[field_name] = value
+    if overrides.get("notify_secret"):
+        values["notify_on"] = settings.notify_on or None
     values.update({k: v for k, v in overrides.items() if v is not None})
     return RenderOptions(**values)
 

@@ -13,6 +13,7 @@ from prefect_dr.k8s.options import (
     IDENTITY_DIR,
     IDENTITY_KEY,
     NO_RETRY_EXIT_CODES,
+    NOTIFY_KEY,
     PASSWORD_KEY,
     PLACEHOLDER,
     ROLES,
@@ -27,11 +28,14 @@ from prefect_dr.kinds import Kind
 
 
 def labels(options: RenderOptions, component: str) -> dict[str, str]:
+    """The recommended labels (as prefect-helm's bitnami ``common.labels.standard`` sets
+    them, with ``app.kubernetes.io/component``)."""
     return {
         "app.kubernetes.io/name": "prefect-dr",
         "app.kubernetes.io/instance": options.name,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/version": __version__,
+        "app.kubernetes.io/managed-by": "prefect-dr",
     }
 
 
@@ -65,6 +69,7 @@ def config_env(options: RenderOptions) -> dict[str, str]:
         "PREFECT_DR_RETENTION_CONFIG_ONLY": options.retention_config_only,
         "PREFECT_DR_VERIFY_KEY": options.verify_key,
         "PREFECT_DR_PUSHGATEWAY_URL": options.pushgateway_url,
+        "PREFECT_DR_NOTIFY_ON": options.notify_on,
     }
     if options.pushgateway_url:
         optional["PREFECT_DR_METRICS_INSTANCE"] = (
@@ -107,6 +112,9 @@ def pod_spec(options: RenderOptions, role: str, args: list[str]) -> dict[str, An
                     "value": f"{BLOCK_KEY_DIR}/{BLOCK_KEY}"})
         mounts.append({"name": "block-key", "mountPath": BLOCK_KEY_DIR, "readOnly": True})
         volumes.append(_secret_volume("block-key", options.block_key_secret, BLOCK_KEY))
+    if options.notify_secret:
+        env.append({"name": "PREFECT_DR_NOTIFY", "valueFrom": {"secretKeyRef": {
+            "name": options.notify_secret, "key": NOTIFY_KEY}}})
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": options.name}}]
     if role in options.s3_secrets:
         env_from.append({"secretRef": {"name": options.s3_secrets[role]}})
@@ -220,6 +228,10 @@ def example_secrets(options: RenderOptions) -> list[dict[str, Any]]:
                            "Ed25519 key that signs manifests and verification records",
                            {SIGNING_KEY: "# from 'prefect-dr keygen --signing -o "
                                          f"signing-key.pem'\n{PLACEHOLDER}\n"}))
+    if options.notify_secret:
+        out.append(_secret(options, options.notify_secret, "notify",
+                           "apprise URLs notified of failures (PREFECT_DR_NOTIFY); they hold "
+                           "tokens", {NOTIFY_KEY: f"json://{PLACEHOLDER}.example/hook"}))
     if options.block_key_secret:
         out.append(_secret(options, options.block_key_secret, "block-key",
                            "Prefect's block key (PREFECT_SERVER_ENCRYPTION_KEY), escrowed "
