@@ -250,17 +250,21 @@ def _notify(code: int) -> None:
     if run is None or not notify.may_notify(run.command, state.notify):
         return
     try:
-        current: config.Settings | None = state.settings()
-    except errors.DRError:
-        current = None  # a configuration error is worth a notification too
-    urls, on = notify.targets(current, os.environ)
-    notes = state.notes
-    notify.deliver(notify.Outcome(
-        command=run.command, exit_code=code, run_id=log.RUN_ID, host=socket.gethostname(),
-        error=notes.get("error", state.error), backup_id=notes.get("backup"),
-        kind=notes.get("kind", run.labels.get("kind")), detail=notes.get("detail"),
-        recovered=notes.get("recovered") == "yes", instance=state.metrics_instance,
-    ), urls, on=on, asked=state.notify)
+        try:
+            current: config.Settings | None = state.settings()
+        except errors.DRError:
+            current = None  # a configuration error is worth a notification too
+        urls, on = notify.targets(current, os.environ)
+        notes = state.notes
+        notify.deliver(notify.Outcome(
+            command=run.command, exit_code=code, run_id=log.RUN_ID, host=socket.gethostname(),
+            error=notes.get("error", state.error), backup_id=notes.get("backup"),
+            kind=notes.get("kind", run.labels.get("kind")), detail=notes.get("detail"),
+            recovered=notes.get("recovered") == "yes", instance=state.metrics_instance,
+        ), urls, on=on, asked=state.notify)
+    except Exception as exc:  # never change the exit code for a notification
+        logger.warning("notification not sent: %s", redact.redact(str(exc)).splitlines()[0]
+                       if str(exc) else type(exc).__name__)
 
 
 def _finish_metrics(code: int) -> None:

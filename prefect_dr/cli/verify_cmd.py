@@ -79,7 +79,7 @@ def verify(
         if not json_mode():
             render.verification(reports[-1])
     ok = all(r.ok for r in reports)
-    if ok and previous is not None and previous.get("result") != "passed":
+    if ok and previous is not None and previous.get("result") == "failed":
         state.notes["recovered"] = "yes"
     state.run.set("verification_success", 1 if ok else 0)
     state.run.set("verification_timestamp_seconds", time.time())
