@@ -130,8 +130,10 @@ def _prefect_version(settings: Settings) -> str | None:
 
 def run(settings: Settings, storage: Storage, request: Request, *,
         env: Mapping[str, str] | None = None, progress: pipeline.Progress | None = None,
-        clock: Callable[[], dt.datetime] = _now) -> Manifest:
-    """Take one backup and return its manifest.
+        clock: Callable[[], dt.datetime] = _now,
+        on_start: Callable[[str], None] | None = None) -> Manifest:
+    """Take one backup and return its manifest. ``on_start`` is called with the backup id
+    once it exists (for the run's notification).
 
     Raises ConfigError (settings), DatabaseError, StorageError, LockHeldError,
     UndecryptableBlocksError, Interrupted; after the lock is held every failure first leaves a
@@ -164,7 +166,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
         with lock:
             return _run_locked(settings, storage, request, conn, repo, env, progress, clock,
                                recipients, fingerprints, pg_dump, dump_version, pg_version,
-                               signer)
+                               signer, on_start)
     finally:
         conn.close()
 
@@ -174,9 +176,12 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
                 progress: pipeline.Progress | None, clock: Callable[[], dt.datetime],
                 recipients: list[crypto.Recipient], fingerprints: tuple[str, ...],
                 pg_dump: str, dump_version: str, pg_version: str,
-                signer: signing.Ed25519PrivateKey | None) -> Manifest:
+                signer: signing.Ed25519PrivateKey | None,
+                on_start: Callable[[str], None] | None = None) -> Manifest:
     started = clock()
     backup_id = new_backup_id(started)
+    if on_start is not None:
+        on_start(backup_id)
     status_key = repo.artifact(backup_id, layout.STATUS)
     common = {"started_at": started.isoformat(), "host": socket.gethostname(),
               "pid": os.getpid(), "run_id": runlog.RUN_ID, "labels": dict(request.labels)}

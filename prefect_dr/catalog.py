@@ -159,6 +159,14 @@ def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[Objec
     return entry
 
 
+def last_verification(storage: Storage, layout: Layout, *, kind: str | None = None,
+                      verify_key: Ed25519PublicKey | None = None) -> dict[str, Any] | None:
+    """The newest verification record (by finish time) of any backup of ``kind``, or None."""
+    records = [e.verification for e in list_backups(storage, layout, verify_key=verify_key)
+               if e.verification and (kind is None or e.kind == kind)]
+    return max(records, key=lambda r: str(r.get("finished_at") or ""), default=None)
+
+
 def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool = False,
             kind: str | None = None, verify_key: Ed25519PublicKey | None = None
             ) -> BackupEntry:

@@ -100,6 +100,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("s3_read_deadline", "PREFECT_DR_S3_READ_DEADLINE", "s3.read_deadline_seconds", "int",
          default=15, help="seconds the read-only commands (list, show, status) retry transient "
                           "S3 errors before giving up"),
+    Spec("notify_urls", "PREFECT_DR_NOTIFY", "notify.urls", secret=True,
+         help="apprise URLs (spaces or commas between them) notified of failures; they hold "
+              "tokens: environment or config file only"),
+    Spec("notify_on", "PREFECT_DR_NOTIFY_ON", "notify.on", default="failure",
+         help="failure (failures, and a verify passing after a failure) or always (every "
+              "backup, verify, restore and prune)"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
 _TOML_KEYS = {s.toml: s for s in SPECS}
@@ -163,12 +169,12 @@ class Settings:
 def _show(spec: Spec, value: Any) -> str:
     if value is None or value == () or value == "":
         return ""
+    if spec.secret:
+        return redact.MASK
     if spec.kind == "list":
         return ",".join(value)
     if spec.kind == "url":
         return redact.url_without_password(str(value))
-    if spec.secret:
-        return redact.MASK
     return str(value)
 
 
@@ -295,6 +301,9 @@ def load(
                 and not name.startswith("PREFECT_DR_STACK_")):
             warnings.append(f"unknown environment variable {name} ignored")
 
+    for spec in SPECS:
+        if spec.secret and values.get(spec.name):
+            _register_secret(spec, values[spec.name])
     for name, (raw, flag) in flags.items():
         if raw is None:
             continue
@@ -315,6 +324,17 @@ def load(
     if problems:
         raise ConfigError(problems)
     return Settings(values=values, sources=sources, warnings=tuple(warnings), config_file=path)
+
+
+def _register_secret(spec: Spec, value: str) -> None:
+    """Register a secret setting's value with ``redact`` as it loads (notification URLs: each
+    URL too)."""
+    if spec.name == "notify_urls":
+        from prefect_dr import notify
+
+        notify.register_secrets(value)
+    else:
+        redact.register(value)
 
 
 def _prefect_database(env: Mapping[str, str], values: dict[str, Any],
@@ -386,6 +406,8 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
         expr = values.get(name)
         if expr and not cron.is_valid(expr):
             problems.append(f"{at(name)}: {expr!r} is not a valid cron expression")
+    if values.get("notify_on") not in (None, "", "failure", "always"):
+        problems.append(f"{at('notify_on')} must be failure or always")
     grace = values.get("status_grace")
     if grace:
         try:

@@ -9,7 +9,9 @@ exactly the original dict: a misspelled or misplaced field shows up as a differe
 from __future__ import annotations
 
 import copy
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,8 @@ def full_options() -> k8s.RenderOptions:
         pushgateway_url="http://pushgateway.monitoring.svc:9091", metrics_instance="prod",
         s3_secrets={"verify": "verify-keys"},  # the other jobs use IRSA
         signing_key_secret="prefect-dr-signing", block_key_secret="prefect-block-key",
+        notify_secret="prefect-dr-notify", notify_on="always",
+        prometheus_labels={"release": "kube-prometheus-stack"},
         restore_backup_id="20261126T153000Z-a1b2c3", restore_dry_run=False,
         backup_deadline_seconds=7200, memory_limit="1Gi",
     )
@@ -104,7 +108,7 @@ def test_every_object_is_a_valid_kubernetes_object(options):
     assert [o["kind"] for o in objects] == (
         ["ServiceAccount"] * 4 + ["ConfigMap"]
         + ["Secret"] * (len(options.s3_secrets) + 1 + bool(options.signing_key_secret)
-                        + bool(options.block_key_secret)
+                        + bool(options.block_key_secret) + bool(options.notify_secret)
                         + (options.database_secret_key == "PGPASSWORD"))
         + ["CronJob"] * 3 + ["Job"])
     for obj in objects:
@@ -221,6 +225,8 @@ def test_each_job_gets_only_its_own_secrets(options):
             expected.add(options.signing_key_secret)
         if options.block_key_secret and role in ("backup", "restore"):
             expected.add(options.block_key_secret)
+        if options.notify_secret:  # every job reports its failures
+            expected.add(options.notify_secret)
         assert _secret_names(pod) == expected, role
 
 
@@ -494,3 +500,157 @@ def test_render_script_writes_the_same_files(tmp_path):
     assert proc.returncode == 0, proc.stderr
     for name in k8s.EXAMPLE_FILES:
         assert (tmp_path / name).read_text() == (DEPLOY / name).read_text()
+
+
+# ---- prefect-helm: the pre-upgrade hook ----------------------------------------------------
+
+@pytest.mark.parametrize("options", OPTIONS, ids=IDS)
+def test_pre_upgrade_hook_is_a_valid_helm_hook_before_the_migration(options):
+    hook = k8s.pre_upgrade_hook(options)
+    assert_valid(hook)
+    notes = hook["metadata"]["annotations"]
+    assert notes["helm.sh/hook"] == "pre-upgrade"
+    assert int(notes["helm.sh/hook-weight"]) < k8s.MIGRATION_HOOK_WEIGHT == -5
+    assert notes["helm.sh/hook-delete-policy"] == "before-hook-creation"  # logs kept
+    assert hook["metadata"]["namespace"] == options.namespace
+    assert hook["metadata"]["labels"]["app.kubernetes.io/component"] == "pre-upgrade-backup"
+    spec = hook["spec"]
+    pod = spec["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["backup", "--kind", "full", "--label", "trigger=pre-upgrade"]
+    # a failed backup fails the Job (and so the upgrade): no endless retries, no retry at all
+    # for what a retry cannot fix
+    assert spec["backoffLimit"] <= 1 and spec["activeDeadlineSeconds"] > 0
+    [fail] = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert set(fail["onExitCodes"]["values"]) == set(k8s.NO_RETRY_EXIT_CODES)
+    # prefect-helm conventions and the backup job's least privilege
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert pod["serviceAccountName"] == f"{options.name}-backup"
+    assert "age-identity" not in [v["name"] for v in pod["volumes"]]
+    env = {e["name"]: e for e in container.get("env", [])}
+    ref = env.get("PREFECT_API_DATABASE_CONNECTION_URL") or env["PGPASSWORD"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": options.database_secret,
+                                                "key": options.database_secret_key}
+    # what it reuses is what render() creates in the same namespace
+    objects = k8s.render(options)
+    names = {(o["kind"], o["metadata"].get("name")) for o in objects}
+    assert ("ServiceAccount", pod["serviceAccountName"]) in names
+    for source in container["envFrom"]:
+        if "configMapRef" in source:
+            assert ("ConfigMap", source["configMapRef"]["name"]) in names
+        else:
+            assert ("Secret", source["secretRef"]["name"]) in names
+    # it goes into a Helm chart's templates/: nothing Helm would read as a template
+    assert "{{" not in k8s.to_yaml([hook])
+
+
+def test_default_database_secret_is_prefect_helms():
+    hook = k8s.pre_upgrade_hook()
+    [container] = hook["spec"]["template"]["spec"]["containers"]
+    [env] = [e for e in container["env"] if e["name"] == "PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert env["valueFrom"]["secretKeyRef"] == {
+        "name": "prefect-server-postgresql-connection", "key": "connection-string"}
+
+
+def test_every_object_carries_the_recommended_labels():
+    for obj in [*k8s.render(full_options()), k8s.pre_upgrade_hook(),
+                *k8s.monitoring(full_options())]:
+        labels = obj["metadata"]["labels"]
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/instance",
+                "app.kubernetes.io/component", "app.kubernetes.io/version",
+                "app.kubernetes.io/managed-by"} <= set(labels), obj["kind"]
+
+
+def test_notifications_come_from_a_secret():
+    options = full_options()
+    for pod in pods(k8s.render(options)).values():
+        [container] = pod["containers"]
+        [env] = [e for e in container["env"] if e["name"] == "PREFECT_DR_NOTIFY"]
+        assert env["valueFrom"]["secretKeyRef"] == {"name": "prefect-dr-notify", "key": "urls"}
+    assert k8s.config_env(options)["PREFECT_DR_NOTIFY_ON"] == "always"
+    [example] = [s for s in k8s.example_secrets(options)
+                 if s["metadata"]["name"] == "prefect-dr-notify"]
+    assert k8s.PLACEHOLDER in example["stringData"]["urls"]
+    with pytest.raises(ValueError, match="is a secret"):
+        k8s.render(k8s.RenderOptions(extra_env={"PREFECT_DR_NOTIFY": "json://x/y"}))
+    with pytest.raises(ValueError, match="notify_on"):
+        k8s.render(k8s.RenderOptions(notify_on="sometimes"))
+
+
+# ---- Prometheus Operator -------------------------------------------------------------------
+
+# Fields of the monitoring.coreos.com/v1 ServiceMonitor spec and endpoint that we render (the
+# CRD is not in the Kubernetes client; the standard parts are checked with its models).
+SERVICE_MONITOR_SPEC = {"selector", "namespaceSelector", "endpoints", "jobLabel",
+                        "targetLabels", "podTargetLabels", "sampleLimit"}
+ENDPOINT_FIELDS = {"port", "targetPort", "path", "scheme", "interval", "scrapeTimeout",
+                   "honorLabels", "honorTimestamps", "relabelings", "metricRelabelings"}
+
+
+def _meta_valid(obj):
+    meta = obj["metadata"]
+    model = API._ApiClient__deserialize(copy.deepcopy(meta), "V1ObjectMeta")
+    assert API.sanitize_for_serialization(model) == meta
+
+
+def test_prometheus_rule_holds_the_tested_alert_rules(tmp_path):
+    rule, _ = k8s.monitoring(full_options())
+    assert (rule["apiVersion"], rule["kind"]) == ("monitoring.coreos.com/v1", "PrometheusRule")
+    _meta_valid(rule)
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    prometheus = ROOT / "deploy" / "prometheus"
+    packaged = ROOT / "prefect_dr" / "k8s" / "alerts.yml"
+    assert packaged.read_text() == (prometheus / "alerts.yml").read_text(), \
+        "copy deploy/prometheus/alerts.yml to prefect_dr/k8s/alerts.yml"
+    assert rule["spec"]["groups"] == yaml.safe_load(
+        (prometheus / "alerts.yml").read_text())["groups"]
+    import shutil
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed")
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rule["spec"]))
+    (tmp_path / "alerts_test.yml").write_text((prometheus / "alerts_test.yml").read_text())
+    for argv in ([promtool, "check", "rules", "alerts.yml"],
+                 [promtool, "test", "rules", "alerts_test.yml"]):
+        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_service_monitor_scrapes_the_pushgateway_with_honor_labels():
+    [_, monitor] = k8s.monitoring(full_options())
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1",
+                                                        "ServiceMonitor")
+    _meta_valid(monitor)
+    spec = monitor["spec"]
+    assert set(spec) <= SERVICE_MONITOR_SPEC
+    selector = API._ApiClient__deserialize(copy.deepcopy(spec["selector"]), "V1LabelSelector")
+    assert API.sanitize_for_serialization(selector) == spec["selector"]
+    assert spec["namespaceSelector"] == {"matchNames": ["monitoring"]}  # from the URL
+    [endpoint] = spec["endpoints"]
+    assert set(endpoint) <= ENDPOINT_FIELDS and endpoint["honorLabels"] is True
+    [_, other] = k8s.monitoring(k8s.RenderOptions(namespace="ops"))
+    assert other["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    with pytest.raises(ValueError, match="not a valid Kubernetes label"):
+        k8s.monitoring(k8s.RenderOptions(prometheus_labels={"release": "a b"}))
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("PREFECT_DR_", "AWS_", "PG", "PREFECT_"))}
+
+
+def test_cli_renders_the_hook_and_the_monitoring_objects():
+    proc = subprocess.run(
+        [sys.executable, "-m", "prefect_dr", "k8s", "render", "--pre-upgrade-hook",
+         "--prometheus-rule", "--namespace", "prefect", "--prometheus-label", "release=kps"],
+        capture_output=True, text=True, env=_clean_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("# Helm pre-upgrade hook")
+    docs = list(yaml.safe_load_all(proc.stdout))
+    assert [d["kind"] for d in docs] == ["Job", "PrometheusRule", "ServiceMonitor"]
+    assert {d["metadata"]["namespace"] for d in docs} == {"prefect"}
+    assert docs[1]["metadata"]["labels"]["release"] == "kps"
+    assert_valid(docs[0])

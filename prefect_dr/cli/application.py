@@ -18,7 +18,7 @@ import textwrap
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -52,6 +52,9 @@ GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
                  "Push Prometheus metrics to this Pushgateway (also PREFECT_DR_PUSHGATEWAY_URL)."),
     GlobalOption(("--metrics-instance",), "NAME",
                  "instance label for pushed metrics (default: host name)."),
+    GlobalOption(("--notify", "--no-notify"), None,
+                 "Notify the PREFECT_DR_NOTIFY targets of this run's outcome, or not: backup, "
+                 "verify, restore and prune notify by default, status only with --notify."),
     GlobalOption(("--bucket",), "NAME", "S3 bucket."),
     GlobalOption(("--prefix",), "PREFIX", "Key prefix."),
     GlobalOption(("--endpoint-url",), "URL", "S3-compatible endpoint."),
@@ -146,6 +149,9 @@ class State:
     pushgateway: str | None = None
     metrics_instance: str | None = None
     run: Any = None  # metrics.RunMetrics of this invocation
+    notify: bool | None = None  # --notify / --no-notify
+    error: str | None = None  # the reported error line
+    notes: dict[str, str] = field(default_factory=dict)  # backup, kind, detail, recovered
     flags: dict[str, tuple[Any, str]] | None = None
     _settings: config.Settings | None = None
 
@@ -194,6 +200,8 @@ def main_options(
     metrics_instance: Annotated[str | None, typer.Option(
         "--metrics-instance", envvar="PREFECT_DR_METRICS_INSTANCE",
         help=_HELP["--metrics-instance"])] = None,
+    notify: Annotated[bool | None, typer.Option(
+        "--notify/--no-notify", help=_HELP["--no-notify"], show_default=False)] = None,
 ) -> None:
     """Global options (before or after the command); settings also come from the config file
     and PREFECT_DR_* variables."""
@@ -201,6 +209,7 @@ def main_options(
 
     state.metrics_file, state.pushgateway = metrics_file, pushgateway
     state.metrics_instance = metrics_instance
+    state.notify, state.error, state.notes = notify, None, {}
     state.run = metrics.RunMetrics(ctx.invoked_subcommand or "none", time.time())
     state.config_file = config_file
     state.json = json_output
@@ -225,7 +234,37 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI and turn every outcome into an exit code; then write metrics."""
     code = _main(argv)
     _finish_metrics(code)
+    _notify(code)
     return code
+
+
+def _notify(code: int) -> None:
+    """Tell the notification targets how the run ended (notify.wanted says when); a
+    notification that cannot be delivered is a warning, and the exit code stays ``code``."""
+    import os
+    import socket
+
+    from prefect_dr import notify
+
+    run = state.run
+    if run is None or not notify.may_notify(run.command, state.notify):
+        return
+    try:
+        try:
+            current: config.Settings | None = state.settings()
+        except errors.DRError:
+            current = None  # a configuration error is worth a notification too
+        urls, on = notify.targets(current, os.environ)
+        notes = state.notes
+        notify.deliver(notify.Outcome(
+            command=run.command, exit_code=code, run_id=log.RUN_ID, host=socket.gethostname(),
+            error=notes.get("error", state.error), backup_id=notes.get("backup"),
+            kind=notes.get("kind", run.labels.get("kind")), detail=notes.get("detail"),
+            recovered=notes.get("recovered") == "yes", instance=state.metrics_instance,
+        ), urls, on=on, asked=state.notify)
+    except Exception as exc:  # never change the exit code for a notification
+        logger.warning("notification not sent: %s", redact.redact(str(exc)).splitlines()[0]
+                       if str(exc) else type(exc).__name__)
 
 
 def _finish_metrics(code: int) -> None:
@@ -329,6 +368,7 @@ def _usage_message(exc: Exception) -> str:
 
 
 def _report(exc: errors.DRError) -> None:
+    state.error = exc.message
     if state.verbose:
         sys.stderr.write(redact.redact(traceback.format_exc()))
     if state.json:

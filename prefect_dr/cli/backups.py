@@ -47,7 +47,8 @@ def backup(
     repo = storage()
     with console.transfer_progress(enabled=not json_mode(), primary="dumped") as listener:
         progress = pipeline.Progress(listener)
-        manifest = backup_mod.run(current, repo, request, progress=progress)
+        manifest = backup_mod.run(current, repo, request, progress=progress,
+                                  on_start=lambda backup_id: state.notes.update(backup=backup_id))
     for stage in ("dumped", "compressed", "uploaded"):
         state.run.set("backup_bytes", progress.counters.get(stage, 0), stage=stage)
     state.run.set("backup_rows", sum(int(c["rows"]) for c in manifest.row_counts.values()))

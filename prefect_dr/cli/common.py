@@ -53,6 +53,19 @@ def verify_key() -> Any:
     return signing.load_public(current.verify_key)
 
 
+def notified_verification(repo: Any, kind: str | None) -> dict[str, Any] | None:
+    """The newest verification record before this run, when the run may notify (so that a
+    verify passing after a failure can say so); None otherwise or when it cannot be read."""
+    from prefect_dr import catalog
+
+    if state.notify is False or not settings().notify_urls:
+        return None
+    try:
+        return catalog.last_verification(repo, layout(), kind=kind, verify_key=verify_key())
+    except errors.DRError:
+        return None
+
+
 def select(backup_id: str | None, latest: bool, kind: Kind | None,
            default_kind: Kind | None = DEFAULT_LATEST_KIND, *, read_only: bool = False) -> Any:
     """The one backup a command acts on (catalog.select_one with this run's repository)."""
@@ -85,12 +98,12 @@ def url_flag(value: str | None, flag: str) -> None:
         raise errors.UsageError(f"{flag} must not carry a password (use PGPASSWORD or .pgpass)")
 
 
-def parse_labels(labels: list[str]) -> dict[str, str]:
+def parse_labels(labels: list[str], flag: str = "--label") -> dict[str, str]:
     """KEY=VALUE options as a dict. Raises UsageError for one without '='."""
     out: dict[str, str] = {}
     for item in labels:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise errors.UsageError(f"--label {item!r} is not KEY=VALUE")
+            raise errors.UsageError(f"{flag} {item!r} is not KEY=VALUE")
         out[key.strip()] = value.strip()
     return out

@@ -120,8 +120,11 @@ def status(
         console.print_json(report.to_dict())
     else:
         render.freshness(report)
-    for item in report.items:
-        if not item.ok:
-            console.error(f"{item.what}: {item.detail}")
+    state.notes["kind"] = kind.value
+    stale = [f"{item.what}: {item.detail}" for item in report.items if not item.ok]
+    if stale:
+        state.notes["detail"] = "; ".join(stale)
+    for line in stale:
+        console.error(line)
     if not report.ok:
         raise typer.Exit(errors.STALE)

@@ -11,7 +11,7 @@ import typer
 
 from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
-from prefect_dr.cli.application import command
+from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
     KindFlag,
     confirm,
@@ -66,6 +66,7 @@ def restore(
     current = settings()
     repo = storage()
     manifest = catalog.require_complete(select(backup_id, latest, kind))
+    state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
     jobs = jobs or pipeline.available_cpus()
     plan = restore_plan.make_plan(current, manifest, restore_plan.Options(
         target_url=target_url, allow_newer_schema=allow_newer_schema,

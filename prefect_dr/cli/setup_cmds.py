@@ -10,8 +10,8 @@ import typer
 
 from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
-from prefect_dr.cli.application import command, config_app, k8s_app
-from prefect_dr.cli.common import WideFlag, json_mode, settings
+from prefect_dr.cli.application import command, config_app, k8s_app, state
+from prefect_dr.cli.common import WideFlag, json_mode, parse_labels, settings
 
 
 @command(config_app, "show")
@@ -93,17 +93,38 @@ def k8s_render(
              " default: prefect-helm's). With KEY PGPASSWORD it holds only the password and "
              "the database URL setting goes into the ConfigMap.")
     ] = "prefect-server-postgresql-connection:connection-string",  # noqa: S107 - a name
+    notify_secret: Annotated[str | None, typer.Option(
+        "--notify-secret", metavar="NAME",
+        help="Secret holding the apprise URLs (key urls) every job gets as PREFECT_DR_NOTIFY.")
+    ] = None,
+    pre_upgrade_hook: Annotated[bool, typer.Option(
+        "--pre-upgrade-hook", help="Only the Helm pre-upgrade hook Job: a full backup before "
+        "prefect-helm's migration (weight -10 < -5); a failed backup fails the upgrade.")
+    ] = False,
+    prometheus_rule: Annotated[bool, typer.Option(
+        "--prometheus-rule", help="Only the Prometheus Operator objects: a PrometheusRule with "
+        "the alerts and a ServiceMonitor for the Pushgateway.")] = False,
+    prometheus_label: Annotated[list[str] | None, typer.Option(
+        "--prometheus-label", metavar="KEY=VALUE",
+        help="Label the Prometheus Operator selects rules and monitors by (repeatable).")
+    ] = None,
 ) -> None:
     """Print CronJobs (backup, prune, verify), a restore Job template, ConfigMap and example
-    Secrets for the current settings (multi-document YAML; schedules validated)."""
+    Secrets for the current settings (multi-document YAML; schedules validated); or only the
+    pre-upgrade hook and/or the Prometheus Operator objects."""
     from prefect_dr import k8s
 
     try:
         options = k8s.options_from_settings(
             settings(), database_secret=database_secret, namespace=namespace,
             backup_schedule=schedule,
-            verify_schedule=verify_schedule, prune_schedule=prune_schedule, image=image)
-        text = k8s.to_yaml(k8s.render(options))
+            verify_schedule=verify_schedule, prune_schedule=prune_schedule, image=image,
+            pushgateway_url=state.pushgateway, metrics_instance=state.metrics_instance,
+            notify_secret=notify_secret,
+            prometheus_labels=parse_labels(prometheus_label or [], "--prometheus-label") or None)
+        objects, header = k8s.select(options, pre_upgrade_hook=pre_upgrade_hook,
+                                     prometheus_rule=prometheus_rule)
+        text = k8s.to_yaml(objects, header=header)
     except ValueError as exc:
         raise errors.UsageError(str(exc)) from None
     if output:

@@ -11,7 +11,15 @@ import typer
 from prefect_dr import console, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
-from prefect_dr.cli.common import KindFlag, json_mode, layout, settings, storage, url_flag
+from prefect_dr.cli.common import (
+    KindFlag,
+    json_mode,
+    layout,
+    notified_verification,
+    settings,
+    storage,
+    url_flag,
+)
 
 
 @command()
@@ -52,6 +60,12 @@ def verify(
     repo = storage()
     entries = verify_mod.select(repo, layout(), backup_id=backup_id, latest=latest,
                                 all_=all_, since=window, kind=kind)
+    state.notes["backup"] = ", ".join(e.backup_id for e in entries[:3]) + (
+        f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    kinds = {e.kind for e in entries if e.kind}
+    if len(kinds) == 1:
+        state.notes["kind"] = kinds.pop()
+    previous = notified_verification(repo, kind or (entries[0].kind if entries else None))
     options = verify_mod.Options(scratch_url=scratch_url, keep_scratch=keep_scratch,
                                  prefect_smoke=prefect_smoke)
     reports = []
@@ -65,6 +79,8 @@ def verify(
         if not json_mode():
             render.verification(reports[-1])
     ok = all(r.ok for r in reports)
+    if ok and previous is not None and previous.get("result") == "failed":
+        state.notes["recovered"] = "yes"
     state.run.set("verification_success", 1 if ok else 0)
     state.run.set("verification_timestamp_seconds", time.time())
     if json_mode():
@@ -74,6 +90,8 @@ def verify(
         if failed is not None:
             where = f" ({failed.artifact})" if failed.artifact else ""
             console.error(f"backup {report.backup_id}: {failed.name}{where}: {failed.detail}")
+            state.notes.setdefault("error", f"backup {report.backup_id}: {failed.name}{where}: "
+                                            f"{failed.detail}")
     if not ok:
         code = errors.KEY_ERROR if any(r.key_error for r in reports) else \
             errors.VERIFICATION_FAILED

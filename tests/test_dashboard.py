@@ -1,0 +1,237 @@
+"""The Grafana dashboard (deploy/grafana/prefect-dr.json): its panels query only metrics that
+prefect-dr emits, and every panel expression returns data from a real Prometheus that scrapes a
+node_exporter textfile collector (fed by --metrics-file) and a Pushgateway (fed by
+--pushgateway) after real backups, a verify, a prune and a restore dry run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import run_cli
+
+from prefect_dr import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+DASHBOARD = ROOT / "deploy" / "grafana" / "prefect-dr.json"
+# What Grafana puts in for the variables when "All" is selected (allValue) and the defaults.
+VARIABLES = {"instance": ".*", "kind": ".*", "backup_interval_hours": "24",
+             "verify_interval_hours": "24"}
+_METRIC = re.compile(r"\bprefect_dr_[a-z_]+\b")
+_LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
+
+
+def load() -> dict[str, Any]:
+    return json.loads(DASHBOARD.read_text(encoding="utf-8"))
+
+
+def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every panel that queries (rows excluded, nested row panels included)."""
+    out = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            out += panel.get("panels", [])
+        else:
+            out.append(panel)
+    return out
+
+
+def expressions(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title and refId, expression) of every panel target."""
+    return [(f"{p['title']} {t['refId']}", t["expr"]) for p in panels(dashboard)
+            for t in p["targets"]]
+
+
+def substitute(expr: str) -> str:
+    for name, value in VARIABLES.items():
+        expr = expr.replace(f"${{{name}}}", value).replace(f"${name}", value)
+    assert "$" not in expr, expr
+    return expr
+
+
+def emitted() -> set[str]:
+    return {f"{metrics.NAMESPACE}_{name}" for name in metrics.HELP}
+
+
+# ---- the file ----------------------------------------------------------------------------
+
+def test_panels_use_only_metrics_prefect_dr_emits() -> None:
+    dashboard = load()
+    used: set[str] = set()
+    for where, expr in expressions(dashboard):
+        names = set(_METRIC.findall(expr))
+        assert names, f"{where}: queries no prefect-dr metric"
+        assert names <= emitted(), f"{where}: unknown metrics {sorted(names - emitted())}"
+        used |= names
+    for variable in dashboard["templating"]["list"]:
+        query = variable.get("definition") or ""
+        assert set(_METRIC.findall(query)) <= emitted(), variable["name"]
+    # the dashboard shows every metric prefect-dr emits
+    assert used == emitted()
+
+
+def test_dashboard_shape() -> None:
+    dashboard = load()
+    assert dashboard["uid"] == "prefect-dr" and dashboard["title"]
+    names = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "instance", "kind"} <= names
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels(dashboard):
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["description"] and set(panel["gridPos"]) == {"h", "w", "x", "y"}
+        for target in panel["targets"]:
+            used = set(re.findall(r"\$\{?(\w+)", target["expr"]))
+            assert used <= names, (panel["title"], used - names)
+    titles = " ".join(p["title"].lower() for p in panels(dashboard))
+    for topic in ("backup: age", "verify: age", "staleness", "failing", "duration", "size",
+                  "compression", "restore", "prune"):
+        assert topic in titles, topic
+
+
+# ---- real Prometheus ---------------------------------------------------------------------
+
+def _require(program: str) -> str:
+    path = shutil.which(program)
+    if path is None:
+        if os.environ.get("PREFECT_DR_REQUIRE_STACK") == "1":
+            pytest.fail(f"{program} is not installed (scripts/bootstrap installs it)")
+        pytest.skip(f"{program} is not installed")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"{proc.args[0]} exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} not ready after {timeout}s")
+
+
+class Servers:
+    """Pushgateway, node_exporter (textfile collector only) and Prometheus scraping both, all
+    on loopback, started and stopped by the test."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.textfile_dir = tmp / "textfile"
+        self.textfile_dir.mkdir()
+        self.procs: list[subprocess.Popen[bytes]] = []
+        ports = {name: _free_port() for name in ("pushgateway", "node", "prometheus")}
+        self.pushgateway = f"http://127.0.0.1:{ports['pushgateway']}"
+        self.prometheus = f"http://127.0.0.1:{ports['prometheus']}"
+        node = f"127.0.0.1:{ports['node']}"
+        config = tmp / "prometheus.yml"
+        config.write_text(
+            "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+            "scrape_configs:\n"
+            f"  - job_name: node\n    static_configs: [{{targets: ['{node}']}}]\n"
+            "  - job_name: pushgateway\n    honor_labels: true\n"
+            f"    static_configs: [{{targets: ['127.0.0.1:{ports['pushgateway']}']}}]\n")
+        self._start([_require("prometheus-pushgateway"),
+                     f"--web.listen-address=127.0.0.1:{ports['pushgateway']}"],
+                    self.pushgateway + "/-/ready")
+        self._start([_require("prometheus-node-exporter"), f"--web.listen-address={node}",
+                     "--collector.disable-defaults", "--collector.textfile",
+                     f"--collector.textfile.directory={self.textfile_dir}"],
+                    f"http://{node}/metrics")
+        self._start([_require("prometheus"), f"--config.file={config}",
+                     f"--storage.tsdb.path={tmp / 'tsdb'}",
+                     f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
+                    self.prometheus + "/-/ready")
+
+    def _start(self, argv: list[str], ready: str) -> None:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(proc)
+        _wait_ready(ready, proc)
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        url = self.prometheus + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        body = json.loads(urllib.request.urlopen(url, timeout=10).read())
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def label_values(self, label: str, selector: str) -> list[str]:
+        url = (self.prometheus + f"/api/v1/label/{label}/values?"
+               + urllib.parse.urlencode({"match[]": selector}))
+        return json.loads(urllib.request.urlopen(url, timeout=10).read())["data"]
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@pytest.fixture()
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    s = Servers(tmp_path)
+    yield s
+    s.stop()
+
+
+@pytest.mark.integration
+def test_every_panel_returns_data_from_real_prometheus(cli_env: dict[str, str],
+                                                       servers: Servers) -> None:
+    env = dict(cli_env, PREFECT_DR_S3_PREFIX=f"g-{uuid.uuid4().hex[:10]}")
+    common = ["--metrics-file", str(servers.textfile_dir / "prefect-dr.prom"),
+              "--pushgateway", servers.pushgateway, "--metrics-instance", "dashboard-test"]
+    for args in (["backup"], ["backup", "--kind", "config-only"], ["verify", "--latest"],
+                 ["prune", "--keep-last", "5"]):
+        proc = run_cli([*common, *args], env)
+        assert proc.returncode == 0, (args, proc.stderr)
+    # a restore dry run records the restore's metrics whatever its preflight says (the stack's
+    # Prefect server is connected to the database: refused with exit 1)
+    restore = run_cli([*common, "restore", "--latest", "--dry-run"], env)
+    assert restore.returncode in (0, 1), restore.stderr
+    # both sources scraped: the textfile through node_exporter, the groups on the Pushgateway
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = {r["metric"].get("job") for r in servers.query(
+            'prefect_dr_last_run_timestamp_seconds{command="restore"}')}
+        if jobs >= {"node", "prefect-dr"}:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError(f"Prometheus has not scraped both sources: {jobs}")
+    empty = []
+    for where, expr in expressions(load()):
+        result = servers.query(substitute(expr))
+        if not result:
+            empty.append(where)
+        else:  # both sources show up under their own instance
+            instances = {r["metric"].get("instance") for r in result}
+            assert "dashboard-test" in instances, (where, instances)
+    assert empty == [], f"panels without data: {empty}"
+    for variable in load()["templating"]["list"]:
+        match = _LABEL_VALUES.match(variable.get("definition") or "")
+        if match:
+            values = servers.label_values(match["label"], match["selector"])
+            assert values, variable["name"]
+    kinds = servers.label_values("kind", 'prefect_dr_last_run_timestamp_seconds{command="backup"}')
+    assert set(kinds) == {"full", "config-only"}
