@@ -40,7 +40,7 @@ def layout() -> Any:
     """The repository layout for the current settings."""
     from prefect_dr.layout import Layout
 
-    return Layout(settings().s3_prefix or "")
+    return Layout(settings().layout_prefix)
 
 
 def verify_key() -> Any:
