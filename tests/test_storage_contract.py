@@ -26,7 +26,7 @@ def _s3(stack_env: dict[str, str]) -> S3Storage:
                      region=stack_env["PREFECT_DR_S3_REGION"])
 
 
-@pytest.fixture(params=["memory", "s3", "file", "azure"])
+@pytest.fixture(params=["memory", "s3", "file", "azure", "gcs"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Storage, str]]:
     prefix = f"contract-{uuid.uuid4().hex[:8]}/"
     if request.param == "memory":
