@@ -480,10 +480,8 @@ def restore_job(options: RenderOptions) -> dict[str, Any]:
 #: URL is not among them: by default the jobs read it from the database Secret.
 FROM_SETTINGS = (("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
                  ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
-                 ("prefect_api_url", "prefect_api_url"),
-                 ("retention_full", "retention_full"),
-                 ("retention_config_only", "retention_config_only"),
-                 ("verify_key", "verify_key"))
+                 ("prefect_api_url", "prefect_api_url"), ("retention_full", "retention_full"),
+                 ("retention_config_only", "retention_config_only"), ("verify_key", "verify_key"))
 DEFAULT_DATABASE_SECRET = "prefect-server-postgresql-connection:connection-string"  # noqa: S105
 
 
@@ -492,7 +490,9 @@ def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATAB
     """RenderOptions for the effective settings (values that are set), the database Secret
     (``NAME[:KEY]``; with KEY PGPASSWORD it holds only the password and the database URL
     setting goes into the ConfigMap), then ``overrides`` (those not None). Raises ValueError
-    (one line) for a bad value."""
+    (one line) for a bad value, and for a non-S3 repository (not rendered yet)."""
+    if (settings.repository or "s3:").split(":")[0] != "s3":
+        raise ValueError("k8s render renders s3:// repositories only so far; see docs/deploy.md")
     name, _, key = database_secret.partition(":")
     values: dict[str, Any] = {"age_recipients": tuple(settings.recipients),
                               "database_secret": name,
