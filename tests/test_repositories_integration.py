@@ -146,3 +146,47 @@ def test_a_tampered_object_is_not_copied_as_complete(cli_env: dict[str, str],
     target = FileStorage(tmp_path / "b")
     assert target.stat(Layout("").artifact(backup_id, lay.MANIFEST)) is None
     assert [e.status for e in list_backups(target, Layout(""))] in ([], ["incomplete"])
+
+
+def test_backup_copy_to_copies_each_backup_once_complete(cli_env: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    env = dict(cli_env, PREFECT_DR_REPOSITORY=f"file://{tmp_path / 'a'}",
+               PREFECT_DR_COPY_TO=f"file://{tmp_path / 'b'}")
+    out = _ok(run_cli(["backup", "--kind", "config-only", "--json"], env))
+    assert [(c["target"], c["backups"][0]["result"]) for c in out["copies"]] == [
+        (f"file://{tmp_path / 'b'}", "copied")]
+    listed = _ok(run_cli(["--repository", f"file://{tmp_path / 'b'}", "list", "--json"], env))
+    assert [(b["id"], b["status"]) for b in listed["backups"]] == [(out["backup_id"],
+                                                                    "complete")]
+
+
+def test_azure_and_gcs_reads_check_the_stored_checksum(stack_env: dict[str, str]) -> None:
+    """An object whose bytes do not match the checksum the store keeps fails the read."""
+    from azure.storage.blob import ContentSettings
+    from conftest import azure_storage, gcs_storage
+
+    from prefect_dr.errors import StorageError
+
+    key = f"checksum-{uuid.uuid4().hex[:8]}/obj"
+    azure = azure_storage(stack_env)
+    blob = azure.client.get_blob_client(key)
+    blob.upload_blob(b"payload")
+    blob.set_http_headers(ContentSettings(content_md5=bytearray(16)))  # not the payload's MD5
+    try:
+        with pytest.raises(StorageError, match="md5 checksum mismatch"):
+            azure.get_bytes(key)
+    finally:
+        azure.delete(key)
+    gcs = gcs_storage(stack_env)
+    gcs.put_bytes(key, b"payload")
+    try:
+        reader = gcs.open_reader(key)
+        raw = reader.raw
+        raw._expected = ("crc32c", "AAAAAA==")  # as if the stored CRC32C differed
+        with pytest.raises(StorageError, match="crc32c checksum mismatch"):
+            reader.read()
+        assert gcs.stat(key) is not None and gcs._reload(key).crc32c  # GCS keeps one
+    finally:
+        gcs.delete(key)
