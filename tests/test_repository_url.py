@@ -85,3 +85,23 @@ def test_file_repository_refuses_keys_that_leave_it(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="does not exist"):
         missing.put_bytes("v1/x", b"x")
     assert not (tmp_path / "unmounted").exists()
+
+
+def test_doctor_asks_the_backend(tmp_path: Path) -> None:
+    from prefect_dr import doctor
+
+    settings = config.load(env={"PREFECT_DR_REPOSITORY": f"file://{tmp_path}"})
+    report = doctor.Report()
+    doctor.check_storage(report, settings, None, "t0ken")
+    checks = {c.name: c for c in report.checks}
+    assert checks["repository"].status == "ok"
+    assert checks["repository probe"].status == "ok"
+    assert "repository filesystem" in checks
+    assert list(tmp_path.rglob("*doctor-t0ken*")) == []
+    gone = config.load(env={"PREFECT_DR_REPOSITORY": f"file://{tmp_path}/unmounted"})
+    report = doctor.Report()
+    doctor.check_storage(report, gone, None, "t0ken")
+    checks = {c.name: c for c in report.checks}
+    assert checks["repository"].status == "fail" and "does not exist" in checks[
+        "repository"].detail
+    assert checks["repository probe"].status == "skip"
