@@ -154,7 +154,10 @@ def test_backup_copy_to_copies_each_backup_once_complete(cli_env: dict[str, str]
     (tmp_path / "b").mkdir()
     env = dict(cli_env, PREFECT_DR_REPOSITORY=f"file://{tmp_path / 'a'}",
                PREFECT_DR_COPY_TO=f"file://{tmp_path / 'b'}")
-    out = _ok(run_cli(["backup", "--kind", "config-only", "--json"], env))
+    metrics = tmp_path / "m.prom"
+    out = _ok(run_cli(["backup", "--kind", "config-only", "--json", "--metrics-file",
+                       str(metrics)], env))
+    assert f'repository="file://{tmp_path / "a"}"' in metrics.read_text()
     assert [(c["target"], c["backups"][0]["result"]) for c in out["copies"]] == [
         (f"file://{tmp_path / 'b'}", "copied")]
     listed = _ok(run_cli(["--repository", f"file://{tmp_path / 'b'}", "list", "--json"], env))
