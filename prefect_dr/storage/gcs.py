@@ -8,8 +8,9 @@ pinned to the object's generation, checked against the stored CRC32C at the end.
 
 GCS cannot list open resumable sessions, so each writer that opens one leaves a small marker
 object under ``.prefect-dr-uploads/`` (outside every repository prefix) until it closes or
-aborts; those markers are this backend's incomplete uploads (an abandoned session itself expires
-after a week and is never visible).
+aborts; those markers are this backend's incomplete uploads. A marker never holds the session
+URL (which would let its reader finish the upload); an abandoned session is never visible and
+expires after a week.
 
 Credentials are Application Default Credentials (``GOOGLE_APPLICATION_CREDENTIALS``, workload
 identity on GKE, the metadata server, ``gcloud auth application-default login``); with
@@ -223,16 +224,10 @@ class GCSStorage(Storage):
         return out
 
     def abort_incomplete_upload(self, upload: IncompleteUpload) -> None:
+        """Remove the marker of an abandoned upload. The session URL is a capability to
+        finish the upload, so it is never stored: the session itself (never visible) expires
+        after a week."""
         marker = self.bucket.blob(f"{UPLOADS}{upload.key}/{upload.upload_id}")
-        session = None
-        try:
-            session = json.loads(self._call("abort upload", upload.key,
-                                            lambda: marker.download_as_bytes(retry=None),
-                                            answers={gexc.NotFound: b"{}"})).get("session")
-        except ValueError:
-            session = None
-        if session:
-            self._cancel(session, upload.key)
         self._call("abort upload", upload.key, lambda: marker.delete(retry=None),
                    answers={gexc.NotFound: None})
 
@@ -340,7 +335,8 @@ class GCSWriter(Writer):
                 content_type=self._content_type, timeout=self._store.timeout,
                 checksum=None, retry=None))
         marker = self._store.bucket.blob(f"{UPLOADS}{self._key}/{upload_id}")
-        body = json.dumps({"key": self._key, "session": self._session}).encode()
+        body = json.dumps({"key": self._key, "started": dt.datetime.now(dt.UTC).isoformat()
+                           }).encode()
         self._store._call("start upload", self._key, lambda: marker.upload_from_string(
             body, content_type="application/json", retry=None, timeout=self._store.timeout))
         self._marker = marker
