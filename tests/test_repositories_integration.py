@@ -165,6 +165,14 @@ def test_backup_copy_to_copies_each_backup_once_complete(cli_env: dict[str, str]
     listed = _ok(run_cli(["--repository", f"file://{tmp_path / 'b'}", "list", "--json"], env))
     assert [(b["id"], b["status"]) for b in listed["backups"]] == [(out["backup_id"],
                                                                     "complete")]
+    # prune works per repository: the copy's older backup goes, its folder with it
+    newer = _ok(run_cli(["backup", "--kind", "config-only", "--json"], env))["backup_id"]
+    pruned = _ok(run_cli(["--repository", f"file://{tmp_path / 'b'}", "prune", "--kind",
+                          "config-only", "--keep-last", "1", "--min-verified", "0", "--json"],
+                         env))
+    assert pruned["counts"]["removed"] == 1
+    left = sorted({p.name for p in (tmp_path / "b" / "v1" / "backups").iterdir()})
+    assert left == [newer]
 
 
 def test_azure_and_gcs_reads_check_the_stored_checksum(stack_env: dict[str, str]) -> None:
