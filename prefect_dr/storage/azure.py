@@ -383,10 +383,13 @@ class AzureWriter(Writer):
 
     def _stage(self, number: int, buf: bytearray, length: int) -> str:
         block_id = _block_id(number)
-        body = memoryview(buf)[:length]
+        # The buffer itself (no copy) when it is full, with its MD5 as Content-MD5 (Azure
+        # checks it); the SDK's validate_content would want a bytes copy.
+        body = buf if length == len(buf) else bytes(memoryview(buf)[:length])
+        md5 = hashlib.md5(body, usedforsecurity=False).digest()
         try:
-            retry.call(lambda: self._blob.stage_block(block_id, bytes(body),
-                                                      validate_content=True),
+            retry.call(lambda: self._blob.stage_block(block_id, body, length=length,
+                                                      transactional_content_md5=md5),
                        transient=is_transient, what=f"stage block {number}",
                        deadline_s=self._store.retry_deadline_s)
         except BaseException as exc:
