@@ -236,3 +236,4 @@ def test_stopped_while_starting_an_upload_leaves_no_open_upload(
         writer.write(b"\0" * (MIN_PART + 1))  # a full part: the upload starts
     assert [u.key for u in s3.list_incomplete_uploads(key)] == []
     assert s3.stat(key) is None
+

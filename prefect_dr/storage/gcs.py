@@ -353,8 +353,15 @@ class GCSWriter(Writer):
 
         def put() -> dict[str, Any] | None:
             nonlocal tried
-            held = self._held() if tried else start
+            held, finished = self._held() if tried else (start, None)
             tried = True
+            if finished is not None:  # the last chunk landed; its answer was lost
+                return finished
+            if held < 0:  # the session is gone: finished (if the object is all there) or dead
+                done = self._store._reload(self._key) if final else None
+                if done is not None and int(done.size or 0) == start + length:
+                    return {"crc32c": done.crc32c}
+                raise _SessionError(404)
             if held >= start + length and not final:
                 return None
             body = memoryview(self._buf)[held - start:length]
@@ -374,14 +381,19 @@ class GCSWriter(Writer):
         self._fill = 0
         return result
 
-    def _held(self) -> int:
-        """How many bytes the session holds (asked after a lost answer)."""
+    def _held(self) -> tuple[int, dict[str, Any] | None]:
+        """How many bytes the session holds, and the object's metadata when the upload is
+        already finished (asked after a lost answer)."""
         resp = self._store.client._http.request(
             "PUT", self._session, headers={"Content-Range": "bytes */*"},
             timeout=self._store.timeout)
         if resp.status_code == 308:
             rng = resp.headers.get("Range", "")
-            return int(rng.rpartition("-")[2]) + 1 if rng else 0
+            return (int(rng.rpartition("-")[2]) + 1 if rng else 0), None
+        if resp.status_code in (200, 201):
+            return self._sent + self._fill, resp.json()
+        if resp.status_code in (404, 410):  # some servers forget a finished session
+            return -1, None
         raise _SessionError(resp.status_code)
 
     def close(self) -> ObjectInfo:
