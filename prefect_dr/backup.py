@@ -146,7 +146,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     recipient_texts = settings.recipients
     recipients = [crypto.parse_recipient(r) for r in recipient_texts]
     fingerprints = tuple(crypto.fingerprint(r) for r in recipient_texts)
-    repo = Layout(settings.s3_prefix or "")
+    repo = Layout(settings.layout_prefix)
     pg_dump = tools.find("pg_dump", settings.pg_bin_dir)
     dump_major, dump_version = tools.version(pg_dump)
     signer = (signing.load_private(Path(settings.signing_key_file))

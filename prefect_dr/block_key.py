@@ -80,7 +80,7 @@ def _key_from_dump(storage: Storage, dump: Artifact, identities: list[crypto.Ide
                                      daemon=True)
     reader_thread.start()
     try:
-        with storage.open_reader(dump.key) as reader:
+        with storage.open_reader(dump.location) as reader:
             pipeline.decrypt_from(reader, proc.stdin, identities,
                                   compressed=dump.compression == "zstd")
     except (BrokenPipeError, ConnectionResetError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -105,11 +105,20 @@ def _belongs(manifest: Manifest, layout: Layout, backup_id: str) -> str | None:
     """Why ``manifest`` is not the manifest of ``backup_id`` (None when it is)."""
     if manifest.backup_id != backup_id:
         return f"manifest of {backup_id} describes backup {manifest.backup_id}"
-    folder = layout.backup_dir(backup_id)
     for artifact in manifest.artifacts:
-        if not artifact.key.startswith(folder) or "/" in artifact.key[len(folder):]:
+        if layout.locate(backup_id, artifact.key) is None:
             return f"manifest of {backup_id} points outside its backup: {artifact.key}"
     return None
+
+
+def _located(manifest: Manifest, layout: Layout) -> Manifest:
+    """``manifest`` with each artifact's ``location`` in this repository (a copy taken under
+    another prefix names the original keys; the manifest and its signature stay as written)."""
+    moved = []
+    for artifact in manifest.artifacts:
+        here = layout.locate(manifest.backup_id, artifact.key) or artifact.key
+        moved.append(replace(artifact, stored_at=here) if here != artifact.key else artifact)
+    return replace(manifest, artifacts=tuple(moved))
 
 
 def _checked_record(record: dict[str, Any] | None, backup_id: str,
@@ -147,7 +156,7 @@ def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[Objec
             if wrong:
                 entry.status, entry.error = CORRUPT, wrong
                 return entry
-            entry.status, entry.manifest = COMPLETE, manifest
+            entry.status, entry.manifest = COMPLETE, _located(manifest, layout)
             entry.kind, entry.labels = manifest.kind, manifest.labels
             entry.started_at, entry.finished_at = manifest.started_at, manifest.finished_at
             entry.error = None

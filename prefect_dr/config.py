@@ -17,6 +17,7 @@ from urllib.parse import SplitResult, quote, unquote, urlsplit
 
 from prefect_dr import cron, crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
+from prefect_dr.storage import url as repo_url
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
 #: Variables the command line reads itself (global metrics options), not settings.
@@ -43,6 +44,14 @@ SPECS: tuple[Spec, ...] = (
               "(default: Prefect's own PREFECT_API_DATABASE_CONNECTION_URL and its kin)"),
     Spec("pg_bin_dir", "PREFECT_DR_PG_BIN_DIR", "database.pg_bin_dir", "path",
          help="folder holding pg_dump/pg_restore (default: PATH)"),
+    Spec("repository", "PREFECT_DR_REPOSITORY", "repository.url",
+         help="where backups live: s3://BUCKET/PREFIX, file:///ABS/PATH, "
+              "azure://CONTAINER/PREFIX or gs://BUCKET/PREFIX (default: the s3 settings)"),
+    Spec("copy_to", "PREFECT_DR_COPY_TO", "backup.copy_to", "list", default=(),
+         help="comma-separated repository URLs each successful backup is copied to"),
+    Spec("azure_account_url", "PREFECT_DR_AZURE_ACCOUNT_URL", "azure.account_url", "url",
+         help="Azure Blob endpoint, e.g. https://ACCOUNT.blob.core.windows.net (default: "
+              "from AZURE_STORAGE_CONNECTION_STRING or AZURE_STORAGE_ACCOUNT)"),
     Spec("s3_bucket", "PREFECT_DR_S3_BUCKET", "s3.bucket", help="bucket holding the backups"),
     Spec("s3_prefix", "PREFECT_DR_S3_PREFIX", "s3.prefix", default="prefect-dr",
          help="key prefix inside the bucket"),
@@ -108,6 +117,8 @@ SPECS: tuple[Spec, ...] = (
               "backup, verify, restore and prune)"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
+_NO_REPOSITORY = ("no repository: set PREFECT_DR_REPOSITORY (s3://, file://, azure:// or gs://) "
+                  "or PREFECT_DR_S3_BUCKET")
 _TOML_KEYS = {s.toml: s for s in SPECS}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 
@@ -135,10 +146,34 @@ class Settings:
             out += crypto.parse_recipient_lines(Path(path).read_text(encoding="utf-8"))
         return out
 
+    @property
+    def repository_url(self) -> repo_url.RepositoryURL:
+        """The repository: PREFECT_DR_REPOSITORY, else the ``s3://`` one the S3 settings
+        describe. Raises ConfigError when neither is set."""
+        text = self.values.get("repository")
+        if text:
+            try:
+                return repo_url.parse(text)
+            except repo_url.RepositoryURLError as exc:  # validated at load; a flag may race
+                raise ConfigError([str(exc)]) from None
+        if not self.values.get("s3_bucket"):
+            raise ConfigError([_NO_REPOSITORY])
+        return repo_url.from_s3_settings(self.values["s3_bucket"],
+                                         self.values.get("s3_prefix") or "")
+
+    @property
+    def layout_prefix(self) -> str:
+        """The key prefix of this repository's objects (what ``Layout`` is built with)."""
+        return self.repository_url.prefix
+
     def require(self, *names: str) -> None:
         """Raise ConfigError listing every one of ``names`` that has no value."""
         missing = []
         for name in names:
+            if name == "repository":
+                if not self.values.get("repository") and not self.values.get("s3_bucket"):
+                    missing.append(_NO_REPOSITORY)
+                continue
             if name == "recipients":
                 if not self.recipients:
                     missing.append(
@@ -380,7 +415,7 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
         redact.register(unquote(password or ""))
         if urlsplit(db).scheme not in ("postgresql", "postgres"):
             problems.append(f"{at('database_url')} must start with postgresql://")
-    for name in ("s3_endpoint_url", "prefect_api_url"):
+    for name in ("s3_endpoint_url", "prefect_api_url", "azure_account_url"):
         url = values.get(name)
         if url and urlsplit(url).scheme not in ("http", "https"):
             problems.append(f"{at(name)} must be an http(s):// URL")
@@ -390,6 +425,17 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
             f"{at('s3_bucket')} {bucket!r} is not a valid bucket name "
             "(3-63 lowercase letters, digits, dots, hyphens)"
         )
+    repository = values.get("repository")
+    if repository:
+        try:
+            repo_url.parse(repository)
+        except repo_url.RepositoryURLError as exc:
+            problems.append(f"{at('repository')}: {exc}")
+    for target in values.get("copy_to") or ():
+        try:
+            repo_url.parse(target)
+        except repo_url.RepositoryURLError as exc:
+            problems.append(f"{at('copy_to')}: {exc}")
     prefix = values.get("s3_prefix") or ""
     if prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
         problems.append(f"{at('s3_prefix')} must not start or end with '/' nor contain '//'")

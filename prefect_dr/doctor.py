@@ -23,7 +23,6 @@ from prefect_dr.layout import Layout
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import tools
 from prefect_dr.storage.base import Storage
-from prefect_dr.storage.s3 import S3Storage
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 PROBE_RETRY_S = 3.0  # doctor reports an outage quickly instead of riding it out
@@ -165,26 +164,27 @@ def _check_block_key(report: Report, conn: psycopg.Connection, env: Mapping[str,
 
 def check_storage(report: Report, settings: Settings, storage: Storage | None,
                   token: str) -> None:
-    """Bucket reachable, write/read/delete probe, versioning and Object Lock."""
+    """Repository reachable, write/read/delete probe, and what protects it (versioning,
+    Object Lock, immutability: whatever the backend reports)."""
     if storage is None:
-        if not settings.s3_bucket:
-            report.add("s3 bucket", FAIL, "PREFECT_DR_S3_BUCKET is not set")
+        if not settings.repository and not settings.s3_bucket:
+            report.add("repository", FAIL,
+                       "no repository: set PREFECT_DR_REPOSITORY or PREFECT_DR_S3_BUCKET")
             return
         from prefect_dr.storage import factory
 
         storage = factory.from_settings(settings, retry_deadline_s=PROBE_RETRY_S)
 
-    def bucket() -> tuple[str, str]:
-        if isinstance(storage, S3Storage):
-            storage.head_bucket()
+    def reachable() -> tuple[str, str]:
+        storage.check_access()
         return OK, f"{storage.description} is reachable"
 
-    if not _guard(report, "s3 bucket", bucket):
-        report.add("s3 probe", SKIP, "bucket unreachable")
+    if not _guard(report, "repository", reachable):
+        report.add("repository probe", SKIP, "repository unreachable")
         return
 
     def probe() -> tuple[str, str]:
-        key = Layout(settings.s3_prefix or "").probe(token)
+        key = Layout(settings.layout_prefix).probe(token)
         payload = f"prefect-dr doctor probe {token}".encode()
         storage.put_bytes(key, payload)
         try:
@@ -196,12 +196,15 @@ def check_storage(report: Report, settings: Settings, storage: Storage | None,
             return FAIL, f"{key} still exists after delete"
         return OK, f"wrote, read and deleted {key}"
 
-    _guard(report, "s3 probe", probe)
-    if isinstance(storage, S3Storage):
-        _guard(report, "s3 versioning", lambda: (OK, storage.bucket_versioning()),
-               required=False)
-        _guard(report, "s3 object lock", lambda: (OK, storage.bucket_object_lock()),
-               required=False)
+    _guard(report, "repository probe", probe)
+    try:
+        facts = storage.facts()
+    except DRError as exc:
+        interrupt.raise_if_noted()
+        report.add("repository protection", WARN, exc.message, required=False)
+        return
+    for name, value in facts:
+        report.add(name, OK, value, required=False)
 
 
 def check_keys(report: Report, settings: Settings) -> None:

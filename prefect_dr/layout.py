@@ -58,6 +58,17 @@ class Layout:
         """Key of a short-lived object doctor writes, reads back and deletes."""
         return f"{self.root}probes/doctor-{token}"
 
+    def locate(self, backup_id: str, artifact_key: str) -> str | None:
+        """This repository's key of an artifact a manifest names as ``artifact_key`` (which
+        holds the prefix of the repository the backup was taken in: a copy under another
+        prefix keeps its manifest byte for byte). None when the key is not
+        ``.../v1/backups/<backup_id>/<name>``."""
+        parts = artifact_key.split("/")
+        if (len(parts) < 4 or parts[-4] != LAYOUT_VERSION or parts[-3] != "backups"
+                or parts[-2] != backup_id or not parts[-1]):
+            return None
+        return self.artifact(backup_id, parts[-1])
+
     def parse_backup_key(self, key: str) -> tuple[str, str] | None:
         """Return (backup id, rest of key) for a key under ``backups_root``, else None."""
         if not key.startswith(self.backups_root):

@@ -79,5 +79,6 @@ def setup(
     handler.addFilter(_RunIdFilter())
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore", "azure",
+                  "google", "google_auth_httplib2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

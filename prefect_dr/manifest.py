@@ -37,6 +37,14 @@ class Artifact:
     compression: str  # "zstd" | "none"
     encryption: str = "age"
     recipients: tuple[str, ...] = ()  # fingerprints (crypto.fingerprint)
+    #: Where the artifact is in the repository that holds this copy of the backup, when that
+    #: differs from ``key`` (a copy under another prefix); never stored nor signed.
+    stored_at: str = field(default="", compare=False)
+
+    @property
+    def location(self) -> str:
+        """The key to read this artifact from, in the repository the manifest was read from."""
+        return self.stored_at or self.key
 
 
 @dataclass(frozen=True)
@@ -70,8 +78,7 @@ class Manifest:
     def to_dict(self, *, signed: bool = True) -> dict[str, Any]:
         """JSON-ready form; ``signed=False`` leaves the signature out (what gets signed)."""
         data = asdict(self)
-        data["artifacts"] = [dict(asdict(a), recipients=list(a.recipients))
-                             for a in self.artifacts]
+        data["artifacts"] = [_artifact_dict(a) for a in self.artifacts]
         if not signed or self.signature is None:
             data.pop("signature")
         return data
@@ -84,6 +91,12 @@ class Manifest:
     def to_json(self) -> bytes:
         """The bytes stored in the bucket."""
         return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def _artifact_dict(a: Artifact) -> dict[str, Any]:
+    data = dict(asdict(a), recipients=list(a.recipients))
+    data.pop("stored_at")
+    return data
 
 
 def _require(data: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -127,7 +140,7 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         raise ManifestError(f"{where}: labels must map strings to strings")
     block_key = _require(data, "block_key", dict, where)
     artifacts = []
-    names = {f.name for f in fields(Artifact)}
+    names = {f.name for f in fields(Artifact)} - {"stored_at"}
     for i, item in enumerate(_require(data, "artifacts", list, where)):
         spot = f"{where}: artifact {i}"
         if not isinstance(item, dict) or set(item) - names:

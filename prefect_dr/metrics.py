@@ -1,7 +1,8 @@
 """Prometheus metrics of one run: a textfile for node_exporter and/or a Pushgateway push.
 
 Every command records its result, duration and last success; backup adds bytes per stage and
-rows, verify its result, prune its counts. Backups carry a ``kind`` label (full, config-only),
+rows, verify its result, prune its counts. Every sample of a command that opens the repository
+carries a ``repository`` label (its URL). Backups carry a ``kind`` label (full, config-only),
 so frequent config-only backups never stand in for a failing full backup. The textfile is
 shared by all commands: samples of other commands (and kinds) already in the file are kept, and
 a failed run keeps the previous ``last_success`` of its command. The file is written
@@ -34,6 +35,8 @@ HELP = {
     "verification_timestamp_seconds": "Unix time the newest verification finished.",
     "prune_removed_backups": "Backups removed by the last prune.",
     "prune_kept_backups": "Backups kept by the last prune.",
+    "copy_backups": "Backups the last copy put into its target repository.",
+    "copy_bytes": "Bytes the last copy put into its target repository.",
 }
 
 
@@ -131,7 +134,7 @@ def push(url: str, run: RunMetrics, *, instance: str | None = None) -> None:
     """
     registry = _registry(run.samples())
     grouping = {"instance": instance or socket.gethostname(), "command": run.command,
-                **run.labels}  # one group per backup kind: a push replaces its group's metrics
+                **run.labels}  # one group per repository and kind: a push replaces its group
     try:
         pushadd_to_gateway(url, job="prefect-dr", registry=registry, grouping_key=grouping,
                            timeout=10)

@@ -40,7 +40,7 @@ def decrypt_small(storage: Storage, artifact: Artifact,
     """Download, check and decrypt a small artifact into memory. Raises CryptoKeyError,
     VerificationError (size or digest mismatch), StorageError."""
     out = io.BytesIO()
-    with storage.open_reader(artifact.key) as reader:
+    with storage.open_reader(artifact.location) as reader:
         pipeline.decrypt_from(reader, out, identities, compressed=artifact.compression == "zstd",
                               expect=expected_stats(artifact))
     return out.getvalue()
@@ -77,7 +77,7 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
     proc = pgr.start(url, bin_dir=settings.pg_bin_dir, role=role)
     integrity_error: DRError | None = None
     try:
-        with storage.open_reader(artifact.key) as reader:
+        with storage.open_reader(artifact.location) as reader:
             pipeline.decrypt_from(reader, proc.stdin, identities,
                                   compressed=artifact.compression == "zstd",
                                   expect=expected_stats(artifact), progress=progress)
@@ -133,7 +133,7 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
                                 dir=staging_dir)
     try:
         with checks.run("integrity", "dump") as out, os.fdopen(fd, "wb") as staged, \
-                storage.open_reader(artifact.key) as reader:
+                storage.open_reader(artifact.location) as reader:
             pipeline.decrypt_from(reader, staged, identities,
                                   compressed=artifact.compression == "zstd",
                                   expect=expected_stats(artifact), progress=progress)

@@ -162,5 +162,5 @@ def _write_record(settings: Settings, storage: Storage, report: VerificationRepo
         record = signing.sign_record(record, signing.load_private(
             Path(settings.signing_key_file)))
     stamp = clock().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
-    key = Layout(settings.s3_prefix or "").verification(report.backup_id, stamp)
+    key = Layout(settings.layout_prefix).verification(report.backup_id, stamp)
     storage.put_bytes(key, (json.dumps(record, indent=2) + "\n").encode(), "application/json")

@@ -67,6 +67,18 @@ import psutil
 
 TARGETS = {"peer_ratio": 0.6, "floor_ratio": 1.3, "rss_mib": 150.0}
 MAIN_VARIANTS = ["ours", "peer", "floor"]
+# Empties the repositories named in argv (run with the project's python, which has prefect_dr).
+EMPTY_REPOSITORIES = """
+import sys
+from prefect_dr import config
+from prefect_dr.storage import factory
+settings = config.load()
+for url in sys.argv[1:]:
+    store = factory.open_url(url, settings)
+    prefix = factory.parse(url).prefix
+    for info in list(store.list(prefix + "/" if prefix else "")):
+        store.delete(info.key)
+"""
 STAGE_VARIANTS = ["zstd", "zstd-age", "ours-nos3", "peer-nos3"]
 SAMPLE_S = 0.1
 QUIET_SHARE = 0.25  # a run is "quiet" when other processes used < 1/4 of a core on average
@@ -265,6 +277,8 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="prefect-dr-bench."))
         self.s3 = botocore.session.get_session().create_client(
             "s3", endpoint_url=self.endpoint, region_name=self.region)
+        self.repos = {f"ours@{url.split(':', 1)[0]}": url for url in args.repository}
+        self.cleanup: list[str] = []  # repositories to empty at the end
 
     # -- S3 helpers
     def head_size(self, key: str) -> int:
@@ -296,6 +310,14 @@ class Bench:
         if variant == "ours":
             env = {**self.env, "PREFECT_DR_AGE_RECIPIENTS": a.recipient,
                    "PREFECT_DR_S3_PREFIX": f"{self.prefix}/ours",
+                   "PREFECT_DR_PG_BIN_DIR": str(Path(a.pg_dump).parent)}
+            return [a.prefect_dr, "backup", "--json"], env
+        if variant in self.repos:
+            url = self.repos[variant].rstrip("/") + f"/{self.prefix}/{run_id}"
+            if url.startswith("file://"):
+                Path(url[len("file://"):]).mkdir(parents=True, exist_ok=True)
+            env = {**self.env, "PREFECT_DR_AGE_RECIPIENTS": a.recipient,
+                   "PREFECT_DR_REPOSITORY": url,
                    "PREFECT_DR_PG_BIN_DIR": str(Path(a.pg_dump).parent)}
             return [a.prefect_dr, "backup", "--json"], env
         if variant == "floor":
@@ -342,6 +364,11 @@ class Bench:
             head = self.head_size(dump["key"])
             if head != dump["size"]:
                 raise SystemExit(f"bench: manifest size {dump['size']} != S3 size {head}")
+        elif variant in self.repos:
+            out = json.loads(out_path.read_text())
+            res.update(backup_id=out["backup_id"], object_size=out["size"],
+                       total_size=out["size"])
+            self.cleanup.append(env["PREFECT_DR_REPOSITORY"])
         elif variant == "peer":
             key = env["B_KEY"]
             res["object_size"] = self.head_size(key)
@@ -361,10 +388,14 @@ class Bench:
             except Exception as exc:
                 say(f"warning: could not delete s3://{self.bucket}/{self.prefix}/: {exc}")
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.cleanup:
+                say(f"deleting the {len(self.cleanup)} backups of the --repository variants")
+                subprocess.run([self.args.project_python, "-c", EMPTY_REPOSITORIES,
+                                *self.cleanup], env=self.env, check=False)
 
     def _rounds(self) -> dict[str, Any]:
         a = self.args
-        variants = MAIN_VARIANTS + (STAGE_VARIANTS if a.stages else [])
+        variants = MAIN_VARIANTS + list(self.repos) + (STAGE_VARIANTS if a.stages else [])
         say(f"warm-up: one untimed floor run (page cache), then {a.runs} rounds of "
             f"{', '.join(variants)}")
         self.run_one("floor", 0)
@@ -472,7 +503,16 @@ def verdicts(summary: dict[str, Any]) -> dict[str, Any]:
                            "met": ours["object_size_median"] <= peer["object_size_median"]},
         "rss_mib": {"value": round(rss, 1), "target": f"<= {TARGETS['rss_mib']:.0f} MiB",
                     "met": rss <= TARGETS["rss_mib"]},
+        **{f"rss_mib@{v.split('@', 1)[1]}": _rss_verdict(row)
+           for v, row in summary.items() if v.startswith("ours@")},
     }
+
+
+def _rss_verdict(row: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS of prefect-dr in one --repository variant against the target."""
+    rss = mib(row["procs_hwm_max_kib"].get("prefect-dr", row["maxrss_max_kib"])) or 0.0
+    return {"value": round(rss, 1), "target": f"<= {TARGETS['rss_mib']:.0f} MiB",
+            "met": rss <= TARGETS["rss_mib"]}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -492,7 +532,7 @@ def markdown(result: dict[str, Any]) -> str:
             "zstd": "zstd", "zstd-age": "zstd", "peer-nos3": "age"}
     for v, row in s.items():
         procs = row["procs_hwm_max_kib"]
-        name = main.get(v, "")
+        name = main.get(v, "prefect-dr" if v.startswith("ours@") else "")
         if v == "ours-nos3":
             name = next((n for n in procs if n.startswith("python")), name)
         main_rss = mib(procs.get(name, row["maxrss_max_kib"]))
@@ -721,6 +761,10 @@ class RestoreBench(Bench):
             return self._rounds()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if self.cleanup:
+                say(f"deleting the {len(self.cleanup)} backups of the --repository variants")
+                subprocess.run([self.args.project_python, "-c", EMPTY_REPOSITORIES,
+                                *self.cleanup], env=self.env, check=False)
 
     def _rounds(self) -> dict[str, Any]:
         a = self.args
@@ -839,6 +883,8 @@ def main() -> None:
     b = sub.add_parser("backup", help="run the backup benchmark (use scripts/bench)")
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--stages", action="store_true")
+    b.add_argument("--repository", action="append", default=[],
+                   help="also back up into this repository URL (variant ours@SCHEME)")
     b.add_argument("--history-gb", type=float, required=True, help="requested size (recorded)")
     b.add_argument("--database-size", type=int, required=True, help="pg_database_size bytes")
     b.add_argument("--recipient", required=True)

@@ -172,3 +172,28 @@ def bulky_db(stack_env: dict[str, str]) -> Iterator[str]:
                      "generate_series(1, 20000) g, generate_series(1, 64) i GROUP BY g")
     yield url
     drop_db(stack_env, name)
+
+
+def azure_storage(env: dict[str, str], container: str | None = None) -> object:
+    """An AzureStorage on the stack's Azurite (connection string from ``env``)."""
+    from prefect_dr.storage.azure import AzureStorage
+
+    return AzureStorage(container or env["PREFECT_DR_STACK_AZURE_CONTAINER"],
+                        connection_string=env["AZURE_STORAGE_CONNECTION_STRING"],
+                        retry_deadline_s=30)
+
+
+def gcs_storage(env: dict[str, str], bucket: str | None = None) -> object:
+    """A GCSStorage on the stack's fake-gcs-server (STORAGE_EMULATOR_HOST from ``env``)."""
+    from prefect_dr.storage.gcs import GCSStorage
+
+    return GCSStorage(bucket or env["PREFECT_DR_STACK_GCS_BUCKET"],
+                      emulator_host=env["STORAGE_EMULATOR_HOST"], retry_deadline_s=30)
+
+
+def clean(store: object, prefix: str) -> None:
+    """Delete every object and incomplete upload under ``prefix``."""
+    for info in list(store.list(prefix)):
+        store.delete(info.key)
+    for up in store.list_incomplete_uploads(prefix):
+        store.abort_incomplete_upload(up)

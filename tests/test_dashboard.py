@@ -197,16 +197,17 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
 
 @pytest.mark.integration
 def test_every_panel_returns_data_from_real_prometheus(cli_env: dict[str, str],
-                                                       servers: Servers) -> None:
+                                                       servers: Servers, tmp_path: Path) -> None:
     env = dict(cli_env, PREFECT_DR_S3_PREFIX=f"g-{uuid.uuid4().hex[:10]}")
     common = ["--metrics-file", str(servers.textfile_dir / "prefect-dr.prom"),
               "--pushgateway", servers.pushgateway, "--metrics-instance", "dashboard-test"]
     for args in (["backup"], ["backup", "--kind", "config-only"], ["verify", "--latest"],
-                 ["prune", "--keep-last", "5"]):
+                 ["prune", "--keep-last", "5"],
+                 ["copy", "--latest", "--to", f"file://{tmp_path / 'second-copy'}"]):
         proc = run_cli([*common, *args], env)
         assert proc.returncode == 0, (args, proc.stderr)
-    # a restore dry run records the restore's metrics whatever its preflight says (the stack's
-    # Prefect server is connected to the database: refused with exit 1)
+    # a restore dry run records the restore's metrics (the stack's Prefect server is connected
+    # to the database: the dry run warns of it)
     restore = run_cli([*common, "restore", "--latest", "--dry-run"], env)
     assert restore.returncode in (0, 1), restore.stderr
     # both sources scraped: the textfile through node_exporter, the groups on the Pushgateway

@@ -31,8 +31,8 @@ def test_all_green(cli_env: dict[str, str]) -> None:
     proc = run_cli(["doctor", "--json"], cli_env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     checks = _checks(proc)
-    for name in ("database", "pg_dump", "read permissions", "prefect schema", "s3 bucket",
-                 "s3 probe", "age recipients", "age identity", "prefect api"):
+    for name in ("database", "pg_dump", "read permissions", "prefect schema", "repository",
+                 "repository probe", "age recipients", "age identity", "prefect api"):
         assert checks[name]["status"] == "ok", checks[name]
     _assert_clean(proc, cli_env)
 
@@ -56,11 +56,11 @@ def test_wrong_aws_credentials(cli_env: dict[str, str]) -> None:
     proc = run_cli(["doctor", "--json"], env)
     assert proc.returncode == 1
     checks = _checks(proc)
-    assert checks["s3 bucket"]["status"] == "fail"
-    assert "rejected the credentials" in str(checks["s3 bucket"]["detail"])
+    assert checks["repository"]["status"] == "fail"
+    assert "rejected the credentials" in str(checks["repository"]["detail"])
     assert checks["database"]["status"] == "ok"
     errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == [f"error: s3 bucket: {checks['s3 bucket']['detail']}"]
+    assert errors == [f"error: repository: {checks['repository']['detail']}"]
     assert "Wrong-Secret-Key-0000" not in proc.stdout + proc.stderr
     _assert_clean(proc, cli_env)
 
@@ -107,10 +107,10 @@ def test_s3_stopped(stopped: str, cli_env: dict[str, str]) -> None:
     proc = run_cli(["doctor", "--json"], cli_env, timeout=120)
     assert proc.returncode == 1
     checks = _checks(proc)
-    assert checks["s3 bucket"]["status"] == "fail"
-    assert "cannot reach the S3 endpoint" in str(checks["s3 bucket"]["detail"])
+    assert checks["repository"]["status"] == "fail"
+    assert "cannot reach the S3 endpoint" in str(checks["repository"]["detail"])
     assert [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] == [
-        f"error: s3 bucket: {checks['s3 bucket']['detail']}"]
+        f"error: repository: {checks['repository']['detail']}"]
     _assert_clean(proc, cli_env)
 
 

@@ -1,15 +1,19 @@
-"""One contract, every backend: memory and the real S3 (SeaweedFS on loopback)."""
+"""One contract, every backend: memory, local files, and the real services on loopback:
+S3 (SeaweedFS), Azure Blob (Azurite) and Google Cloud Storage (fake-gcs-server)."""
 
 from __future__ import annotations
 
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from conftest import azure_storage, clean, gcs_storage
 
 from prefect_dr.errors import NotFoundError, StorageError
 from prefect_dr.storage.base import Storage
+from prefect_dr.storage.file import FileStorage
 from prefect_dr.storage.memory import MemoryStorage
 from prefect_dr.storage.s3 import MIN_PART, S3Storage, part_size_for
 
@@ -22,11 +26,21 @@ def _s3(stack_env: dict[str, str]) -> S3Storage:
                      region=stack_env["PREFECT_DR_S3_REGION"])
 
 
-@pytest.fixture(params=["memory", "s3"])
-def store(request: pytest.FixtureRequest) -> Iterator[tuple[Storage, str]]:
+@pytest.fixture(params=["memory", "s3", "file", "azure", "gcs"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Storage, str]]:
     prefix = f"contract-{uuid.uuid4().hex[:8]}/"
     if request.param == "memory":
         yield MemoryStorage(), prefix
+        return
+    if request.param == "file":
+        yield FileStorage(tmp_path), prefix
+        return
+    if request.param in ("azure", "gcs"):
+        stack_env = request.getfixturevalue("stack_env")
+        store = (azure_storage(stack_env) if request.param == "azure"
+                 else gcs_storage(stack_env))
+        yield store, prefix
+        clean(store, prefix)
         return
     s3 = _s3(request.getfixturevalue("stack_env"))
     yield s3, prefix
@@ -222,3 +236,4 @@ def test_stopped_while_starting_an_upload_leaves_no_open_upload(
         writer.write(b"\0" * (MIN_PART + 1))  # a full part: the upload starts
     assert [u.key for u in s3.list_incomplete_uploads(key)] == []
     assert s3.stat(key) is None
+

@@ -5,7 +5,7 @@ No logic lives here beyond that; every command calls the core. Layout:
   of every outcome to an exit code (docs/exit-codes.md), signals and run metrics;
 - ``common``: settings, repository, backup selection, confirmation, shared option types;
 - ``render``: tables fitted to the terminal;
-- one module per command group: ``backups`` (backup, list, show, block-key), ``verify_cmd``,
+- one module per command group: ``backups`` (backup, copy, list, show, block-key), ``verify_cmd``,
   ``restore_cmds`` (restore, restore-config, rollback), ``ops`` (prune, status),
   ``setup_cmds`` (keygen, doctor, config show, k8s render).
 """

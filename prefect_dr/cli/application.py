@@ -55,6 +55,8 @@ GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
     GlobalOption(("--notify", "--no-notify"), None,
                  "Notify the PREFECT_DR_NOTIFY targets of this run's outcome, or not: backup, "
                  "verify, restore and prune notify by default, status only with --notify."),
+    GlobalOption(("--repository",), "URL", "Repository: s3://BUCKET/PREFIX, file:///PATH, "
+                 "azure://CONTAINER/PREFIX or gs://BUCKET/PREFIX."),
     GlobalOption(("--bucket",), "NAME", "S3 bucket."),
     GlobalOption(("--prefix",), "PREFIX", "Key prefix."),
     GlobalOption(("--endpoint-url",), "URL", "S3-compatible endpoint."),
@@ -184,6 +186,8 @@ def main_options(
     log_format: Annotated[LogFormat, typer.Option(
         "--log-format", help=_HELP["--log-format"], case_sensitive=False)] = LogFormat.auto,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help=_HELP["--verbose"])] = False,
+    repository: Annotated[str | None, typer.Option(
+        "--repository", help=_HELP["--repository"])] = None,
     bucket: Annotated[str | None, typer.Option("--bucket", help=_HELP["--bucket"])] = None,
     prefix: Annotated[str | None, typer.Option("--prefix", help=_HELP["--prefix"])] = None,
     endpoint_url: Annotated[str | None, typer.Option(
@@ -215,6 +219,7 @@ def main_options(
     state.json = json_output
     state.verbose = verbose
     state.flags = {
+        "repository": (repository, "--repository"),
         "s3_bucket": (bucket, "--bucket"),
         "s3_prefix": (prefix, "--prefix"),
         "s3_endpoint_url": (endpoint_url, "--endpoint-url"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -17,6 +17,7 @@ from prefect_dr.cli.common import (
     json_mode,
     layout,
     parse_labels,
+    repository,
     select,
     settings,
     storage,
@@ -35,8 +36,12 @@ def backup(
         help="Back up even when block documents cannot be decrypted with any known key "
              "(also PREFECT_DR_ALLOW_UNDECRYPTABLE_BLOCKS).")
     ] = False,
+    copy_to: Annotated[list[str] | None, typer.Option(
+        "--copy-to", metavar="URL", help="After a successful backup, copy it to this "
+        "repository too (repeatable; also PREFECT_DR_COPY_TO).")] = None,
 ) -> None:
-    """Back up the Prefect database and configuration, encrypted, to S3."""
+    """Back up the Prefect database and configuration, encrypted, to the repository (and
+    copy it to --copy-to repositories)."""
     from prefect_dr import backup as backup_mod
     from prefect_dr import pipeline
 
@@ -53,15 +58,78 @@ def backup(
         state.run.set("backup_bytes", progress.counters.get(stage, 0), stage=stage)
     state.run.set("backup_rows", sum(int(c["rows"]) for c in manifest.row_counts.values()))
     size = sum(a.size for a in manifest.artifacts)
+    targets = list(copy_to or current.copy_to or ())
+    if not json_mode():
+        console.line(manifest.backup_id)
+        console.info(f"backup {manifest.backup_id} complete: {console.human_bytes(size)} "
+                     f"in {len(manifest.artifacts)} artifacts")
+    results = [_copy(repository(), repository(url), manifest.backup_id) for url in targets]
     if json_mode():
         console.print_json({"ok": True, "backup_id": manifest.backup_id, "kind": manifest.kind,
                             "size": size, "started_at": manifest.started_at,
                             "finished_at": manifest.finished_at,
-                            "artifacts": [a.name for a in manifest.artifacts]})
-        return
-    console.line(manifest.backup_id)
-    console.info(f"backup {manifest.backup_id} complete: {console.human_bytes(size)} "
-                 f"in {len(manifest.artifacts)} artifacts")
+                            "artifacts": [a.name for a in manifest.artifacts],
+                            "copies": [r.to_dict() for r in results]})
+    bad = [r for r in results if r.refused]
+    if bad:
+        raise errors.DRError(f"backup {manifest.backup_id} is complete, but its copy to "
+                             f"{bad[0].target} failed: {bad[0].refused[0].detail}",
+                             exit_code=errors.PARTIAL)
+
+
+def _copy(source: Any, target: Any, backup_id: str) -> Any:
+    """The copy of a backup just taken (copy.after_backup), reported in a log line."""
+    from prefect_dr import copy as copy_mod
+
+    result = copy_mod.after_backup(source, target, backup_id, verify_key=verify_key())
+    for done in result.backups:
+        console.info(f"copy of {done.backup_id} to {result.target}: {done.result}"
+                     + (f" ({done.detail})" if done.detail else ""))
+    return result
+
+
+@command(name="copy")
+def copy_cmd(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
+    to: Annotated[str | None, typer.Option(
+        "--to", metavar="URL", help="Target repository: s3://, file://, azure:// or gs://.")
+    ] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    all_backups: Annotated[bool, typer.Option(
+        "--all", help="Every complete backup (of --kind); already copied ones are skipped.")
+    ] = False,
+    kind: KindFlag = None,
+    wide: WideFlag = False,
+) -> None:
+    """Copy complete backups to another repository (checksums verified while copying, the
+    manifest written last, already copied backups skipped; safe to rerun after a kill)."""
+    from prefect_dr import catalog, pipeline
+    from prefect_dr import copy as copy_mod
+
+    if not to:
+        raise errors.UsageError("give --to URL (the repository to copy to)")
+    if not (backup_id or latest or all_backups):
+        raise errors.UsageError("give a backup id, --latest or --all")
+    source, target = repository(), repository(to)
+    if source.name == target.name:
+        raise errors.UsageError(f"--to {to} is the repository the backups are in")
+    entries = copy_mod.select(source, backup_id, latest=latest, all_backups=all_backups,
+                              kind=kind.value if kind else None, verify_key=verify_key())
+    if not all_backups:
+        catalog.require_complete(entries[0])
+    with console.transfer_progress(enabled=not json_mode(), primary="copied") as listener:
+        result = copy_mod.run(source, target, entries, verify_key=verify_key(),
+                              progress=pipeline.Progress(listener))
+    state.run.set("copy_backups", sum(b.result == copy_mod.COPIED for b in result.backups))
+    state.run.set("copy_bytes", sum(b.bytes_copied for b in result.backups))
+    if json_mode():
+        console.print_json(result.to_dict())
+    else:
+        render.copies(result, wide=wide)
+    problem = copy_mod.failed(result)
+    if problem is not None:
+        raise problem
 
 
 @command(name="list")

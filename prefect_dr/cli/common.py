@@ -30,17 +30,33 @@ def settings() -> config.Settings:
 
 def storage(*, read_only: bool = False) -> Any:
     """The repository's storage backend for the current settings; ``read_only`` commands
-    (list, show, status) get the short read deadline (PREFECT_DR_S3_READ_DEADLINE)."""
+    (list, show, status) get the short read deadline (PREFECT_DR_S3_READ_DEADLINE). The run's
+    metrics carry its URL as the ``repository`` label."""
     from prefect_dr.storage import factory
 
-    return factory.from_settings(settings(), read_only=read_only)
+    store = factory.from_settings(settings(), read_only=read_only)
+    if state.run is not None:
+        state.run.labels["repository"] = store.url
+    return store
+
+
+def repository(url: str | None = None) -> Any:
+    """A ``copy.Repository``: the configured one, or the one at ``url`` (a copy target)."""
+    from prefect_dr import copy
+    from prefect_dr.layout import Layout
+    from prefect_dr.storage import factory
+
+    if url is None:
+        return copy.Repository(storage(), layout())
+    parsed = factory.parse(url)
+    return copy.Repository(factory.open_url(parsed, settings()), Layout(parsed.prefix))
 
 
 def layout() -> Any:
     """The repository layout for the current settings."""
     from prefect_dr.layout import Layout
 
-    return Layout(settings().s3_prefix or "")
+    return Layout(settings().layout_prefix)
 
 
 def verify_key() -> Any:

@@ -33,6 +33,17 @@ def backups(entries: list[Any], *, wide: bool = False) -> None:
         Column("verified / error", 4, truncate=True)], rows, status_column=2, wide=wide)
 
 
+def copies(result: Any, *, wide: bool = False) -> None:
+    """`copy`: one row per backup, what happened to it."""
+    console.table(f"Copy to {result.target}", [
+        Column("id"), Column("kind", priority=3), Column("result"),
+        Column("copied", priority=2, justify="right"), Column("objects", priority=4),
+        Column("detail", 5, truncate=True)], [
+        (b.backup_id, b.kind or "", b.result, human_bytes(b.bytes_copied),
+         f"{b.objects_copied} new, {b.objects_kept} kept", b.detail)
+        for b in result.backups], status_column=2, wide=wide)
+
+
 def manifest(m: Any, *, wide: bool = False) -> None:
     """`show`: the manifest, its artifacts and its row counts."""
     console.table(f"Backup {m.backup_id} ({UTC_NOTE})", [Column("field"), Column(
@@ -49,7 +60,7 @@ def manifest(m: Any, *, wide: bool = False) -> None:
         Column("name"), Column("size", justify="right"),
         Column("plaintext", priority=1, justify="right"), Column("sha256", priority=3),
         Column("key", priority=2, truncate=True)], [
-        (a.name, human_bytes(a.size), human_bytes(a.plaintext_size), a.sha256[:16], a.key)
+        (a.name, human_bytes(a.size), human_bytes(a.plaintext_size), a.sha256[:16], a.location)
         for a in m.artifacts], wide=wide)
     console.table("Row counts", [Column("table"), Column("rows", justify="right"),
                                  Column("exact")], [

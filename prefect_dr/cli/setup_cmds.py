@@ -16,19 +16,26 @@ from prefect_dr.cli.common import WideFlag, json_mode, parse_labels, settings
 
 @command(config_app, "show")
 def config_show(wide: WideFlag = False) -> None:
-    """Print the effective settings, where each came from, with secrets redacted."""
-    from prefect_dr.storage.s3 import credentials_source
+    """Print the effective settings, where each came from, with secrets redacted, and where
+    the repository's credentials come from."""
+    from prefect_dr.storage import factory
 
     current = settings()
     rows = current.display()
-    aws = credentials_source()
+    repository, source = "", "no repository configured"
+    if current.repository or current.s3_bucket:
+        store = factory.from_settings(current)
+        repository, source = store.url, store.credentials_source()
     if json_mode():
-        console.print_json({"settings": rows, "aws_credentials": aws,
-                            "config_file": str(current.config_file or ""),
-                            "warnings": list(current.warnings)})
+        body = {"settings": rows, "repository": repository, "credentials": source,
+                "config_file": str(current.config_file or ""),
+                "warnings": list(current.warnings)}
+        if repository.startswith("s3://"):
+            body["aws_credentials"] = source  # the name before issue 16, kept for scripts
+        console.print_json(body)
         return
     render.settings(rows, wide=wide)
-    console.line(f"AWS credentials: {aws}")
+    console.line(f"Repository: {repository or '(none)'}; credentials: {source}")
 
 
 @command()

@@ -249,7 +249,9 @@ def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATAB
     """RenderOptions for the effective settings (values that are set), the database Secret
     (``NAME[:KEY]``; with KEY PGPASSWORD it holds only the password and the database URL
     setting goes into the ConfigMap), then ``overrides`` (those not None). Raises ValueError
-    (one line) for a bad value."""
+    (one line) for a bad value, and for a non-S3 repository (not rendered yet)."""
+    if (settings.repository or "s3:").split(":")[0] != "s3":
+        raise ValueError("k8s render renders s3:// repositories only so far; see docs/deploy.md")
     name, _, key = database_secret.partition(":")
     values: dict[str, Any] = {"age_recipients": tuple(settings.recipients),
                               "database_secret": name,

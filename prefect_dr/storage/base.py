@@ -7,7 +7,14 @@ Semantics every backend honours (tests/test_storage_contract.py checks them agai
 - ``list`` yields every object under a prefix in key order, across pages;
 - ``delete`` of a missing key is not an error;
 - ``put_if_absent`` writes only when no object has the key and says whether it did;
-- ``retention`` tells whether Object Lock forbids deleting an object (None: nothing does).
+- ``retention`` tells whether a lock (S3 Object Lock, an Azure immutability policy or legal
+  hold, a GCS retention policy or hold) forbids deleting an object (None: nothing does);
+- ``check_access``, ``facts`` and ``credentials_source`` answer ``doctor`` and ``config show``
+  for the backend, so no caller needs to know which backend it has.
+
+"Incomplete uploads" are whatever a backend leaves behind from a write that was neither closed
+nor aborted (S3 multipart uploads, uncommitted Azure blocks, GCS resumable sessions, temporary
+files): each backend lists and removes its own.
 """
 
 from __future__ import annotations
@@ -102,8 +109,10 @@ class Writer(abc.ABC):
 class Storage(abc.ABC):
     """An object store holding one repository's objects."""
 
-    #: A human description (bucket and endpoint) for messages; never holds credentials.
+    #: A human description (the repository URL, endpoint) for messages; never holds credentials.
     description: str = ""
+    #: The repository URL this storage was opened for ("" when built by hand, as in tests).
+    url: str = ""
 
     @abc.abstractmethod
     def open_writer(self, key: str, *, content_type: str = "application/octet-stream",
@@ -146,6 +155,20 @@ class Storage(abc.ABC):
         be read (a caller about to delete must not guess).
         """
         return None
+
+    def check_access(self) -> None:
+        """Raise StorageError (NotFoundError for a missing bucket/container/directory) unless
+        the repository exists and the credentials may use it."""
+        self.stat(".prefect-dr-access-check")
+
+    def facts(self) -> list[tuple[str, str]]:
+        """(name, description) pairs of what protects the repository (versioning, locks,
+        immutability), for ``doctor``. Raises StorageError when one cannot be read."""
+        return []
+
+    def credentials_source(self) -> str:
+        """Where this backend's credentials come from, masked (never a secret)."""
+        return "none needed"
 
     def put_bytes(self, key: str, data: bytes,
                   content_type: str = "application/octet-stream") -> ObjectInfo:

@@ -1,29 +1,92 @@
-"""Builds the configured Storage from Settings."""
+"""The one place a repository URL becomes a Storage backend.
+
+``s3://`` -> ``s3.S3Storage``, ``file://`` -> ``file.FileStorage``, ``azure://`` ->
+``azure.AzureStorage``, ``gs://`` -> ``gcs.GCSStorage``. Each backend's library is imported only
+when a repository of its kind is opened, so a command never pays for the clouds it does not use.
+"""
 
 from __future__ import annotations
 
 from prefect_dr.config import Settings
-from prefect_dr.storage.s3 import S3Options, S3Storage
+from prefect_dr.errors import ConfigError
+from prefect_dr.storage import url as repo_url
+from prefect_dr.storage.base import Storage
+
+
+def deadline(settings: Settings, *, read_only: bool) -> float:
+    """How long transient errors are retried: the short read deadline
+    (PREFECT_DR_S3_READ_DEADLINE) for commands that only look, else the long one
+    (PREFECT_DR_S3_RETRY_DEADLINE), which a backup needs to ride out a hiccup. Both apply to
+    every backend."""
+    return float((settings.s3_read_deadline if read_only else settings.s3_retry_deadline) or 0)
+
+
+def parse(text: str) -> repo_url.RepositoryURL:
+    """A repository URL given on the command line; ConfigError (exit 2) when malformed."""
+    try:
+        return repo_url.parse(text)
+    except repo_url.RepositoryURLError as exc:
+        raise ConfigError([str(exc)]) from None
 
 
 def from_settings(settings: Settings, *, retry_deadline_s: float | None = None,
-                  read_only: bool = False) -> S3Storage:
-    """The S3 storage the settings describe. Raises ConfigError when no bucket is set.
+                  read_only: bool = False) -> Storage:
+    """The storage of the configured repository (PREFECT_DR_REPOSITORY, else the S3
+    settings). Raises ConfigError when no repository is set.
 
     ``retry_deadline_s`` bounds how long transient errors are retried (short for probes);
-    without it, ``read_only`` storage (for commands that only look: list, show, status) gets
-    the short read deadline (PREFECT_DR_S3_READ_DEADLINE), other storage the long one
-    (PREFECT_DR_S3_RETRY_DEADLINE), which a backup needs to ride out a hiccup.
+    without it, see ``deadline``.
     """
+    settings.require("repository")
+    return open_url(settings.repository_url, settings, retry_deadline_s=retry_deadline_s,
+                    read_only=read_only)
+
+
+def open_url(url: repo_url.RepositoryURL | str, settings: Settings, *,
+             retry_deadline_s: float | None = None, read_only: bool = False) -> Storage:
+    """The storage of repository ``url``; credentials come from each backend's usual
+    environment (see docs/backends.md). Raises ConfigError for a malformed URL."""
+    if isinstance(url, str):
+        url = parse(url)
     if retry_deadline_s is None:
-        retry_deadline_s = float((settings.s3_read_deadline if read_only
-                                  else settings.s3_retry_deadline) or 0)
-    settings.require("s3_bucket")
+        retry_deadline_s = deadline(settings, read_only=read_only)
+    storage = _BUILDERS[url.scheme](url, settings, retry_deadline_s)
+    storage.url = str(url)
+    return storage
+
+
+def _s3(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
+    from prefect_dr.storage.s3 import S3Options, S3Storage
+
     options = S3Options(
         storage_class=settings.s3_storage_class or None, sse=settings.s3_sse or None,
         sse_kms_key_id=settings.s3_sse_kms_key_id or None,
         object_lock_mode=settings.s3_object_lock_mode or None,
         object_lock_days=settings.s3_object_lock_days or None)
-    return S3Storage(settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
-                     region=settings.s3_region, options=options,
+    return S3Storage(url.container,
+                     endpoint_url=url.params.get("endpoint") or settings.s3_endpoint_url,
+                     region=url.params.get("region") or settings.s3_region, options=options,
                      retry_deadline_s=retry_deadline_s)
+
+
+def _file(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
+    from prefect_dr.storage.file import FileStorage
+
+    return FileStorage(url.path)
+
+
+def _azure(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
+    from prefect_dr.storage.azure import AzureStorage
+
+    return AzureStorage(url.container,
+                        account_url=url.params.get("account_url") or settings.azure_account_url,
+                        retry_deadline_s=retry_deadline_s)
+
+
+def _gcs(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
+    from prefect_dr.storage.gcs import GCSStorage
+
+    return GCSStorage(url.container, retry_deadline_s=retry_deadline_s)
+
+
+_BUILDERS = {"s3": _s3, "file": _file, "azure": _azure, "gs": _gcs}

@@ -312,6 +312,16 @@ class S3Storage(Storage):
         """Raise StorageError unless the bucket exists and the credentials may use it."""
         self._call("open bucket", "", self.client.head_bucket, Bucket=self.bucket)
 
+    def check_access(self) -> None:
+        self.head_bucket()
+
+    def facts(self) -> list[tuple[str, str]]:
+        return [("s3 versioning", self.bucket_versioning()),
+                ("s3 object lock", self.bucket_object_lock())]
+
+    def credentials_source(self) -> str:
+        return credentials_source()
+
 
 _MISSING = object()
 _CLEANUP_DEADLINE_S = 5.0  # retry budget of each clean-up call after a failed upload
