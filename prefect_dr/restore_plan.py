@@ -5,10 +5,11 @@ with (connected clients excepted: the runbook stops Prefect after looking at the
 run warns of them), so a CI dry-run proves what a restore at 3 a.m. would meet. The preflight
 findings are cheap checks made *before* anything is created, downloaded or uploaded:
 
+- ``signature``: with a verify key, the manifest is signed by it (exit 13), checked first: no
+  other finding may trust a tampered manifest (a kind edited to config-only, say);
 - ``schema``: the target's Prefect can run the backup's revision (exit 14);
 - ``history``: a config-only backup restored over a database holding run history would delete
   it; refused (exit 2) unless ``--allow-history-loss``;
-- ``signature``: with a verify key, the manifest is signed by it (exit 13);
 - ``identity``: the age identity decrypts for one of the backup's recipients (exit 12);
 - ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1;
   a dry run, made while Prefect still runs, warns instead);
@@ -251,13 +252,13 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
     if manifest.kind == Kind.CONFIG_ONLY:
         plan.history_loss = {t: current[t][0] for t in ps.HISTORY_TABLES
                              if current.get(t, (0, True))[0] > 0}
-    plan.preflight = [
+    plan.preflight = [  # the signature first: nothing else may trust a tampered manifest
+        _signature_finding(settings, manifest),
         Finding("schema", plan.schema_ok,
                 plan.schema_reason if plan.schema_ok else
                 f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}",
                 SCHEMA_REFUSED),
         _history_finding(plan, options.allow_history_loss),
-        _signature_finding(settings, manifest),
         _identity_finding(settings, manifest),
         _clients_finding(db, clients, options.force_disconnect, options.dry_run),
         Finding("createdb", may_create,

@@ -269,3 +269,26 @@ def test_doctor_fails_when_the_next_backup_would(clone: dict[str, str]) -> None:
     backup_id = _backup(allowed, "--kind", "config-only")
     shown = json.loads(run_cli(["show", backup_id, "--json"], env).stdout)
     assert shown["block_key"]["undecryptable"] == shown["block_key"]["blocks"] > 0
+
+
+def test_a_tampered_kind_is_a_bad_signature_not_a_history_loss(clone: dict[str, str],
+                                                                tmp_path: Path) -> None:
+    """The signature is checked before any other finding trusts the manifest: a signed full
+    backup whose manifest was edited to say config-only is refused as tampered (13), not as a
+    history loss (2)."""
+    from conftest import s3_client
+
+    key = tmp_path / "signing.pem"
+    made = subprocess.run([sys.executable, "-m", "prefect_dr", "keygen", "--signing", "-o",
+                           str(key)], capture_output=True, text=True, check=True)
+    env = dict(clone, PREFECT_DR_SIGNING_KEY_FILE=str(key),
+               PREFECT_DR_VERIFY_KEY=made.stdout.strip())
+    backup_id = _backup(env)
+    manifest = json.loads(run_cli(["show", backup_id, "--json"], env).stdout)
+    manifest["kind"] = "config-only"
+    folder = manifest["artifacts"][0]["key"].rsplit("/", 1)[0]
+    s3_client(env).put_object(Bucket=env["PREFECT_DR_S3_BUCKET"], Key=f"{folder}/manifest.json",
+                              Body=json.dumps(manifest).encode())
+    proc = run_cli(["restore", backup_id, "--dry-run"], env)
+    assert proc.returncode == 13, proc.stderr
+    assert "signature" in _one_error_line(proc.stderr)
