@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from prefect_dr import errors, redact
+from prefect_dr import errors, interrupt, redact
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,13 @@ def deliver(outcome: Outcome, urls: str | None, *, on: str = ON_FAILURE,
             asked: bool | None = None) -> bool | None:
     """Send the notification ``outcome`` is worth to ``urls``. Returns None when nothing was
     due (or no target is set), True when every target took it, False otherwise (logged as a
-    WARNING). Never raises."""
+    WARNING). Raises nothing but Interrupted, when a stop signal came while sending."""
     if not urls or not wanted(outcome, on=on, asked=asked):
         return None
     try:
         return _send(split_urls(urls), *message(outcome))
     except Exception as exc:  # a notification never changes the outcome of the run
+        interrupt.raise_if_noted()  # a stop signal while sending: the caller decides
         log.warning("notification not sent: %s",
                     redact.redact(f"{type(exc).__name__}: {exc}".splitlines()[0]))
         return False

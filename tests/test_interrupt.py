@@ -67,7 +67,8 @@ def test_a_handler_that_carries_on_checks_for_a_stop_signal_first() -> None:
               ("storage/azure.py", "abort"),  # discarding the staged blocks of one
               ("storage/gcs.py", "abort"),  # cancelling the session of a failing write
               # the top level
-              ("cli/application.py", "_finish_metrics"), ("cli/application.py", "_main")}
+              ("cli/application.py", "_finish_metrics"), ("cli/application.py", "_main"),
+              ("cli/application.py", "_notify")}  # after the exit code is known
     root = Path(prefect_dr.__file__).parent
     offenders = []
     for path in sorted(root.rglob("*.py")):

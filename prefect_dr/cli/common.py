@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from prefect_dr import config, errors
+from prefect_dr import config, errors, interrupt
 from prefect_dr.cli.application import state
 from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 
@@ -79,6 +79,7 @@ def notified_verification(repo: Any, kind: str | None) -> dict[str, Any] | None:
     try:
         return catalog.last_verification(repo, layout(), kind=kind, verify_key=verify_key())
     except errors.DRError:
+        interrupt.raise_if_noted()
         return None
 
 
