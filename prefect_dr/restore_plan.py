@@ -11,8 +11,10 @@ cheap checks made *before* anything is created, downloaded or uploaded:
 - ``identity``: the age identity decrypts for one of the backup's recipients (exit 12);
 - ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1);
 - ``createdb``: the role may create the database restored beside the live one (exit 1);
-- ``pg_restore`` / ``pg_dump``: the clients exist, pg_restore reads the archive, and pg_dump
-  can take the safety backup of the live server (exit 1);
+- ``pg_restore`` / ``pg_dump``: versions first: the target server is not older than the
+  backup's, a pg_restore reads the archive and suits the server (a 17+ one into PostgreSQL
+  14-16 runs through psql without its ``SET transaction_timeout``), and a pg_dump can take the
+  safety backup of the live server (exit 16, a set-up error naming what to install);
 - ``staging``: with ``--jobs`` above 1, room to stage the decrypted dump (a warning: the restore
   then streams with one job).
 """
@@ -28,13 +30,14 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import crypto, interrupt, schema_gate, signing
+from prefect_dr import crypto, interrupt, restore_stream, schema_gate, signing
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
     FAILURE,
     KEY_ERROR,
     SCHEMA_REFUSED,
+    SETUP,
     USAGE,
     VERIFICATION_FAILED,
     ConfigError,
@@ -46,6 +49,7 @@ from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
+from prefect_dr.pg.tools import Client, RestoreChoice
 
 STAMP_FORMAT = "%Y%m%d%H%M%S"
 MAX_IDENTIFIER = 63
@@ -95,6 +99,9 @@ class Plan:
     disk_needed: int | None = None
     safety_backup: bool = True
     staging: str = ""
+    server_version: str = ""
+    restore_client: RestoreChoice | None = None
+    dump_client: Client | None = None
     preflight: list[Finding] = field(default_factory=list)
 
     @property
@@ -237,7 +244,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         renames=([(db, aside), (restore_db, db)] if target_exists else [(restore_db, db)]),
         disk_needed=manifest.database_size,
         safety_backup=options.safety_backup and target_exists,
-        staging=how,
+        staging=how, server_version=server_version,
     )
     for table, entry in sorted(manifest.row_counts.items()):
         now_rows, exact = current.get(table, (0, True))
@@ -261,10 +268,14 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                 "the role may create databases" if may_create else
                 f"the role of {plan.target} may not create databases: grant CREATEDB "
                 "(restore creates the new database beside the live one)", FAILURE),
-        _restore_client_finding(settings, manifest),
+        _restore_client_finding(settings, manifest, plan, server_major, server_version),
     ]
+    note = tools.downgrade_note(manifest.postgres_version, server_major, server_version)
+    if note:
+        plan.preflight.append(Finding("postgres", False, note))
     if plan.safety_backup:
-        plan.preflight.append(_dump_client_finding(settings, server_major, server_version))
+        plan.preflight.append(_dump_client_finding(settings, plan, server_major,
+                                                   server_version))
     fallback = options.jobs >= 2 and not staged
     plan.preflight.append(Finding("staging", not fallback, how))
     return plan
@@ -336,31 +347,24 @@ def _clients_finding(db: str, clients: list[pgswap.Session], force: bool) -> Fin
     return Finding("clients", False, pgswap.describe_clients(db, clients), FAILURE)
 
 
-def _restore_client_finding(settings: Settings, manifest: Manifest) -> Finding:
+def _restore_client_finding(settings: Settings, manifest: Manifest, plan: Plan,
+                            server_major: int, server_version: str) -> Finding:
     try:
-        major, text = tools.version(tools.find("pg_restore", settings.pg_bin_dir))
+        plan.restore_client = restore_stream.choose(settings, manifest, server_major,
+                                                    server_version)
     except DRError as exc:
         interrupt.raise_if_noted()
-        return Finding("pg_restore", False, exc.message, FAILURE)
-    archive = tools.major_of(manifest.pg_dump_version)
-    if archive is not None and major < archive:
-        return Finding("pg_restore", False,
-                       f"pg_restore {text} cannot read an archive written by pg_dump "
-                       f"{manifest.pg_dump_version}; install the PostgreSQL {archive} client "
-                       "or set PREFECT_DR_PG_BIN_DIR", FAILURE)
-    return Finding("pg_restore", True, f"pg_restore {text}")
+        return Finding("pg_restore", False, exc.message, SETUP)
+    return Finding("pg_restore", True, f"{plan.restore_client.describe()} into PostgreSQL "
+                                       f"{server_version}")
 
 
-def _dump_client_finding(settings: Settings, server_major: int, server_version: str
-                         ) -> Finding:
+def _dump_client_finding(settings: Settings, plan: Plan, server_major: int,
+                         server_version: str) -> Finding:
     try:
-        major, text = tools.version(tools.find("pg_dump", settings.pg_bin_dir))
+        plan.dump_client = tools.pick_dump(settings.pg_bin_dir, server_major, server_version)
     except DRError as exc:
         interrupt.raise_if_noted()
-        return Finding("pg_dump", False, f"safety backup impossible: {exc.message}", FAILURE)
-    if major < server_major:
-        return Finding("pg_dump", False,
-                       f"safety backup impossible: pg_dump {text} is older than the live "
-                       f"server ({server_version}); install the PostgreSQL {server_major} "
-                       "client, set PREFECT_DR_PG_BIN_DIR, or pass --no-safety-backup", FAILURE)
-    return Finding("pg_dump", True, f"pg_dump {text} can take the safety backup")
+        return Finding("pg_dump", False, f"safety backup impossible: {exc.message}; or pass "
+                                         "--no-safety-backup", SETUP)
+    return Finding("pg_dump", True, f"{plan.dump_client.describe()} can take the safety backup")
