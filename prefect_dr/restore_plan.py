@@ -4,7 +4,9 @@
 with, so a CI dry-run proves what a restore at 3 a.m. would meet. The preflight findings are
 cheap checks made *before* anything is created, downloaded or uploaded:
 
-- ``schema``: the target's Prefect can run the backup's revision (exit 14);
+- ``schema``: the target's Prefect can run the backup's revision (exit 14), decided by
+  :mod:`prefect_dr.schema_gate` from ``--target-prefect-version``, the version PREFECT_API_URL
+  reports (when the target is the configured database) or the target database's revision;
 - ``history``: a config-only backup restored over a database holding run history would delete
   it; refused (exit 2) unless ``--allow-history-loss``;
 - ``signature``: with a verify key, the manifest is signed by it (exit 13);
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,7 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import crypto, interrupt, restore_stream, schema_gate, signing
+from prefect_dr import crypto, interrupt, prefect_api, restore_stream, schema_gate, signing
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
@@ -51,6 +54,7 @@ from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
 from prefect_dr.pg.tools import Client, RestoreChoice
 
+log = logging.getLogger(__name__)
 STAMP_FORMAT = "%Y%m%d%H%M%S"
 MAX_IDENTIFIER = 63
 #: Staging needs the dump's plaintext size plus this share and this headroom (docs: README,
@@ -87,6 +91,8 @@ class Plan:
     target_db: str
     target_exists: bool
     target_revision: str | None
+    target_prefect_version: str | None
+    target_prefect_source: str
     schema_ok: bool
     schema_reason: str
     config_diff: list[dict[str, Any]] = field(default_factory=list)
@@ -199,6 +205,7 @@ class Options:
     """What the operator allowed or asked for."""
 
     target_url: str | None = None
+    target_prefect_version: str | None = None
     allow_newer_schema: bool = False
     allow_history_loss: bool = False
     safety_backup: bool = True
@@ -226,8 +233,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
             target_revision = pgc.alembic_revision(conn)
             tables = set(manifest.row_counts) | set(ps.HISTORY_TABLES)
             current = _counts(conn, sorted(tables))
-    verdict = schema_gate.judge(manifest.alembic_revision, target_revision,
-                                schema_gate.installed_revisions())
+    target = _target_prefect(settings, options, url, target_revision)
+    verdict = schema_gate.judge(manifest.alembic_revision, target)
     staged, how = staging_choice(manifest, options.jobs,
                                  options.staging_dir or _default_staging())
     plan = Plan(
@@ -235,6 +242,9 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         prefect_version=manifest.prefect_version, backup_revision=manifest.alembic_revision,
         target=pgc.describe(url), target_db=db, target_exists=target_exists,
         target_revision=target_revision,
+        target_prefect_version=target.prefect_version,
+        target_prefect_source=target.version_source or (
+            "the target database's revision" if target_revision else "new database"),
         schema_ok=verdict.ok or options.allow_newer_schema,
         schema_reason=verdict.reason + (" (overridden by --allow-newer-schema)"
                                         if options.allow_newer_schema and not verdict.ok
@@ -279,6 +289,26 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
     fallback = options.jobs >= 2 and not staged
     plan.preflight.append(Finding("staging", not fallback, how))
     return plan
+
+
+def _target_prefect(settings: Settings, options: Options, url: str,
+                    revision: str | None) -> schema_gate.Target:
+    """What is known of the target's Prefect: the version the operator gave, else the one
+    PREFECT_API_URL reports when the target is the configured database, else its revision."""
+    if options.target_prefect_version:
+        return schema_gate.Target(options.target_prefect_version, "--target-prefect-version",
+                                  revision)
+    same_db = settings.database_url and pgc.describe(url) == pgc.describe(settings.database_url)
+    if settings.prefect_api_url and same_db:
+        try:
+            version = prefect_api.server_version(settings.prefect_api_url)
+        except DRError as exc:
+            interrupt.raise_if_noted()
+            log.info("the target's Prefect did not answer at PREFECT_API_URL (%s); the schema "
+                     "gate reads the database's revision", exc.message)
+        else:
+            return schema_gate.Target(version, "PREFECT_API_URL", revision)
+    return schema_gate.Target(None, "", revision)
 
 
 def _default_staging() -> str:
