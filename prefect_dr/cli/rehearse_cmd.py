@@ -32,7 +32,7 @@ def rehearse_upgrade(
     each migration's time, the total, the database size before and after, success. The
     scratch database is always dropped. Exit 0 when the upgrade succeeded, 1 when it failed,
     16 when --prefect-python has no Prefect or no PostgreSQL client suits."""
-    from prefect_dr import errors, pipeline, rehearse
+    from prefect_dr import catalog, errors, pipeline, rehearse
 
     if not prefect_python:
         raise errors.UsageError("--prefect-python PATH is required (the Python of the Prefect "
@@ -40,7 +40,7 @@ def rehearse_upgrade(
     url_flag(scratch_url, "--scratch-url")
     current = settings()
     repo = storage()
-    manifest = select(backup_id, latest, kind)
+    manifest = catalog.require_complete(select(backup_id, latest, kind))
     dump = manifest.artifact("dump")
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=dump.size if dump else None) as listener:
