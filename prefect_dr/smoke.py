@@ -1,5 +1,6 @@
-"""`verify --prefect-smoke`: start the installed Prefect server on a restored database and read
-it back through the API, the way operators will after a restore."""
+"""`verify --prefect-smoke`: start a Prefect server (the one beside prefect-dr, or the one at
+``--prefect-python``) on a restored database and read it back through the API, the way operators
+will after a restore; the result names that Prefect and whether it migrated the database."""
 
 from __future__ import annotations
 
@@ -89,8 +90,9 @@ def _paged(api: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class PrefectServer:
-    """The installed Prefect server, run on a loopback port against one database; a context
-    manager that starts it, waits until it is ready and stops it (services off, UI off)."""
+    """A Prefect server (see :func:`prefect_program`), run on a loopback port against one
+    database; a context manager that starts it, waits until it is ready and stops it (services
+    off, UI off)."""
 
     def __init__(self, database_url: str, *, block_key: str | None = None,
                  python: str | None = None) -> None:
