@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +18,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from conftest import clean_cli_env, run_cli, s3_client
-from prefect_servers import create_secret, read_secret
+from prefect_servers import read_secret
 
 from prefect_dr import errors
 from prefect_dr.pg import scratch
 from prefect_dr.smoke import PrefectServer
 
 pytestmark = pytest.mark.integration
+SECRET = "s3cr3t-dr-seed-value"  # scripts/seed.py's dr-secret
 MAJORS = (14, 15, 18)
 FULL = os.environ.get("PREFECT_DR_TEST_MATRIX") == "full"
 #: CI: an upgrade across two majors, two downgrades through the filtered 18 client.
@@ -47,11 +49,21 @@ def _drop(env: dict[str, str], base: str, name: str) -> None:
         scratch.drop_database(conn, name)
 
 
+def _copy_prefect_db(env: dict[str, str], url: str) -> None:
+    """The stack's seeded Prefect 3.9.1 database (secret block dr-secret holding SECRET) copied
+    into ``url`` on another server: faster than migrating a new one with a Prefect start."""
+    child = dict(os.environ, PGPASSWORD=env["PGPASSWORD"])
+    dump = subprocess.run(["pg_dump", "-Fc", "--dbname", env["PREFECT_DR_DATABASE_URL"]],
+                          env=child, check=True, capture_output=True).stdout
+    subprocess.run(["pg_restore", "--no-owner", "--exit-on-error", "--dbname", url], input=dump,
+                   env=child, check=True, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def matrix(stack_env: dict[str, str], identity: tuple[Path, str]
            ) -> Iterator[tuple[dict[str, str], dict[int, str]]]:
-    """One backup of a Prefect 3.9.1 database on each source server (a secret block
-    `matrix-secret` holding `from-pgNN`); yields (env, major -> backup id)."""
+    """One backup of a Prefect 3.9.1 database on each source server (the seeded secret block,
+    renamed `matrix-secret`); yields (env, major -> backup id)."""
     env = clean_cli_env(stack_env, identity,
                         PREFECT_DR_S3_PREFIX=f"matrix-{uuid.uuid4().hex[:10]}",
                         PREFECT_DR_PG_BIN_DIR=stack_env["PREFECT_DR_STACK_PG18_BIN"])
@@ -66,8 +78,10 @@ def matrix(stack_env: dict[str, str], identity: tuple[Path, str]
                 conn.execute(f'CREATE DATABASE "{name}"')
             made.append((bases[major], name))
             url = f"{bases[major]}/{name}"
-            with PrefectServer(url) as server:  # migrates the new database, as users do
-                create_secret(server.api, "matrix-secret", f"from-pg{major}")
+            _copy_prefect_db(env, url)
+            with psycopg.connect(url, password=env["PGPASSWORD"], autocommit=True) as conn:
+                conn.execute("UPDATE block_document SET name = 'matrix-secret' "
+                             "WHERE name = 'dr-secret'")
             done = run_cli(["--json", "backup"], dict(env, PREFECT_DR_DATABASE_URL=url))
             assert done.returncode == 0, done.stderr[-2000:]
             ids[major] = json.loads(done.stdout)["backup_id"]
@@ -108,7 +122,7 @@ def test_restore_serve_and_verify(matrix: tuple[dict[str, str], dict[int, str]],
         done = run_cli(["restore", ids[source], "--yes", "--target-url", url], env)
         assert done.returncode == 0, done.stderr[-2000:]
         with PrefectServer(url) as server:
-            assert read_secret(server.api, "matrix-secret") == f"from-pg{source}"
+            assert read_secret(server.api, "matrix-secret") == SECRET
         checked = run_cli(["--json", "verify", ids[source], "--scratch-url", f"{base}/postgres"],
                           env)
         assert checked.returncode == 0, checked.stderr[-2000:]

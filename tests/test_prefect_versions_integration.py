@@ -164,9 +164,6 @@ def test_rehearse_upgrade_of_a_34_backup_with_391(
     with _admin(env) as conn:  # the scratch database is gone
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
                             (result["scratch_database"],)).fetchone() == (0,)
-    text = run_cli(["rehearse-upgrade", backup_id, "--prefect-python", sys.executable], env,
-                   timeout=900)
-    assert text.returncode == 0 and "Migrations (slowest first)" in text.stdout
     missing = run_cli(["rehearse-upgrade", backup_id, "--prefect-python", "/nonexistent/python"],
                       env)
     assert missing.returncode == errors.SETUP and "--prefect-python" in missing.stderr

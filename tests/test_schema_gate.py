@@ -79,3 +79,19 @@ def test_rehearsal_steps_from_watched_revisions() -> None:
     steps = rehearse.steps_from(seen, 0.0, 5.0, TABLE)
     assert [(s.revision, s.seconds) for s in steps] == [("c", 1.0), ("d", 1.5), ("e", 1.5)]
     assert steps[-1].first_release == "3.9.1"
+
+
+def test_rehearsal_renders_slowest_first(capsys) -> None:
+    from prefect_dr.cli import render
+
+    result = rehearse.Rehearsal("20260101T000000Z-abcdef", "3.9.1", "/venv/bin/python",
+                                scratch_database="prefect_dr_scratch_x", from_revision="c",
+                                to_revision="e", steps=rehearse.steps_from(
+                                    [(0.0, "c"), (1.0, "d"), (4.0, "e")], 0.0, 5.0, TABLE),
+                                total_seconds=4.2, size_before=1 << 20, size_after=2 << 20,
+                                ok=True)
+    render.rehearsal(result)
+    out = capsys.readouterr().out
+    assert "Migrations (slowest first)" in out and "c -> e" in out
+    rows = [ln.split()[0] for ln in out.splitlines() if ln[:2] in ("d ", "e ")]
+    assert rows == ["e", "d"]  # 3 s before 1 s
