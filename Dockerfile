@@ -1,23 +1,16 @@
 # syntax=docker/dockerfile:1
-# prefect-dr container image: the CLI and the PostgreSQL 15 client tools, run as uid 10001.
+# prefect-dr container image: the CLI and the PostgreSQL 14-18 client tools, run as uid 10001.
 #
 #   docker build -t prefect-dr:dev --build-arg VERSION="$(python3 -c 'import prefect_dr; print(prefect_dr.__version__)')" .
 #   docker run --rm prefect-dr:dev --version
 #
 # Kubernetes manifests: deploy/kubernetes (docs/deploy.md). Linted by hadolint (tests/test_deploy.py).
 #
-# PostgreSQL client version: pg_dump must be at least the server's major version. Bookworm ships
-# the PostgreSQL 15 client. For a newer server, install postgresql-client-16/17 from the PGDG
-# repository in the runtime stage instead (and point PREFECT_DR_PG_BIN_DIR at its bin folder):
-#   apt-get install -y --no-install-recommends ca-certificates curl
-#   install -d /usr/share/postgresql-common/pgdg
-#   curl -fsSLo /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
-#        https://www.postgresql.org/media/keys/ACCC4CF8.asc
-#   echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] \
-#         https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
-#        > /etc/apt/sources.list.d/pgdg.list
-#   apt-get update && apt-get install -y --no-install-recommends postgresql-client-17=17.*
-# A newer pg_dump also dumps older servers, so the newest client serves every server.
+# PostgreSQL clients: every major from 14 to 18, side by side in /usr/lib/postgresql/NN/bin
+# (Bookworm ships 15; the others come from the PostgreSQL project's apt repository, PGDG, set up
+# with the key postgresql-common ships). prefect-dr picks per operation (docs/deploy.md,
+# "PostgreSQL versions"): pg_dump of the server's major, pg_restore that reads the archive and
+# suits the target (a 17+ one into 14-16 runs through psql without SET transaction_timeout).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -40,10 +33,15 @@ LABEL org.opencontainers.image.title="prefect-dr" \
       org.opencontainers.image.source="https://github.com/prefect-dr/prefect-dr" \
       org.opencontainers.image.base.name="docker.io/library/python:3.11-slim-bookworm"
 
-# pg_dump, pg_restore, psql. "=15.*" pins the major version and still takes Debian's security
-# updates (an exact version disappears from the mirror when the next one is published).
+# pg_dump, pg_restore, psql of PostgreSQL 14 to 18. "=NN.*" pins each major and still takes
+# security updates (an exact version disappears from the mirror when the next one is published).
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends postgresql-client-15=15.* \
+    && apt-get install -y --no-install-recommends ca-certificates postgresql-common \
+    && /usr/share/postgresql-common/pgdg/apt.postgresql.org.sh -y \
+    && apt-get install -y --no-install-recommends \
+       postgresql-client-14=14.* postgresql-client-15=15.* postgresql-client-16=16.* \
+       postgresql-client-17=17.* postgresql-client-18=18.* \
     && rm -rf /var/lib/apt/lists/*
 
 # Numeric uid/gid (USER below): Kubernetes' runAsNonRoot can check a number, not a name.
@@ -56,8 +54,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 
 # HOME=/tmp: with readOnlyRootFilesystem the only writable place is the /tmp emptyDir; nothing
 # is staged on disk (backups stream), but libraries that cache in $HOME find somewhere to go.
-ENV PREFECT_DR_PG_BIN_DIR=/usr/lib/postgresql/15/bin \
-    HOME=/tmp \
+# No PREFECT_DR_PG_BIN_DIR: every client is in /usr/lib/postgresql/*/bin, searched by default.
+ENV HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1

@@ -147,17 +147,14 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     recipients = [crypto.parse_recipient(r) for r in recipient_texts]
     fingerprints = tuple(crypto.fingerprint(r) for r in recipient_texts)
     repo = Layout(settings.layout_prefix)
-    pg_dump = tools.find("pg_dump", settings.pg_bin_dir)
-    dump_major, dump_version = tools.version(pg_dump)
     signer = (signing.load_private(Path(settings.signing_key_file))
               if settings.signing_key_file else None)
     url = settings.database_url
     conn = pgc.connect(url)
     try:
         major, pg_version = pgc.server_version(conn)
-        if dump_major < major:
-            raise DRError(f"pg_dump {dump_version} is older than the server ({pg_version}); "
-                          "install a newer client or set PREFECT_DR_PG_BIN_DIR")
+        client = tools.pick_dump(settings.pg_bin_dir, major, pg_version)  # SetupError
+        pg_dump, dump_version = client.path, client.text
         if pgc.alembic_revision(conn) is None:
             raise DRError(f"{pgc.describe(url)} is not a Prefect database (no alembic_version)")
         lock = BackupLock(conn, storage, repo.lock(f"backup-{_database_fingerprint(conn)}"),
@@ -268,6 +265,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         finished_at=clock().isoformat(), tool_version=__version__,
         prefect_version=prefect_version, alembic_revision=revision,
         postgres_version=pg_version, pg_dump_version=dump_version,
+        clients={"pg_dump": pg_dump},
         database=pgc.describe(settings.database_url), row_counts=counts,
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
         database_size=int(size_row[0]) if size_row else None,

@@ -61,7 +61,7 @@ def recover(storage: Storage, manifest: Manifest, identities: list[crypto.Identi
         raise NotFoundError(f"backup {manifest.backup_id} holds no block encryption key "
                             f"(its manifest says the key came from {source or 'nowhere'}, "
                             "and none was escrowed)")
-    key = _key_from_dump(storage, dump, identities, pg_bin_dir)
+    key = _key_from_dump(storage, dump, identities, pg_bin_dir, manifest.pg_dump_version)
     if key is None:
         raise NotFoundError(f"the dump of backup {manifest.backup_id} has no configuration "
                             f"row {KEY_ROW}")
@@ -69,8 +69,8 @@ def recover(storage: Storage, manifest: Manifest, identities: list[crypto.Identi
 
 
 def _key_from_dump(storage: Storage, dump: Artifact, identities: list[crypto.Identity],
-                   pg_bin_dir: str | None) -> str | None:
-    program = tools.find("pg_restore", pg_bin_dir)
+                   pg_bin_dir: str | None, dump_version: str | None) -> str | None:
+    program = tools.pick_reader(pg_bin_dir, tools.major_of(dump_version)).path
     argv = [program, "--data-only", "--table=configuration", "--file=-"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     proc = ClientProcess(argv, env, "pg_restore", stdin=subprocess.PIPE,

@@ -32,7 +32,7 @@ class Spec:
     name: str
     env: str
     toml: str  # "section.key"
-    kind: str = "str"  # str | int | bool | list | path | url
+    kind: str = "str"  # str | int | bool | list | path | pathlist | url
     default: Any = None
     secret: bool = False  # shown as *** (URLs: only the password part)
     help: str = ""
@@ -42,8 +42,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("database_url", "PREFECT_DR_DATABASE_URL", "database.url", "url",
          help="libpq URL of the Prefect database; password from PGPASSWORD or .pgpass "
               "(default: Prefect's own PREFECT_API_DATABASE_CONNECTION_URL and its kin)"),
-    Spec("pg_bin_dir", "PREFECT_DR_PG_BIN_DIR", "database.pg_bin_dir", "path",
-         help="folder holding pg_dump/pg_restore (default: PATH)"),
+    Spec("pg_bin_dir", "PREFECT_DR_PG_BIN_DIR", "database.pg_bin_dir", "pathlist",
+         help="':'-separated folders holding pg_dump/pg_restore/psql, searched before "
+              "/usr/lib/postgresql/*/bin and PATH; the right client is picked per operation"),
     Spec("repository", "PREFECT_DR_REPOSITORY", "repository.url",
          help="where backups live: s3://BUCKET/PREFIX, file:///ABS/PATH, "
               "azure://CONTAINER/PREFIX or gs://BUCKET/PREFIX (default: the s3 settings)"),
@@ -249,6 +250,8 @@ def _coerce(spec: Spec, raw: Any, where: str, problems: list[str]) -> Any:
         return None
     if spec.kind == "path":  # '~' expanded once, here, for every path setting
         return str(Path(raw.strip()).expanduser()) if raw.strip() else ""
+    if spec.kind == "pathlist":  # ':'-separated folders, each '~'-expanded
+        return ":".join(str(Path(p.strip()).expanduser()) for p in raw.split(":") if p.strip())
     return raw.strip()
 
 
@@ -472,9 +475,10 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
     # where it is not mounted.
     for name in ("age_recipients_file", "pg_bin_dir", "staging_dir",
                  "prefect_encryption_key_file", "signing_key_file"):
-        path = values.get(name)
-        if path and not Path(path).exists():
-            problems.append(f"{at(name)}: {path} does not exist")
+        for path in str(values.get(name) or "").split(":") if name == "pg_bin_dir" else [
+                values.get(name)]:
+            if path and not Path(path).exists():
+                problems.append(f"{at(name)}: {path} does not exist")
     recipients = list(values.get("age_recipients") or ())
     rfile = values.get("age_recipients_file")
     if rfile and Path(rfile).is_file():

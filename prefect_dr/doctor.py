@@ -87,7 +87,8 @@ def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -
     except DRError as exc:
         interrupt.raise_if_noted()
         report.add("database", FAIL, exc.message)
-        for name in ("pg_dump", "read permissions", "prefect schema", "block encryption key"):
+        for name in ("pg_dump", "pg_restore", "read permissions", "prefect schema",
+                     "block encryption key"):
             report.add(name, SKIP, "database unreachable")
         return
     with conn:
@@ -95,18 +96,7 @@ def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -
         report.add("database", OK, f"connected to {pgc.describe(settings.database_url)}, "
                                    f"PostgreSQL {full}")
 
-        def client_tools() -> tuple[str, str]:
-            found = []
-            for program in ("pg_dump", "pg_restore"):
-                path = tools.find(program, settings.pg_bin_dir)
-                tmajor, text = tools.version(path)
-                if tmajor < major:
-                    return FAIL, (f"{program} {text} is older than the server ({major}); install "
-                                  f"the PostgreSQL {major} client or set PREFECT_DR_PG_BIN_DIR")
-                found.append(f"{program} {text}")
-            return OK, ", ".join(found)
-
-        _guard(report, "pg_dump", client_tools)
+        check_clients(report, settings, major, full)
 
         def permissions() -> tuple[str, str]:
             bad = pgc.unreadable_relations(conn)
@@ -125,6 +115,32 @@ def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -
             return
         report.add("prefect schema", OK, f"alembic revision {revision}")
         _check_block_key(report, conn, env, bool(settings.allow_undecryptable_blocks))
+
+
+def check_clients(report: Report, settings: Settings, major: int, full: str) -> None:
+    """Every PostgreSQL client found, and the one backup (pg_dump) and restore/verify
+    (pg_restore, of this server's own backups) will use with this server."""
+    found = tools.inventory(settings.pg_bin_dir)
+    listing = "; ".join(f"{program}: " + (", ".join(
+        f"{c.text.split(' ')[0]} ({c.folder})" for c in clients) or "none")
+        for program, clients in found.items())
+    report.add("pg clients", OK, f"found {listing}", required=False)
+    dump_major: list[int] = []
+
+    def pg_dump() -> tuple[str, str]:
+        client = tools.pick_dump(settings.pg_bin_dir, major, full)
+        dump_major.append(client.major)
+        return OK, f"backup uses {client.describe()}"
+
+    _guard(report, "pg_dump", pg_dump)
+
+    def pg_restore() -> tuple[str, str]:
+        choice = tools.pick_restore(settings.pg_bin_dir,
+                                    archive_major=dump_major[0] if dump_major else major,
+                                    server_major=major, server_text=full)
+        return OK, f"restore and verify into this server use {choice.describe()}"
+
+    _guard(report, "pg_restore", pg_restore)
 
 
 def _check_block_key(report: Report, conn: psycopg.Connection, env: Mapping[str, str],

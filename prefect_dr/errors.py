@@ -16,6 +16,7 @@ KEY_ERROR = 12
 VERIFICATION_FAILED = 13
 SCHEMA_REFUSED = 14
 STALE = 15
+SETUP = 16
 INTERRUPTED = 130
 
 
@@ -87,6 +88,14 @@ class VerificationError(DRError):
     """A backup failed a verification check (checksum, restore, semantic check)."""
 
     exit_code = VERIFICATION_FAILED
+
+
+class SetupError(DRError):
+    """This machine's tooling cannot do the job: no PostgreSQL client that can, a client too
+    old for the archive or the server, a server too old for the backup, no Prefect at the
+    interpreter given. A fault of the set-up, never a verdict on a backup."""
+
+    exit_code = SETUP
 
 
 class Interrupted(DRError):

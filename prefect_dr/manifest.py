@@ -67,6 +67,8 @@ class Manifest:
     labels: dict[str, str] = field(default_factory=dict)
     consistency: str = "exported-snapshot"
     database_size: int | None = None  # pg_database_size at backup time, for disk planning
+    #: the client programs used, program -> path (absent in manifests before issue 14)
+    clients: dict[str, str] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: dict[str, str] | None = None
@@ -81,6 +83,8 @@ class Manifest:
         data["artifacts"] = [_artifact_dict(a) for a in self.artifacts]
         if not signed or self.signature is None:
             data.pop("signature")
+        if self.clients is None:
+            data.pop("clients")  # older manifests: their signed bytes stay the same
         return data
 
     def signing_bytes(self) -> bytes:
@@ -166,7 +170,17 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         format_version=version, signature=signature,
         database_size=data.get("database_size") if isinstance(data.get("database_size"), int)
         else None,
+        clients=_clients(data.get("clients"), where),
     )
+
+
+def _clients(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
+        raise ManifestError(f"{where}: clients must map program names to paths")
+    return dict(value)
 
 
 def b64(data: bytes) -> str:

@@ -124,6 +124,8 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             as_role = role if role and role != me else None
             folder = staging_dir or tempfile.gettempdir()
             staged, how = staging_choice(manifest, jobs, folder)
+            choice = plan.restore_client or restore_stream.choose_for(settings, manifest,
+                                                                       admin_url)
             if jobs >= 2 and not staged:
                 log.warning("restore: %s", how)
             else:
@@ -131,7 +133,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             if staged:
                 try:
                     restore_stream.restore_dump_staged(
-                        storage, dump, identities, restored_url, settings, progress, checks,
+                        storage, dump, identities, restored_url, choice, progress, checks,
                         jobs=jobs, staging_dir=folder, role=as_role)
                 except OSError as exc:
                     if exc.errno != errno.ENOSPC:
@@ -143,7 +145,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                         "(streams, stages nothing)") from None
             else:
                 restore_stream.restore_dump(storage, dump, identities, restored_url,
-                                            settings, progress, checks, role=as_role)
+                                            choice, progress, checks, role=as_role)
             on_step("checking the restored database")
             with pgc.connect(restored_url) as conn:
                 semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)

@@ -7,15 +7,19 @@ findings are cheap checks made *before* anything is created, downloaded or uploa
 
 - ``signature``: with a verify key, the manifest is signed by it (exit 13), checked first: no
   other finding may trust a tampered manifest (a kind edited to config-only, say);
-- ``schema``: the target's Prefect can run the backup's revision (exit 14);
+- ``schema``: the target's Prefect can run the backup's revision (exit 14), decided by
+  :mod:`prefect_dr.schema_gate` from ``--target-prefect-version``, the version PREFECT_API_URL
+  reports (when the target is the configured database) or the target database's revision;
 - ``history``: a config-only backup restored over a database holding run history would delete
   it; refused (exit 2) unless ``--allow-history-loss``;
 - ``identity``: the age identity decrypts for one of the backup's recipients (exit 12);
 - ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1;
   a dry run, made while Prefect still runs, warns instead);
 - ``createdb``: the role may create the database restored beside the live one (exit 1);
-- ``pg_restore`` / ``pg_dump``: the clients exist, pg_restore reads the archive, and pg_dump
-  can take the safety backup of the live server (exit 1);
+- ``pg_restore`` / ``pg_dump``: versions first: the target server is not older than the
+  backup's, a pg_restore reads the archive and suits the server (a 17+ one into PostgreSQL
+  14-16 runs through psql without its ``SET transaction_timeout``), and a pg_dump can take the
+  safety backup of the live server (exit 16, a set-up error naming what to install);
 - ``staging``: with ``--jobs`` above 1, room to stage the decrypted dump (a warning: the restore
   then streams with one job).
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +36,14 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import crypto, interrupt, schema_gate, signing
+from prefect_dr import crypto, interrupt, prefect_api, restore_stream, schema_gate, signing
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
     FAILURE,
     KEY_ERROR,
     SCHEMA_REFUSED,
+    SETUP,
     USAGE,
     VERIFICATION_FAILED,
     ConfigError,
@@ -49,7 +55,9 @@ from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
+from prefect_dr.pg.tools import Client, RestoreChoice
 
+log = logging.getLogger(__name__)
 STAMP_FORMAT = "%Y%m%d%H%M%S"
 MAX_IDENTIFIER = 63
 #: Staging needs the dump's plaintext size plus this share and this headroom (docs: README,
@@ -86,6 +94,8 @@ class Plan:
     target_db: str
     target_exists: bool
     target_revision: str | None
+    target_prefect_version: str | None
+    target_prefect_source: str
     schema_ok: bool
     schema_reason: str
     config_diff: list[dict[str, Any]] = field(default_factory=list)
@@ -98,6 +108,9 @@ class Plan:
     disk_needed: int | None = None
     safety_backup: bool = True
     staging: str = ""
+    server_version: str = ""
+    restore_client: RestoreChoice | None = None
+    dump_client: Client | None = None
     preflight: list[Finding] = field(default_factory=list)
 
     @property
@@ -195,6 +208,7 @@ class Options:
     """What the operator allowed or asked for."""
 
     target_url: str | None = None
+    target_prefect_version: str | None = None
     allow_newer_schema: bool = False
     allow_history_loss: bool = False
     safety_backup: bool = True
@@ -223,8 +237,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
             target_revision = pgc.alembic_revision(conn)
             tables = set(manifest.row_counts) | set(ps.HISTORY_TABLES)
             current = _counts(conn, sorted(tables))
-    verdict = schema_gate.judge(manifest.alembic_revision, target_revision,
-                                schema_gate.installed_revisions())
+    target = _target_prefect(settings, options, url, target_revision)
+    verdict = schema_gate.judge(manifest.alembic_revision, target)
     staged, how = staging_choice(manifest, options.jobs,
                                  options.staging_dir or _default_staging())
     plan = Plan(
@@ -232,6 +246,9 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         prefect_version=manifest.prefect_version, backup_revision=manifest.alembic_revision,
         target=pgc.describe(url), target_db=db, target_exists=target_exists,
         target_revision=target_revision,
+        target_prefect_version=target.prefect_version,
+        target_prefect_source=target.version_source or (
+            "the target database's revision" if target_revision else "new database"),
         schema_ok=verdict.ok or options.allow_newer_schema,
         schema_reason=verdict.reason + (" (overridden by --allow-newer-schema)"
                                         if options.allow_newer_schema and not verdict.ok
@@ -241,7 +258,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         renames=([(db, aside), (restore_db, db)] if target_exists else [(restore_db, db)]),
         disk_needed=manifest.database_size,
         safety_backup=options.safety_backup and target_exists,
-        staging=how,
+        staging=how, server_version=server_version,
     )
     for table, entry in sorted(manifest.row_counts.items()):
         now_rows, exact = current.get(table, (0, True))
@@ -265,13 +282,37 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                 "the role may create databases" if may_create else
                 f"the role of {plan.target} may not create databases: grant CREATEDB "
                 "(restore creates the new database beside the live one)", FAILURE),
-        _restore_client_finding(settings, manifest),
+        _restore_client_finding(settings, manifest, plan, server_major, server_version),
     ]
+    note = tools.downgrade_note(manifest.postgres_version, server_major, server_version)
+    if note:
+        plan.preflight.append(Finding("postgres", False, note))
     if plan.safety_backup:
-        plan.preflight.append(_dump_client_finding(settings, server_major, server_version))
+        plan.preflight.append(_dump_client_finding(settings, plan, server_major,
+                                                   server_version))
     fallback = options.jobs >= 2 and not staged
     plan.preflight.append(Finding("staging", not fallback, how))
     return plan
+
+
+def _target_prefect(settings: Settings, options: Options, url: str,
+                    revision: str | None) -> schema_gate.Target:
+    """What is known of the target's Prefect: the version the operator gave, else the one
+    PREFECT_API_URL reports when the target is the configured database, else its revision."""
+    if options.target_prefect_version:
+        return schema_gate.Target(options.target_prefect_version, "--target-prefect-version",
+                                  revision)
+    same_db = settings.database_url and pgc.describe(url) == pgc.describe(settings.database_url)
+    if settings.prefect_api_url and same_db:
+        try:
+            version = prefect_api.server_version(settings.prefect_api_url)
+        except DRError as exc:
+            interrupt.raise_if_noted()
+            log.info("the target's Prefect did not answer at PREFECT_API_URL (%s); the schema "
+                     "gate reads the database's revision", exc.message)
+        else:
+            return schema_gate.Target(version, "PREFECT_API_URL", revision)
+    return schema_gate.Target(None, "", revision)
 
 
 def _default_staging() -> str:
@@ -346,31 +387,24 @@ def _clients_finding(db: str, clients: list[pgswap.Session], force: bool,
     return Finding("clients", False, pgswap.describe_clients(db, clients), FAILURE)
 
 
-def _restore_client_finding(settings: Settings, manifest: Manifest) -> Finding:
+def _restore_client_finding(settings: Settings, manifest: Manifest, plan: Plan,
+                            server_major: int, server_version: str) -> Finding:
     try:
-        major, text = tools.version(tools.find("pg_restore", settings.pg_bin_dir))
+        plan.restore_client = restore_stream.choose(settings, manifest, server_major,
+                                                    server_version)
     except DRError as exc:
         interrupt.raise_if_noted()
-        return Finding("pg_restore", False, exc.message, FAILURE)
-    archive = tools.major_of(manifest.pg_dump_version)
-    if archive is not None and major < archive:
-        return Finding("pg_restore", False,
-                       f"pg_restore {text} cannot read an archive written by pg_dump "
-                       f"{manifest.pg_dump_version}; install the PostgreSQL {archive} client "
-                       "or set PREFECT_DR_PG_BIN_DIR", FAILURE)
-    return Finding("pg_restore", True, f"pg_restore {text}")
+        return Finding("pg_restore", False, exc.message, SETUP)
+    return Finding("pg_restore", True, f"{plan.restore_client.describe()} into PostgreSQL "
+                                       f"{server_version}")
 
 
-def _dump_client_finding(settings: Settings, server_major: int, server_version: str
-                         ) -> Finding:
+def _dump_client_finding(settings: Settings, plan: Plan, server_major: int,
+                         server_version: str) -> Finding:
     try:
-        major, text = tools.version(tools.find("pg_dump", settings.pg_bin_dir))
+        plan.dump_client = tools.pick_dump(settings.pg_bin_dir, server_major, server_version)
     except DRError as exc:
         interrupt.raise_if_noted()
-        return Finding("pg_dump", False, f"safety backup impossible: {exc.message}", FAILURE)
-    if major < server_major:
-        return Finding("pg_dump", False,
-                       f"safety backup impossible: pg_dump {text} is older than the live "
-                       f"server ({server_version}); install the PostgreSQL {server_major} "
-                       "client, set PREFECT_DR_PG_BIN_DIR, or pass --no-safety-backup", FAILURE)
-    return Finding("pg_dump", True, f"pg_dump {text} can take the safety backup")
+        return Finding("pg_dump", False, f"safety backup impossible: {exc.message}; or pass "
+                                         "--no-safety-backup", SETUP)
+    return Finding("pg_dump", True, f"{plan.dump_client.describe()} can take the safety backup")

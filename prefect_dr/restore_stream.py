@@ -10,7 +10,6 @@ import io
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +18,13 @@ from typing import Any
 from prefect_dr import crypto, export, interrupt, pipeline
 from prefect_dr.checks import Check, Checks
 from prefect_dr.config import Settings
-from prefect_dr.errors import CryptoKeyError, DRError, Interrupted, StorageError
+from prefect_dr.errors import CryptoKeyError, DatabaseError, DRError, Interrupted, StorageError
 from prefect_dr.lock import pid_alive
 from prefect_dr.manifest import Artifact, Manifest
-from prefect_dr.pg import dump, tools
+from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import restore as pgr
+from prefect_dr.pg import tools
+from prefect_dr.pg.tools import RestoreChoice
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,36 @@ def read_small_artifacts(storage: Storage, manifest: Manifest,
     return export_doc, escrowed
 
 
+def choose(settings: Settings, manifest: Manifest, server_major: int,
+           server_text: str) -> RestoreChoice:
+    """The pg_restore (and psql) that loads ``manifest``'s dump into a server of
+    ``server_major``, checked before any work. Raises SetupError (exit 16) for an impossible
+    combination: no client that reads the archive and suits the server."""
+    return tools.pick_restore(settings.pg_bin_dir,
+                              archive_major=tools.major_of(manifest.pg_dump_version),
+                              server_major=server_major, server_text=server_text)
+
+
+def choose_for(settings: Settings, manifest: Manifest, url: str) -> RestoreChoice:
+    """:func:`choose` for the server at ``url``. Raises DatabaseError, SetupError."""
+    with pgc.connect(url) as conn:
+        major, text = pgc.server_version(conn)
+    note = tools.downgrade_note(manifest.postgres_version, major, text)
+    if note:
+        log.warning("%s", note)
+    return choose(settings, manifest, major, text)
+
+
 def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.Identity],
-                 url: str, settings: Settings, progress: pipeline.Progress | None,
+                 url: str, choice: RestoreChoice, progress: pipeline.Progress | None,
                  checks: Checks, role: str | None = None) -> None:
     """Stream the dump into pg_restore: integrity and restore in one pass.
 
-    Records an ``integrity`` and a ``restore`` check; raises the DRError of a failed one.
+    Records an ``integrity`` and a ``restore`` check; raises the DRError of a failed one
+    (SetupError when the client, not the backup, is at fault).
     """
     start = time.monotonic()
-    proc = pgr.start(url, bin_dir=settings.pg_bin_dir, role=role)
+    proc = pgr.start(url, choice, role=role)
     integrity_error: DRError | None = None
     try:
         with storage.open_reader(artifact.location) as reader:
@@ -102,8 +124,12 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
         "integrity", True, f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok",
         round(time.monotonic() - start, 3), "dump"))
     with checks.run("restore", "dump") as out:
-        proc.wait()
-        out["detail"] = "pg_restore into the scratch database succeeded"
+        try:
+            proc.wait()
+        except DatabaseError as exc:
+            pgr.raise_setup(exc)
+            raise
+        out["detail"] = f"restored with {choice.describe()}"
 
 
 def remove_stale_staging(staging_dir: str) -> list[str]:
@@ -120,7 +146,7 @@ def remove_stale_staging(staging_dir: str) -> list[str]:
 
 
 def restore_dump_staged(storage: Storage, artifact: Artifact,
-                        identities: list[crypto.Identity], url: str, settings: Settings,
+                        identities: list[crypto.Identity], url: str, choice: RestoreChoice,
                         progress: pipeline.Progress | None, checks: Checks, *,
                         jobs: int, staging_dir: str, role: str | None = None) -> None:
     """Decrypt the dump to a private (0600) file, checking its integrity, then restore it with
@@ -140,17 +166,8 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
             out["detail"] = (f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok "
                              f"(staged {artifact.plaintext_size} bytes)")
         with checks.run("restore", "dump") as out:
-            program = tools.find("pg_restore", settings.pg_bin_dir)
-            clean, child_env = dump.child_env(url)
-            proc = dump.ClientProcess(pgr.restore_argv(program, clean, jobs=jobs, file=path,
-                                                       role=role),
-                                      child_env, "pg_restore", stdout=subprocess.DEVNULL)
-            try:
-                proc.wait()
-            except BaseException:
-                proc.kill()
-                raise
-            out["detail"] = f"pg_restore --jobs {jobs} succeeded"
+            how = pgr.run_file(url, choice, path, jobs=jobs, role=role)
+            out["detail"] = f"{how} succeeded ({choice.describe()})"
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)

@@ -1,5 +1,6 @@
-"""`verify --prefect-smoke`: start the installed Prefect server on a restored database and read
-it back through the API, the way operators will after a restore."""
+"""`verify --prefect-smoke`: start a Prefect server (the one beside prefect-dr, or the one at
+``--prefect-python``) on a restored database and read it back through the API, the way operators
+will after a restore; the result names that Prefect and whether it migrated the database."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from prefect_dr import interrupt, prefect_api
-from prefect_dr.errors import DRError, VerificationError
+from prefect_dr.errors import DRError, SetupError, VerificationError
 from prefect_dr.manifest import Manifest
+from prefect_dr.pg import connect as pgc
 
 START_TIMEOUT_S = 180
 PAGE = 200
@@ -28,13 +30,42 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def prefect_program() -> str:
-    """The `prefect` command installed beside this Python, or on PATH. Raises DRError."""
+def prefect_program(python: str | None = None) -> list[str]:
+    """The command running Prefect's CLI: the `prefect` beside ``python`` (or ``python -m
+    prefect``) when given, else the one beside this Python, or on PATH. Raises SetupError."""
+    if python:
+        if not (os.path.isfile(python) and os.access(python, os.X_OK)):
+            raise SetupError(f"{python} is not an executable Python interpreter "
+                             "(--prefect-python)")
+        beside = Path(python).parent / "prefect"
+        return [str(beside)] if beside.is_file() else [python, "-m", "prefect"]
     beside = Path(sys.executable).parent / "prefect"
     found = str(beside) if beside.exists() else shutil.which("prefect")
     if not found:
-        raise DRError("--prefect-smoke needs the Prefect server installed (pip install prefect)")
-    return found
+        raise SetupError("starting Prefect needs it installed: install Prefect beside "
+                         "prefect-dr, or pass --prefect-python PATH (a Python with Prefect)")
+    return [found]
+
+
+def prefect_version(python: str | None = None) -> str:
+    """The version of the Prefect that :func:`prefect_program` runs. Raises SetupError."""
+    program = prefect_program(python)
+    try:
+        out = subprocess.run([*program, "version"], capture_output=True, text=True,
+                             timeout=120, env=_quiet_env(), stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise SetupError(f"cannot run {' '.join(program)}: {exc}") from None
+    for line in out.stdout.splitlines():
+        if line.strip().lower().startswith("version:"):
+            return line.split(":", 1)[1].strip()
+    tail = (out.stderr.strip().splitlines() or ["no output"])[-1][:200]
+    raise SetupError(f"{' '.join(program)} version failed: {tail}")
+
+
+def _quiet_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    return env
 
 
 def asyncpg_url(url: str) -> str:
@@ -59,11 +90,14 @@ def _paged(api: str, path: str, body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 class PrefectServer:
-    """The installed Prefect server, run on a loopback port against one database; a context
-    manager that starts it, waits until it is ready and stops it (services off, UI off)."""
+    """A Prefect server (see :func:`prefect_program`), run on a loopback port against one
+    database; a context manager that starts it, waits until it is ready and stops it (services
+    off, UI off)."""
 
-    def __init__(self, database_url: str, *, block_key: str | None = None) -> None:
+    def __init__(self, database_url: str, *, block_key: str | None = None,
+                 python: str | None = None) -> None:
         self.database_url, self.block_key = database_url, block_key
+        self.program = prefect_program(python)
         self.port = _free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
         self._home = tempfile.TemporaryDirectory(prefix="prefect-dr-smoke-")
@@ -84,7 +118,7 @@ class PrefectServer:
         logfile = Path(home) / "server.log"
         with logfile.open("wb") as out:
             self._proc = subprocess.Popen(
-                [prefect_program(), "server", "start", "--host", "127.0.0.1", "--port",
+                [*self.program, "server", "start", "--host", "127.0.0.1", "--port",
                  str(self.port), "--no-services", "--no-ui"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
@@ -107,14 +141,26 @@ class PrefectServer:
 
 
 def check(scratch_url: str, manifest: Manifest, export_doc: dict[str, Any] | None, *,
-          block_key: str | None) -> str:
+          block_key: str | None, python: str | None = None) -> str:
     """Serve ``scratch_url`` with Prefect and compare what its API returns with the backup.
 
-    Returns a one-line summary. Raises VerificationError on a difference, DRError when the
-    server does not start.
+    Returns a one-line summary naming the Prefect that served and whether it migrated the
+    database on start. Raises VerificationError on a difference, DRError when the server does
+    not start.
     """
-    with PrefectServer(scratch_url, block_key=block_key) as server:
-        return _compare(server.api, manifest, export_doc)
+    before = _revision(scratch_url)
+    with PrefectServer(scratch_url, block_key=block_key, python=python) as server:
+        summary = _compare(server.api, manifest, export_doc)
+        where = " ".join(server.program)
+    after = _revision(scratch_url)
+    migrated = (f"migrated the database from {before} to {after} on start" if before != after
+                else f"no migration (the database was at its revision {after})")
+    return f"{summary} ({where}); {migrated}"
+
+
+def _revision(url: str) -> str | None:
+    with pgc.connect(url) as conn:
+        return pgc.alembic_revision(conn)
 
 
 def _wait_ready(api: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:

@@ -30,10 +30,18 @@ from prefect_dr.catalog import (
 )
 from prefect_dr.checks import Checks, Report
 from prefect_dr.config import Settings
-from prefect_dr.errors import DatabaseError, DRError, Interrupted, NotFoundError, StorageError
+from prefect_dr.errors import (
+    DatabaseError,
+    DRError,
+    Interrupted,
+    NotFoundError,
+    SetupError,
+    StorageError,
+)
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg.scratch import ScratchDatabase
+from prefect_dr.pg.tools import RestoreChoice
 from prefect_dr.storage.base import Storage
 
 RECORD_FORMAT = "prefect-dr-verification"
@@ -68,6 +76,8 @@ class Options:
     keep_scratch: bool = False
     prefect_smoke: bool = False
     write_record: bool = True
+    #: the Python whose Prefect serves the smoke test (default: the one beside prefect-dr)
+    prefect_python: str | None = None
 
 
 def select(storage: Storage, layout: Layout, *, backup_id: str | None = None,
@@ -101,17 +111,24 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
 
     Writes the verification record unless ``options.write_record`` is off or the run failed on
     a key error. Raises ConfigError when settings are missing, StorageError when the store is
-    unreachable or the record cannot be written.
+    unreachable or the record cannot be written, SetupError (before any work, or when a client
+    turns out unable) when this machine's PostgreSQL clients or Prefect cannot do the job: a
+    fault of the set-up writes no record.
     """
     settings.require("age_identity_file")
     if not (options.scratch_url or settings.database_url):
         settings.require("database_url")
+    # Versions first: server, clients and archive (and Prefect for the smoke test).
+    choice = restore_stream.choose_for(settings, manifest,
+                                       options.scratch_url or settings.database_url)
+    if options.prefect_smoke:
+        smoke.prefect_program(options.prefect_python)
     report = VerificationReport(manifest.backup_id, clock().isoformat())
     checks = Checks(report)
     try:
-        _verify(settings, storage, manifest, options, env, progress, report, checks)
-    except (Interrupted, StorageError):
-        raise  # an interrupted run, or an unreachable store, proves nothing: no record
+        _verify(settings, storage, manifest, options, env, progress, report, checks, choice)
+    except (Interrupted, StorageError, SetupError):
+        raise  # an interrupted run, an unreachable store or a set-up fault proves nothing
     except DRError as exc:
         if isinstance(exc, DatabaseError) and (not report.checks or report.checks[-1].ok):
             raise  # the scratch server is unreachable: not a verdict on the backup
@@ -127,7 +144,7 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
 
 def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: Options,
             env: Mapping[str, str], progress: pipeline.Progress | None,
-            report: VerificationReport, checks: Checks) -> None:
+            report: VerificationReport, checks: Checks, choice: RestoreChoice) -> None:
     if settings.verify_key:
         with checks.run("manifest signature") as out:
             signing.check(manifest, signing.load_public(settings.verify_key))
@@ -144,7 +161,7 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
     admin_url = options.scratch_url or settings.database_url
     with ScratchDatabase(admin_url, keep=options.keep_scratch) as scratch:
         report.scratch_database = scratch.name
-        restore_stream.restore_dump(storage, dump_artifact, identities, scratch.url, settings,
+        restore_stream.restore_dump(storage, dump_artifact, identities, scratch.url, choice,
                                     progress, checks)
         with scratch.connect() as conn:
             semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
@@ -152,7 +169,8 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
             given = ps.configured_key(env)
             with checks.run("prefect smoke") as out:
                 out["detail"] = smoke.check(scratch.url, manifest, export_doc,
-                                            block_key=escrowed or (given.key if given else None))
+                                            block_key=escrowed or (given.key if given else None),
+                                            python=options.prefect_python)
 
 
 def _write_record(settings: Settings, storage: Storage, report: VerificationReport,

@@ -129,6 +129,14 @@ def _stale(env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
     return run_cli(["status"], env)  # a config-only backup only: no full backup
 
 
+def _setup(env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    """A backup of the PostgreSQL 18 server with no pg_dump 18 on this machine's search path
+    (PREFECT_DR_PG_BIN_DIR does not name the 18 client): refused before any work."""
+    return run_cli(["backup", "--kind", "config-only"],
+                   dict(env, PREFECT_DR_DATABASE_URL=env["PREFECT_DR_STACK_PG18_URL"],
+                        PREFECT_DR_PG_BIN_DIR=""))
+
+
 def _interrupted(env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[str]:
     """SIGTERM while `list` waits on an S3 endpoint that accepts and never answers."""
     with socket.socket() as silent:
@@ -149,7 +157,7 @@ CASES: dict[int, Callable[[dict[str, str], Path], subprocess.CompletedProcess[st
     errors.OK: _ok, errors.FAILURE: _failure, errors.USAGE: _usage, errors.PARTIAL: _partial,
     errors.NOT_FOUND: _not_found, errors.LOCK_HELD: _lock_held, errors.KEY_ERROR: _key_error,
     errors.VERIFICATION_FAILED: _verification_failed, errors.SCHEMA_REFUSED: _schema_refused,
-    errors.STALE: _stale, errors.INTERRUPTED: _interrupted,
+    errors.STALE: _stale, errors.SETUP: _setup, errors.INTERRUPTED: _interrupted,
 }
 
 

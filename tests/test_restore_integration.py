@@ -155,7 +155,7 @@ def test_newer_schema_is_refused(clone: dict[str, str]) -> None:
     assert run_cli(["backup"], dict(env, PREFECT_DR_DATABASE_URL=future_url)).returncode == 0
     proc = run_cli(["restore", "--latest", "--yes"], env)
     assert proc.returncode == 14, proc.stderr
-    assert "newer than the installed Prefect knows" in proc.stderr
+    assert "belongs to no Prefect release" in proc.stderr
     assert _databases(env, env["_DB"]) == sorted([env["_DB"], future])
 
 

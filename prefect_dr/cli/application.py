@@ -289,16 +289,41 @@ def _finish_metrics(code: int) -> None:
         logger.error("metrics not recorded: %s", exc.message)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Usage-error classes: typer's own (typer 0.20+), click's (the older typer Prefect 3.1-3.5
+    pin, which raises click's exceptions)."""
+    found: list[type[Exception]] = []
+    own = getattr(typer, "TyperException", None)
+    if isinstance(own, type):
+        found.append(own)
+    try:
+        import click
+    except ImportError:  # typer 0.20+ may come without click
+        pass
+    else:
+        found.append(click.ClickException)
+    return tuple(found)
+
+
+def _help_text() -> str:
+    command = typer.main.get_command(app)
+    ctx = command.make_context("prefect-dr", [], resilient_parsing=True)
+    return command.get_help(ctx)
+
+
 def _main(argv: list[str] | None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     args = hoist_globals(list(sys.argv[1:] if argv is None else argv))
+    if not args:  # no command at all: the help, exit 2 (older click would exit 0)
+        sys.stderr.write(_help_text() + "\n")
+        return errors.USAGE
     try:
         result = app(args=args, prog_name="prefect-dr", standalone_mode=False)
         return int(result) if isinstance(result, int) else 0
     except typer.Exit as exc:
         return int(exc.exit_code)
-    except typer.TyperException as exc:  # usage errors: unknown flag, bad value
+    except _usage_errors() as exc:  # usage errors: unknown flag, bad value
         ctx = getattr(exc, "ctx", None)
         if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
             sys.stderr.write(ctx.get_help() + "\n")  # no command at all: the help, exit 2

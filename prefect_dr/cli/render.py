@@ -87,6 +87,8 @@ def plan(p: Any) -> None:
                    f"revision {p.backup_revision}"),
         ("target", f"{p.target} ({'exists' if p.target_exists else 'will be created'}"
                    + (f", revision {p.target_revision}" if p.target_exists else "") + ")"),
+        ("target prefect", (f"{p.target_prefect_version} (from {p.target_prefect_source})"
+                            if p.target_prefect_version else f"({p.target_prefect_source})")),
         ("schema", ("ok: " if p.schema_ok else "REFUSED: ") + p.schema_reason),
         ("creates", ", ".join(p.creates)),
         ("renames", "; ".join(f"{a} -> {b}" for a, b in p.renames)),
@@ -158,3 +160,21 @@ def settings(rows: list[dict[str, str]], *, wide: bool = False) -> None:
         Column("setting"), Column("environment variable", priority=2),
         Column("value", truncate=True), Column("source", 1, truncate=True)],
         [(r["name"], r["env"], r["value"], r["source"]) for r in rows], wide=wide)
+
+
+def rehearsal(r: Any) -> None:
+    """`rehearse-upgrade`: the summary, then every migration, slowest first."""
+    console.table(f"Upgrade rehearsal of backup {r.backup_id}", [Column(""), Column(
+        "", truncate=True)], [
+        ("prefect", f"{r.prefect_version} ({r.prefect_python})"),
+        ("revision", f"{r.from_revision} -> {r.to_revision}"),
+        ("restore", f"{r.restore_seconds:.1f} s into {r.scratch_database} (dropped)"),
+        ("migrations", f"{len(r.steps)} in {r.total_seconds:.1f} s"),
+        ("size", f"{human_bytes(r.size_before or 0)} -> {human_bytes(r.size_after or 0)}"),
+        ("result", "ok" if r.ok else f"FAILED: {r.error}"),
+    ])
+    if r.steps:
+        console.table("Migrations (slowest first)", [
+            Column("revision"), Column("first release"), Column("seconds", justify="right")],
+            [(s.revision, s.first_release or "?", f"{s.seconds:.2f}")
+             for s in sorted(r.steps, key=lambda s: -s.seconds)])

@@ -39,9 +39,13 @@ def restore(
     force_disconnect: Annotated[bool, typer.Option(
         "--force-disconnect", help="Terminate clients connected to the live database at the "
         "swap (without it, connected clients refuse the restore before any work).")] = False,
+    target_prefect_version: Annotated[str | None, typer.Option(
+        "--target-prefect-version", help="The Prefect version that will serve the target "
+        "(default: what PREFECT_API_URL reports for the configured database, else the target "
+        "database's alembic revision); the schema gate decides with it.")] = None,
     allow_newer_schema: Annotated[bool, typer.Option(
-        "--allow-newer-schema", help="Restore a schema revision newer than the target's "
-        "Prefect is known to run.")] = False,
+        "--allow-newer-schema", help="Override the schema gate: restore a revision the "
+        "target's Prefect is not known to run.")] = False,
     allow_history_loss: Annotated[bool, typer.Option(
         "--allow-history-loss", help="Restore a config-only backup over a database that holds "
         "run history (the history is deleted).")] = False,
@@ -69,7 +73,8 @@ def restore(
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
     jobs = jobs or pipeline.available_cpus()
     plan = restore_plan.make_plan(current, manifest, restore_plan.Options(
-        target_url=target_url, allow_newer_schema=allow_newer_schema,
+        target_url=target_url, target_prefect_version=target_prefect_version,
+        allow_newer_schema=allow_newer_schema,
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
         dry_run=dry_run))

@@ -37,8 +37,12 @@ def verify(
     keep_scratch: Annotated[bool, typer.Option(
         "--keep-scratch", help="Keep the scratch database for inspection.")] = False,
     prefect_smoke: Annotated[bool, typer.Option(
-        "--prefect-smoke", help="Also start Prefect on the restored database and read its API.")
+        "--prefect-smoke", help="Also start Prefect on the restored database and read its API "
+        "(the line says which Prefect served and whether it migrated the database).")
     ] = False,
+    prefect_python: Annotated[str | None, typer.Option(
+        "--prefect-python", help="With --prefect-smoke: the Python whose Prefect serves "
+        "(default: the Prefect beside prefect-dr, or on PATH).")] = None,
     kind: KindFlag = None,
 ) -> None:
     """Prove backups restorable: checksums, decryption, a test restore and semantic checks.
@@ -67,7 +71,7 @@ def verify(
         state.notes["kind"] = kinds.pop()
     previous = notified_verification(repo, kind or (entries[0].kind if entries else None))
     options = verify_mod.Options(scratch_url=scratch_url, keep_scratch=keep_scratch,
-                                 prefect_smoke=prefect_smoke)
+                                 prefect_smoke=prefect_smoke, prefect_python=prefect_python)
     reports = []
     for entry in entries:
         dump = entry.manifest.artifact("dump")

@@ -1,0 +1,56 @@
+"""The rehearse-upgrade command: run a Prefect upgrade's migrations on a copy of a backup."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from prefect_dr import console
+from prefect_dr.cli import render
+from prefect_dr.cli.application import command
+from prefect_dr.cli.common import KindFlag, json_mode, select, settings, storage, url_flag
+
+
+@command(name="rehearse-upgrade")
+def rehearse_upgrade(
+    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    latest: Annotated[bool, typer.Option(
+        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    kind: KindFlag = None,
+    prefect_python: Annotated[str, typer.Option(
+        "--prefect-python", help="Python interpreter of the Prefect to upgrade to (its "
+        "'prefect server database upgrade -y' runs the migrations).")] = "",
+    scratch_url: Annotated[str | None, typer.Option(
+        "--scratch-url", help="Create the scratch database on this server (libpq URL of a "
+        "database to connect to, without password) instead of the Prefect database's.")] = None,
+    database_timeout: Annotated[int, typer.Option(
+        "--database-timeout", help="PREFECT_API_DATABASE_TIMEOUT for the upgrade, seconds "
+        "(Prefect advises 600 for large databases).")] = 600,
+) -> None:
+    """Restore a backup into a scratch database and run a newer Prefect's migrations on it:
+    each migration's time, the total, the database size before and after, success. The
+    scratch database is always dropped. Exit 0 when the upgrade succeeded, 1 when it failed,
+    16 when --prefect-python has no Prefect or no PostgreSQL client suits."""
+    from prefect_dr import catalog, errors, pipeline, rehearse
+
+    if not prefect_python:
+        raise errors.UsageError("--prefect-python PATH is required (the Python of the Prefect "
+                                "to upgrade to)")
+    url_flag(scratch_url, "--scratch-url")
+    current = settings()
+    repo = storage()
+    manifest = catalog.require_complete(select(backup_id, latest, kind))
+    dump = manifest.artifact("dump")
+    with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
+                                   total=dump.size if dump else None) as listener:
+        result = rehearse.rehearse(current, repo, manifest, prefect_python=prefect_python,
+                                   scratch_url=scratch_url, timeout_s=database_timeout,
+                                   progress=pipeline.Progress(listener))
+    if json_mode():
+        console.print_json({"ok": result.ok, "rehearsal": result.to_dict()})
+    else:
+        render.rehearsal(result)
+    if not result.ok:
+        raise errors.DRError(result.error or "the upgrade failed")
+
