@@ -40,6 +40,8 @@ METRICS = {
     "prefect_dr_verification_timestamp_seconds",
     "prefect_dr_prune_removed_backups",
     "prefect_dr_prune_kept_backups",
+    "prefect_dr_copy_backups",
+    "prefect_dr_copy_bytes",
 }
 
 
