@@ -75,8 +75,8 @@ def test_global_options_work_after_the_command(repo: dict[str, str], tmp_path: P
                     repo["PREFECT_DR_S3_BUCKET"], "--kind", "config-only", "--json"], env)
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["ok"] is True
-    assert 'prefect_dr_last_run_success{command="backup",kind="config-only"} 1.0' in \
-        metrics.read_text()
+    assert 'prefect_dr_last_run_success{command="backup",kind="config-only",repository="s3://' \
+        f'{repo["PREFECT_DR_S3_BUCKET"]}/' in metrics.read_text()
     other = run_cli(["list", "--prefix", f"empty-{uuid.uuid4().hex[:8]}", "--json"], repo)
     assert other.returncode == 0 and json.loads(other.stdout)["backups"] == []
     helped = run_cli(["show", "--help"], repo)

@@ -99,15 +99,16 @@ def test_metrics_textfile_passes_promtool_and_reaches_pushgateway(
     check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
                            capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert 'prefect_dr_last_run_success{command="backup",kind="full"} 1.0' in text
-    assert 'prefect_dr_last_run_success{command="show",kind=""} 0.0' in text
+    repo = f'repository="s3://{env["PREFECT_DR_S3_BUCKET"]}/{env["PREFECT_DR_S3_PREFIX"]}"'
+    assert f'prefect_dr_last_run_success{{command="backup",kind="full",{repo}}} 1.0' in text
+    assert f'prefect_dr_last_run_success{{command="show",kind="",{repo}}} 0.0' in text
     assert 'prefect_dr_last_success_timestamp_seconds{command="show"' not in text
-    assert 'prefect_dr_backup_bytes{kind="full",stage="uploaded"}' in text
-    assert "prefect_dr_verification_success 1.0" in text
+    assert f'prefect_dr_backup_bytes{{kind="full",{repo},stage="uploaded"}}' in text
+    assert f"prefect_dr_verification_success{{{repo}}} 1.0" in text
     for secret in (env["PGPASSWORD"], env["AWS_SECRET_ACCESS_KEY"]):
         assert secret not in text
     pushed = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
     assert 'prefect_dr_last_run_success{command="backup",instance="test-host",job="prefect-dr",' \
-        'kind="full"} 1' in pushed
+        f'kind="full",{repo}}} 1' in pushed
     assert 'prefect_dr_verification_success{command="verify",instance="test-host",' \
-        'job="prefect-dr"} 1' in pushed
+        f'job="prefect-dr",{repo}}} 1' in pushed

@@ -24,8 +24,11 @@ def config_show(wide: WideFlag = False) -> None:
     rows = current.display()
     repository, source = "", "no repository configured"
     if current.repository or current.s3_bucket:
-        store = factory.from_settings(current)
-        repository, source = store.url, store.credentials_source()
+        repository = str(current.repository_url)
+        try:  # show the settings even when the backend cannot be opened with them
+            source = factory.from_settings(current).credentials_source()
+        except errors.DRError as exc:
+            source = f"unknown ({exc.message})"
     if json_mode():
         body = {"settings": rows, "repository": repository, "credentials": source,
                 "config_file": str(current.config_file or ""),

@@ -50,7 +50,11 @@ def open_url(url: repo_url.RepositoryURL | str, settings: Settings, *,
         url = parse(url)
     if retry_deadline_s is None:
         retry_deadline_s = deadline(settings, read_only=read_only)
-    storage = _BUILDERS[url.scheme](url, settings, retry_deadline_s)
+    try:
+        storage = _BUILDERS[url.scheme](url, settings, retry_deadline_s)
+    except ValueError as exc:  # a client library refusing a setting (e.g. a region's format)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError([f"{url.scheme}:// repository: {first[:300]}"]) from None
     storage.url = str(url)
     return storage
 
