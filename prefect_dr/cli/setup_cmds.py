@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from prefect_dr import console, crypto, errors
+from prefect_dr import console, crypto, errors, interrupt
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, config_app, k8s_app, state
 from prefect_dr.cli.common import WideFlag, json_mode, parse_labels, settings
@@ -28,6 +28,7 @@ def config_show(wide: WideFlag = False) -> None:
         try:  # show the settings even when the backend cannot be opened with them
             source = factory.from_settings(current).credentials_source()
         except errors.DRError as exc:
+            interrupt.raise_if_noted()
             source = f"unknown ({exc.message})"
     if json_mode():
         body = {"settings": rows, "repository": repository, "credentials": source,
