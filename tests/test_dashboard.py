@@ -199,6 +199,7 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
 def test_every_panel_returns_data_from_real_prometheus(cli_env: dict[str, str],
                                                        servers: Servers, tmp_path: Path) -> None:
     env = dict(cli_env, PREFECT_DR_S3_PREFIX=f"g-{uuid.uuid4().hex[:10]}")
+    (tmp_path / "second-copy").mkdir()  # a file repository must exist (an unmounted share)
     common = ["--metrics-file", str(servers.textfile_dir / "prefect-dr.prom"),
               "--pushgateway", servers.pushgateway, "--metrics-instance", "dashboard-test"]
     for args in (["backup"], ["backup", "--kind", "config-only"], ["verify", "--latest"],
