@@ -37,6 +37,7 @@ from prefect_dr.storage.base import (
     ObjectRetention,
     Storage,
     Writer,
+    check_written,
 )
 
 log = logging.getLogger(__name__)
@@ -426,12 +427,7 @@ class AzureWriter(Writer):
             raise
         self._done = True
         self._shutdown()
-        info = self._store.stat(self._key)
-        if info is None or info.size != self.bytes_written:
-            raise StorageError(f"upload {self._key}: store reports "
-                               f"{info.size if info else 'no object'} bytes, "
-                               f"wrote {self.bytes_written}")
-        return info
+        return check_written(self._store, self._key, self.bytes_written)
 
     def _shutdown(self) -> None:
         if self._pool is not None:

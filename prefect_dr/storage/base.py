@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import BinaryIO
 
+from prefect_dr.errors import StorageError
+
 
 @dataclass(frozen=True)
 class ObjectInfo:
@@ -104,6 +106,16 @@ class Writer(abc.ABC):
     ) -> None:
         if exc_type is not None:
             self.abort()
+
+
+def check_written(storage: Storage, key: str, written: int) -> ObjectInfo:
+    """The stored object's info after an upload, checked: it must exist and hold exactly the
+    ``written`` bytes. Raises StorageError otherwise (or when the store cannot be read)."""
+    info = storage.stat(key)
+    if info is None or info.size != written:
+        raise StorageError(f"upload {key}: store reports "
+                           f"{info.size if info else 'no object'} bytes, wrote {written}")
+    return info
 
 
 class Storage(abc.ABC):

@@ -41,6 +41,7 @@ from prefect_dr.storage.base import (
     ObjectRetention,
     Storage,
     Writer,
+    check_written,
 )
 
 MiB = 1024 * 1024
@@ -417,12 +418,7 @@ class GCSWriter(Writer):
             raise
         self._done = True
         self._drop_marker()
-        info = self._store.stat(self._key)
-        if info is None or info.size != self.bytes_written:
-            raise StorageError(f"upload {self._key}: store reports "
-                               f"{info.size if info else 'no object'} bytes, "
-                               f"wrote {self.bytes_written}")
-        return info
+        return check_written(self._store, self._key, self.bytes_written)
 
     def _drop_marker(self) -> None:
         marker, self._marker = self._marker, None

@@ -27,6 +27,7 @@ from prefect_dr.storage.base import (
     ObjectRetention,
     Storage,
     Writer,
+    check_written,
 )
 
 log = logging.getLogger(__name__)
@@ -449,12 +450,7 @@ class S3Writer(Writer):
             raise
         self._done = True
         self._shutdown()
-        info = self._s3.stat(self._key)
-        if info is None or info.size != self.bytes_written:
-            raise StorageError(f"upload {self._key}: store reports "
-                               f"{info.size if info else 'no object'} bytes, "
-                               f"wrote {self.bytes_written}")
-        return info
+        return check_written(self._s3, self._key, self.bytes_written)
 
     def _shutdown(self) -> None:
         if self._pool is not None:
