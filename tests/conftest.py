@@ -134,10 +134,15 @@ def drop_db(env: dict[str, str], name: str) -> None:
 
 
 def databases(env: dict[str, str], prefix: str) -> list[str]:
-    """Names of the stack's databases that start with ``prefix``."""
+    """Names of the stack's databases that start with ``prefix``. Asked of the maintenance
+    database: a poll connected to the database under test would be one of its clients, which
+    a restore refuses to start with."""
     import psycopg
 
-    with psycopg.connect(env["PREFECT_DR_DATABASE_URL"], password=env["PGPASSWORD"]) as conn:
+    from prefect_dr.pg import scratch
+
+    with psycopg.connect(scratch.with_database(env["PREFECT_DR_DATABASE_URL"], "postgres"),
+                         password=env["PGPASSWORD"]) as conn:
         return sorted(r[0] for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",)))
 

@@ -183,7 +183,9 @@ def test_stop_before_the_swap_leaves_live_database_serving(clone: dict[str, str]
             while len(_databases(env, env["_DB"])) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(delay)
-            assert proc.poll() is None, "restore ended before it could be stopped"
+            if proc.poll() is not None:
+                raise AssertionError(f"restore ended (exit {proc.returncode}) before it could be "
+                                     f"stopped: {proc.stderr.read() if proc.stderr else ''}")
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=60)
             assert _counts(env["PREFECT_DR_DATABASE_URL"], pw) == before  # live, unchanged
