@@ -14,6 +14,7 @@ Order of events (docs/format.md, "Writing a backup"):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import io
@@ -30,6 +31,7 @@ import psycopg
 
 from prefect_dr import (
     __version__,
+    backfill,
     crypto,
     export,
     interrupt,
@@ -37,6 +39,7 @@ from prefect_dr import (
     pipeline,
     prefect_api,
     signing,
+    table_copy,
 )
 from prefect_dr import log as runlog
 from prefect_dr import prefect_schema as ps
@@ -228,11 +231,21 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     tables = ps.user_tables(conn)
     dumped = set(tables) if request.kind == Kind.FULL else {t for t in tables
                                                           if t in ps.CONFIG_TABLES}
-    exclude = sorted(set(tables) - dumped)
+    # Format 2: the deferred history tables' data goes into artifacts of its own (below).
+    deferred = [t for t in ps.DEFERRED_TABLES if t in dumped]
+    exclude = sorted(set(tables) - dumped | set(deferred))
+    unfinished = backfill.pending_tables(conn)
+    if unfinished:
+        log.warning("the history backfill of a tiered restore is unfinished in this database "
+                    "(%s): this backup holds only the rows restored so far; run 'prefect-dr "
+                    "restore --resume' to finish it", ", ".join(unfinished))
+        request = dataclasses.replace(request, labels={**request.labels,
+                                                       "backfill": "unfinished"})
 
     artifacts: list[Artifact] = []
     clean_url, child_env = dump.child_env(settings.database_url, env)
-    argv = dump.dump_argv(pg_dump, clean_url, snapshot=snapshot, exclude_data=exclude)
+    argv = dump.dump_argv(pg_dump, clean_url, snapshot=snapshot, exclude_data=exclude,
+                          exclude_schemas=(backfill.SCHEMA,))
     dump_key = repo.artifact(backup_id, layout.DUMP)
     with dump.ClientProcess(argv, child_env, "pg_dump") as proc, \
             storage.open_writer(dump_key, tags=request.labels) as writer:
@@ -244,7 +257,13 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     log.info("dump uploaded: %d bytes from %d", stats.size, stats.plaintext_size,
              extra={"backup_id": backup_id, "bytes": stats.size})
 
-    counts = _row_counts(conn, tables, dumped)
+    history: list[Artifact] = []  # listed after dump, config and block key
+    for table in deferred:
+        history.append(_put_table(conn, storage, repo.artifact(
+            backup_id, layout.history_object(table)), table, recipients, level, request.labels,
+            fingerprints, progress))
+    counts = _row_counts(conn, tables, dumped - set(deferred))
+    counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
     body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
                         alembic_revision=revision)
     conn.execute("COMMIT")
@@ -259,6 +278,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
                            recipients, None, request.labels)
         artifacts.append(_artifact("block-key", key_key, "fernet-key+json", stats, "none",
                                    fingerprints))
+    artifacts.extend(history)
 
     manifest = Manifest(
         backup_id=backup_id, kind=request.kind, started_at=started.isoformat(),
@@ -284,6 +304,24 @@ def _put_small(storage: Storage, key: str, data: bytes, recipients: list[crypto.
         stats = pipeline.encrypt_to(io.BytesIO(data), writer, recipients, zstd_level=level)
         writer.close()
     return stats
+
+
+def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
+               recipients: list[crypto.Recipient], level: int, tags: dict[str, str],
+               fingerprints: tuple[str, ...],
+               progress: pipeline.Progress | None) -> Artifact:
+    """COPY one table out of the backup's snapshot (``conn``'s transaction) into ``key``."""
+    columns = table_copy.columns_of(conn, table)
+    reader = table_copy.CopyOutReader(conn, table, columns)
+    with storage.open_writer(key, tags=tags) as writer:
+        stats = pipeline.encrypt_to(reader, writer, recipients, zstd_level=level,
+                                    progress=progress)
+        writer.close()
+    log.info("%s rows of %s uploaded: %d bytes from %d", reader.rows, table, stats.size,
+             stats.plaintext_size, extra={"bytes": stats.size})
+    return dataclasses.replace(
+        _artifact(f"history-{table}", key, "pg-copy-text", stats, "zstd", fingerprints),
+        table=table, columns=columns, rows=reader.rows)
 
 
 def _artifact(name: str, key: str, content: str, stats: pipeline.StreamStats,

@@ -19,6 +19,13 @@ CONFIG_EXPORT = "config.json.zst.age"
 BLOCK_KEY = "block-key.age"
 
 
+def history_object(table: str) -> str:
+    """Name of the object holding one history table's rows (COPY text, zstd, age)."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", table):
+        raise ValueError(f"malformed table name {table!r}")
+    return f"history-{table}.copy.zst.age"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Builds and parses keys for one repository (bucket + prefix)."""

@@ -16,7 +16,10 @@ from prefect_dr.errors import DRError, VerificationError
 from prefect_dr.kinds import KINDS
 
 FORMAT = "prefect-dr-manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Versions this prefect-dr reads: 1 (one dump) and 2 (the history tables' data as separate
+#: artifacts, dumped in the same snapshot; docs/format.md).
+READABLE_VERSIONS = (1, 2)
 
 
 class ManifestError(VerificationError):
@@ -27,9 +30,10 @@ class ManifestError(VerificationError):
 class Artifact:
     """One encrypted object of a backup."""
 
-    name: str  # "dump" | "config" | "block-key"
+    name: str  # "dump" | "config" | "block-key" | "history-<table>"
     key: str
-    content: str  # "pg_dump-custom" | "prefect-config-export+json" | "fernet-key+json"
+    #: "pg_dump-custom" | "prefect-config-export+json" | "fernet-key+json" | "pg-copy-text"
+    content: str
     size: int  # ciphertext bytes, as stored
     sha256: str  # of the ciphertext
     plaintext_size: int
@@ -40,6 +44,11 @@ class Artifact:
     #: Where the artifact is in the repository that holds this copy of the backup, when that
     #: differs from ``key`` (a copy under another prefix); never stored nor signed.
     stored_at: str = field(default="", compare=False)
+    #: History artifacts (format 2): the table whose data this is, its columns in COPY order,
+    #: and how many rows it holds (exact, counted by COPY). None elsewhere, and never stored.
+    table: str | None = None
+    columns: tuple[str, ...] | None = None
+    rows: int | None = None
 
     @property
     def location(self) -> str:
@@ -77,6 +86,21 @@ class Manifest:
         """The artifact called ``name``, if the backup has one."""
         return next((a for a in self.artifacts if a.name == name), None)
 
+    @property
+    def history(self) -> tuple[Artifact, ...]:
+        """The history tables' data artifacts (format 2 full backups), in manifest order."""
+        return tuple(a for a in self.artifacts if a.table)
+
+    @property
+    def history_tables(self) -> frozenset[str]:
+        """The tables whose data is in a history artifact rather than in the dump."""
+        return frozenset(a.table for a in self.history if a.table)
+
+    @property
+    def payload_size(self) -> int:
+        """Ciphertext bytes of the dump and history artifacts (what a restore downloads)."""
+        return sum(a.size for a in self.artifacts if a.name == "dump" or a.table)
+
     def to_dict(self, *, signed: bool = True) -> dict[str, Any]:
         """JSON-ready form; ``signed=False`` leaves the signature out (what gets signed)."""
         data = asdict(self)
@@ -100,6 +124,11 @@ class Manifest:
 def _artifact_dict(a: Artifact) -> dict[str, Any]:
     data = dict(asdict(a), recipients=list(a.recipients))
     data.pop("stored_at")
+    for name in ("table", "columns", "rows"):  # absent before format 2: old bytes unchanged
+        if data[name] is None:
+            data.pop(name)
+    if a.columns is not None:
+        data["columns"] = list(a.columns)
     return data
 
 
@@ -123,9 +152,9 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
     if data.get("format") != FORMAT:
         raise ManifestError(f"{where} is not a prefect-dr manifest")
     version = _require(data, "format_version", int, where)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ManifestError(f"{where} has format_version {version}; this prefect-dr reads "
-                            f"{FORMAT_VERSION} (upgrade prefect-dr)")
+                            f"{', '.join(map(str, READABLE_VERSIONS))} (upgrade prefect-dr)")
     strs = ("backup_id", "kind", "started_at", "finished_at", "tool_version",
             "postgres_version", "pg_dump_version", "database", "consistency")
     for name in strs:
@@ -156,7 +185,9 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
             if _require(item, name, int, spot) < 0:
                 raise ManifestError(f"{spot}: negative {name}")
         recipients = _require(item, "recipients", list, spot)
-        artifacts.append(Artifact(**{**item, "recipients": tuple(map(str, recipients))}))
+        extra = _history_fields(item, spot)
+        artifacts.append(Artifact(**{**item, "recipients": tuple(map(str, recipients)),
+                                     **extra}))
     signature = data.get("signature")
     if signature is not None and not isinstance(signature, dict):
         raise ManifestError(f"{where}: signature is malformed")
@@ -172,6 +203,19 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         else None,
         clients=_clients(data.get("clients"), where),
     )
+
+
+def _history_fields(item: dict[str, Any], spot: str) -> dict[str, Any]:
+    """The optional history fields of an artifact, checked; {} when it has none."""
+    if not any(name in item for name in ("table", "columns", "rows")):
+        return {}
+    table = _require(item, "table", str, spot)
+    columns = _require(item, "columns", list, spot)
+    rows = _require(item, "rows", int, spot)
+    if (not table or not columns or rows < 0
+            or not all(isinstance(c, str) and c for c in columns)):
+        raise ManifestError(f"{spot}: history table fields are malformed")
+    return {"table": table, "columns": tuple(columns), "rows": rows}
 
 
 def _clients(value: Any, where: str) -> dict[str, str] | None:

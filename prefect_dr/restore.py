@@ -18,6 +18,7 @@ import hashlib
 import logging
 import re
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from prefect_dr import backfill, crypto, pipeline, restore_stream, semantic
 from prefect_dr import backup as backup_mod
-from prefect_dr import crypto, pipeline, restore_stream, semantic
 from prefect_dr.checks import Check, Checks, Report
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
     DRError,
+    Interrupted,
     LockHeldError,
     VerificationError,
 )
@@ -62,6 +64,11 @@ class Result:
     checks: list[Check]
     safety_backup_id: str | None
     kept_db: str | None
+    #: seconds from the start until the target held phase 1 under its final name
+    serving_after: float | None = None
+    backfilled: list[backfill.Loaded] = dataclasses.field(default_factory=list)
+    #: why the safety backup of the kept database failed (the restore itself succeeded)
+    safety_error: str | None = None
 
 
 def _load_identities(settings: Settings) -> list[crypto.Identity]:
@@ -101,6 +108,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
     """
     if plan.refusal is not None:
         raise RestoreRefusedError(plan.refusal)
+    started = time.monotonic()
     identities = _load_identities(settings)
     url, db, admin_url = target_of(settings, target_url)
     admin = pgc.connect(admin_url)
@@ -146,20 +154,21 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             else:
                 restore_stream.restore_dump(storage, dump, identities, restored_url,
                                             choice, progress, checks, role=as_role)
+            deferred: frozenset[str] = frozenset()
+            if manifest.history:
+                with pgc.connect(restored_url) as conn:
+                    backfill.prepare(conn, manifest, as_role)
+                if plan.tiered:
+                    deferred = manifest.history_tables
+                else:  # plain: the history goes in before the swap, by the same code
+                    backfill.run(restored_url, storage, manifest, identities, role=as_role,
+                                 progress=progress, on_step=on_step)
             on_step("checking the restored database")
             with pgc.connect(restored_url) as conn:
-                semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
-            safety_id = None
+                semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks,
+                                         deferred=deferred)
             if plan.target_exists and not force_disconnect:
-                pgswap.refuse_clients(admin, db)  # before the safety backup, not after it
-            if plan.safety_backup:
-                on_step(f"safety backup of the live database {db}")
-                safety_settings = dataclasses.replace(
-                    settings, values={**settings.values, "database_url": url})
-                safety = backup_mod.run(safety_settings, storage, backup_mod.Request(
-                    kind=Kind.FULL, labels={"safety": "pre-restore", "restore-of": plan.backup_id},
-                    allow_undecryptable_blocks=True), env=env)
-                safety_id = safety.backup_id
+                pgswap.refuse_clients(admin, db)
             on_step("swapping databases")
             stamp = plan.restore_db.rsplit("_", 1)[1]
             restored_note = f"prefect-dr: restored backup {plan.backup_id} at {stamp}"
@@ -179,11 +188,123 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             if pgswap.exists(admin, plan.restore_db):
                 drop_database(admin, plan.restore_db)
             raise
-        return Result(plan, report.checks, safety_id, plan.aside_db)
+        # From here the restored database is live: nothing below may drop it. The restore
+        # lock stays held through phase 2 and the safety backup.
+        result = Result(plan, report.checks, None, plan.aside_db,
+                        serving_after=round(time.monotonic() - started, 3))
+        on_step(f"{db} holds backup {plan.backup_id}" + (
+            " (phase 1): Prefect can be started now; the history follows" if deferred else ""))
+        _after_swap(settings, storage, manifest, plan, result, checks, url, identities,
+                    as_role, env, progress, on_step, deferred)
+        return result
     except psycopg.Error as exc:
         raise DRError(f"restore failed: {pgc.first_line(exc)}") from None
     finally:
         admin.close()
+
+
+def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan,
+                result: Result, checks: Checks, url: str,
+                identities: list[crypto.Identity], role: str | None,
+                env: Mapping[str, str], progress: pipeline.Progress | None,
+                on_step: Callable[[str], None], deferred: frozenset[str]) -> None:
+    """Phase 2 (tiered), then the safety backup of the kept database, whatever phase 2's
+    outcome short of a stop signal. Raises phase 2's error, pointing at ``--resume``."""
+    phase2: BaseException | None = None
+    if deferred:
+        try:
+            result.backfilled = finish_backfill(url, storage, manifest, identities, checks,
+                                                role=role, progress=progress,
+                                                on_step=on_step)
+        except BaseException as exc:
+            phase2 = exc
+    if plan.safety_backup and plan.aside_db and not isinstance(phase2, Interrupted):
+        result.safety_backup_id, result.safety_error = _safety_backup(
+            settings, storage, plan, with_database(url, plan.aside_db), env, on_step)
+    if isinstance(phase2, DRError) and not isinstance(phase2, Interrupted):
+        raise DRError(f"{phase2.message}; {plan.target_db} serves backup {plan.backup_id} "
+                      "without all of its history: 'prefect-dr restore --resume' finishes the "
+                      "backfill", exit_code=phase2.exit_code) from None
+    if phase2 is not None:
+        raise phase2
+
+
+def finish_backfill(url: str, storage: Storage, manifest: Manifest,
+                    identities: list[crypto.Identity], checks: Checks, *,
+                    role: str | None, progress: pipeline.Progress | None,
+                    on_step: Callable[[str], None]) -> list[backfill.Loaded]:
+    """Phase 2 into the live database at ``url``, then each backfilled table's rows checked:
+    the backup's (exactly the manifest's count, checked as they load) plus those Prefect wrote
+    since phase 1. Raises what :func:`backfill.run` raises, VerificationError."""
+    loaded = backfill.run(url, storage, manifest, identities, role=role, progress=progress,
+                          on_step=on_step)
+    with pgc.connect(url) as conn:
+        for item in loaded:
+            with checks.run("backfill", item.table) as out:
+                have = pgc.count_rows(conn, item.table)
+                want = int(manifest.row_counts.get(item.table, {}).get("rows", item.rows))
+                if item.rows != want or have < want:
+                    raise VerificationError(f"table {item.table}: {have} rows after the "
+                                            f"backfill, the manifest says {want}")
+                out["detail"] = (f"{item.rows} rows from the backup (manifest: {want}), "
+                                 f"{item.merged} written meanwhile, {have} now")
+    return loaded
+
+
+def _safety_backup(settings: Settings, storage: Storage, plan: Plan, kept_url: str,
+                   env: Mapping[str, str], on_step: Callable[[str], None]
+                   ) -> tuple[str | None, str | None]:
+    """Back up the database the swap kept aside (nobody uses it, so nothing waits for it).
+    Returns (backup id, None) or (None, why it failed): the restore itself is done."""
+    on_step(f"safety backup of the previous database, kept as {plan.aside_db}")
+    safety_settings = dataclasses.replace(
+        settings, values={**settings.values, "database_url": kept_url})
+    try:
+        safety = backup_mod.run(safety_settings, storage, backup_mod.Request(
+            kind=Kind.FULL, labels={"safety": "pre-restore", "restore-of": plan.backup_id,
+                                    "database": plan.target_db},
+            allow_undecryptable_blocks=True), env=env)
+    except Interrupted:
+        raise
+    except DRError as exc:
+        log.error("the safety backup of %s failed: %s", plan.aside_db, exc.message)
+        return None, exc.message
+    return safety.backup_id, None
+
+
+def unfinished(settings: Settings, target_url: str | None = None) -> list[backfill.TableState]:
+    """The unfinished history backfill in the target database ([] when none, or no target).
+    Raises DatabaseError."""
+    url, db, admin_url = target_of(settings, target_url)
+    with pgc.connect(admin_url) as admin:
+        if not pgswap.exists(admin, db):
+            return []
+    with pgc.connect(url) as conn:
+        return backfill.state_of(conn)
+
+
+def resume(settings: Settings, storage: Storage, manifest: Manifest, *,
+           target_url: str | None, progress: pipeline.Progress | None = None,
+           on_step: Callable[[str], None] = lambda _: None) -> tuple[list[backfill.Loaded],
+                                                                     list[Check]]:
+    """Finish the unfinished history backfill of ``manifest``'s backup in the live target,
+    under the restore lock. Returns what was loaded and the checks of the counts.
+    Raises BackfillError (none, or of another backup), LockHeldError, and what
+    :func:`finish_backfill` raises."""
+    identities = _load_identities(settings)
+    url, db, admin_url = target_of(settings, target_url)
+    try:
+        with pgc.connect(admin_url) as admin:
+            _take_lock(admin)
+            role = pgswap.owner(admin, db)
+            me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+            checks = Checks(Report(manifest.backup_id, dt.datetime.now(dt.UTC).isoformat()))
+            loaded = finish_backfill(url, storage, manifest, identities, checks,
+                                     role=role if role != me else None, progress=progress,
+                                     on_step=on_step)
+            return loaded, checks.report.checks
+    except psycopg.Error as exc:
+        raise DRError(f"resume failed: {pgc.first_line(exc)}") from None
 
 
 def next_steps(manifest: Manifest, result: Result) -> list[str]:

@@ -21,7 +21,14 @@ findings are cheap checks made *before* anything is created, downloaded or uploa
   14-16 runs through psql without its ``SET transaction_timeout``), and a pg_dump can take the
   safety backup of the live server (exit 16, a set-up error naming what to install);
 - ``staging``: with ``--jobs`` above 1, room to stage the decrypted dump (a warning: the restore
-  then streams with one job).
+  then streams with one job);
+- ``backfill``: the target holds no unfinished history backfill of an earlier tiered restore
+  (exit 2: ``restore --resume`` finishes it, ``rollback`` undoes that restore);
+- ``tiered``: with ``--tiered``, a format-1 full backup (history inside its one dump) is
+  restored in one phase (a warning).
+
+The safety backup of the live database is taken *after* the swap, from the database kept
+aside (nobody uses it), so no restore waits for it.
 """
 
 from __future__ import annotations
@@ -36,7 +43,15 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import crypto, interrupt, prefect_api, restore_stream, schema_gate, signing
+from prefect_dr import (
+    backfill,
+    crypto,
+    interrupt,
+    prefect_api,
+    restore_stream,
+    schema_gate,
+    signing,
+)
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
@@ -112,6 +127,11 @@ class Plan:
     restore_client: RestoreChoice | None = None
     dump_client: Client | None = None
     preflight: list[Finding] = field(default_factory=list)
+    #: restore --tiered: the tables whose rows are loaded after the swap (phase 2)
+    tiered: bool = False
+    deferred: list[str] = field(default_factory=list)
+    #: an unfinished history backfill found in the target (backfill.describe), else ""
+    unfinished_backfill: str = ""
 
     @property
     def refusal(self) -> Finding | None:
@@ -216,6 +236,7 @@ class Options:
     jobs: int = 1
     staging_dir: str | None = None
     dry_run: bool = False
+    tiered: bool = False
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
@@ -232,11 +253,13 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         server_major, server_version = pgc.server_version(admin)
     target_revision = None
     current: dict[str, tuple[int, bool]] = {}
+    unfinished: list[backfill.TableState] = []
     if target_exists:
         with pgc.connect(url) as conn:
             target_revision = pgc.alembic_revision(conn)
             tables = set(manifest.row_counts) | set(ps.HISTORY_TABLES)
             current = _counts(conn, sorted(tables))
+            unfinished = backfill.state_of(conn)
     target = _target_prefect(settings, options, url, target_revision)
     verdict = schema_gate.judge(manifest.alembic_revision, target)
     staged, how = staging_choice(manifest, options.jobs,
@@ -259,6 +282,9 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         disk_needed=manifest.database_size,
         safety_backup=options.safety_backup and target_exists,
         staging=how, server_version=server_version,
+        tiered=options.tiered and bool(manifest.history),
+        deferred=sorted(manifest.history_tables) if options.tiered else [],
+        unfinished_backfill=backfill.describe(unfinished) if unfinished else "",
     )
     for table, entry in sorted(manifest.row_counts.items()):
         now_rows, exact = current.get(table, (0, True))
@@ -284,6 +310,16 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                 "(restore creates the new database beside the live one)", FAILURE),
         _restore_client_finding(settings, manifest, plan, server_major, server_version),
     ]
+    if unfinished:
+        plan.preflight.append(Finding(
+            "backfill", False, f"{db} holds an {plan.unfinished_backfill}: finish it with "
+            "'prefect-dr restore --resume', or undo that restore with 'prefect-dr rollback' "
+            "first", USAGE))
+    if options.tiered and not manifest.history and manifest.kind == Kind.FULL:
+        plan.preflight.append(Finding(
+            "tiered", False, f"backup {manifest.backup_id} (format "
+            f"{manifest.format_version}) holds its history inside its one dump: it is "
+            "restored in one phase"))
     note = tools.downgrade_note(manifest.postgres_version, server_major, server_version)
     if note:
         plan.preflight.append(Finding("postgres", False, note))

@@ -65,7 +65,7 @@ def test_full_and_config_only_backups_are_complete(repo_env: dict[str, str],
     assert listed[config_only["backup_id"]]["status"] == "complete"
 
     manifest = json.loads(run_cli(["show", full["backup_id"], "--json"], repo_env).stdout)
-    assert manifest["format_version"] == 1 and manifest["alembic_revision"]
+    assert manifest["format_version"] == 2 and manifest["alembic_revision"]
     assert manifest["prefect_version"] == "3.9.1"
     assert manifest["row_counts"]["block_document"]["rows"] >= 2
     assert manifest["row_counts"]["flow_run"]["rows"] >= 1

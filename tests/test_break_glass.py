@@ -1,4 +1,5 @@
-"""docs/break-glass.md, run for real: S3 client | age -d | zstd -d | pg_restore, no prefect-dr."""
+"""docs/break-glass.md, run for real: S3 client | age -d | zstd -d | pg_restore (and psql's
+\\copy for the history artifacts), no prefect-dr."""
 
 from __future__ import annotations
 
@@ -44,8 +45,19 @@ def test_restore_with_stock_tools(cli_env: dict[str, str], identity: tuple[Path,
             'set -o pipefail; "$PY" -c "$FETCH" | age -d -i "$ID" | zstd -d '
             '| pg_restore --no-owner --exit-on-error --dbname "$TARGET"',
             shell=True, executable="/bin/bash", env=shell_env, check=True, capture_output=True)
+        history = [a for a in manifest["artifacts"] if a.get("table")]
+        assert {a["table"] for a in history} == {"events", "event_resources", "log"}
+        for artifact in history:  # format 2: each history table's rows, by psql's \copy
+            subprocess.run(
+                'set -o pipefail; "$PY" -c "$FETCH" | age -d -i "$ID" | zstd -d '
+                '| psql -X -v ON_ERROR_STOP=1 --dbname "$TARGET" '
+                '-c "\\copy public.$T ($COLS) FROM STDIN"',
+                shell=True, executable="/bin/bash", check=True, capture_output=True,
+                env=dict(shell_env, K=artifact["key"], T=artifact["table"],
+                         COLS=",".join(artifact["columns"])))
         with psycopg.connect(target, password=env["PGPASSWORD"]) as conn:
-            for table in ("block_document", "variable", "flow_run", "deployment"):
+            for table in ("block_document", "variable", "flow_run", "deployment", "events",
+                          "event_resources", "log"):
                 rows = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
                 assert rows == manifest["row_counts"][table]["rows"], table
             names = {r[0] for r in conn.execute("SELECT name FROM variable")}

@@ -92,7 +92,11 @@ def plan(p: Any) -> None:
         ("schema", ("ok: " if p.schema_ok else "REFUSED: ") + p.schema_reason),
         ("creates", ", ".join(p.creates)),
         ("renames", "; ".join(f"{a} -> {b}" for a, b in p.renames)),
-        ("safety backup", "yes" if p.safety_backup else "no"),
+        ("phases", (f"1: everything but the rows of {', '.join(p.deferred)}, swapped in "
+                    "(Prefect can serve); 2: those rows loaded into the live database"
+                    if p.tiered else "one: everything restored before the swap")),
+        ("safety backup", "yes, after the swap, from the kept database (nothing waits for "
+                          "it)" if p.safety_backup else "no"),
         ("pg_restore", p.staging),
         ("disk needed", human_bytes(p.disk_needed) + " (the backed-up database's size; the "
                         "old database is kept too)" if p.disk_needed else "unknown"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -21,6 +22,9 @@ from prefect_dr.cli.common import (
     storage,
     url_flag,
 )
+from prefect_dr.config import Settings
+from prefect_dr.manifest import Manifest
+from prefect_dr.storage.base import Storage
 
 logger = logging.getLogger("prefect_dr")
 
@@ -55,6 +59,13 @@ def restore(
     jobs: Annotated[int, typer.Option(
         "--jobs", "-j", help="pg_restore jobs; above 1 the decrypted dump is staged on local "
         "disk (PREFECT_DR_STAGING_DIR) first. 0: one per available CPU.")] = 0,
+    tiered: Annotated[bool, typer.Option(
+        "--tiered", help="Swap in everything but the bulk history (events, event_resources, "
+        "log) first, so Prefect can serve at once; then load the history into the live "
+        "database while it serves.")] = False,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Finish the unfinished history backfill of an interrupted tiered "
+        "restore (rerunning the same restore --tiered does the same).")] = False,
 ) -> None:
     """Restore a backup beside the live database, check it, swap it in, keep the old one.
 
@@ -67,17 +78,29 @@ def restore(
     url_flag(target_url, "--target-url")
     if jobs < 0:
         raise errors.UsageError("--jobs must be 0 (one per CPU) or more")
+    if resume and (backup_id or latest or dry_run):
+        raise errors.UsageError("--resume takes no backup id, --latest or --dry-run: it "
+                                "finishes the backfill the target database records")
     current = settings()
     repo = storage()
+    if resume:
+        _resume(current, repo, target_url, None)
+        return
     manifest = catalog.require_complete(select(backup_id, latest, kind))
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
+    pending = restore_mod.unfinished(current, target_url)
+    if pending and pending[0].backup_id == manifest.backup_id and not dry_run:
+        logger.info("the history backfill of backup %s is unfinished: resuming it",
+                    manifest.backup_id)
+        _resume(current, repo, target_url, manifest)
+        return
     jobs = jobs or pipeline.available_cpus()
     plan = restore_plan.make_plan(current, manifest, restore_plan.Options(
         target_url=target_url, target_prefect_version=target_prefect_version,
         allow_newer_schema=allow_newer_schema,
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
-        dry_run=dry_run))
+        dry_run=dry_run, tiered=tiered))
     refusal = plan.refusal
     if json_mode() and dry_run:  # one JSON document: the plan, and the refusal if any
         console.print_json({"ok": refusal is None, "dry_run": True, "plan": plan.to_dict(),
@@ -95,9 +118,8 @@ def restore(
     if dry_run:
         return
     confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
-    dump = manifest.artifact("dump")
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
-                                   total=dump.size if dump else None) as listener:
+                                   total=manifest.payload_size or None) as listener:
         result = restore_mod.execute(current, repo, manifest, plan, target_url=target_url,
                                      force_disconnect=force_disconnect, env=os.environ,
                                      progress=pipeline.Progress(listener),
@@ -105,16 +127,59 @@ def restore(
                                      jobs=jobs, staging_dir=current.staging_dir)
     next_steps = restore_mod.next_steps(manifest, result)
     if json_mode():
-        console.print_json({"ok": True, "plan": plan.to_dict(),
+        console.print_json({"ok": result.safety_error is None, "plan": plan.to_dict(),
                             "safety_backup_id": result.safety_backup_id,
-                            "kept_database": result.kept_db, "next_steps": next_steps})
+                            "safety_backup_error": result.safety_error,
+                            "kept_database": result.kept_db,
+                            "serving_after_s": result.serving_after,
+                            "backfilled": [dataclasses.asdict(b) for b in result.backfilled],
+                            "next_steps": next_steps})
+    else:
+        console.line(f"restored backup {plan.backup_id} into {plan.target}"
+                     + (f" (serving after {result.serving_after:.1f} s, history backfilled "
+                        "after)" if plan.tiered and result.serving_after is not None else ""))
+        if result.safety_backup_id:
+            console.line(f"safety backup of the previous database: {result.safety_backup_id}")
+        console.line("Next steps:")
+        for i, step in enumerate(next_steps, 1):
+            console.line(f"  {i}. {step}")
+    if result.safety_error:
+        raise errors.DRError(f"the restore is done, but the safety backup of {result.kept_db} "
+                             f"failed: {result.safety_error}; the database is kept (take a "
+                             f"backup of it, or 'prefect-dr rollback')", exit_code=errors.PARTIAL)
+
+
+def _resume(current: Settings, repo: Storage, target_url: str | None,
+            manifest: Manifest | None) -> None:
+    """Finish the target's unfinished history backfill (of ``manifest``'s backup, else of the
+    one its state names) and report it."""
+    from prefect_dr import catalog, pipeline
+    from prefect_dr import restore as restore_mod
+
+    pending = restore_mod.unfinished(current, target_url)
+    if not pending:
+        if json_mode():
+            console.print_json({"ok": True, "resumed": None, "backfilled": []})
+        else:
+            console.line("nothing to resume: the target holds no unfinished history backfill")
         return
-    console.line(f"restored backup {plan.backup_id} into {plan.target}")
-    if result.safety_backup_id:
-        console.line(f"safety backup of the previous database: {result.safety_backup_id}")
-    console.line("Next steps:")
-    for i, step in enumerate(next_steps, 1):
-        console.line(f"  {i}. {step}")
+    if manifest is None:
+        manifest = catalog.require_complete(select(pending[0].backup_id, False, None))
+    state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
+    with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
+                                   total=sum(a.size for a in manifest.history) or None
+                                   ) as listener:
+        loaded, checks = restore_mod.resume(current, repo, manifest, target_url=target_url,
+                                            progress=pipeline.Progress(listener),
+                                            on_step=lambda s: logger.info(s))
+    if json_mode():
+        console.print_json({"ok": True, "resumed": manifest.backup_id,
+                            "backfilled": [dataclasses.asdict(b) for b in loaded],
+                            "checks": [dataclasses.asdict(c) for c in checks]})
+        return
+    for check in checks:
+        console.line(f"{check.artifact}: {check.detail}")
+    console.line(f"history backfill of backup {manifest.backup_id} finished")
 
 
 @command(name="restore-config")
@@ -197,18 +262,25 @@ def rollback(
         "--force-disconnect", help="Terminate clients still connected at the swap.")] = False,
 ) -> None:
     """Undo the last restore: swap the pre-restore database back (the restored one is kept)."""
+    from prefect_dr import backfill
     from prefect_dr import restore as restore_mod
 
     url_flag(target_url, "--target-url")
     current = settings()
+    states = [] if drop else restore_mod.unfinished(current, target_url)
+    pending = backfill.describe(states) if states else ""
     if list_:
         rows = restore_mod.kept(current, target_url)
         if json_mode():
             console.print_json({"kept": [{"name": k.name, "kind": k.kind, "size": k.size,
                                           "age_s": int(k.age.total_seconds()),
-                                          "comment": k.comment} for k in rows]})
+                                          "comment": k.comment} for k in rows],
+                                "unfinished_backfill": pending or None})
         else:
             render.kept(rows)
+            if pending:
+                console.line(f"the current database holds an {pending}: 'prefect-dr restore "
+                             "--resume' finishes it")
         return
     if drop:
         confirm(drop, yes, f"drop kept database {drop}")
@@ -220,6 +292,8 @@ def rollback(
         return
     chosen, aside = restore_mod.rollback_target(current, target_url)
     db = chosen.name.split("_pre_restore_")[0]
+    if pending:
+        logger.warning("%s holds an %s; rolling back sets it aside as it is", db, pending)
     confirm(db, yes, f"roll {db} back to {chosen.name} (the current one is kept as {aside})")
     brought, kept_as = restore_mod.rollback(current, target_url=target_url,
                                             force_disconnect=force_disconnect)

@@ -123,11 +123,15 @@ class ClientProcess:
 
 
 def dump_argv(pg_dump: str, url: str, *, snapshot: str | None,
-              exclude_data: Sequence[str] = ()) -> list[str]:
-    """The pg_dump command line: custom format, uncompressed (zstd does that), no password."""
+              exclude_data: Sequence[str] = (), exclude_schemas: Sequence[str] = ()
+              ) -> list[str]:
+    """The pg_dump command line: custom format, uncompressed (zstd does that), no password;
+    without the data of ``exclude_data`` (public tables) nor the ``exclude_schemas``."""
     argv = [pg_dump, "--format=custom", "--compress=0", "--no-password", "--dbname", url]
     if snapshot:
         argv += ["--snapshot", snapshot]
     for table in exclude_data:
         argv += ["--exclude-table-data", f"public.{table}"]
+    for schema in exclude_schemas:
+        argv += ["--exclude-schema", schema]
     return argv

@@ -184,7 +184,7 @@ def edit_manifest(chaos: Chaos, repo: Repo, rng: random.Random) -> tuple:
             ("alembic_revision", "000000000000", "schema revision", (13, 14)),
             ("artifacts.0.key", other["artifacts"][0]["key"], None, (13,)),
             ("backup_id", repo.ids[1], None, (13,)),
-            ("format_version", 2, None, (13,)),
+            ("format_version", 3, None, (13,)),
         ]
         field, value, check, restore = rng.choice(choices)
         expect = (13, check, restore)

@@ -1,0 +1,292 @@
+"""Phase 2 of a restore: the deferred history tables' rows loaded into a database that may
+already serve Prefect (``restore --tiered``), or into one nobody uses yet (plain restore,
+verify's scratch database) by the same code.
+
+For each deferred table (:data:`prefect_dr.prefect_schema.DEFERRED_TABLES`, no foreign key in
+or out) the backup's rows are loaded into a *shadow* table ``prefect_dr_backfill.<table>``:
+created ``LIKE`` the live table without indexes, filled by ``COPY``, its row count checked
+against the manifest, then given the live table's primary key and indexes (built once, over the
+whole table, as pg_restore does) and analysed — all in one transaction, so a stopped load
+leaves nothing behind. Prefect keeps reading and writing the live table meanwhile. The *swap*
+then takes the live table's lock for a moment: the rows Prefect wrote since phase 1 are copied
+into the shadow table (a row already there is kept once), the live table is dropped and the
+shadow table moved into ``public`` under the same name, with the same index names.
+
+Progress is kept in ``prefect_dr_backfill.state`` (one row per table still to do, with the
+backup id and whether its shadow table is ``ready``), written in phase 1 before the database is
+swapped in, so an interrupted backfill is always visible and resumable: a table is either
+pending, ready (shadow loaded and committed) or done (its state row is gone, in the same
+transaction as its swap). When the last table is done the schema is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from prefect_dr import crypto, pipeline, restore_stream, table_copy
+from prefect_dr.errors import DatabaseError, DRError, VerificationError
+from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.pg import connect as pgc
+from prefect_dr.storage.base import Storage
+
+log = logging.getLogger(__name__)
+SCHEMA = "prefect_dr_backfill"
+PENDING, READY = "pending", "ready"
+#: How long the swap waits for a live table's lock before it lets Prefect go on and retries.
+LOCK_TIMEOUT = "1s"
+LOCK_ATTEMPTS = 60
+#: Memory for each index build (pg_restore uses the server's default, often 64 MB).
+MAINTENANCE_WORK_MEM = "256MB"
+
+
+class BackfillError(DRError):
+    """A history backfill cannot be started or continued as asked."""
+
+
+@dataclass(frozen=True)
+class TableState:
+    """One table of an unfinished backfill."""
+
+    table: str
+    backup_id: str
+    status: str  # PENDING | READY
+    rows: int
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """What the backfill did for one table."""
+
+    table: str
+    rows: int  # rows loaded from the backup
+    merged: int  # rows Prefect wrote meanwhile, kept beside them
+    seconds: float
+
+
+def _state_exists(conn: psycopg.Connection) -> bool:
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.state",)).fetchone()
+    return bool(row and row[0])
+
+
+def state_of(conn: psycopg.Connection) -> list[TableState]:
+    """The tables of an unfinished backfill in ``conn``'s database ([] when there is none)."""
+    if not _state_exists(conn):
+        return []
+    rows = conn.execute(sql.SQL("SELECT table_name, backup_id, status, rows FROM {} "
+                                "ORDER BY table_name").format(
+        sql.Identifier(SCHEMA, "state"))).fetchall()
+    return [TableState(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
+
+
+def pending_tables(conn: psycopg.Connection) -> list[str]:
+    """Names of the tables an unfinished backfill still has to bring in."""
+    return [s.table for s in state_of(conn)]
+
+
+def describe(states: list[TableState]) -> str:
+    """One line for an operator: which backup, which tables, how far."""
+    if not states:
+        return "no unfinished history backfill"
+    parts = ", ".join(f"{s.table} ({s.rows} rows, {s.status})" for s in states)
+    return f"unfinished history backfill of backup {states[0].backup_id}: {parts}"
+
+
+def check_shape(conn: psycopg.Connection, tables: frozenset[str]) -> None:
+    """Refuse tables a shadow-table swap would damage: with a foreign key in or out, a
+    trigger, or a sequence owned by the table. Raises BackfillError."""
+    for table in sorted(tables):
+        if not pgc.table_exists(conn, table):
+            raise BackfillError(f"the restored schema has no table {table}, which the backup "
+                                "holds history for")
+        name = f"public.{table}"
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND "
+            "(conrelid = %s::regclass OR confrelid = %s::regclass)), "
+            "(SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal),"
+            " (SELECT count(*) FROM pg_depend WHERE refobjid = %s::regclass AND deptype IN "
+            "('a', 'i') AND classid = 'pg_class'::regclass AND objid IN "
+            "(SELECT oid FROM pg_class WHERE relkind = 'S'))",
+            (name, name, name, name)).fetchone()
+        if row and any(row):
+            raise BackfillError(f"table {table} has foreign keys, triggers or sequences this "
+                                "prefect-dr does not know how to backfill; restore without "
+                                "--tiered")
+
+
+def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None) -> None:
+    """Record, in the database being restored (phase 1, before it serves), every history
+    table still to load. Owned by ``role`` (the live database's owner) when given.
+    Raises BackfillError."""
+    check_shape(conn, manifest.history_tables)
+    with conn.transaction():
+        if role:
+            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
+        conn.execute(sql.SQL(
+            "CREATE TABLE {} (table_name text PRIMARY KEY, backup_id text NOT NULL, "
+            "status text NOT NULL, rows bigint NOT NULL, updated timestamptz NOT NULL "
+            "DEFAULT now())").format(sql.Identifier(SCHEMA, "state")))
+        conn.execute(sql.SQL("COMMENT ON SCHEMA {} IS {}").format(  # no parameters here
+            sql.Identifier(SCHEMA), sql.Literal(
+                f"prefect-dr: history backfill of backup {manifest.backup_id} unfinished; "
+                "'prefect-dr restore --resume' finishes it")))
+        for artifact in manifest.history:
+            conn.execute(sql.SQL("INSERT INTO {} (table_name, backup_id, status, rows) "
+                                 "VALUES (%s, %s, %s, %s)").format(
+                sql.Identifier(SCHEMA, "state")),
+                (artifact.table, manifest.backup_id, PENDING, artifact.rows or 0))
+
+
+def run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity], *,
+        role: str | None = None, progress: pipeline.Progress | None = None,
+        on_step: Callable[[str], None] = lambda _: None) -> list[Loaded]:
+    """Bring every table of the unfinished backfill in ``url``'s database in from
+    ``manifest``'s history artifacts, one table at a time; drop the state when done.
+
+    Safe to run again after any interruption: a ready shadow table is reused, a pending one
+    reloaded from scratch, a done one skipped. Raises BackfillError (no backfill, or one of
+    another backup), VerificationError (damaged artifact, row count off), DatabaseError,
+    StorageError, CryptoKeyError, Interrupted.
+    """
+    try:
+        return _run(url, storage, manifest, identities, role, progress, on_step)
+    except psycopg.Error as exc:
+        raise DatabaseError(f"history backfill failed: {pgc.first_line(exc)}") from None
+
+
+def _run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity],
+         role: str | None, progress: pipeline.Progress | None,
+         on_step: Callable[[str], None]) -> list[Loaded]:
+    done: list[Loaded] = []
+    with pgc.connect(url) as conn:
+        states = state_of(conn)
+        if not states and not _state_exists(conn):
+            raise BackfillError("no unfinished history backfill in this database")
+        others = {s.backup_id for s in states} - {manifest.backup_id}
+        if others:
+            raise BackfillError(f"the unfinished backfill is of backup {others.pop()}, not "
+                                f"{manifest.backup_id}")
+        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(
+            sql.Literal(MAINTENANCE_WORK_MEM)))
+        for state in states:
+            artifact = next((a for a in manifest.history if a.table == state.table), None)
+            if artifact is None:
+                raise VerificationError(f"backup {manifest.backup_id} has no history artifact "
+                                        f"for {state.table}")
+            start = time.monotonic()
+            if state.status != READY:
+                on_step(f"backfill: loading {artifact.rows} rows of {state.table}")
+                _load(conn, storage, artifact, identities, role, progress)
+            on_step(f"backfill: swapping {state.table} in")
+            merged = _swap(conn, state.table, role)
+            done.append(Loaded(state.table, artifact.rows or 0, merged,
+                               round(time.monotonic() - start, 3)))
+        with conn.transaction():
+            _set_role(conn, role)
+            if not state_of(conn):
+                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                    sql.Identifier(SCHEMA)))
+    return done
+
+
+def _set_role(conn: psycopg.Connection, role: str | None) -> None:
+    if role:
+        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+
+
+def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
+          identities: list[crypto.Identity], role: str | None,
+          progress: pipeline.Progress | None) -> None:
+    """Fill a fresh shadow table from ``artifact``, check its rows, build its indexes and mark
+    it ready, in one transaction."""
+    assert artifact.table and artifact.columns is not None
+    table, shadow = artifact.table, sql.Identifier(SCHEMA, artifact.table)
+    live = sql.Identifier("public", table)
+    with conn.transaction():
+        _set_role(conn, role)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)")
+                     .format(shadow, live))
+        with conn.cursor() as cur:
+            with cur.copy(table_copy.copy_statement(table, artifact.columns, "in",
+                                                    schema=SCHEMA)) as copy, \
+                    storage.open_reader(artifact.location) as reader:
+                pipeline.decrypt_from(reader, table_copy.CopyInWriter(copy), identities,
+                                      compressed=artifact.compression == "zstd",
+                                      expect=restore_stream.expected_stats(artifact),
+                                      progress=progress)
+            loaded = cur.rowcount
+        if loaded != artifact.rows:
+            raise VerificationError(f"table {table}: {loaded} rows loaded from the backup, "
+                                    f"its manifest says {artifact.rows}")
+        for statement in _index_statements(conn, table):
+            conn.execute(statement)
+        conn.execute(sql.SQL("ANALYZE {}").format(shadow))
+        conn.execute(sql.SQL("UPDATE {} SET status = %s, updated = now() WHERE table_name = %s")
+                     .format(sql.Identifier(SCHEMA, "state")), (READY, table))
+
+
+def _index_statements(conn: psycopg.Connection, table: str) -> list[sql.Composable]:
+    """The live table's primary key, unique constraints and indexes, rebuilt on the shadow
+    table under the same names (index names are per schema)."""
+    rows = conn.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), con.conname, "
+        "pg_get_constraintdef(con.oid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid "
+        "AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') "
+        "WHERE i.indrelid = %s::regclass ORDER BY i.indisprimary DESC, c.relname",
+        (f"public.{table}",)).fetchall()
+    shadow = sql.Identifier(SCHEMA, table)
+    statements: list[sql.Composable] = []
+    for index, definition, constraint, condef in rows:
+        if constraint:
+            statements.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                shadow, sql.Identifier(str(constraint)), sql.SQL(str(condef))))
+            continue
+        on = f" ON public.{table} "
+        if on not in str(definition):
+            on = f" ON {table} "  # public on the search path: the name is not qualified
+        if on not in str(definition):
+            raise BackfillError(f"cannot rebuild index {index} of {table}: {definition}")
+        statements.append(sql.SQL(str(definition).replace(
+            on, f" ON {SCHEMA}.{table} ", 1)))
+    return statements
+
+
+def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
+    """Move the ready shadow table into place under a brief lock. Returns how many rows Prefect
+    had written to the live table meanwhile (kept). Raises BackfillError when the lock cannot
+    be had (Prefect holds it too long; the backfill can be resumed)."""
+    live, shadow = sql.Identifier("public", table), sql.Identifier(SCHEMA, table)
+    columns = table_copy.columns_of(conn, table)
+    names = sql.SQL(", ").join(map(sql.Identifier, columns))
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            with conn.transaction():
+                _set_role(conn, role)
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(LOCK_TIMEOUT)))
+                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
+                conn.execute(sql.SQL("SET LOCAL lock_timeout = 0"))
+                with conn.cursor() as cur:
+                    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} "
+                                        "ON CONFLICT DO NOTHING").format(
+                        shadow, names, names, live))
+                    merged = max(cur.rowcount, 0)
+                conn.execute(sql.SQL("DROP TABLE {}").format(live))
+                conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(shadow))
+                conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
+                    sql.Identifier(SCHEMA, "state")), (table,))
+            return merged
+        except psycopg.errors.LockNotAvailable:
+            log.info("backfill: %s is busy, retrying its swap (%d)", table, attempt + 1)
+            time.sleep(min(0.2 * (attempt + 1), 2.0))
+    raise BackfillError(f"could not lock {table} for its swap in {LOCK_ATTEMPTS} attempts; "
+                        "run 'prefect-dr restore --resume' when Prefect is less busy")
