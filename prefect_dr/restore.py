@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from prefect_dr import backfill, crypto, pipeline, restore_stream, semantic
+from prefect_dr import backfill, crypto, interrupt, pipeline, restore_stream, semantic
 from prefect_dr import backup as backup_mod
 from prefect_dr.checks import Check, Checks, Report
 from prefect_dr.config import Settings
@@ -210,23 +210,28 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
                 on_step: Callable[[str], None], deferred: frozenset[str]) -> None:
     """Phase 2 (tiered), then the safety backup of the kept database, whatever phase 2's
     outcome short of a stop signal. Raises phase 2's error, pointing at ``--resume``."""
-    phase2: BaseException | None = None
-    if deferred:
-        try:
+    def safety() -> None:
+        if plan.safety_backup and plan.aside_db:
+            result.safety_backup_id, result.safety_error = _safety_backup(
+                settings, storage, plan, with_database(url, plan.aside_db), env, on_step)
+
+    try:
+        if deferred:
             result.backfilled = finish_backfill(url, storage, manifest, identities, checks,
                                                 role=role, progress=progress,
                                                 on_step=on_step)
-        except BaseException as exc:
-            phase2 = exc
-    if plan.safety_backup and plan.aside_db and not isinstance(phase2, Interrupted):
-        result.safety_backup_id, result.safety_error = _safety_backup(
-            settings, storage, plan, with_database(url, plan.aside_db), env, on_step)
-    if isinstance(phase2, DRError) and not isinstance(phase2, Interrupted):
-        raise DRError(f"{phase2.message}; {plan.target_db} serves backup {plan.backup_id} "
-                      "without all of its history: 'prefect-dr restore --resume' finishes the "
-                      "backfill", exit_code=phase2.exit_code) from None
-    if phase2 is not None:
-        raise phase2
+    except BaseException as exc:
+        # a stop signal (even one a library wrapped as its own error) skips the safety backup
+        stopped = interrupt.pending() or exc
+        if not isinstance(stopped, Interrupted | KeyboardInterrupt):
+            safety()
+        if isinstance(stopped, DRError) and not isinstance(stopped, Interrupted):
+            raise DRError(f"{stopped.message}; {plan.target_db} serves backup "
+                          f"{plan.backup_id} without all of its history: 'prefect-dr restore "
+                          "--resume' finishes the backfill",
+                          exit_code=stopped.exit_code) from None
+        raise stopped from None
+    safety()
 
 
 def finish_backfill(url: str, storage: Storage, manifest: Manifest,
@@ -264,9 +269,10 @@ def _safety_backup(settings: Settings, storage: Storage, plan: Plan, kept_url: s
             kind=Kind.FULL, labels={"safety": "pre-restore", "restore-of": plan.backup_id,
                                     "database": plan.target_db},
             allow_undecryptable_blocks=True), env=env)
-    except Interrupted:
-        raise
     except DRError as exc:
+        interrupt.raise_if_noted()
+        if isinstance(exc, Interrupted):
+            raise
         log.error("the safety backup of %s failed: %s", plan.aside_db, exc.message)
         return None, exc.message
     return safety.backup_id, None

@@ -88,7 +88,7 @@ def test_restore_then_rollback_round_trip(clone: dict[str, str]) -> None:
     assert result["safety_backup_id"]
     listed = json.loads(run_cli(["list", "--json"], env).stdout)["backups"]
     safety = next(b for b in listed if b["id"] == result["safety_backup_id"])
-    assert safety["labels"] == {"safety": "pre-restore", "restore-of": backup_id}
+    assert safety["labels"] == {"safety": "pre-restore", "restore-of": backup_id, "database": db}
 
     with PrefectServer(url) as server:  # a restarted server sees the backed-up state
         restored = _state(server.api)
