@@ -224,6 +224,8 @@ def test_a_file_repository_is_a_volume_mounted_at_its_path_in_every_job(
     ({"repository": "file:///backups", "volume_claim": "Bad_Claim"}, "volume claim"),
     ({"volume_claim": "dr-share"}, "file://"),
     ({"repository": AZURE, "azure_account_url": "acme.blob"}, "azure_account_url"),
+    ({"repository": AZURE, "azure_account_url": f"{ACCOUNT_URL}?sv=2024&sig=abc"}, "SAS"),
+    ({"repository": f"{AZURE}?account_url={ACCOUNT_URL}%3Fsig%3Dabc"}, "SAS"),
     ({"repository": GS, "credential_secrets": {"backup": "Bad_Name"}}, "secret name"),
     ({"extra_env": {"AZURE_STORAGE_CONNECTION_STRING": "x"}}, "secret"),
     ({"extra_env": {"AZURE_STORAGE_KEY": "x"}}, "secret"),

@@ -239,6 +239,11 @@ def _check_repository(options: RenderOptions) -> None:
         if not pattern.match(identity):
             raise ValueError(f"workload identity of the {role} job: {identity!r} is not "
                              f"{what}, as a {url.scheme}:// repository needs")
+    for account_url in (options.azure_account_url, url.params.get("account_url")):
+        if account_url and (urlsplit(account_url).query or urlsplit(account_url).fragment):
+            raise ValueError("the Azure account URL must not carry a query (a SAS token is a "
+                             "secret: it goes into the credential Secret's connection string, "
+                             "not into the ConfigMap)")
     if (url.scheme == "azure" and set(credential_secrets(options)) != set(ROLES)
             and not (options.azure_account_url or url.params.get("account_url"))):
         raise ValueError("an azure:// repository read with an identity (a job without a "
