@@ -1,9 +1,7 @@
 """prefect_dr.k8s: every rendered object is a valid Kubernetes object, hardened, least privilege.
 
-Validity is checked with the official client's models: ``__deserialize`` builds the typed model
-(types and required fields are validated) and ``sanitize_for_serialization`` turns it back into
-a dict. The deserializer silently drops keys it does not know, so the round trip must give back
-exactly the original dict: a misspelled or misplaced field shows up as a difference.
+Validity is checked with the official client's models (k8s_objects.assert_valid: a round trip
+through the typed model must give back exactly the original dict).
 """
 
 from __future__ import annotations
@@ -17,33 +15,23 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from k8s_objects import (
+    API,
+    assert_valid,
+    by_kind,
+    env_names,
+    job_specs,
+    pods,
+    roundtrip,
+    secret_names,
+)
 
 from prefect_dr import __version__, config, crypto, k8s
 from prefect_dr.errors import CryptoKeyError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
-MODELS = {
-    ("v1", "ServiceAccount"): "V1ServiceAccount",
-    ("v1", "ConfigMap"): "V1ConfigMap",
-    ("v1", "Secret"): "V1Secret",
-    ("batch/v1", "CronJob"): "V1CronJob",
-    ("batch/v1", "Job"): "V1Job",
-}
-API = client.ApiClient()
 RECIPIENT = crypto.generate_identity()[1]
-
-
-def roundtrip(obj: dict[str, Any]) -> Any:
-    """Deserialize ``obj`` into its client model and serialize it back."""
-    model_name = MODELS[(obj["apiVersion"], obj["kind"])]
-    model = API._ApiClient__deserialize(copy.deepcopy(obj), model_name)
-    return API.sanitize_for_serialization(model)
-
-
-def assert_valid(obj: dict[str, Any]) -> None:
-    assert roundtrip(obj) == obj, f"{obj['kind']} {obj['metadata']}: fields lost in the model"
 
 
 def full_options() -> k8s.RenderOptions:
@@ -71,33 +59,6 @@ def full_options() -> k8s.RenderOptions:
 
 OPTIONS = [k8s.RenderOptions(), full_options()]
 IDS = ["defaults", "everything"]
-
-
-def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [o for o in objects if o["kind"] == kind]
-
-
-def pods(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """component -> pod spec of every CronJob and Job."""
-    out = {}
-    for obj in objects:
-        if obj["kind"] == "CronJob":
-            out[obj["metadata"]["labels"]["app.kubernetes.io/component"]] = (
-                obj["spec"]["jobTemplate"]["spec"]["template"]["spec"])
-        elif obj["kind"] == "Job":
-            out["restore"] = obj["spec"]["template"]["spec"]
-    return out
-
-
-def job_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for obj in objects:
-        if obj["kind"] == "CronJob":
-            out[obj["metadata"]["labels"]["app.kubernetes.io/component"]] = (
-                obj["spec"]["jobTemplate"]["spec"])
-        elif obj["kind"] == "Job":
-            out["restore"] = obj["spec"]
-    return out
 
 
 # ---- schema ------------------------------------------------------------------------------
@@ -175,26 +136,13 @@ def test_every_pod_is_hardened(options):
         "limits": {"cpu": "2", "memory": "1Gi" if options.memory_limit == "1Gi" else "512Mi"}}
 
 
-def _secret_names(pod: dict[str, Any]) -> set[str]:
-    [container] = pod["containers"]
-    names = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
-    names |= {e["secretRef"]["name"] for e in container["envFrom"] if "secretRef" in e}
-    names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", ())
-              if "valueFrom" in e}
-    return names
-
-
-def _env_names(pod: dict[str, Any]) -> set[str]:
-    return {e["name"] for e in pod["containers"][0].get("env", ())}
-
-
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_only_verify_and_restore_hold_the_age_identity(options):
     objects = k8s.render(options)
     found = pods(objects)
     for role in ("backup", "prune"):
-        assert options.identity_secret not in _secret_names(found[role]), role
-        assert "PREFECT_DR_AGE_IDENTITY_FILE" not in _env_names(found[role]), role
+        assert options.identity_secret not in secret_names(found[role]), role
+        assert "PREFECT_DR_AGE_IDENTITY_FILE" not in env_names(found[role]), role
         assert not [v for v in found[role]["volumes"] if v["name"] == "age-identity"], role
     backup_cron = next(o for o in by_kind(objects, "CronJob")
                        if o["metadata"]["name"] == f"{options.name}-backup")
@@ -202,7 +150,7 @@ def test_only_verify_and_restore_hold_the_age_identity(options):
     assert "AGE-SECRET-KEY" not in k8s.to_yaml([backup_cron])
     for role in ("verify", "restore"):
         pod = found[role]
-        assert options.identity_secret in _secret_names(pod)
+        assert options.identity_secret in secret_names(pod)
         [volume] = [v for v in pod["volumes"] if v["name"] == "age-identity"]
         assert volume["secret"]["defaultMode"] == 0o440
         mount = next(m for m in pod["containers"][0]["volumeMounts"]
@@ -227,7 +175,7 @@ def test_each_job_gets_only_its_own_secrets(options):
             expected.add(options.block_key_secret)
         if options.notify_secret:  # every job reports its failures
             expected.add(options.notify_secret)
-        assert _secret_names(pod) == expected, role
+        assert secret_names(pod) == expected, role
 
 
 def test_example_secrets_hold_placeholders_only(tmp_path):
@@ -445,7 +393,7 @@ def test_configmap_holds_settings_the_tool_accepts(options):
     assert settings.database_url == options.database_url
     assert "PGPASSWORD" not in data and not any(k.startswith("AWS_") for k in data)
     for pod in pods(k8s.render(options)).values():
-        assert _env_names(pod) <= known | {"PGPASSWORD", "PREFECT_API_DATABASE_CONNECTION_URL"}
+        assert env_names(pod) <= known | {"PGPASSWORD", "PREFECT_API_DATABASE_CONNECTION_URL"}
 
 
 def test_metrics_get_a_stable_instance():

@@ -1,17 +1,23 @@
 """Repositories beyond one S3 bucket, on the real stack: local files, Azure Blob (Azurite) and
 Google Cloud Storage (fake-gcs-server) hold backups that verify and restore; `copy` puts complete
 backups into a second repository (S3 -> Azure, S3 -> files), is idempotent, resumes after a
-stop, and never copies a tampered backup as complete."""
+stop or a SIGKILL, and never copies a tampered backup as complete."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from conftest import run_cli
+from conftest import run_cli, s3_client
 
 from prefect_dr import copy
 from prefect_dr import layout as lay
@@ -131,6 +137,86 @@ def test_copy_stopped_midway_then_rerun_completes_without_duplicates(
     full = list_backups(target.storage, target.layout)
     assert [(e.backup_id, e.status) for e in full] == [(backup_id, "complete")]
     assert copy.run(source, target, entries).backups[0].result == "skipped"
+
+
+def _whole(root: Path, entries: list) -> None:
+    """Every backup with a manifest in the file repository ``root`` holds each artifact the
+    manifest lists, with its size and SHA-256."""
+    for entry in entries:
+        if entry.manifest is None:
+            continue
+        for artifact in entry.manifest.artifacts:
+            data = (root / Layout("").artifact(entry.backup_id,
+                                               artifact.location.rsplit("/", 1)[1])).read_bytes()
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (artifact.size,
+                                                                     artifact.sha256)
+
+
+def test_copy_killed_midway_then_rerun_completes_without_duplicates(
+        clone: dict[str, str], tmp_path: Path) -> None:
+    """A real `copy --all` process, S3 -> files, SIGKILLed while it writes the second of three
+    backups (its reads slowed by a proxy in front of S3); then run again."""
+    from slowproxy import SlowProxy
+
+    env = clone  # a database (whose backups no other test holds up) and a prefix of its own
+    prefix = env["PREFECT_DR_S3_PREFIX"]
+    ids = [_ok(run_cli(["backup", "--json"], env))["backup_id"] for _ in range(3)]
+    target = tmp_path / "offsite"
+    target.mkdir()
+    to = f"file://{target}"
+    first_manifest = target / Layout("").artifact(ids[0], lay.MANIFEST)
+    second = target / Layout("").backup_dir(ids[1])
+    s3 = urlsplit(env["PREFECT_DR_S3_ENDPOINT_URL"])
+    proxy = SlowProxy((s3.hostname, s3.port), rate=50_000)  # a ~110 kB backup in ~2 s
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect_dr", "copy", "--all", "--to", to],
+            env=dict(env, PREFECT_DR_S3_ENDPOINT_URL=proxy.url), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        # the first backup complete in the target, an object of the second being written
+        while not (first_manifest.exists() and second.is_dir()
+                   and list(second.glob(".*.partial"))):
+            assert proc.poll() is None, f"copy ended before it could be killed: {proc.stderr}"
+            assert time.monotonic() < deadline, "copy did not get to the second backup"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proxy.close()
+    assert proc.returncode == -signal.SIGKILL
+    # after the kill: what has a manifest is whole; the backup cut short is incomplete
+    half = list_backups(FileStorage(target), Layout(""))
+    _whole(target, half)
+    status = {e.backup_id: e.status for e in half}
+    assert status[ids[0]] == "complete"
+    assert status.get(ids[1], "incomplete") == "incomplete"
+    assert status.get(ids[2], "incomplete") == "incomplete"
+    listed = _ok(run_cli(["--repository", to, "list", "--json"], env))["backups"]
+    assert [b["id"] for b in listed if b["status"] == "complete"] == [ids[0]]
+    # the rerun (at full speed) skips the copied backup and finishes the others
+    again = _ok(run_cli(["copy", "--all", "--to", to, "--json"], env))
+    assert [(b["backup_id"], b["result"]) for b in again["backups"]] == [
+        (ids[0], "skipped"), (ids[1], "copied"), (ids[2], "copied")]
+    full = list_backups(FileStorage(target), Layout(""))
+    assert [(e.backup_id, e.status) for e in full] == [(b, "complete") for b in ids]
+    _whole(target, full)
+    # exactly once: the target holds the source's objects byte for byte, manifests included,
+    # and nothing else (the killed run's temporary file is an incomplete upload for prune)
+    client = s3_client(env)
+    pages = client.get_paginator("list_objects_v2").paginate(
+        Bucket=env["PREFECT_DR_S3_BUCKET"], Prefix=f"{prefix}/v1/backups/")
+    source = {o["Key"][len(prefix) + 1:]: client.get_object(
+        Bucket=env["PREFECT_DR_S3_BUCKET"], Key=o["Key"])["Body"].read()
+        for page in pages for o in page.get("Contents", ())}
+    copied = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*")
+              if p.is_file() and not p.name.endswith(".partial")}
+    assert copied == source
+    assert sorted(k.split("/")[2] for k in source if k.endswith(lay.MANIFEST)) == ids
+    leftovers = FileStorage(target).list_incomplete_uploads("")
+    assert len(leftovers) <= 1 and all(ids[1] in u.key for u in leftovers)
+    # the backup the kill cut short restores from the copy
+    assert _ok(run_cli(["--repository", to, "verify", ids[1], "--json"], env))["ok"] is True
 
 
 def test_a_tampered_object_is_not_copied_as_complete(cli_env: dict[str, str],

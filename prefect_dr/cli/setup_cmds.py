@@ -119,10 +119,28 @@ def k8s_render(
         "--prometheus-label", metavar="KEY=VALUE",
         help="Label the Prometheus Operator selects rules and monitors by (repeatable).")
     ] = None,
+    workload_identity: Annotated[list[str] | None, typer.Option(
+        "--workload-identity", metavar="JOB=IDENTITY",
+        help="Bind a job (backup, prune, verify, restore) to a cloud identity instead of a "
+             "credential Secret (repeatable): an IAM role ARN (s3://, IRSA), a managed "
+             "identity's client id (azure://, AKS workload identity) or a Google service "
+             "account e-mail (gs://, GKE Workload Identity).")
+    ] = None,
+    volume_claim: Annotated[str | None, typer.Option(
+        "--volume-claim", metavar="NAME",
+        help="file:// repositories: the PersistentVolumeClaim (ReadWriteMany) mounted at the "
+             "repository's path in every job (default prefect-dr-repository).")
+    ] = None,
+    nfs: Annotated[str | None, typer.Option(
+        "--nfs", metavar="SERVER:/EXPORT",
+        help="file:// repositories: mount this NFS export at the repository's path instead "
+             "of a claim.")
+    ] = None,
 ) -> None:
     """Print CronJobs (backup, prune, verify), a restore Job template, ConfigMap and example
-    Secrets for the current settings (multi-document YAML; schedules validated); or only the
-    pre-upgrade hook and/or the Prometheus Operator objects."""
+    Secrets for the current settings and repository (s3://, azure://, gs:// or file://;
+    multi-document YAML; schedules validated); or only the pre-upgrade hook and/or the
+    Prometheus Operator objects."""
     from prefect_dr import k8s
 
     try:
@@ -132,7 +150,10 @@ def k8s_render(
             verify_schedule=verify_schedule, prune_schedule=prune_schedule, image=image,
             pushgateway_url=state.pushgateway, metrics_instance=state.metrics_instance,
             notify_secret=notify_secret,
-            prometheus_labels=parse_labels(prometheus_label or [], "--prometheus-label") or None)
+            prometheus_labels=parse_labels(prometheus_label or [], "--prometheus-label") or None,
+            workload_identities=parse_labels(workload_identity or [],
+                                             "--workload-identity") or None,
+            volume_claim=volume_claim, nfs=nfs)
         objects, header = k8s.select(options, pre_upgrade_hook=pre_upgrade_hook,
                                      prometheus_rule=prometheus_rule)
         text = k8s.to_yaml(objects, header=header)

@@ -1,19 +1,23 @@
 """Kubernetes objects that run prefect-dr: pure functions from options to manifests.
 
 Modules: ``options`` (:class:`RenderOptions`, their validation and their mapping from the
-settings), ``pods`` (labels, ConfigMap, hardened pods, Jobs, CronJobs, example Secrets, the
-restore Job), ``bundle`` (:func:`render` in apply order, :func:`to_yaml`, the example files),
-``helm`` (:func:`pre_upgrade_hook`, a backup before prefect-helm's migration) and
-``monitoring`` (:func:`monitoring`: PrometheusRule and the Pushgateway's ServiceMonitor).
+settings), ``repository`` (how the jobs reach an ``s3://``, ``azure://``, ``gs://`` or
+``file://`` repository: credential Secrets, workload identities, the mounted volume), ``pods``
+(labels, ConfigMap, hardened pods, Jobs, CronJobs, example Secrets, the restore Job),
+``bundle`` (:func:`render` in apply order, :func:`to_yaml`, the example files), ``helm``
+(:func:`pre_upgrade_hook`, a backup before prefect-helm's migration) and ``monitoring``
+(:func:`monitoring`: PrometheusRule and the Pushgateway's ServiceMonitor).
 
 ``render(options)`` returns plain dicts (ready for ``to_yaml`` or a Kubernetes client):
 
 - one ServiceAccount per job (``<name>-backup``, ``-prune``, ``-verify``, ``-restore``), so
   each can be bound to its own least-privilege cloud role (IRSA, Pod Identity, Workload
-  Identity); no Kubernetes API token is mounted;
+  Identity; ``workload_identities`` renders the binding annotation); no Kubernetes API token
+  is mounted;
 - a ConfigMap ``<name>`` with the non-secret ``PREFECT_DR_*`` settings;
-- example Secrets holding placeholders only (S3 credentials per job, the age identity,
-  optionally PGPASSWORD, the signing key and Prefect's block key);
+- example Secrets holding placeholders only (the repository's credentials per job, unless a
+  job has a workload identity; the age identity; optionally PGPASSWORD, the signing key and
+  Prefect's block key);
 - CronJobs ``<name>-backup``, ``<name>-prune`` and ``<name>-verify``;
 - a restore Job (``generateName: <name>-restore-``, created by hand, ``--dry-run`` unless
   asked otherwise).
@@ -56,6 +60,7 @@ from prefect_dr.k8s.monitoring import monitoring
 from prefect_dr.k8s.options import (
     DEFAULT_DATABASE_SECRET,
     DEFAULT_IMAGE,
+    DEFAULT_VOLUME_CLAIM,
     FROM_SETTINGS,
     NO_RETRY_EXIT_CODES,
     PLACEHOLDER,
@@ -68,9 +73,9 @@ from prefect_dr.k8s.options import (
 from prefect_dr.k8s.pods import config_env, example_secrets, restore_job
 
 __all__ = [
-    "DEFAULT_DATABASE_SECRET", "DEFAULT_IMAGE", "EXAMPLE_FILES", "FROM_SETTINGS",
-    "HOOK_WEIGHT", "MIGRATION_HOOK_WEIGHT", "MONITORING_NOTE", "NO_RETRY_EXIT_CODES",
-    "PLACEHOLDER", "ROLES", "UID", "RenderOptions", "config_env", "example_files",
-    "example_secrets", "monitoring", "options_from_settings", "pre_upgrade_hook", "render",
-    "restore_job", "select", "to_yaml", "validate_schedule",
+    "DEFAULT_DATABASE_SECRET", "DEFAULT_IMAGE", "DEFAULT_VOLUME_CLAIM", "EXAMPLE_FILES",
+    "FROM_SETTINGS", "HOOK_WEIGHT", "MIGRATION_HOOK_WEIGHT", "MONITORING_NOTE",
+    "NO_RETRY_EXIT_CODES", "PLACEHOLDER", "ROLES", "UID", "RenderOptions", "config_env",
+    "example_files", "example_secrets", "monitoring", "options_from_settings",
+    "pre_upgrade_hook", "render", "restore_job", "select", "to_yaml", "validate_schedule",
 ]

@@ -7,28 +7,28 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from prefect_dr import __version__
-from prefect_dr.k8s import helm, monitoring
+from prefect_dr.k8s import helm, monitoring, repository
 from prefect_dr.k8s.options import ROLES, RenderOptions, check
 from prefect_dr.k8s.pods import config_env, cron_job, example_secrets, metadata, restore_job
 from prefect_dr.kinds import Kind
 
 
 def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
-    """All Kubernetes objects, in apply order: ServiceAccounts, ConfigMap, example Secrets,
-    CronJobs (backup, prune, verify), restore Job.
+    """All Kubernetes objects, in apply order: ServiceAccounts (annotated with their workload
+    identities), ConfigMap, example Secrets, CronJobs (backup, prune, verify), restore Job.
 
     Raises ValueError (one line) for a bad option, e.g. a cron expression Kubernetes would
     refuse or a URL carrying a password.
     """
     options = options or RenderOptions()
     check(options)
-    objects: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "ServiceAccount",
-         "metadata": metadata(options, f"{options.name}-{role}", role,
-                               f"Identity of the {role} job; bind its own cloud role here"),
-         "automountServiceAccountToken": False}
-        for role in ROLES
-    ]
+    objects: list[dict[str, Any]] = []
+    for role in ROLES:
+        meta = metadata(options, f"{options.name}-{role}", role,
+                        f"Identity of the {role} job; bind its own cloud role here")
+        meta["annotations"].update(repository.service_account_annotations(options, role))
+        objects.append({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
+                        "automountServiceAccountToken": False})
     objects.append({"apiVersion": "v1", "kind": "ConfigMap",
                     "metadata": metadata(options, options.name, "config",
                                           "Non-secret prefect-dr settings (PREFECT_DR_*)"),
@@ -40,7 +40,7 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
     objects += [
         cron_job(options, "backup", options.backup_schedule, ["backup", "--kind", Kind.FULL.value],
                   deadline=options.backup_deadline_seconds, backoff=2,
-                  description="Encrypted backup to S3; holds the age recipients only"),
+                  description="Encrypted backup to the repository; holds the age recipients only"),
         cron_job(options, "prune", options.prune_schedule, ["prune"],
                   deadline=options.prune_deadline_seconds, backoff=1,
                   description="Applies the retention policies; the only job that deletes"),

@@ -10,8 +10,9 @@ upgrade before any migration has touched the database.
 
 A hook runs only as part of a release: the Job goes into the ``templates/`` of a chart that
 depends on ``prefect-server`` (docs/deploy.md shows one). It reuses what ``render()`` creates
-in the same namespace — the backup ServiceAccount, the settings ConfigMap, the backup job's S3
-Secret — and the chart's database Secret, so render both with the namespace of the release.
+in the same namespace — the backup ServiceAccount, the settings ConfigMap, the backup job's
+credential Secret (if it has one) — and the chart's database Secret, so render both with the
+namespace of the release.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ HOOK_LABEL = "trigger=pre-upgrade"
 NOTE = (
     "Helm pre-upgrade hook: a full backup before prefect-helm's migration hook (docs/deploy.md,\n"
     "'Before every upgrade'). Put this file into the templates/ of a chart that depends on\n"
-    "prefect-server; it reuses the backup ServiceAccount, ConfigMap and S3 Secret that\n"
-    "'prefect-dr k8s render' creates in the same namespace. Give helm upgrade a --timeout\n"
-    "longer than a backup takes."
+    "prefect-server; it reuses the backup ServiceAccount, ConfigMap and credential Secret\n"
+    "that 'prefect-dr k8s render' creates in the same namespace. Give helm upgrade a\n"
+    "--timeout longer than a backup takes."
 )
 
 
@@ -49,7 +50,8 @@ def pre_upgrade_hook(options: RenderOptions | None = None) -> dict[str, Any]:
     args = ["backup", "--kind", Kind.FULL.value, "--label", HOOK_LABEL]
     spec = job_spec(options, "backup", args, deadline=options.backup_deadline_seconds,
                     backoff=1)
-    spec["template"]["metadata"]["labels"] = labels(options, COMPONENT)
+    # its own component; the pod's other labels (Azure workload identity) stay
+    spec["template"]["metadata"]["labels"].update(labels(options, COMPONENT))
     meta = metadata(options, f"{options.name}-pre-upgrade", COMPONENT,
                     "Helm pre-upgrade hook: a full backup before prefect-helm's migration "
                     "hook (weight -5); a failed backup fails the upgrade")

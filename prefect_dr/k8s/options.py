@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect_dr import __version__, cron, crypto, layout, retention
 from prefect_dr.errors import CryptoKeyError
+from prefect_dr.storage import url as repo_url
 
 UID = 10001  # the image's user and group (Dockerfile)
 ROLES = ("backup", "prune", "verify", "restore")
@@ -36,6 +37,7 @@ _MANAGED_ENV = frozenset({
     "PREFECT_DR_VERIFY_KEY", "PREFECT_DR_AGE_IDENTITY_FILE", "PREFECT_DR_SIGNING_KEY_FILE",
     "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE", "PREFECT_DR_BACKUP_CRON", "PREFECT_DR_VERIFY_CRON",
     "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE", "PREFECT_DR_NOTIFY_ON",
+    "PREFECT_DR_REPOSITORY", "PREFECT_DR_AZURE_ACCOUNT_URL", "GOOGLE_APPLICATION_CREDENTIALS",
 })
 UTC_ZONES = frozenset({"Etc/UTC", "UTC"})
 # Secrets never go into a ConfigMap.
@@ -43,7 +45,8 @@ _SECRET_ENV = frozenset({
     "PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_SERVER_ENCRYPTION_KEY",
     "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL",
     "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_PASSWORD",
-    "PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_DR_NOTIFY",
+    "PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_DR_NOTIFY", "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_KEY", "AZURE_CLIENT_SECRET",
 })
 NOTIFY_KEY = "urls"
 PASSWORD_KEY = "PGPASSWORD"  # noqa: S105 - a key name: that Secret holds only the password
@@ -54,10 +57,28 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
+#: What a workload identity is, per backend: an IAM role ARN (IRSA), a managed identity's
+#: client id (AKS workload identity), a Google service account e-mail (GKE Workload Identity).
+_IDENTITY = {
+    "s3": (re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$"),
+           "an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"),
+    "azure": (re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"),
+              "a managed identity's client id (a GUID)"),
+    "gs": (re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.:-]+\.gserviceaccount\.com$"),
+           "a Google service account e-mail (NAME@PROJECT.iam.gserviceaccount.com)"),
+}
+_NFS = re.compile(r"^(?P<server>[A-Za-z0-9][-A-Za-z0-9.]*|\[[0-9A-Fa-f:.]+\]):(?P<path>/\S*)$")
+#: Where the pods mount their own volumes: a file:// repository must not sit there.
+_RESERVED_PATHS = ("/tmp", "/etc/prefect-dr")  # noqa: S108 - the pods' emptyDir
+DEFAULT_VOLUME_CLAIM = "prefect-dr-repository"
 
 
 def _default_s3_secrets() -> dict[str, str]:
     return {role: f"prefect-dr-s3-{role}" for role in ROLES}
+
+
+#: The default credential Secret of each job, per backend (s3: ``s3_secrets``).
+DEFAULT_SECRET_PREFIX = {"azure": "prefect-dr-azure", "gs": "prefect-dr-gcs"}
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,23 @@ class RenderOptions:
     # role -> Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; a role left out gets no
     # credential Secret (IRSA, EKS Pod Identity, node role): annotate its ServiceAccount.
     s3_secrets: Mapping[str, str] = field(default_factory=_default_s3_secrets)
+    # The repository (PREFECT_DR_REPOSITORY): s3://, file://, azure:// or gs://; None: the
+    # s3:// one bucket and prefix describe (endpoint_url and region apply to s3:// only).
+    repository: str | None = None
+    azure_account_url: str | None = None  # PREFECT_DR_AZURE_ACCOUNT_URL (for an identity)
+    # role -> Secret with the repository's credentials (envFrom; gs://: a key file mounted as
+    # GOOGLE_APPLICATION_CREDENTIALS). None: the backend's default (s3: s3_secrets; azure:
+    # prefect-dr-azure-<role>; gs: prefect-dr-gcs-<role>; file: none). A role left out gets
+    # no credential Secret (node or managed identity).
+    credential_secrets: Mapping[str, str] | None = None
+    # role -> the cloud identity its ServiceAccount is bound to, instead of a Secret: an IAM
+    # role ARN (s3, IRSA), a managed identity's client id (azure, workload identity) or a
+    # Google service account e-mail (gs, GKE Workload Identity).
+    workload_identities: Mapping[str, str] = field(default_factory=dict)
+    # file://: what is mounted at the repository's path in every job: a PersistentVolumeClaim
+    # (ReadWriteMany; default prefect-dr-repository), or an NFS export SERVER:/EXPORT.
+    volume_claim: str | None = None
+    nfs: str | None = None
     signing_key_secret: str | None = None  # key signing-key.pem (backup, verify, restore)
     block_key_secret: str | None = None  # key encryption-key (backup, restore's safety backup)
     # Notifications: the Secret holding the apprise URLs (key urls) as PREFECT_DR_NOTIFY in
@@ -137,6 +175,82 @@ def validate_schedule(expression: str, what: str = "schedule") -> str:
     return cron.validate(expression, what)
 
 
+def repository_url(options: RenderOptions) -> repo_url.RepositoryURL:
+    """The repository the jobs use. Raises ValueError (RepositoryURLError) for a bad URL."""
+    if options.repository:
+        return repo_url.parse(options.repository)
+    return repo_url.from_s3_settings(options.bucket, options.prefix)
+
+
+def credential_secrets(options: RenderOptions) -> dict[str, str]:
+    """role -> the Secret holding its repository credentials (none for a role with a
+    workload identity, nor for a file:// repository)."""
+    scheme = repository_url(options).scheme
+    if options.credential_secrets is not None:
+        secrets = dict(options.credential_secrets)
+    elif scheme == "s3":
+        secrets = dict(options.s3_secrets)
+    elif scheme in DEFAULT_SECRET_PREFIX:
+        secrets = {role: f"{DEFAULT_SECRET_PREFIX[scheme]}-{role}" for role in ROLES}
+    else:
+        secrets = {}
+    return {role: name for role, name in secrets.items()
+            if role not in options.workload_identities}
+
+
+def nfs_export(options: RenderOptions) -> tuple[str, str] | None:
+    """(server, path) of ``options.nfs``, None without. Raises ValueError when malformed."""
+    if options.nfs is None:
+        return None
+    match = _NFS.match(options.nfs)
+    if not match:
+        raise ValueError(f"nfs {options.nfs!r} is not SERVER:/EXPORT")
+    return match["server"].strip("[]"), match["path"]
+
+
+def _check_roles(what: str, mapping: Mapping[str, str]) -> None:
+    unknown = sorted(set(mapping) - set(ROLES))
+    if unknown:
+        raise ValueError(f"{what}: unknown role {unknown[0]!r} (one of {', '.join(ROLES)})")
+
+
+def _check_repository(options: RenderOptions) -> None:
+    url = repository_url(options)
+    for what in ("s3_secrets", "credential_secrets", "workload_identities"):
+        _check_roles(what, getattr(options, what) or {})
+    if url.scheme == "file":
+        if options.credential_secrets or options.workload_identities:
+            raise ValueError("a file:// repository takes no credential Secrets nor workload "
+                             "identities: the mounted volume's permissions are its credentials")
+        if options.volume_claim and options.nfs:
+            raise ValueError("give volume_claim or nfs, not both")
+        nfs_export(options)
+        path = url.path.rstrip("/")
+        if not path or any(path == p or path.startswith(p + "/") or p.startswith(path + "/")
+                           for p in _RESERVED_PATHS):
+            raise ValueError(f"file:// repository path {url.path!r} collides with the pods' "
+                             f"own mounts ({', '.join(_RESERVED_PATHS)}); mount it elsewhere, "
+                             "e.g. file:///backups")
+    elif options.volume_claim or options.nfs:
+        raise ValueError("volume_claim and nfs mount a file:// repository; this one is "
+                         f"{url.scheme}://")
+    for role, identity in options.workload_identities.items():
+        pattern, what = _IDENTITY[url.scheme]
+        if not pattern.match(identity):
+            raise ValueError(f"workload identity of the {role} job: {identity!r} is not "
+                             f"{what}, as a {url.scheme}:// repository needs")
+    for account_url in (options.azure_account_url, url.params.get("account_url")):
+        if account_url and (urlsplit(account_url).query or urlsplit(account_url).fragment):
+            raise ValueError("the Azure account URL must not carry a query (a SAS token is a "
+                             "secret: it goes into the credential Secret's connection string, "
+                             "not into the ConfigMap)")
+    if (url.scheme == "azure" and set(credential_secrets(options)) != set(ROLES)
+            and not (options.azure_account_url or url.params.get("account_url"))):
+        raise ValueError("an azure:// repository read with an identity (a job without a "
+                         "credential Secret) needs the account URL: azure_account_url "
+                         "(PREFECT_DR_AZURE_ACCOUNT_URL) or ?account_url= in the URL")
+
+
 def check(options: RenderOptions) -> None:
     """Raise ValueError naming the first bad option."""
     if not _DNS_LABEL.match(options.namespace) or len(options.namespace) > 63:
@@ -160,8 +274,9 @@ def check(options: RenderOptions) -> None:
                              "(e.g. Etc/UTC, Europe/Berlin)") from None
     if options.notify_on not in (None, "failure", "always"):
         raise ValueError("notify_on must be failure or always")
-    if not options.bucket:
+    if not options.repository and not options.bucket:
         raise ValueError("bucket is required")
+    _check_repository(options)
     for what in ("database_url", "verify_scratch_url"):
         url = getattr(options, what)
         if url is None:
@@ -183,7 +298,7 @@ def check(options: RenderOptions) -> None:
         raise ValueError(f"database_url goes with a PGPASSWORD database Secret; the Secret "
                          f"{options.database_secret} (key {options.database_secret_key}) "
                          "holds the URL itself")
-    for what in ("endpoint_url", "prefect_api_url", "pushgateway_url"):
+    for what in ("endpoint_url", "prefect_api_url", "pushgateway_url", "azure_account_url"):
         url = getattr(options, what)
         if url is not None and urlsplit(url).scheme not in ("http", "https"):
             raise ValueError(f"{what} must be an http(s):// URL")
@@ -211,14 +326,15 @@ def check(options: RenderOptions) -> None:
         if (not _LABEL_NAME.match(name) or len(name) > 63 or len(value) > 63
                 or (value and not _LABEL_NAME.match(value))):
             raise ValueError(f"prometheus label {key}={value} is not a valid Kubernetes label")
-    unknown = sorted(set(options.s3_secrets) - set(ROLES))
-    if unknown:
-        raise ValueError(f"s3_secrets: unknown role {unknown[0]!r} (one of {', '.join(ROLES)})")
     secrets = [options.database_secret, options.identity_secret, *options.s3_secrets.values(),
+               *(options.credential_secrets or {}).values(),
                options.signing_key_secret, options.block_key_secret, options.notify_secret]
     for secret in secrets:
         if secret is not None and (not _DNS_SUBDOMAIN.match(secret) or len(secret) > 253):
             raise ValueError(f"secret name {secret!r} is not a valid Kubernetes name")
+    if options.volume_claim is not None and (not _DNS_SUBDOMAIN.match(options.volume_claim)
+                                             or len(options.volume_claim) > 253):
+        raise ValueError(f"volume claim {options.volume_claim!r} is not a valid Kubernetes name")
     if (options.restore_backup_id is not None
             and not layout.BACKUP_ID_RE.match(options.restore_backup_id)):
         raise ValueError(f"restore_backup_id {options.restore_backup_id!r} is not a backup id "
@@ -235,7 +351,8 @@ def check(options: RenderOptions) -> None:
 
 #: RenderOptions field -> setting it takes its value from (config.SPECS names). The database
 #: URL is not among them: by default the jobs read it from the database Secret.
-FROM_SETTINGS = (("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
+FROM_SETTINGS = (("repository", "repository"), ("azure_account_url", "azure_account_url"),
+                 ("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
                  ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
                  ("prefect_api_url", "prefect_api_url"),
                  ("retention_full", "retention_full"),
@@ -249,9 +366,7 @@ def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATAB
     """RenderOptions for the effective settings (values that are set), the database Secret
     (``NAME[:KEY]``; with KEY PGPASSWORD it holds only the password and the database URL
     setting goes into the ConfigMap), then ``overrides`` (those not None). Raises ValueError
-    (one line) for a bad value, and for a non-S3 repository (not rendered yet)."""
-    if (settings.repository or "s3:").split(":")[0] != "s3":
-        raise ValueError("k8s render renders s3:// repositories only so far; see docs/deploy.md")
+    (one line) for a bad value."""
     name, _, key = database_secret.partition(":")
     values: dict[str, Any] = {"age_recipients": tuple(settings.recipients),
                               "database_secret": name,

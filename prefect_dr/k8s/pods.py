@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_dr import __version__
+from prefect_dr.k8s import repository
 from prefect_dr.k8s.options import (
     BLOCK_KEY,
     BLOCK_KEY_DIR,
@@ -16,7 +17,6 @@ from prefect_dr.k8s.options import (
     NOTIFY_KEY,
     PASSWORD_KEY,
     PLACEHOLDER,
-    ROLES,
     SIGNING_DIR,
     SIGNING_KEY,
     UID,
@@ -56,14 +56,11 @@ def config_env(options: RenderOptions) -> dict[str, str]:
     zone ``status`` reads them in.
     """
     env: dict[str, str] = {
-        "PREFECT_DR_S3_BUCKET": options.bucket,
-        "PREFECT_DR_S3_PREFIX": options.prefix,
+        **repository.config_env(options),
         "PREFECT_DR_AGE_RECIPIENTS": ",".join(options.age_recipients),
     }
     optional = {
         "PREFECT_DR_DATABASE_URL": options.database_url,
-        "PREFECT_DR_S3_ENDPOINT_URL": options.endpoint_url,
-        "PREFECT_DR_S3_REGION": options.region,
         "PREFECT_API_URL": options.prefect_api_url,
         "PREFECT_DR_RETENTION_FULL": options.retention_full,
         "PREFECT_DR_RETENTION_CONFIG_ONLY": options.retention_config_only,
@@ -93,7 +90,7 @@ def pod_spec(options: RenderOptions, role: str, args: list[str]) -> dict[str, An
     env: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
-    if role != "prune":  # prune only talks to S3
+    if role != "prune":  # prune only talks to the repository
         name = PASSWORD_KEY if options.database_secret_key == PASSWORD_KEY else DATABASE_URL_ENV
         env.append({"name": name, "valueFrom": {"secretKeyRef": {
             "name": options.database_secret, "key": options.database_secret_key}}})
@@ -116,8 +113,8 @@ def pod_spec(options: RenderOptions, role: str, args: list[str]) -> dict[str, An
         env.append({"name": "PREFECT_DR_NOTIFY", "valueFrom": {"secretKeyRef": {
             "name": options.notify_secret, "key": NOTIFY_KEY}}})
     env_from: list[dict[str, Any]] = [{"configMapRef": {"name": options.name}}]
-    if role in options.s3_secrets:
-        env_from.append({"secretRef": {"name": options.s3_secrets[role]}})
+    repository.add_to_pod(options, role, env=env, env_from=env_from, mounts=mounts,
+                          volumes=volumes)
     container: dict[str, Any] = {
         "name": role,
         "image": options.image,
@@ -175,7 +172,8 @@ def job_spec(options: RenderOptions, role: str, args: list[str], *, deadline: in
         **spec,
         "podFailurePolicy": {"rules": rules},
         "template": {
-            "metadata": {"labels": labels(options, role)},
+            "metadata": {"labels": {**labels(options, role),
+                                    **repository.pod_labels(options, role)}},
             "spec": pod_spec(options, role, args),
         },
     }
@@ -210,10 +208,8 @@ def _secret(options: RenderOptions, name: str, component: str, description: str,
 
 def example_secrets(options: RenderOptions) -> list[dict[str, Any]]:
     """Example Secrets: the names and keys the jobs read, with placeholder values only."""
-    out = [_secret(options, options.s3_secrets[role], role,
-                   f"S3 credentials of the {role} job only (docs/deploy.md: IAM policies)",
-                   {"AWS_ACCESS_KEY_ID": PLACEHOLDER, "AWS_SECRET_ACCESS_KEY": PLACEHOLDER})
-           for role in ROLES if role in options.s3_secrets]
+    out = [_secret(options, name, role, description, data)
+           for role, name, description, data in repository.example_secrets(options)]
     if options.database_secret_key == PASSWORD_KEY:  # a connection-string Secret is Prefect's
         out.append(_secret(options, options.database_secret, "database",
                            "Password of the role in PREFECT_DR_DATABASE_URL (libpq PGPASSWORD)",
