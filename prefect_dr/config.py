@@ -422,6 +422,9 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
         url = values.get(name)
         if url and urlsplit(url).scheme not in ("http", "https"):
             problems.append(f"{at(name)} must be an http(s):// URL")
+        elif url and name != "prefect_api_url" and repo_url.credentials_in(url):
+            problems.append(f"{at(name)} must not carry credentials (a user, password or SAS "
+                            "token); use the backend's credential variables")
     bucket = values.get("s3_bucket")
     if bucket and not _BUCKET_RE.match(bucket):
         problems.append(

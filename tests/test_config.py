@@ -66,6 +66,15 @@ def test_password_in_a_flag_is_refused() -> None:
     assert "hunter2hunter2" not in info.value.message
 
 
+def test_azure_account_url_with_a_sas_token_is_refused_without_echoing_it() -> None:
+    env = {"PREFECT_DR_AZURE_ACCOUNT_URL":
+           "https://acct.blob.core.windows.net/?sv=2024&sig=S3cr3tSasSignature"}
+    with pytest.raises(ConfigError) as info:
+        config.load(env=env)
+    assert "must not carry credentials" in info.value.message
+    assert "S3cr3tSasSignature" not in info.value.message
+
+
 def test_display_redacts_url_password() -> None:
     env = {"PREFECT_DR_DATABASE_URL": "postgresql://prefect:Sup3rSecretPw@db:5432/prefect"}
     s = config.load(env=env)

@@ -37,6 +37,9 @@ def test_parse(text: str, scheme: str, container: str, prefix: str, path: str) -
     ("s3://bucket/a//b", "must not contain"),
     ("s3://bucket/p?sig=abc", "unknown parameter sig"),
     ("s3://bucket/p?endpoint=ftp://x", "must be an http(s) URL"),
+    ("azure://container/p?account_url=https%3A%2F%2Fa.blob.core.windows.net%2F%3Fsig%3Dabc",
+     "must not carry credentials"),
+    ("s3://bucket/p?endpoint=http%3A%2F%2Fuser%3Apw%40minio%3A9000", "must not carry"),
 ])
 def test_refused(text: str, says: str) -> None:
     with pytest.raises(RepositoryURLError, match=says.replace("(", r"\(").replace(")", r"\)")):

@@ -58,6 +58,13 @@ class RepositoryURL:
         return self.scheme
 
 
+def credentials_in(url: str) -> bool:
+    """Whether an endpoint or account URL carries credentials: a user or password, or a query
+    string (an Azure SAS token is one)."""
+    parts = urlsplit(url)
+    return bool(parts.username or parts.password or "@" in parts.netloc or parts.query)
+
+
 def parse(text: str) -> RepositoryURL:
     """Parse a repository URL. Raises RepositoryURLError with a one-line explanation."""
     text = (text or "").strip()
@@ -100,6 +107,10 @@ def parse(text: str) -> RepositoryURL:
         value = params.get(name)
         if value is not None and urlsplit(value).scheme not in ("http", "https"):
             raise RepositoryURLError(f"repository URL parameter {name} must be an http(s) URL")
+        if value is not None and credentials_in(value):
+            raise RepositoryURLError(f"repository URL parameter {name} must not carry "
+                                     "credentials (a user, password or SAS token); use the "
+                                     "backend's credential variables (see docs/backends.md)")
     return RepositoryURL(scheme, container=container, prefix=prefix, params=params)
 
 
