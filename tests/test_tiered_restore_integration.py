@@ -129,6 +129,16 @@ def test_format_2_backup_keeps_history_apart_and_a_plain_restore_brings_it_all_b
             "SELECT indexname FROM pg_indexes WHERE tablename = 'events'")}
     assert {"pk_events", "ix_events__occurred"} <= names
 
+    # tiered into a new database: created at phase 1's end, complete at the end
+    tiered = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0] + f"/{db}_tiered"
+    done = run_cli(["restore", manifest["backup_id"], "--target-url", tiered, "--tiered",
+                    "--yes", "--json"], env)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["serving_after_s"] > 0 and not result["safety_backup_id"]
+    assert {b["table"]: b["rows"] for b in result["backfilled"]} == {t: want[t] for t in DEFERRED}
+    assert counts(_with_password(tiered, pw), pw, tuple(want)) == want
+
 
 def test_tiered_restore_serves_prefect_after_phase_1_and_keeps_what_it_writes_meanwhile(
         clone: dict[str, str]) -> None:
