@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -22,6 +23,8 @@ from prefect_dr.kinds import DEFAULT_LATEST_KIND, Status
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest, ManifestError, parse
 from prefect_dr.storage.base import ObjectInfo, Storage
+
+log = logging.getLogger(__name__)
 
 STATUS_FORMAT = "prefect-dr-status"
 COMPLETE, FAILED, INCOMPLETE, CORRUPT = (Status.COMPLETE, Status.FAILED, Status.INCOMPLETE,
@@ -189,6 +192,15 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
         if not complete:
             what = f"complete {kind} backup" if kind else "complete backup"
             raise NotFoundError(f"no {what} in {storage.description}/{layout.root}")
+        # A backup taken while a tiered restore's history backfill was unfinished lacks part of
+        # the history: --latest passes over it while a whole one exists (an id still picks it).
+        whole = [e for e in complete if e.labels.get("backfill") != "unfinished"]
+        if whole and whole[-1] is not complete[-1]:
+            skipped = [e.backup_id for e in complete[complete.index(whole[-1]) + 1:]]
+            log.warning("--latest passes over %s, taken during an unfinished history backfill "
+                        "(part of the history missing); name it to use it anyway",
+                        ", ".join(skipped))
+            return whole[-1]
         return complete[-1]
     assert ref is not None
     if not lay.BACKUP_ID_RE.match(ref):

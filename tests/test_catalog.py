@@ -14,10 +14,10 @@ LAY = Layout("p")
 A, B = "20261101T000000Z-aaaaaa", "20261102T000000Z-bbbbbb"
 
 
-def _manifest(bid: str) -> Manifest:
+def _manifest(bid: str, labels: dict[str, str] | None = None) -> Manifest:
     art = Artifact("dump", LAY.artifact(bid, DUMP), "pg_dump-custom", 1, "x", 1, "y", "zstd")
     return Manifest(bid, "full", "2026-11-01T00:00:00+00:00", "2026-11-01T00:01:00+00:00",
-                    "0.1.0", None, "rev", "15", "15", "db", {}, (art,), {})
+                    "0.1.0", None, "rev", "15", "15", "db", {}, (art,), {}, labels or {})
 
 
 def _store() -> MemoryStorage:
@@ -79,3 +79,15 @@ def test_forged_and_unsigned_verification_records() -> None:
     s.put_bytes(LAY.verification(B, "20261102T020000Z-000002"),
                 json.dumps({"backup_id": A, "result": "passed"}).encode())
     assert catalog.resolve(s, LAY, B).verification["result"] == "forged"
+
+
+def test_latest_passes_over_a_backup_taken_during_an_unfinished_backfill() -> None:
+    s = _store()
+    c = "20261103T000000Z-cccccc"
+    s.put_bytes(LAY.artifact(c, DUMP), b"x")
+    s.put_bytes(LAY.artifact(c, MANIFEST), _manifest(c, {"backfill": "unfinished"}).to_json())
+    assert catalog.select_one(s, LAY, None, latest=True, kind=None).backup_id == B
+    assert catalog.select_one(s, LAY, c, latest=False, kind=None).backup_id == c  # by id: yes
+    for bid in (A, B):  # only such backups: the newest of them
+        s.delete(LAY.artifact(bid, MANIFEST))
+    assert catalog.select_one(s, LAY, None, latest=True, kind=None).backup_id == c
