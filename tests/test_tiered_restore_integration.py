@@ -242,6 +242,9 @@ def test_phase_2_killed_then_resumed_completes_exactly_once(clone: dict[str, str
         assert "unfinished history backfill of backup " + backup_id in listed.stdout
         other = run_cli(["restore", str(other_id), "--yes"], env)  # another backup: refused
         assert other.returncode == 2 and "restore --resume" in other.stderr, other.stderr
+    doctor = json.loads(run_cli(["doctor", "--json"], env).stdout)
+    check = next(c for c in doctor["checks"] if c["name"] == "history backfill")
+    assert check["status"] == "warn" and "restore --resume" in check["detail"]
     resumed = run_cli(["restore", "--resume", "--json"], env)
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["resumed"] == backup_id
