@@ -284,6 +284,9 @@ def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
                 conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(shadow))
                 conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
                     sql.Identifier(SCHEMA, "state")), (table,))
+                if not state_of(conn):  # the last table: the backfill ends with its swap
+                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
+                        sql.Identifier(SCHEMA)))
             return merged
         except psycopg.errors.LockNotAvailable:
             log.info("backfill: %s is busy, retrying its swap (%d)", table, attempt + 1)
