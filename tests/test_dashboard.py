@@ -1,7 +1,8 @@
 """The Grafana dashboard (deploy/grafana/prefect-dr.json): its panels query only metrics that
 prefect-dr emits, and every panel expression returns data from a real Prometheus that scrapes a
 node_exporter textfile collector (fed by --metrics-file) and a Pushgateway (fed by
---pushgateway) after real backups, a verify, a prune and a restore dry run."""
+--pushgateway) after real backups, verifies, a prune, copies and a restore dry run in two
+repositories (an S3 bucket and a file:// second copy), which the panels show apart."""
 
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ from prefect_dr import metrics
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "prefect-dr.json"
 # What Grafana puts in for the variables when "All" is selected (allValue) and the defaults.
-VARIABLES = {"instance": ".*", "kind": ".*", "backup_interval_hours": "24",
+VARIABLES = {"instance": ".*", "repository": ".*", "kind": ".*", "backup_interval_hours": "24",
              "verify_interval_hours": "24"}
 _METRIC = re.compile(r"\bprefect_dr_[a-z_]+\b")
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
+_SELECTOR = re.compile(r"\bprefect_dr_[a-z_]+\{[^}]*\}")
+_BY = re.compile(r"\bby \(([^)]*)\)")
 
 
 def load() -> dict[str, Any]:
@@ -86,7 +89,7 @@ def test_dashboard_shape() -> None:
     dashboard = load()
     assert dashboard["uid"] == "prefect-dr" and dashboard["title"]
     names = {v["name"] for v in dashboard["templating"]["list"]}
-    assert {"datasource", "instance", "kind"} <= names
+    assert {"datasource", "instance", "repository", "kind"} <= names
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in panels(dashboard):
@@ -99,6 +102,32 @@ def test_dashboard_shape() -> None:
     for topic in ("backup: age", "verify: age", "staleness", "failing", "duration", "size",
                   "compression", "restore", "prune"):
         assert topic in titles, topic
+
+
+def test_every_panel_filters_and_groups_by_repository() -> None:
+    """Every metric a panel queries carries the repository label (every command that opens a
+    repository), so every selector filters by the variable and every aggregation keeps the
+    label: two repositories (the primary and a second copy) never merge into one series."""
+    dashboard = load()
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "repository"]
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    match = _LABEL_VALUES.match(variable["definition"])
+    assert match and match["label"] == "repository"
+    assert variable["query"]["query"] == variable["definition"]
+    for where, expr in expressions(dashboard):
+        selectors = _SELECTOR.findall(expr)
+        assert selectors and len(selectors) == len(_METRIC.findall(expr)), (where, expr)
+        for selector in selectors:
+            assert 'repository=~"$repository"' in selector, (where, selector)
+            assert 'instance=~"$instance"' in selector, (where, selector)
+        groupings = _BY.findall(expr)
+        assert groupings, (where, expr)
+        for grouping in groupings:
+            assert "repository" in {g.strip() for g in grouping.split(",")}, (where, expr)
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            if target.get("format") != "table":
+                assert "{{repository}}" in target["legendFormat"], panel["title"]
 
 
 # ---- real Prometheus ---------------------------------------------------------------------
