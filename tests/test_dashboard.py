@@ -179,7 +179,9 @@ class Servers:
             f"  - job_name: node\n    static_configs: [{{targets: ['{node}']}}]\n"
             "  - job_name: pushgateway\n    honor_labels: true\n"
             f"    static_configs: [{{targets: ['127.0.0.1:{ports['pushgateway']}']}}]\n")
-        self._start([_require("prometheus-pushgateway"),
+        # in memory: Debian's build persists to /var/lib/prometheus/pushgateway.data by
+        # default, which would bring every earlier run's groups (and their data) back
+        self._start([_require("prometheus-pushgateway"), "--persistence.file=",
                      f"--web.listen-address=127.0.0.1:{ports['pushgateway']}"],
                     self.pushgateway + "/-/ready")
         self._start([_require("prometheus-node-exporter"), f"--web.listen-address={node}",
