@@ -1,7 +1,8 @@
 """The Grafana dashboard (deploy/grafana/prefect-dr.json): its panels query only metrics that
 prefect-dr emits, and every panel expression returns data from a real Prometheus that scrapes a
 node_exporter textfile collector (fed by --metrics-file) and a Pushgateway (fed by
---pushgateway) after real backups, a verify, a prune and a restore dry run."""
+--pushgateway) after real backups, verifies, a prune, copies and a restore dry run in two
+repositories (an S3 bucket and a file:// second copy), which the panels show apart."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,14 +23,17 @@ import pytest
 from conftest import run_cli
 
 from prefect_dr import metrics
+from prefect_dr.storage import url as repo_url
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "deploy" / "grafana" / "prefect-dr.json"
 # What Grafana puts in for the variables when "All" is selected (allValue) and the defaults.
-VARIABLES = {"instance": ".*", "kind": ".*", "backup_interval_hours": "24",
+VARIABLES = {"instance": ".*", "repository": ".*", "kind": ".*", "backup_interval_hours": "24",
              "verify_interval_hours": "24"}
 _METRIC = re.compile(r"\bprefect_dr_[a-z_]+\b")
 _LABEL_VALUES = re.compile(r"^label_values\((?P<selector>.+),\s*(?P<label>\w+)\)$")
+_SELECTOR = re.compile(r"\bprefect_dr_[a-z_]+\{[^}]*\}")
+_BY = re.compile(r"\bby \(([^)]*)\)")
 
 
 def load() -> dict[str, Any]:
@@ -86,7 +89,7 @@ def test_dashboard_shape() -> None:
     dashboard = load()
     assert dashboard["uid"] == "prefect-dr" and dashboard["title"]
     names = {v["name"] for v in dashboard["templating"]["list"]}
-    assert {"datasource", "instance", "kind"} <= names
+    assert {"datasource", "instance", "repository", "kind"} <= names
     ids = [p["id"] for p in dashboard["panels"]]
     assert len(ids) == len(set(ids))
     for panel in panels(dashboard):
@@ -99,6 +102,32 @@ def test_dashboard_shape() -> None:
     for topic in ("backup: age", "verify: age", "staleness", "failing", "duration", "size",
                   "compression", "restore", "prune"):
         assert topic in titles, topic
+
+
+def test_every_panel_filters_and_groups_by_repository() -> None:
+    """Every metric a panel queries carries the repository label (every command that opens a
+    repository), so every selector filters by the variable and every aggregation keeps the
+    label: two repositories (the primary and a second copy) never merge into one series."""
+    dashboard = load()
+    (variable,) = [v for v in dashboard["templating"]["list"] if v["name"] == "repository"]
+    assert variable["multi"] and variable["includeAll"] and variable["allValue"] == ".*"
+    match = _LABEL_VALUES.match(variable["definition"])
+    assert match and match["label"] == "repository"
+    assert variable["query"]["query"] == variable["definition"]
+    for where, expr in expressions(dashboard):
+        selectors = _SELECTOR.findall(expr)
+        assert selectors and len(selectors) == len(_METRIC.findall(expr)), (where, expr)
+        for selector in selectors:
+            assert 'repository=~"$repository"' in selector, (where, selector)
+            assert 'instance=~"$instance"' in selector, (where, selector)
+        groupings = _BY.findall(expr)
+        assert groupings, (where, expr)
+        for grouping in groupings:
+            assert "repository" in {g.strip() for g in grouping.split(",")}, (where, expr)
+    for panel in panels(dashboard):
+        for target in panel["targets"]:
+            if target.get("format") != "table":
+                assert "{{repository}}" in target["legendFormat"], panel["title"]
 
 
 # ---- real Prometheus ---------------------------------------------------------------------
@@ -150,7 +179,9 @@ class Servers:
             f"  - job_name: node\n    static_configs: [{{targets: ['{node}']}}]\n"
             "  - job_name: pushgateway\n    honor_labels: true\n"
             f"    static_configs: [{{targets: ['127.0.0.1:{ports['pushgateway']}']}}]\n")
-        self._start([_require("prometheus-pushgateway"),
+        # in memory: Debian's build persists to /var/lib/prometheus/pushgateway.data by
+        # default, which would bring every earlier run's groups (and their data) back
+        self._start([_require("prometheus-pushgateway"), "--persistence.file=",
                      f"--web.listen-address=127.0.0.1:{ports['pushgateway']}"],
                     self.pushgateway + "/-/ready")
         self._start([_require("prometheus-node-exporter"), f"--web.listen-address={node}",
@@ -196,19 +227,28 @@ def servers(tmp_path: Path) -> Iterator[Servers]:
 
 
 @pytest.mark.integration
-def test_every_panel_returns_data_from_real_prometheus(cli_env: dict[str, str],
-                                                       servers: Servers, tmp_path: Path) -> None:
-    env = dict(cli_env, PREFECT_DR_S3_PREFIX=f"g-{uuid.uuid4().hex[:10]}")
-    (tmp_path / "second-copy").mkdir()  # a file repository must exist (an unmounted share)
+def test_every_panel_returns_data_from_real_prometheus(clone: dict[str, str], servers: Servers,
+                                                       tmp_path: Path) -> None:
+    # the clone's own database (a backup of the shared one may meet another run's lock) and
+    # prefix; a second repository on files: the copy target and a repository of its own runs
+    env = clone
+    second = tmp_path / "second-copy"
+    second.mkdir()  # a file repository must exist (an unmounted share)
+    primary_url = str(repo_url.from_s3_settings(env["PREFECT_DR_S3_BUCKET"],
+                                                env["PREFECT_DR_S3_PREFIX"]))
+    second_url = str(repo_url.parse(f"file://{second}"))
     common = ["--metrics-file", str(servers.textfile_dir / "prefect-dr.prom"),
               "--pushgateway", servers.pushgateway, "--metrics-instance", "dashboard-test"]
-    for args in (["backup"], ["backup", "--kind", "config-only"], ["verify", "--latest"],
-                 ["prune", "--keep-last", "5"],
-                 ["copy", "--latest", "--to", f"file://{tmp_path / 'second-copy'}"]):
+    on_second = ["--repository", second_url]
+    for args in (["backup", "--copy-to", second_url], ["backup", "--kind", "config-only"],
+                 ["verify", "--latest"], ["prune", "--keep-last", "5"],
+                 ["copy", "--all", "--to", second_url],
+                 [*on_second, "verify", "--latest"],
+                 [*on_second, "backup", "--kind", "config-only"],
+                 [*on_second, "prune", "--keep-last", "5"]):
         proc = run_cli([*common, *args], env)
         assert proc.returncode == 0, (args, proc.stderr)
-    # a restore dry run records the restore's metrics (the stack's Prefect server is connected
-    # to the database: the dry run warns of it)
+    # a restore dry run records the restore's metrics
     restore = run_cli([*common, "restore", "--latest", "--dry-run"], env)
     assert restore.returncode in (0, 1), restore.stderr
     # both sources scraped: the textfile through node_exporter, the groups on the Pushgateway
@@ -230,10 +270,31 @@ def test_every_panel_returns_data_from_real_prometheus(cli_env: dict[str, str],
             instances = {r["metric"].get("instance") for r in result}
             assert "dashboard-test" in instances, (where, instances)
     assert empty == [], f"panels without data: {empty}"
-    for variable in load()["templating"]["list"]:
+    variables = {v["name"]: v for v in load()["templating"]["list"]}
+    for name, variable in variables.items():
         match = _LABEL_VALUES.match(variable.get("definition") or "")
         if match:
             values = servers.label_values(match["label"], match["selector"])
-            assert values, variable["name"]
+            assert values, name
     kinds = servers.label_values("kind", 'prefect_dr_last_run_timestamp_seconds{command="backup"}')
     assert set(kinds) == {"full", "config-only"}
+    # the repository variable lists both repositories, and the panels keep them apart
+    match = _LABEL_VALUES.match(variables["repository"]["definition"])
+    assert match
+    assert set(servers.label_values(match["label"], match["selector"])) == {primary_url,
+                                                                           second_url}
+    by_title = {p["title"]: p for p in panels(load())}
+    for title in ("Last successful backup: age", "Last successful verify: age",
+                  "Newest verification", "Backup staleness against the schedule",
+                  "Backup size by stage", "Prune"):
+        for target in by_title[title]["targets"]:
+            result = servers.query(substitute(target["expr"]))
+            repositories = {r["metric"].get("repository") for r in result
+                            if r["metric"].get("instance") == "dashboard-test"}
+            assert repositories == {primary_url, second_url}, (title, repositories)
+    # choosing one repository leaves only its series (Grafana puts in the value escaped as a
+    # regular expression inside a PromQL string)
+    age = by_title["Last successful backup: age"]["targets"][0]["expr"]
+    one = substitute(age.replace("$repository", re.escape(second_url).replace("\\", "\\\\")))
+    assert {(r["metric"]["repository"], r["metric"]["kind"]) for r in servers.query(one)} == {
+        (second_url, "config-only")}
