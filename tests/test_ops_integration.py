@@ -45,7 +45,8 @@ def env(cli_env: dict[str, str]) -> dict[str, str]:
 def pushgateway() -> Iterator[str]:
     program = _require("prometheus-pushgateway")
     port = _free_port()
-    proc = subprocess.Popen([program, f"--web.listen-address=127.0.0.1:{port}"],
+    proc = subprocess.Popen([program, f"--web.listen-address=127.0.0.1:{port}",
+                             "--persistence.file="],  # Debian's default file is shared
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 20
