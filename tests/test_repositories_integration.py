@@ -77,11 +77,18 @@ def test_copy_s3_to_azure_and_files_then_verify_and_restore_from_the_copies(
     azure = _url("azure", env, tmp_path)
     files = tmp_path / "offsite"
     files.mkdir()
-    done = _ok(run_cli(["copy", "--latest", "--to", azure, "--json"], env))
+    prom = tmp_path / "copies.prom"
+    done = _ok(run_cli(["copy", "--latest", "--to", azure, "--json", "--metrics-file",
+                        str(prom)], env))
     assert [(b["backup_id"], b["result"]) for b in done["backups"]] == [(backup_id, "copied")]
     again = _ok(run_cli(["copy", "--latest", "--to", azure, "--json"], env))
     assert [b["result"] for b in again["backups"]] == ["skipped"]
-    _ok(run_cli(["copy", "--all", "--to", f"file://{files}", "--json"], env))
+    _ok(run_cli(["copy", "--all", "--to", f"file://{files}", "--json", "--metrics-file",
+                 str(prom)], env))
+    copied = [line for line in prom.read_text().splitlines()
+              if line.startswith("prefect_dr_copy_backups{")]
+    assert len(copied) == 2, copied  # one series per target: the second did not replace
+    assert any(f'target="file://{files}"' in line for line in copied)
     # verify from the Azure copy; restore from the file copy
     assert _ok(run_cli(["--repository", azure, "verify", backup_id, "--json"], env))["ok"]
     target = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0] + f"/{env['_DB']}_copy"

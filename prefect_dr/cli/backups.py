@@ -118,6 +118,7 @@ def copy_cmd(
                               kind=kind.value if kind else None, verify_key=verify_key())
     if not all_backups:
         catalog.require_complete(entries[0])
+    state.run.labels["target"] = target.name  # copies to two targets are two series
     with console.transfer_progress(enabled=not json_mode(), primary="copied") as listener:
         result = copy_mod.run(source, target, entries, verify_key=verify_key(),
                               progress=pipeline.Progress(listener))
