@@ -5,6 +5,7 @@ restored database while its history is still being loaded."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -140,8 +142,21 @@ def test_format_2_backup_keeps_history_apart_and_a_plain_restore_brings_it_all_b
     assert counts(_with_password(tiered, pw), pw, tuple(want)) == want
 
 
+def _run_flow(api: str, printed: str, home: Path) -> None:
+    """Run a real Prefect flow against ``api`` that prints ``printed`` (sent as a log line)."""
+    code = ("import sys\nfrom prefect import flow\n"
+            "@flow(name='dr-phase-2', log_prints=True)\n"
+            "def phase_2():\n    print(sys.argv[1])\n"
+            "phase_2()\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_API_URL=api, PREFECT_HOME=str(home))
+    proc = subprocess.run([sys.executable, "-c", code, printed], env=env, capture_output=True,
+                          text=True, timeout=180, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_tiered_restore_serves_prefect_after_phase_1_and_keeps_what_it_writes_meanwhile(
-        clone: dict[str, str]) -> None:
+        clone: dict[str, str], tmp_path: Path) -> None:
     env, pw, db = clone, clone["PGPASSWORD"], clone["_DB"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw)
@@ -187,6 +202,8 @@ def test_tiered_restore_serves_prefect_after_phase_1_and_keeps_what_it_writes_me
                 while not counts(url, pw, ("log",))["log"]:  # Prefect's own write landed
                     assert time.monotonic() < written_deadline
                     time.sleep(0.1)
+                printed = f"flow ran during phase 2 {uuid.uuid4().hex}"
+                _run_flow(server.api, printed, tmp_path)  # a real flow, its logs sent by Prefect
             assert proc.poll() is None, "phase 2 ended while its table was held"
         out, err = proc.communicate(timeout=300)
     finally:
@@ -198,15 +215,21 @@ def test_tiered_restore_serves_prefect_after_phase_1_and_keeps_what_it_writes_me
     assert sorted(b["table"] for b in result["backfilled"]) == list(DEFERRED)
     want = _manifest_counts(manifest)
     got = counts(url, pw, tuple(want))
-    assert got["log"] == want["log"] + 1  # the backup's lines and the one written meanwhile
-    moved = ("log", "flow_run", "flow_run_state", "events", "event_resources")
+    assert got["log"] >= want["log"] + 2  # the backup's lines and those written meanwhile
+    moved = ("log", "flow", "flow_run", "flow_run_state", "task_run", "task_run_state",
+             "events", "event_resources")
     assert {t: n for t, n in got.items() if t not in moved} == \
         {t: n for t, n in want.items() if t not in moved}
-    assert got["flow_run"] == want["flow_run"] + 1 and got["events"] >= want["events"]
+    assert got["flow_run"] == want["flow_run"] + 2 and got["events"] >= want["events"]
     assert got["event_resources"] >= want["event_resources"]
     with psycopg.connect(url, password=pw) as conn:
         assert conn.execute("SELECT count(*) FROM log WHERE message = %s",
                             (marker,)).fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM log WHERE message LIKE %s",
+                            (f"%{printed}%",)).fetchone()[0] == 1
+        state = conn.execute("SELECT r.state_type FROM flow_run r JOIN flow f ON f.id = "
+                             "r.flow_id WHERE f.name = 'dr-phase-2'").fetchone()
+        assert state and state[0] == "COMPLETED"
     assert not _backfill_schema(url, pw)
     assert [d for d in _databases(env, db) if "_pre_restore_" in d]  # kept, backed up after
 
