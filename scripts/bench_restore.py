@@ -395,12 +395,14 @@ def restore_verdicts(what: str, summary: dict[str, Any],
     return out
 
 
+_STEP_ID = re.compile(r"\d{8}T\d{6}Z-[0-9a-f]+")
+_STEP_DB = re.compile(r"\bbench_\w+?_\d+(?=\b|_restore_|_pre_restore_)")
 _STEP_NOISE = re.compile(r"\d+")
 
 
 def step_table(runs: list[dict[str, Any]], variants: list[str]) -> list[str]:
-    """Median time since the start of each logged step of the ours variants (a line's digits
-    are ignored to match them across runs), as markdown rows."""
+    """Median time since the start of each logged step of the ours variants (backup ids,
+    database names and digits masked to match lines across runs), as markdown rows."""
     table: dict[str, dict[str, list[float]]] = {}
     for r in runs:
         if not r["variant"].startswith("ours") or "stderr_lines" not in r:
@@ -417,6 +419,7 @@ def step_table(runs: list[dict[str, Any]], variants: list[str]) -> list[str]:
                     continue
                 found = re.search(r'"msg": "([^"]*)', line)
                 msg = found.group(1) if found else line
+            msg = _STEP_DB.sub("DB", _STEP_ID.sub("ID", msg))
             key = _STEP_NOISE.sub("#", msg)[:110]
             if key in seen or not key.strip():
                 continue
