@@ -55,7 +55,8 @@ def parse_args() -> argparse.Namespace:
         type=float,
         default=0.0,
         metavar="N",
-        help="grow log/events history until the database is about N GB (default: off)",
+        help="grow run history (events, event_resources, log) until the database is about N GB"
+        " (default: off)",
     )
     p.add_argument(
         "--flow-runs",
@@ -342,12 +343,16 @@ async def wait_for_history(min_runs: int, timeout: float = 60.0) -> dict[str, in
 
 # History growth inserts whole synthetic runs of dr-deployment, the way the server stores them:
 # flow_run + 3 flow_run_state rows (Pending, Running, Completed/Failed), 2 task_run + 3
-# task_run_state rows each, LOGS_PER_TASK + FLOW_LOGS log lines per run, and one event per state
-# change (+ event_resources rows) for runs inside the server's events retention window (7 days by
-# default; its db_vacuum service deletes older events, so older runs get none, as in real life).
-# Runs are spread over the last 30 days. Text is varied (md5/hash based) so it compresses like
-# real logs rather than like identical strings. Literal percent signs are doubled for psycopg.
-LOGS_PER_TASK = 40
+# task_run_state rows each, 2 * LOGS_PER_TASK + FLOW_LOGS log lines per run, one event per state
+# change (task-run events carry the task run and its state details, as Prefect's do) and a
+# flow-run heartbeat event per 30 s of run time, each with its event_resources rows (the
+# primary resource and one per related resource). Runs are spread over the last 6 days, inside
+# the server's events retention window (7 days by default; its db_vacuum service deletes older
+# events), so every run has its events: as on a busy real server, most of the bytes are in
+# events, event_resources and log (about 40%, 35% and 19% of the database; the runs and their
+# states about 6%). Text is varied (md5/hash based) so it compresses like real logs rather than
+# like identical strings. Literal percent signs are doubled for psycopg.
+LOGS_PER_TASK = 26
 FLOW_LOGS = 12
 HISTORY_SQL = """
 WITH runs AS MATERIALIZED (
@@ -356,7 +361,7 @@ WITH runs AS MATERIALIZED (
          gen_random_uuid() AS sid,
          'history-' || substr(md5(g::text || %(salt)s), 1, 12) AS name,
          now() - make_interval(
-           secs => (hashtext(g::text || %(salt)s) & 2147483647) %% (30 * 86400)) AS t0,
+           secs => (hashtext(g::text || %(salt)s) & 2147483647) %% (6 * 86400 - 3600)) AS t0,
          make_interval(secs => 5 + (hashtext(%(salt)s || g::text) & 1023)) AS dur,
          (CASE WHEN g %% 20 = 0 THEN 'FAILED' ELSE 'COMPLETED' END)::state_type AS st
   FROM generate_series(1, %(runs)s) AS g
@@ -527,11 +532,46 @@ ev_src AS (
            'intended', jsonb_build_object('from', s.prev, 'to', s.st),
            'initial_state', jsonb_build_object('type', s.prev, 'name', initcap(s.prev)),
            'validated_state', jsonb_build_object('type', s.st, 'name', initcap(s.st)),
-           'task_run', jsonb_build_object('id', s.task_id, 'name', s.task_name,
-                                          'flow_run_id', s.fid, 'run_count', 1,
-                                          'task_key', 'k-' || substr(md5(s.task_id::text), 1, 8)))
+           'task_run', jsonb_build_object(
+             'id', s.task_id, 'name', s.task_name, 'flow_run_id', s.fid, 'run_count', 1,
+             'flow_run_run_count', 1, 'task_key', 'k-' || substr(md5(s.task_id::text), 1, 8),
+             'dynamic_key', s.task_id::text, 'cache_key', null, 'cache_expiration', null,
+             'task_version', md5(s.task_name), 'tags', jsonb_build_array('dr-history'),
+             'labels', jsonb_build_object('prefect.flow-run.id', s.fid::text),
+             'empirical_policy', jsonb_build_object('max_retries', 0, 'retries', 1,
+               'retry_delay', 0, 'retry_delay_seconds', 0.0, 'retry_jitter_factor', null),
+             'task_inputs', jsonb_build_object('rows', jsonb_build_array(jsonb_build_object(
+               'input_type', 'task_run', 'id', s.fid))),
+             'expected_start_time', s.ts, 'start_time', s.ts, 'end_time', null,
+             'total_run_time', 0.0, 'estimated_run_time', 0.0,
+             'estimated_start_time_delta', 0.0),
+           'state_details', jsonb_build_object(
+             'flow_run_id', s.fid, 'task_run_id', s.task_id, 'child_flow_run_id', null,
+             'scheduled_time', null, 'cache_key', null, 'cache_expiration', null,
+             'deferred', false, 'untrackable_result', true, 'pause_timeout', null,
+             'pause_reschedule', false, 'pause_key', null, 'run_input_keyset', null,
+             'refresh_cache', null, 'retriable', null, 'transition_id', gen_random_uuid(),
+             'task_parameters_id', null,
+             'traceparent', '00-' || md5(s.fid::text) || '-' || substr(md5(s.task_id::text), 1, 16)
+                            || '-01'))
   FROM tstates s
   WHERE s.ts > now() - interval '6 days'
+  UNION ALL
+  -- Flow-run heartbeats (the runner sends one every 30 s while a run is running).
+  SELECT r.t0 + make_interval(secs => 30 * h), 'prefect.flow-run.heartbeat',
+         'prefect.flow-run.' || r.id,
+         jsonb_build_object('prefect.resource.id', 'prefect.flow-run.' || r.id,
+                            'prefect.resource.name', r.name, 'prefect.run-count', '1'),
+         jsonb_build_array(
+           jsonb_build_object('prefect.resource.id', 'prefect.flow.' || %(flow)s::text,
+                              'prefect.resource.role', 'flow', 'prefect.resource.name', 'dr-flow'),
+           jsonb_build_object('prefect.resource.id', 'prefect.deployment.' || %(dep)s::text,
+                              'prefect.resource.role', 'deployment',
+                              'prefect.resource.name', 'dr-deployment')),
+         '{}'::jsonb
+  FROM runs r
+  CROSS JOIN LATERAL generate_series(1, greatest(1, (extract(epoch FROM r.dur) / 30)::int)) AS h
+  WHERE r.t0 > now() - interval '6 days'
 ),
 ins_ev AS (
   INSERT INTO events (occurred, event, resource_id, resource, related_resource_ids, related,
