@@ -284,6 +284,12 @@ def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
                 conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(shadow))
                 conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
                     sql.Identifier(SCHEMA, "state")), (table,))
+                # The last table done: the schema goes in the same transaction, so that a stop
+                # here leaves no empty state behind (which --resume would see nothing to do in).
+                if not conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(
+                        sql.Identifier(SCHEMA, "state"))).fetchone():
+                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
+                        sql.Identifier(SCHEMA)))
             return merged
         except psycopg.errors.LockNotAvailable:
             log.info("backfill: %s is busy, retrying its swap (%d)", table, attempt + 1)
