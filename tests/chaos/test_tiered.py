@@ -71,7 +71,9 @@ KILL = FIGURES.scenario(
               "restore again) completes with every row count exactly the manifest's, no "
               "backfill schema, no half-restored database; `rollback` undoes it (found by this "
               "suite: phase 1 downloaded and decrypted the whole history into memory before "
-              "the swap; fixed in f384be2)")
+              "the swap; fixed in f384be2; and a kill right after the last table's swap left "
+              "an empty backfill schema that `restore --resume` saw nothing to do in; fixed in "
+              "196b42e)")
 S3_DOWN = FIGURES.scenario(
     "tiered-s3-outage", group="Outages",
     title="S3 down during a tiered restore's phase 2",
@@ -96,7 +98,7 @@ PHASE1_POINTS = [
 PHASE2_POINTS = [
     "prefect_dr.backfill:run:before:1",
     *(f"prefect_dr.backfill:_load:after:{n}" for n in (1, 2, 3)),
-    *(f"prefect_dr.backfill:_swap:after:{n}" for n in (1, 2)),
+    *(f"prefect_dr.backfill:_swap:after:{n}" for n in (1, 2, 3)),  # 3: the last one
 ]
 # The first trials take each kind in this order (CI: the first two), the rest are random.
 KINDS = ["swap lock wait", "phase 1 step", "phase 2 download byte", "phase 2 step",
