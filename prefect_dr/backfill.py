@@ -284,7 +284,9 @@ def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
                 conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(shadow))
                 conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
                     sql.Identifier(SCHEMA, "state")), (table,))
-                if not state_of(conn):  # the last table: the backfill ends with its swap
+                # The last table done: the schema goes in the same transaction, so that a stop
+                # here leaves no empty state behind (which --resume would see nothing to do in).
+                if not state_of(conn):
                     conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
                         sql.Identifier(SCHEMA)))
             return merged

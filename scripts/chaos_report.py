@@ -109,11 +109,16 @@ def render(figures: dict) -> str:
         "SIGKILLed after a random delay or at a failpoint, right after one of their steps or "
         "between the statements of the swap (`tests/chaos/failpoint.py`), rollbacks likewise. "
         "After the kills, `prune --grace 0s` must leave only whole, verified backups and no open "
-        "multipart upload.",
+        "multipart upload. `restore --tiered` is SIGKILLed in phase 1 (a random byte of the "
+        "dump's download, a failpoint before the swap) and in phase 2 (a random byte of a "
+        "history table's download, a failpoint between tables, or while its swap waits for a "
+        "table lock the test holds); after each kill `restore --resume` or the same restore "
+        "run again must finish it with exact row counts.",
         "- **Outages**: the proxy resets every connection (S3 down) from a random byte offset of "
         "an upload or a download, or from a random DELETE of a prune, for less than the retry "
         "deadline or until the tool writes its failed record; PostgreSQL is stopped (`-m fast` "
-        "or `-m immediate`) and started again mid-dump and mid-restore; S3 gets slow (latency, "
+        "or `-m immediate`) and started again mid-dump and mid-restore (and during a tiered "
+        "restore's phase 2, as S3 goes down too); S3 gets slow (latency, "
         "little bandwidth) or stops answering.",
         "- **Corruption**: bits flipped, objects truncated, appended to, swapped between and "
         "within backups, manifests edited (any field when signed), replaced by another "

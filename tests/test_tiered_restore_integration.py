@@ -278,3 +278,42 @@ def test_phase_2_killed_then_resumed_completes_exactly_once(clone: dict[str, str
     # the first kill's restore kept the original database: rollback still works
     back = run_cli(["rollback", "--yes"], env)
     assert back.returncode == 0, back.stderr
+
+
+def test_the_last_table_swapped_takes_the_backfill_schema_with_it(
+        cli_env: dict[str, str]) -> None:
+    """A stop between the last table's swap and the end of the run left an empty
+    prefect_dr_backfill schema that `restore --resume` called nothing to resume, for good (found
+    by the tiered chaos scenario's failpoint after the third swap): the last swap drops it."""
+    from conftest import drop_db
+
+    from prefect_dr import backfill
+    from prefect_dr.pg.scratch import with_database
+
+    pw, name = cli_env["PGPASSWORD"], f"dr_lastswap_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(cli_env["PREFECT_DR_DATABASE_URL"], password=pw,
+                         autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = _with_password(with_database(cli_env["PREFECT_DR_DATABASE_URL"], name), pw)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            conn.execute("INSERT INTO t VALUES (1)")  # written while phase 2 ran
+            conn.execute("CREATE SCHEMA prefect_dr_backfill")
+            conn.execute("CREATE TABLE prefect_dr_backfill.state (table_name text PRIMARY KEY, "
+                         "backup_id text NOT NULL, status text NOT NULL, rows bigint NOT NULL, "
+                         "updated timestamptz NOT NULL DEFAULT now())")
+            for table in ("t", "u"):
+                conn.execute("INSERT INTO prefect_dr_backfill.state VALUES (%s, 'b', 'ready', 1)",
+                             (table,))
+            conn.execute("CREATE TABLE prefect_dr_backfill.t (LIKE t INCLUDING ALL)")
+            conn.execute("INSERT INTO prefect_dr_backfill.t VALUES (2)")  # from the backup
+            conn.execute("CREATE TABLE u (id int PRIMARY KEY)")
+            conn.execute("CREATE TABLE prefect_dr_backfill.u (LIKE u INCLUDING ALL)")
+            assert backfill._swap(conn, "t", None) == 1
+            assert _backfill_schema(url, pw)  # u is still to do
+            assert backfill._swap(conn, "u", None) == 0
+            assert not _backfill_schema(url, pw)  # in the same transaction as u's swap
+            assert conn.execute("SELECT array_agg(id ORDER BY id) FROM t").fetchone()[0] == [1, 2]
+    finally:
+        drop_db(cli_env, name)

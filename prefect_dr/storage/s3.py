@@ -513,7 +513,9 @@ class _RangeReader(io.RawIOBase):
                 data = self._body.read(len(buffer))
                 break
             except (bce.ReadTimeoutError, bce.ResponseStreamingError, bce.ConnectionClosedError,
-                    ConnectionError) as exc:
+                    bce.IncompleteReadError, ConnectionError) as exc:
+                # IncompleteReadError: the connection was closed cleanly (FIN, not a reset)
+                # before the body's Content-Length had come
                 self._failures += 1
                 self._body = None
                 if self._failures > 5:
