@@ -98,7 +98,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             target_url: str | None, force_disconnect: bool,
             env: Mapping[str, str], progress: pipeline.Progress | None = None,
             on_step: Callable[[str], None] = lambda _: None, jobs: int = 1,
-            staging_dir: str | None = None) -> Result:
+            staging_dir: str | None = None, started: float | None = None) -> Result:
     """Carry out ``plan``. Before the swap, any failure leaves the live database untouched and
     drops the half-restored one; a failure inside the swap is undone.
 
@@ -108,7 +108,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
     """
     if plan.refusal is not None:
         raise RestoreRefusedError(plan.refusal)
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started  # the command's own start
     identities = _load_identities(settings)
     url, db, admin_url = target_of(settings, target_url)
     admin = pgc.connect(admin_url)

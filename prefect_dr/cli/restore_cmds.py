@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -72,6 +73,7 @@ def restore(
     Every precondition (schema, history loss, signature, identity, connected clients, client
     programs, staging space) is checked first; --dry-run prints the same plan and exits with
     the code the restore would be refused with."""
+    started = time.monotonic()  # serving_after_s counts from here, manifest and plan included
     from prefect_dr import catalog, pipeline, restore_plan
     from prefect_dr import restore as restore_mod
 
@@ -124,7 +126,8 @@ def restore(
                                      force_disconnect=force_disconnect, env=os.environ,
                                      progress=pipeline.Progress(listener),
                                      on_step=lambda s: logger.info(s),
-                                     jobs=jobs, staging_dir=current.staging_dir)
+                                     jobs=jobs, staging_dir=current.staging_dir,
+                                     started=started)
     next_steps = restore_mod.next_steps(manifest, result)
     if json_mode():
         console.print_json({"ok": result.safety_error is None, "plan": plan.to_dict(),
