@@ -5,6 +5,7 @@ will after a restore; the result names that Prefect and whether it migrated the 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -167,8 +168,12 @@ def _wait_ready(api: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = logfile.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-            raise DRError(f"Prefect server exited (code {proc.returncode}): {tail[0][:200]}")
+            lines = logfile.read_text(errors="replace").strip().splitlines()
+            telling = ([ln for ln in lines if re.search(r"\w(Error|Exception): ", ln)]
+                       or [ln for ln in lines if "error" in ln.lower()] or lines
+                       or ["no output"])  # the exception's own line, else any error line
+            raise DRError(f"Prefect server exited (code {proc.returncode}): "
+                          f"{telling[-1].strip()[:300]}")
         try:
             prefect_api.request(api, "GET", "/ready", timeout=2)
             return

@@ -28,8 +28,9 @@ pytestmark = pytest.mark.integration
 SECRET = "s3cr3t-dr-seed-value"  # scripts/seed.py's dr-secret
 MAJORS = (14, 15, 18)
 FULL = os.environ.get("PREFECT_DR_TEST_MATRIX") == "full"
-#: CI: an upgrade across two majors, two downgrades through the filtered 18 client.
-REDUCED = [(14, 18), (18, 14), (18, 15)]
+#: CI: an upgrade across two majors, a downgrade through the filtered 18 client (18 -> 15 takes
+#: the same path, in the full matrix).
+REDUCED = [(14, 18), (18, 14)]
 PAIRS = [(s, d) for s in MAJORS for d in MAJORS] if FULL else REDUCED
 
 

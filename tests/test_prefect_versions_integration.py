@@ -8,6 +8,7 @@ The older Prefects run from their own cached venvs (scripts/prefect-venv, made b
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -25,7 +26,10 @@ from prefect_dr.smoke import PrefectServer
 
 pytestmark = pytest.mark.integration
 HEADS = {"3.1.15": "5d03c01be85e", "3.4.25": "9e83011d1f2a", "3.9.1": "91e2b8f3d6a4"}
-OLDER = ("3.1.15", "3.4.25")
+#: CI backs up and restores with one older Prefect (3.4, which the refusal and the rehearsal
+#: need too); `scripts/test --matrix` (PREFECT_DR_TEST_MATRIX=full) with 3.1.15 as well.
+FULL = os.environ.get("PREFECT_DR_TEST_MATRIX") == "full"
+OLDER = ("3.1.15", "3.4.25") if FULL else ("3.4.25",)
 
 
 def venv_python(version: str) -> str:
@@ -114,12 +118,12 @@ def test_older_backup_restores_into_a_391_target_and_serves(
 def test_smoke_says_which_prefect_served_and_that_it_migrated(
         older: tuple[dict[str, str], dict[str, tuple[str, str]]]) -> None:
     env, ids = older
-    proc = run_cli(["--json", "verify", ids["3.1.15"][0], "--prefect-smoke"], env)
+    proc = run_cli(["--json", "verify", ids[OLDER[0]][0], "--prefect-smoke"], env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     check = next(c for c in json.loads(proc.stdout)["reports"][0]["checks"]
                  if c["name"] == "prefect smoke")
     assert "Prefect 3.9.1 served" in check["detail"]
-    assert f"migrated the database from {HEADS['3.1.15']} to {HEADS['3.9.1']}" in \
+    assert f"migrated the database from {HEADS[OLDER[0]]} to {HEADS['3.9.1']}" in \
         check["detail"]
 
 
