@@ -7,7 +7,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +26,9 @@ from prefect_dr.cli.common import (
 from prefect_dr.config import Settings
 from prefect_dr.manifest import Manifest
 from prefect_dr.storage.base import Storage
+
+if TYPE_CHECKING:  # the CLI imports its use cases lazily, inside the commands
+    from prefect_dr.backfill import TableState
 
 logger = logging.getLogger("prefect_dr")
 
@@ -94,7 +97,7 @@ def restore(
     if pending and pending[0].backup_id == manifest.backup_id and not dry_run:
         logger.info("the history backfill of backup %s is unfinished: resuming it",
                     manifest.backup_id)
-        _resume(current, repo, target_url, manifest)
+        _resume(current, repo, target_url, manifest, pending)
         return
     jobs = jobs or pipeline.available_cpus()
     plan = restore_plan.make_plan(current, manifest, restore_plan.Options(
@@ -153,13 +156,15 @@ def restore(
 
 
 def _resume(current: Settings, repo: Storage, target_url: str | None,
-            manifest: Manifest | None) -> None:
+            manifest: Manifest | None,
+            pending: list[TableState] | None = None) -> None:
     """Finish the target's unfinished history backfill (of ``manifest``'s backup, else of the
     one its state names) and report it."""
     from prefect_dr import catalog, pipeline
     from prefect_dr import restore as restore_mod
 
-    pending = restore_mod.unfinished(current, target_url)
+    if pending is None:  # --resume; a rerun of the restore passes what it has read
+        pending = restore_mod.unfinished(current, target_url)
     if not pending:
         if json_mode():
             console.print_json({"ok": True, "resumed": None, "backfilled": []})
