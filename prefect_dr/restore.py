@@ -26,7 +26,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from prefect_dr import backfill, crypto, interrupt, pipeline, restore_stream, semantic
+from prefect_dr import backfill, crypto, interrupt, pins, pipeline, restore_stream, semantic
 from prefect_dr import backup as backup_mod
 from prefect_dr.checks import Check, Checks, Report
 from prefect_dr.config import Settings
@@ -36,7 +36,8 @@ from prefect_dr.errors import (
     LockHeldError,
     VerificationError,
 )
-from prefect_dr.kinds import Kind
+from prefect_dr.kinds import LABEL_SAFETY, Kind
+from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import swap as pgswap
@@ -115,6 +116,11 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
     try:
         _take_lock(admin)
         _drop_leftovers(admin, db)
+        layout, pin = Layout(settings.layout_prefix), pins.backfill_name(url)
+        pins.remove(storage, layout, pin, except_for=plan.backup_id)  # stale: none unfinished
+        if plan.tiered and manifest.history:  # restore --resume will need the backup: I1
+            pins.add(storage, layout, plan.backup_id, pin,
+                     f"the history backfill of restore --tiered into {pgc.describe(url)}")
         role = pgswap.owner(admin, db) if plan.target_exists else None
         me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
@@ -187,6 +193,8 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         except BaseException:
             if pgswap.exists(admin, plan.restore_db):
                 drop_database(admin, plan.restore_db)
+            if not interrupt.pending():  # a stop leaves the pin: the next run cleans it
+                pins.remove(storage, layout, pin)
             raise
         # From here the restored database is live: nothing below may drop it. The restore
         # lock stays held through phase 2 and the safety backup.
@@ -217,7 +225,8 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
 
     try:
         if deferred:
-            result.backfilled = finish_backfill(url, storage, manifest, identities, checks,
+            result.backfilled = finish_backfill(url, storage, Layout(settings.layout_prefix),
+                                                manifest, identities, checks,
                                                 role=role, progress=progress,
                                                 on_step=on_step)
     except BaseException as exc:
@@ -234,15 +243,17 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
     safety()
 
 
-def finish_backfill(url: str, storage: Storage, manifest: Manifest,
+def finish_backfill(url: str, storage: Storage, layout: Layout, manifest: Manifest,
                     identities: list[crypto.Identity], checks: Checks, *,
                     role: str | None, progress: pipeline.Progress | None,
                     on_step: Callable[[str], None]) -> list[backfill.Loaded]:
     """Phase 2 into the live database at ``url``, then each backfilled table's rows checked:
     the backup's (exactly the manifest's count, checked as they load) plus those Prefect wrote
-    since phase 1. Raises what :func:`backfill.run` raises, VerificationError."""
+    since phase 1; then the backup's pin is removed. Raises what :func:`backfill.run` raises,
+    VerificationError."""
     loaded = backfill.run(url, storage, manifest, identities, role=role, progress=progress,
                           on_step=on_step)
+    pins.remove(storage, layout, pins.backfill_name(url))  # the backup is no longer needed
     with pgc.connect(url) as conn:
         for item in loaded:
             with checks.run("backfill", item.table) as out:
@@ -266,7 +277,7 @@ def _safety_backup(settings: Settings, storage: Storage, plan: Plan, kept_url: s
         settings, values={**settings.values, "database_url": kept_url})
     try:
         safety = backup_mod.run(safety_settings, storage, backup_mod.Request(
-            kind=Kind.FULL, labels={"safety": "pre-restore", "restore-of": plan.backup_id,
+            kind=Kind.FULL, labels={LABEL_SAFETY: "pre-restore", "restore-of": plan.backup_id,
                                     "database": plan.target_db},
             allow_undecryptable_blocks=True), env=env)
     except DRError as exc:
@@ -305,7 +316,8 @@ def resume(settings: Settings, storage: Storage, manifest: Manifest, *,
             role = pgswap.owner(admin, db)
             me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
             checks = Checks(Report(manifest.backup_id, dt.datetime.now(dt.UTC).isoformat()))
-            loaded = finish_backfill(url, storage, manifest, identities, checks,
+            loaded = finish_backfill(url, storage, Layout(settings.layout_prefix), manifest,
+                                     identities, checks,
                                      role=role if role != me else None, progress=progress,
                                      on_step=on_step)
             return loaded, checks.report.checks

@@ -131,7 +131,7 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
     choice = restore_stream.choose_for(settings, manifest,
                                        options.scratch_url or settings.database_url)
     if options.prefect_smoke:
-        smoke.prefect_program(options.prefect_python)
+        smoke.require_runs(manifest, options.prefect_python)
     report = VerificationReport(manifest.backup_id, clock().isoformat())
     checks = Checks(report)
     try:
@@ -191,7 +191,7 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
 
 def _write_record(settings: Settings, storage: Storage, report: VerificationReport,
                   clock: Callable[[], dt.datetime]) -> None:
-    record = report.to_record()
+    record = {**report.to_record(), "repository": str(settings.repository_url)}  # where (I6)
     if settings.signing_key_file:
         record = signing.sign_record(record, signing.load_private(
             Path(settings.signing_key_file)))

@@ -8,6 +8,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -55,3 +56,35 @@ def test_stop_during_history_copy_ends_the_backup_and_frees_the_lock(
     assert entry["status"] == "failed"
     assert "signal" in (entry["error"] or "")
     assert _backup(clone)["ok"]  # not locked out
+
+
+def test_stop_while_the_store_hangs_ends_within_the_bound(clone: dict[str, str]) -> None:
+    """Finding 7: a SIGTERM while S3 stopped answering took ~61 s to end the backup
+    (Kubernetes kills at 30 s). Every command ends within 20 s of a stop signal (I3), and the
+    next run is not locked out."""
+    from urllib.parse import urlsplit
+
+    from tests.chaos.netfault import FaultProxy
+
+    s3 = urlsplit(clone["PREFECT_DR_S3_ENDPOINT_URL"])
+    proxy = FaultProxy((s3.hostname or "127.0.0.1", s3.port or 80))
+    env = dict(clone, PREFECT_DR_S3_ENDPOINT_URL=proxy.url)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "prefect_dr", "backup"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not any("db.dump" in r.path for r in proxy.requests):
+            assert proc.poll() is None and time.monotonic() < deadline, "upload never started"
+            time.sleep(0.05)
+        proxy.blackhole()
+        time.sleep(1.0)  # the upload is now waiting on a store that never answers
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)  # raises (fails) past the bound
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proxy.up()
+    assert _backup(env)["ok"]  # the dead run's lock is taken over, not waited for
+    proxy.close()

@@ -22,6 +22,8 @@ def backups(entries: list[Any], *, wide: bool = False) -> None:
     rows = []
     for e in entries:
         verified = e.verification.get("result", "") if e.verification else ""
+        if not verified and e.source_verification:  # copied: never a verification here (I6)
+            verified = f"{e.source_verification.get('result', '')} at the source"
         duration = f"{e.duration_s:.0f}s" if e.duration_s is not None else ""
         rows.append((e.backup_id, e.kind or "", e.status, short_time(e.started_at),
                      ago(e.started_at, now), duration, human_bytes(e.size), _labels(e.labels),
