@@ -78,10 +78,9 @@ def _load_identities(settings: Settings) -> list[crypto.Identity]:
 
 
 def _drop_leftovers(admin: psycopg.Connection, db: str) -> list[str]:
-    pattern = re.escape(db) + r"_restore_\d{14}"
+    """Drop the half-restored databases of dead runs on this server (restore lock held)."""
     dropped = []
-    for name in [r[0] for r in admin.execute(
-            "SELECT datname FROM pg_database WHERE datname ~ %s", (f"^{pattern}$",))]:
+    for name in pgswap.half_restored(admin, db):
         if not pgswap.sessions(admin, name):
             log.warning("dropping %s, left by an interrupted restore", name)
             drop_database(admin, name)
@@ -125,6 +124,9 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
             sql.Identifier(plan.restore_db), sql.Identifier(role or me)))
+        pgswap.comment(admin, plan.restore_db,
+                       f"{pgswap.RESTORING_NOTE} from backup {plan.backup_id} into {db}; "
+                       "left only by a run that died")
         report = Report(plan.backup_id, dt.datetime.now(dt.UTC).isoformat())
         checks = Checks(report)
         restored_url = with_database(url, plan.restore_db)
@@ -351,7 +353,7 @@ class Kept:
     """A database kept by restore or rollback."""
 
     name: str
-    kind: str  # "pre_restore" | "rolled_back"
+    kind: str  # "pre_restore" | "rolled_back" | "restore" (half-restored, of a dead run)
     stamp: str
     size: int
     comment: str
@@ -364,9 +366,10 @@ class Kept:
 
 
 def kept(settings: Settings, target_url: str | None = None) -> list[Kept]:
-    """Databases kept beside the target, newest first."""
+    """Databases kept beside the target, newest first; kind ``restore``: half-restored, left by
+    a restore that was killed (the next restore or rollback drops it; so does ``--drop``)."""
     _, db, admin_url = target_of(settings, target_url)
-    pattern = f"^{re.escape(db)}_(pre_restore|rolled_back)_(\\d{{14}})$"
+    pattern = f"^{re.escape(db)}_(pre_restore|rolled_back|restore)_(\\d{{14}})$"
     with pgc.connect(admin_url) as admin:
         rows = admin.execute(
             "SELECT datname, pg_database_size(oid), shobj_description(oid, 'pg_database') "
@@ -409,6 +412,7 @@ def rollback(settings: Settings, *, target_url: str | None = None,
     try:
         with pgc.connect(admin_url) as admin:
             _take_lock(admin)
+            _drop_leftovers(admin, db)
             pgswap.swap(admin, db, chosen.name, aside, force_disconnect=force_disconnect,
                         comments={
                             aside: f"prefect-dr: {db} rolled back at {aside.rsplit('_', 1)[1]} "

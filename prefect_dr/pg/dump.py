@@ -62,12 +62,13 @@ class ClientProcess:
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], what: str,
-                 stdin: int | None = None, stdout: int | None = subprocess.PIPE) -> None:
+                 stdin: int | None = None, stdout: int | None = subprocess.PIPE,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.what = what
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self.proc = subprocess.Popen(list(argv), stdout=stdout,
                                      stderr=subprocess.PIPE, stdin=stdin, env=dict(env),
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent, pass_fds=pass_fds)
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 
