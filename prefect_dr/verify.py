@@ -47,6 +47,7 @@ from prefect_dr.errors import (
     SetupError,
     StorageError,
 )
+from prefect_dr.kinds import Standing, standing
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg.scratch import ScratchDatabase
@@ -62,6 +63,8 @@ class VerificationReport(Report):
     the dump was restored into."""
 
     scratch_database: str | None = None
+    #: whole, partial or safety (kinds.Standing): a verified partial backup is still partial
+    standing: str = Standing.WHOLE
 
     def to_record(self) -> dict[str, Any]:
         """The verification record stored in the bucket (and printed by --json)."""
@@ -72,7 +75,7 @@ class VerificationReport(Report):
             "finished_at": self.finished_at, "result": "passed" if self.ok else "failed",
             "failed_check": (f"{failed.name}" + (f" ({failed.artifact})" if failed.artifact
                                                  else "")) if failed else None,
-            "scratch_database": self.scratch_database,
+            "scratch_database": self.scratch_database, "standing": self.standing,
             "checks": [asdict(c) for c in self.checks],
         }
 
@@ -132,7 +135,8 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
                                        options.scratch_url or settings.database_url)
     if options.prefect_smoke:
         smoke.require_runs(manifest, options.prefect_python)
-    report = VerificationReport(manifest.backup_id, clock().isoformat())
+    report = VerificationReport(manifest.backup_id, clock().isoformat(),
+                                standing=standing(manifest.labels))
     checks = Checks(report)
     try:
         _verify(settings, storage, manifest, options, env, progress, report, checks, choice)

@@ -75,6 +75,8 @@ def verification(report: Any) -> None:
     rows = [(c.name, c.artifact or "", "ok" if c.ok else "fail", f"{c.duration_s:.2f}s",
              c.detail) for c in report.checks]
     result = "passed" if report.ok else "FAILED"
+    if report.standing != "whole":  # a verified partial backup is still partial (I2)
+        result += f" ({report.standing} backup)"
     console.table(f"Verification of {report.backup_id}: {result}", [
         Column("check"), Column("artifact", priority=2), Column("result"),
         Column("time", priority=3, justify="right"), Column("detail", 1, wrap=True)],
