@@ -54,6 +54,10 @@ def _arm(spec: str, mark: str | None, signame: str = "KILL") -> None:
 
 
 def main() -> int:
+    from prefect_dr import __main__ as entry  # as the real command: early handlers first
+
+    signal.signal(signal.SIGTERM, entry._early_stop)
+    signal.signal(signal.SIGINT, entry._early_stop)
     spec = os.environ.pop("PREFECT_DR_CHAOS_FAILPOINT", "")
     mark = os.environ.pop("PREFECT_DR_CHAOS_FAILPOINT_MARK", None)  # written when it fires
     signame = os.environ.pop("PREFECT_DR_CHAOS_FAILPOINT_SIGNAL", "KILL")  # or TERM, INT
@@ -61,7 +65,9 @@ def main() -> int:
         _arm(spec, mark, signame)
     from prefect_dr.cli import main as cli_main
 
-    return cli_main(sys.argv[1:])
+    code = cli_main(sys.argv[1:])
+    entry.finished()
+    return code
 
 
 if __name__ == "__main__":
