@@ -331,6 +331,7 @@ class Run:
         self.check()
 
 
+@pytest.mark.timeout(int(BUDGET_S) + 300)  # the budget, then the last step and the checks
 def test_random_sequences_keep_every_invariant(clone: dict[str, str]) -> None:
     """Random documented commands, the invariants after each (module docstring)."""
     rng = random.Random(SEED)
