@@ -73,8 +73,8 @@ class BackupLock:
                            "run_id": self._run_id}).encode()
 
     def _backend_gone(self, holder: dict[str, object]) -> bool:
-        """Whether the holder's database session has ended: it
-        died with its run, wherever that ran (another pod, another host)."""
+        """Whether the holder's database session has ended: it died with its run, wherever
+        that ran (another pod, another host)."""
         pid = holder.get("backend_pid")
         if not isinstance(pid, int) or isinstance(pid, bool):
             return False

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import run_cli
@@ -250,3 +251,26 @@ def test_a_password_in_the_query_never_reaches_a_command_line(clone: dict[str, s
         assert proc.returncode == 2, (args, proc.stderr)
         assert secret not in proc.stderr + proc.stdout
         assert "password" in proc.stderr
+
+
+def test_a_lock_left_by_a_dead_run_on_another_host_is_taken_over(clone: dict[str, str]) -> None:
+    """I3: a backup killed in another pod left a lock object that locked every later backup
+    out for 12 h; the lock object names its database session, and a session that has ended
+    makes it stale on any host (a live one still holds it)."""
+    import datetime as dt
+
+    from prefect_dr.backup import _database_fingerprint
+    from prefect_dr.layout import Layout
+    from tests.conftest import s3_client
+
+    bucket, layout = clone["PREFECT_DR_S3_BUCKET"], Layout(clone["PREFECT_DR_S3_PREFIX"])
+    s3 = s3_client(clone)
+    with psycopg.connect(clone["PREFECT_DR_DATABASE_URL"], password=clone["PGPASSWORD"]) as live:
+        key = layout.lock(f"backup-{_database_fingerprint(live)}")
+        alive = live.execute("SELECT pg_backend_pid()").fetchone()[0]
+        for backend, expect in ((alive, 11), (2**30, 0)):
+            record = {"host": "another-pod", "pid": 1, "backend_pid": backend,
+                      "started_at": dt.datetime.now(dt.UTC).isoformat(), "run_id": "r"}
+            s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(record).encode())
+            proc = run_cli(["backup"], clone)
+            assert proc.returncode == expect, proc.stderr
