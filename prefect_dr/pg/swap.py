@@ -98,13 +98,30 @@ def describe_clients(name: str, others: list[Session]) -> str:
 
 def refuse_clients(admin: psycopg.Connection, name: str) -> None:
     """Raise ConnectedClientsError when clients are connected to ``name``."""
-    others = sessions(admin, name)
+    others = _settled(admin, name)
     if others:
         raise ConnectedClientsError(describe_clients(name, others))
 
 
-def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool) -> None:
+#: How long a swap waits for the backends of prefect-dr's own closed connections to exit (the
+#: server ends a backend a moment after its client closed; under load it is still listed).
+OWN_SESSIONS_WAIT_S = 3.0
+
+
+def _settled(admin: psycopg.Connection, name: str) -> list[Session]:
+    """Sessions of ``name``, after waiting (briefly) for those of prefect-dr's own closed
+    connections to go; anyone else's are returned at once."""
+    deadline = time.monotonic() + OWN_SESSIONS_WAIT_S
     others = sessions(admin, name)
+    while others and all(s.application.startswith("prefect-dr") for s in others) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+        others = sessions(admin, name)
+    return others
+
+
+def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool) -> None:
+    others = _settled(admin, name)
     if not others:
         return
     if not force_disconnect:
