@@ -5,8 +5,10 @@ with (connected clients excepted: the runbook stops Prefect after looking at the
 run warns of them), so a CI dry-run proves what a restore at 3 a.m. would meet. The preflight
 findings are cheap checks made *before* anything is created, downloaded or uploaded:
 
-- ``signature``: with a verify key, the manifest is signed by it (exit 13), checked first: no
-  other finding may trust a tampered manifest (a kind edited to config-only, say);
+- ``signature``: the manifest is signed by a trusted key and bound to this backup and
+  repository (exit 13; :mod:`prefect_dr.trust`), checked first: no other finding may trust a
+  tampered manifest (a kind edited to config-only, say); ``--allow-unsigned`` accepts an
+  unsigned one with a warning;
 - ``schema``: the target's Prefect can run the backup's revision (exit 14), decided by
   :mod:`prefect_dr.schema_gate` from ``--target-prefect-version``, the version PREFECT_API_URL
   reports (when the target is the configured database) or the target database's revision;
@@ -50,7 +52,6 @@ from prefect_dr import (
     prefect_api,
     restore_stream,
     schema_gate,
-    signing,
 )
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
@@ -71,6 +72,7 @@ from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
 from prefect_dr.pg.tools import Client, RestoreChoice
+from prefect_dr.trust import Trust
 
 log = logging.getLogger(__name__)
 STAMP_FORMAT = "%Y%m%d%H%M%S"
@@ -237,6 +239,8 @@ class Options:
     staging_dir: str | None = None
     dry_run: bool = False
     tiered: bool = False
+    #: who the manifest must be signed by (the reader's verify keys and repository)
+    trust: Trust | None = None
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
@@ -296,7 +300,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         plan.history_loss = {t: current[t][0] for t in ps.HISTORY_TABLES
                              if current.get(t, (0, True))[0] > 0}
     plan.preflight = [  # the signature first: nothing else may trust a tampered manifest
-        _signature_finding(settings, manifest),
+        _signature_finding(options.trust, manifest),
         Finding("schema", plan.schema_ok,
                 plan.schema_reason if plan.schema_ok else
                 f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}",
@@ -377,15 +381,16 @@ def _history_finding(plan: Plan, allowed: bool) -> Finding:
                    "backup (--kind full) or pass --allow-history-loss", USAGE)
 
 
-def _signature_finding(settings: Settings, manifest: Manifest) -> Finding:
-    if not settings.verify_key:
-        return Finding("signature", True, "no verify key configured")
+def _signature_finding(trusted_by: Trust | None, manifest: Manifest) -> Finding:
+    if trusted_by is None:
+        return Finding("signature", False, "no verify keys given to the plan: refusing",
+                       VERIFICATION_FAILED)
     try:
-        signing.check(manifest, signing.load_public(settings.verify_key))
+        detail = trusted_by.check_manifest(manifest)
     except DRError as exc:
         interrupt.raise_if_noted()
         return Finding("signature", False, exc.message, VERIFICATION_FAILED)
-    return Finding("signature", True, "signed by the configured key")
+    return Finding("signature", "accepted by --allow-unsigned" not in detail, detail)
 
 
 def _identity_finding(settings: Settings, manifest: Manifest) -> Finding:
