@@ -75,6 +75,12 @@ class Trust:
             what = f"manifest of {bid} is not signed"
         return self._unbound(what)
 
+    def require_keys(self) -> None:
+        """Raise UntrustedError (before any work) when no verify key is configured and
+        unsigned manifests are not allowed: every manifest would be refused."""
+        if not self.keys and not self.allow_unsigned:
+            raise UntrustedError(f"no verify key is configured: {FIX}")
+
     def vouches_for(self, manifest: Manifest) -> bool:
         """Whether ``manifest`` (already through ``check_manifest``) is trusted on its own
         signature and binding, not only by --allow-unsigned."""

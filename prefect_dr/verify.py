@@ -99,12 +99,12 @@ def select(storage: Storage, layout: Layout, *, backup_id: str | None = None,
     """The complete backups a verify run covers: ``backup_id``; the newest complete backup of
     ``kind`` (full by default) with ``latest`` or no selector; every complete one (of ``kind``
     when given) with ``all_`` or ``since``. Raises NotFoundError when there are none,
-    UsageError for a backup id of another kind, UntrustedError (exit 13) when the one backup
-    named is not trusted (several: each one's ``manifest signature`` check fails instead)."""
+    UsageError for a backup id of another kind. ``trust`` judges verification records; the
+    manifests' signatures are each verification's first check (``verify_one``)."""
     if backup_id or latest or not (all_ or since):
         entry = select_one(storage, layout, backup_id, latest=latest or not backup_id,
                            kind=kind, verify_key=trust)
-        require_complete(entry, trust=trust)
+        require_complete(entry, trust=None)  # the signature is verify's first check
         return [entry]
     entries = [e for e in list_backups(storage, layout, verify_key=trust)
                if e.status == COMPLETE and (kind is None or e.kind == kind)]

@@ -66,6 +66,7 @@ def verify(
     current.require("age_identity_file")
     repo = storage()
     trusted_by = trust(repo, allow_unsigned)
+    trusted_by.require_keys()
     entries = verify_mod.select(repo, layout(), backup_id=backup_id, latest=latest,
                                 all_=all_, since=window, kind=kind, trust=trusted_by)
     state.notes["backup"] = ", ".join(e.backup_id for e in entries[:3]) + (
