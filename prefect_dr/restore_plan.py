@@ -18,6 +18,12 @@ findings are cheap checks made *before* anything is created, downloaded or uploa
 - ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1;
   a dry run, made while Prefect still runs, warns instead);
 - ``createdb``: the role may create the database restored beside the live one (exit 1);
+- ``role``: the archive's SQL runs as the restored database's owner (``pg_restore --role``),
+  the live database's owner or ``--owner``, never as a superuser (exit 2): a forged or
+  damaged archive cannot act outside that database (no ``COPY ... TO PROGRAM``);
+- ``contents``: the dump's table of contents (:mod:`prefect_dr.archive_toc`) holds nothing a
+  Prefect database would not; executable foreign objects (functions, triggers, rules, ...)
+  are refused (exit 13) unless ``--allow-foreign-objects``, other foreign ones listed;
 - ``pg_restore`` / ``pg_dump``: versions first: the target server is not older than the
   backup's, a pg_restore reads the archive and suits the server (a 17+ one into PostgreSQL
   14-16 runs through psql without its ``SET transaction_timeout``), and a pg_dump can take the
@@ -46,6 +52,7 @@ from typing import Any
 import psycopg
 
 from prefect_dr import (
+    archive_toc,
     backfill,
     crypto,
     interrupt,
@@ -72,6 +79,7 @@ from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
 from prefect_dr.pg.tools import Client, RestoreChoice
+from prefect_dr.storage.base import Storage
 from prefect_dr.trust import Trust
 
 log = logging.getLogger(__name__)
@@ -134,6 +142,10 @@ class Plan:
     deferred: list[str] = field(default_factory=list)
     #: an unfinished history backfill found in the target (backfill.describe), else ""
     unfinished_backfill: str = ""
+    #: the role that owns the restored database and runs the archive's SQL
+    restore_role: str = ""
+    #: entries of the dump's table of contents a Prefect database does not contain
+    foreign_objects: list[str] = field(default_factory=list)
 
     @property
     def refusal(self) -> Finding | None:
@@ -241,12 +253,17 @@ class Options:
     tiered: bool = False
     #: who the manifest must be signed by (the reader's verify keys and repository)
     trust: Trust | None = None
+    #: the role to own the restored database and run the archive (default: the live
+    #: database's owner, else the connecting role)
+    owner: str | None = None
+    allow_foreign_objects: bool = False
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
-              now: dt.datetime | None = None) -> Plan:
+              now: dt.datetime | None = None, storage: Storage | None = None) -> Plan:
     """Compute the plan and run every preflight check (what --dry-run prints). Changes
-    nothing. Raises DatabaseError when the target's server is unreachable."""
+    nothing; with ``storage`` the start of the dump is read for its table of contents.
+    Raises DatabaseError when the target's server is unreachable."""
     url, db, admin_url = target_of(settings, options.target_url)
     stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
     restore_db, aside = names(db, stamp)
@@ -254,6 +271,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         target_exists = pgswap.exists(admin, db)
         clients = pgswap.sessions(admin, db) if target_exists else []
         may_create = _may_create(admin)
+        role_finding, run_as = _role_finding(admin, db if target_exists else None,
+                                             options.owner)
         server_major, server_version = pgc.server_version(admin)
     target_revision = None
     current: dict[str, tuple[int, bool]] = {}
@@ -312,8 +331,13 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                 "the role may create databases" if may_create else
                 f"the role of {plan.target} may not create databases: grant CREATEDB "
                 "(restore creates the new database beside the live one)", FAILURE),
+        role_finding,
         _restore_client_finding(settings, manifest, plan, server_major, server_version),
     ]
+    plan.restore_role = run_as
+    if storage is not None and not any(f.blocking for f in plan.preflight):
+        plan.preflight.append(_contents_finding(settings, storage, manifest, plan,
+                                                options.allow_foreign_objects))
     if unfinished:
         plan.preflight.append(Finding(
             "backfill", False, f"{db} holds an {plan.unfinished_backfill}: finish it with "
@@ -365,6 +389,57 @@ def _may_create(admin: psycopg.Connection) -> bool:
     row = admin.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles "
                         "WHERE rolname = current_user").fetchone()
     return bool(row and row[0])
+
+
+def _contents_finding(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan,
+                      allowed: bool) -> Finding:
+    dump = manifest.artifact("dump")
+    if dump is None or plan.restore_client is None:
+        return Finding("contents", False, "no dump to read the contents of")
+    try:
+        identities = crypto.load_identities(Path(settings.age_identity_file))
+        verdict = archive_toc.judge(archive_toc.read(
+            storage, dump, identities, plan.restore_client.pg_restore.path))
+    except DRError as exc:
+        interrupt.raise_if_noted()
+        return Finding("contents", False, exc.message, VERIFICATION_FAILED)
+    plan.foreign_objects = [str(e) for e in verdict.foreign]
+    if not verdict.foreign:
+        return Finding("contents", True, f"{verdict.entries} entries, all of a Prefect "
+                                         "database's kinds")
+    shown = ", ".join(str(e) for e in (verdict.executable or verdict.foreign)[:5])
+    more = len(verdict.executable or verdict.foreign) - 5
+    listed = shown + (f" and {more} more" if more > 0 else "")
+    if verdict.executable and not allowed:
+        return Finding("contents", False, f"the dump holds {len(verdict.executable)} "
+                       f"executable object(s) a Prefect database does not: {listed}; "
+                       "refusing (inspect it; --allow-foreign-objects restores it anyway)",
+                       VERIFICATION_FAILED)
+    return Finding("contents", False, f"the dump holds {len(verdict.foreign)} object(s) a "
+                   f"Prefect database does not: {listed}"
+                   + (" (allowed by --allow-foreign-objects)" if verdict.executable else ""))
+
+
+def _role_finding(admin: psycopg.Connection, db: str | None, owner: str | None
+                  ) -> tuple[Finding, str]:
+    """Who runs the archive's SQL: ``owner``, else the live database's owner, else the
+    connecting role; refused (exit 2) when that is a superuser or does not exist."""
+    me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+    run_as = owner or (pgswap.owner(admin, db) if db else me)
+    row = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s",
+                        (run_as,)).fetchone()
+    if row is None:
+        return Finding("role", False, f"--owner {run_as}: no such role", USAGE), run_as
+    if row[0]:
+        where = f"{db} is owned by superuser {run_as}" if db and not owner else \
+            f"the archive would run as superuser {run_as}"
+        return Finding("role", False, f"{where}: refusing to run a backup's SQL as a "
+                       "superuser; pass --owner ROLE (a role without superuser, e.g. the one "
+                       "Prefect connects as)" + (f" or ALTER DATABASE {db} OWNER TO it"
+                                                 if db else ""), USAGE), run_as
+    how = "as the connecting role" if run_as == me else "through pg_restore --role"
+    return Finding("role", True, f"the archive runs as {run_as} (no superuser), {how}; "
+                   "it owns the restored database"), run_as
 
 
 def _history_finding(plan: Plan, allowed: bool) -> Finding:

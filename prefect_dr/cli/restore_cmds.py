@@ -74,6 +74,14 @@ def restore(
         "--resume", help="Finish the unfinished history backfill of an interrupted tiered "
         "restore (rerunning the same restore --tiered does the same).")] = False,
     allow_unsigned: AllowUnsignedFlag = False,
+    owner: Annotated[str | None, typer.Option(
+        "--owner", metavar="ROLE", help="The role that owns the restored database and runs "
+        "the backup's SQL (pg_restore --role); default: the live database's owner, else the "
+        "connecting role. Never a superuser.")] = None,
+    allow_foreign_objects: Annotated[bool, typer.Option(
+        "--allow-foreign-objects", help="Restore a dump whose table of contents holds "
+        "executable objects a Prefect database does not (functions, triggers, rules, ...).")
+    ] = False,
 ) -> None:
     """Restore a backup beside the live database, check it, swap it in, keep the old one.
 
@@ -110,7 +118,8 @@ def restore(
         allow_newer_schema=allow_newer_schema,
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
-        dry_run=dry_run, tiered=tiered, trust=trusted_by))
+        dry_run=dry_run, tiered=tiered, trust=trusted_by, owner=owner,
+        allow_foreign_objects=allow_foreign_objects), storage=repo)
     refusal = plan.refusal
     if json_mode() and dry_run:  # one JSON document: the plan, and the refusal if any
         console.print_json({"ok": refusal is None, "dry_run": True, "plan": plan.to_dict(),
