@@ -317,3 +317,90 @@ def test_keygen_makes_both_keys(tmp_path: Path) -> None:
     assert oct(pem.stat().st_mode & 0o777) == "0o600" and b"PRIVATE KEY" in pem.read_bytes()
     assert "PRIVATE" not in proc.stdout + proc.stderr
     assert hashlib.sha256(pem.read_bytes()).hexdigest() not in proc.stdout
+
+
+def _admin(env: dict[str, str], db: str = "postgres") -> psycopg.Connection:
+    from prefect_dr.pg.scratch import with_database
+
+    return psycopg.connect(with_database(env["PREFECT_DR_STACK_PG_ADMIN_URL"], db),
+                           password=env["PREFECT_DR_STACK_PG_ADMIN_PASSWORD"], autocommit=True)
+
+
+def _program_dump(env: dict[str, str], marker: Path) -> bytes:
+    """A Prefect database with a function that shells out (COPY ... TO PROGRAM) and a table
+    whose CHECK calls it: loading the table's rows runs the program."""
+    import subprocess
+
+    from conftest import clone_prefect_db, drop_db
+
+    name = f"prefect_src_{uuid.uuid4().hex[:6]}"
+    url = clone_prefect_db(env, name)
+    try:
+        with psycopg.connect(url, password=env["PGPASSWORD"], autocommit=True) as conn:
+            conn.execute("CREATE FUNCTION forged_f(x int) RETURNS boolean LANGUAGE plpgsql AS "
+                         "$$ BEGIN RETURN true; END $$")
+            conn.execute("CREATE TABLE forged_t (x int CHECK (forged_f(x)))")
+            conn.execute("INSERT INTO forged_t VALUES (1)")
+            conn.execute(
+                "CREATE OR REPLACE FUNCTION forged_f(x int) RETURNS boolean LANGUAGE plpgsql AS "
+                f"$$ BEGIN EXECUTE 'COPY (SELECT 1) TO PROGRAM ''touch {marker}'''; "
+                "RETURN true; END $$")
+        return subprocess.run(["pg_dump", "-Fc", "--dbname", url], env=env, check=True,
+                              capture_output=True).stdout
+    finally:
+        drop_db(env, name)
+
+
+def test_forged_archive_runs_as_the_owner_never_as_superuser(fresh: dict,
+                                                             tmp_path: Path) -> None:
+    env = fresh["env"]
+    manifest = fresh["config"]
+    marker = Path(f"/tmp/prefect-dr-forged-{uuid.uuid4().hex[:8]}")
+    _forge_artifact(env, manifest, "dump", _program_dump(env, marker))
+    key = _manifest_key(manifest)  # an attacker cannot sign: the manifest goes unsigned
+    body = json.loads(_get(env, key))
+    body.pop("signature")
+    _put(env, key, json.dumps(body).encode())
+    target = f"prefect_owned_{uuid.uuid4().hex[:6]}"
+    with _admin(env) as conn:
+        conn.execute(f'CREATE DATABASE "{target}" OWNER prefect')
+    # the restore connects as the superuser, as the documented set-up did
+    admin_env = dict(env, PGPASSWORD=env["PREFECT_DR_STACK_PG_ADMIN_PASSWORD"])
+    admin_url = env["PREFECT_DR_STACK_PG_ADMIN_URL"].rsplit("/", 1)[0] + "/" + target
+    argv = ["restore", manifest["backup_id"], "--target-url", admin_url, "--yes",
+            "--no-safety-backup", "--allow-unsigned", "--allow-history-loss"]
+    try:
+        dry = run_cli([*argv, "--dry-run", "--json"], admin_env)
+        plan = json.loads(dry.stdout)["plan"]
+        assert plan["restore_role"] == "prefect"
+        assert any(o.startswith("FUNCTION public.forged_f") for o in plan["foreign_objects"])
+        assert "TABLE public.forged_t" in plan["foreign_objects"]
+        refused = run_cli(argv, admin_env)
+        assert refused.returncode == 13, refused.stderr
+        assert "executable object" in refused.stderr and "forged_f" in refused.stderr
+        ran = run_cli([*argv, "--allow-foreign-objects"], admin_env)
+        assert ran.returncode != 0, ran.stderr
+        assert "external program" in ran.stderr, ran.stderr  # COPY TO PROGRAM, refused
+        assert not marker.exists(), "the archive's program ran"
+        # a database owned by a superuser is not restored as that superuser
+        with _admin(env) as conn:
+            conn.execute(f'ALTER DATABASE "{target}" OWNER TO postgres')
+        refused = run_cli([*argv, "--allow-foreign-objects"], admin_env)
+        assert refused.returncode == 2 and "owned by superuser postgres" in refused.stderr
+        assert not marker.exists()
+    finally:
+        with _admin(env) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{target}" WITH (FORCE)')
+        marker.unlink(missing_ok=True)
+
+
+def test_a_prefect_dump_holds_nothing_foreign(fresh: dict) -> None:
+    env = fresh["env"]
+    url = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0] + "/prefect_dry_toc"
+    dry = run_cli(["restore", fresh["full"]["backup_id"], "--dry-run", "--json",
+                   "--target-url", url], env)
+    assert dry.returncode == 0, dry.stderr
+    plan = json.loads(dry.stdout)["plan"]
+    assert plan["foreign_objects"] == [] and plan["restore_role"] == "prefect"
+    contents = next(f for f in plan["preflight"] if f["name"] == "contents")
+    assert contents["ok"], contents
