@@ -211,6 +211,7 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
         if not complete:
             what = f"complete {kind} backup" if kind else "complete backup"
             raise NotFoundError(f"no {what} in {storage.description}/{layout.root}")
+        complete = _trusted_first(complete, verify_key)
         # A backup taken while a tiered restore's history backfill was unfinished lacks part of
         # the history: --latest passes over it while a whole one exists (an id still picks it).
         whole = [e for e in complete if e.labels.get("backfill") != "unfinished"]
@@ -228,6 +229,26 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
     if not objects:
         raise NotFoundError(f"no backup {ref} in {storage.description}/{layout.root}")
     return _entry(storage, layout, ref, objects, True, verify_key)
+
+
+def _trusted_first(complete: list[BackupEntry], verify_key: VerifyKey) -> list[BackupEntry]:
+    """With a reader's Trust, the complete backups it accepts (``--latest`` passes over a
+    forged or foreign newest backup, with a warning, instead of being stopped by it); all of
+    them when it accepts none (the newest is then refused by name)."""
+    if not isinstance(verify_key, Trust) or verify_key.allow_unsigned:
+        return complete
+    trusted = []
+    for entry in complete:
+        try:
+            verify_key.check_manifest(entry.manifest)  # type: ignore[arg-type]
+        except VerificationError:
+            continue
+        trusted.append(entry)
+    if trusted and len(trusted) < len(complete):
+        skipped = [e.backup_id for e in complete if e not in trusted]
+        log.warning("--latest passes over %s: not signed by a verify key for this repository",
+                    ", ".join(skipped[-5:]))
+    return trusted or complete
 
 
 def select_one(storage: Storage, layout: Layout, ref: str | None, *, latest: bool,

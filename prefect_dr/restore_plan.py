@@ -28,6 +28,9 @@ findings are cheap checks made *before* anything is created, downloaded or uploa
   backup's, a pg_restore reads the archive and suits the server (a 17+ one into PostgreSQL
   14-16 runs through psql without its ``SET transaction_timeout``), and a pg_dump can take the
   safety backup of the live server (exit 16, a set-up error naming what to install);
+- ``safety backup``: the safety backup is a backup like any other, signed: without a signing
+  key (and ``signing.required`` on) the restore is refused (exit 2) unless
+  ``--no-safety-backup``;
 - ``staging``: with ``--jobs`` above 1, room to stage the decrypted dump (a warning: the restore
   then streams with one job);
 - ``backfill``: the target holds no unfinished history backfill of an earlier tiered restore
@@ -354,6 +357,10 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
     if plan.safety_backup:
         plan.preflight.append(_dump_client_finding(settings, plan, server_major,
                                                    server_version))
+        if not settings.signing_key_file and settings.signing_required is not False:
+            plan.preflight.append(Finding(
+                "safety backup", False, "the safety backup of the live database is signed: "
+                "set PREFECT_DR_SIGNING_KEY_FILE, or pass --no-safety-backup", USAGE))
     fallback = options.jobs >= 2 and not staged
     plan.preflight.append(Finding("staging", not fallback, how))
     return plan

@@ -286,6 +286,13 @@ def test_writer_without_signing_key(fresh: dict) -> None:
     assert "is not signed" in restore
     verify = run_cli(["verify", bid, "--allow-unsigned"], fresh["env"])
     assert verify.returncode == 0, verify.stderr
+    # --latest passes over the untrusted newest backup instead of being stopped by it
+    url = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0] + "/prefect_dry_l"
+    dry = run_cli(["restore", "--latest", "--kind", "config-only", "--dry-run", "--json",
+                   "--target-url", url], fresh["env"])
+    assert dry.returncode == 0, dry.stderr
+    assert json.loads(dry.stdout)["plan"]["backup_id"] == fresh["config"]["backup_id"]
+    assert f"--latest passes over {bid}" in dry.stderr
 
 
 def test_key_rotation_and_unknown_keys(fresh: dict, tmp_path: Path) -> None:

@@ -210,8 +210,9 @@ def block_key_cmd(
     current.require("age_identity_file")
     identities = crypto.load_identities(Path(current.age_identity_file))
     repo = storage()
-    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None),
-                                        trust=trust(repo, allow_unsigned))
+    trusted_by = trust(repo, allow_unsigned)
+    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None,
+                                               trusted_by=trusted_by), trust=trusted_by)
     found = block_key.recover(repo, manifest, identities, pg_bin_dir=current.pg_bin_dir)
     if output == "-":
         sys.stdout.write(found.key + "\n")

@@ -93,12 +93,15 @@ def notified_verification(repo: Any, kind: str | None) -> dict[str, Any] | None:
 
 
 def select(backup_id: str | None, latest: bool, kind: Kind | None,
-           default_kind: Kind | None = DEFAULT_LATEST_KIND, *, read_only: bool = False) -> Any:
-    """The one backup a command acts on (catalog.select_one with this run's repository)."""
+           default_kind: Kind | None = DEFAULT_LATEST_KIND, *, read_only: bool = False,
+           trusted_by: Any = None) -> Any:
+    """The one backup a command acts on (catalog.select_one with this run's repository);
+    with a reader's ``trusted_by`` (trust.Trust), ``--latest`` means the newest trusted one."""
     from prefect_dr import catalog
 
     return catalog.select_one(storage(read_only=read_only), layout(), backup_id, latest=latest,
-                              kind=kind, default_kind=default_kind, verify_key=verify_key())
+                              kind=kind, default_kind=default_kind,
+                              verify_key=trusted_by or verify_key())
 
 
 def confirm(name: str, yes: bool, what: str, noun: str = "the database name") -> None:

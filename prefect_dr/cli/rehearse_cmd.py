@@ -50,8 +50,9 @@ def rehearse_upgrade(
     url_flag(scratch_url, "--scratch-url")
     current = settings()
     repo = storage()
-    manifest = catalog.require_complete(select(backup_id, latest, kind),
-                                        trust=trust(repo, allow_unsigned))
+    trusted_by = trust(repo, allow_unsigned)
+    manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
+                                        trust=trusted_by)
     dump = manifest.artifact("dump")
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=dump.size if dump else None) as listener:

@@ -104,7 +104,8 @@ def restore(
     if resume:
         _resume(current, repo, target_url, None, trusted_by)
         return
-    manifest = catalog.require_complete(select(backup_id, latest, kind), trust=trusted_by)
+    manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
+                                        trust=trusted_by)
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
     pending = restore_mod.unfinished(current, target_url)
     if pending and pending[0].backup_id == manifest.backup_id and not dry_run:
@@ -234,8 +235,9 @@ def restore_config(
     current = settings()
     current.require("prefect_api_url", "age_identity_file")
     repo = storage()
-    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None),
-                                        trust=trust(repo, allow_unsigned))
+    trusted_by = trust(repo, allow_unsigned)
+    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None,
+                                               trusted_by=trusted_by), trust=trusted_by)
     identities = crypto.load_identities(Path(current.age_identity_file))
     export_doc = ci.read_export(repo, manifest, identities)
     the_plan = ci.plan(current.prefect_api_url, export_doc, only=sections,
