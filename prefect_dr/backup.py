@@ -25,7 +25,6 @@ import secrets
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import psycopg
 
@@ -40,6 +39,7 @@ from prefect_dr import (
     prefect_api,
     signing,
     table_copy,
+    trust,
 )
 from prefect_dr import log as runlog
 from prefect_dr import prefect_schema as ps
@@ -150,8 +150,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     recipients = [crypto.parse_recipient(r) for r in recipient_texts]
     fingerprints = tuple(crypto.fingerprint(r) for r in recipient_texts)
     repo = Layout(settings.layout_prefix)
-    signer = (signing.load_private(Path(settings.signing_key_file))
-              if settings.signing_key_file else None)
+    signer = trust.signer(settings.signing_key_file, settings.signing_required is not False)
     url = settings.database_url
     conn = pgc.connect(url)
     try:
@@ -185,8 +184,8 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
     status_key = repo.artifact(backup_id, layout.STATUS)
     common = {"started_at": started.isoformat(), "host": socket.gethostname(),
               "pid": os.getpid(), "run_id": runlog.RUN_ID, "labels": dict(request.labels)}
-    storage.put_bytes(status_key, status_record(backup_id, request.kind, "running", **common),
-                      "application/json")
+    storage.put_bytes(status_key, status_record(backup_id, request.kind, "running",
+                                                signer=signer, **common), "application/json")
     log.info("backup %s started (%s)", backup_id, request.kind,
              extra={"backup_id": backup_id, "kind": request.kind})
     try:
@@ -205,7 +204,7 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
             message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         try:
             storage.put_bytes(status_key, status_record(
-                backup_id, request.kind, FAILED, error=message,
+                backup_id, request.kind, FAILED, error=message, signer=signer,
                 finished_at=clock().isoformat(), **common), "application/json")
         except Exception as record_exc:
             log.error("could not write the failed status of %s: %s", backup_id, record_exc)
@@ -290,8 +289,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
         database_size=int(size_row[0]) if size_row else None,
     )
-    if signer is not None:
-        manifest = signing.sign(manifest, signer)
+    # Bound to this repository and signed (trust.bind): readers refuse it anywhere else.
+    manifest = trust.bind(manifest, trust.writer_repository(settings, storage), signer)
     storage.put_bytes(repo.artifact(backup_id, layout.MANIFEST), manifest.to_json(),
                       "application/json")
     log.info("backup %s complete", backup_id, extra={"backup_id": backup_id})

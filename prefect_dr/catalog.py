@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from prefect_dr import layout as lay
 from prefect_dr import signing
@@ -23,6 +23,11 @@ from prefect_dr.kinds import DEFAULT_LATEST_KIND, Standing, Status, standing
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest, ManifestError, parse
 from prefect_dr.storage.base import ObjectInfo, Storage
+from prefect_dr.trust import Trust
+
+#: What ``verify_key`` parameters take: a reader's Trust, a keyring or one public key; None
+#: (tests, in-memory use) takes records as they claim.
+VerifyKey = Any
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +81,15 @@ def _summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def status_record(backup_id: str, kind: str, status: str, *, started_at: str, host: str,
                   pid: int, run_id: str, labels: dict[str, str], error: str | None = None,
-                  finished_at: str | None = None) -> bytes:
-    """The bytes of a status record (running or failed) of a backup."""
-    record = {"format": STATUS_FORMAT, "format_version": 1, "backup_id": backup_id,
-              "kind": kind, "status": status, "started_at": started_at,
-              "finished_at": finished_at, "host": host, "pid": pid, "run_id": run_id,
-              "labels": labels, "error": error}
+                  finished_at: str | None = None,
+                  signer: Ed25519PrivateKey | None = None) -> bytes:
+    """The bytes of a status record (running or failed) of a backup, signed by ``signer``."""
+    record: dict[str, Any] = {
+        "format": STATUS_FORMAT, "format_version": 1, "backup_id": backup_id, "kind": kind,
+        "status": status, "started_at": started_at, "finished_at": finished_at, "host": host,
+        "pid": pid, "run_id": run_id, "labels": labels, "error": error}
+    if signer is not None:
+        record = signing.sign_record(record, signer)
     return (json.dumps(record, indent=2) + "\n").encode()
 
 
@@ -94,7 +102,7 @@ def _json(storage: Storage, key: str) -> dict[str, Any] | None:
 
 
 def list_backups(storage: Storage, layout: Layout, *, with_verification: bool = True,
-                 verify_key: Ed25519PublicKey | None = None) -> list[BackupEntry]:
+                 verify_key: VerifyKey = None) -> list[BackupEntry]:
     """Every backup in the repository, oldest first. Raises StorageError if listing fails.
 
     With ``verify_key``, a verification record without a valid signature by it counts as
@@ -131,24 +139,35 @@ def _located(manifest: Manifest, layout: Layout) -> Manifest:
 
 
 def _checked_record(record: dict[str, Any] | None, backup_id: str,
-                    verify_key: Ed25519PublicKey | None) -> dict[str, Any] | None:
+                    verify_key: VerifyKey) -> dict[str, Any] | None:
     if record is None:
         return None
     if record.get("backup_id") != backup_id:
         return {**record, "claimed_result": record.get("result"), "result": "forged"}
-    if verify_key is not None and not signing.check_record(record, verify_key):
+    if verify_key is not None and not _trusted(record, verify_key):
         return {**record, "claimed_result": record.get("result"), "result": "unsigned"}
     return record
 
 
+def _trusted(record: dict[str, Any], verify_key: VerifyKey) -> bool:
+    if isinstance(verify_key, Trust):
+        return verify_key.check_record(record)
+    return signing.check_record(record, verify_key)
+
+
 def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[ObjectInfo],
-           with_verification: bool, verify_key: Ed25519PublicKey | None = None
+           with_verification: bool, verify_key: VerifyKey = None
            ) -> BackupEntry:
     names = {layout.parse_backup_key(o.key)[1]: o for o in objects}  # type: ignore[index]
     entry = BackupEntry(backup_id, INCOMPLETE, size=sum(o.size for o in objects),
                         objects=objects)
     status = _json(storage, layout.artifact(backup_id, lay.STATUS)) if lay.STATUS in names \
         else None
+    if status and status.get("backup_id") != backup_id:
+        status = None  # a status record moved from another backup says nothing of this one
+    if status and verify_key is not None and not _trusted(status, verify_key):
+        entry.error = "its status record is not signed by a trusted key (ignored)"
+        status = None
     if status:
         entry.kind, entry.started_at = status.get("kind"), status.get("started_at")
         entry.finished_at, entry.labels = status.get("finished_at"), status.get("labels") or {}
@@ -183,7 +202,7 @@ def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[Objec
 
 
 def last_verification(storage: Storage, layout: Layout, *, kind: str | None = None,
-                      verify_key: Ed25519PublicKey | None = None) -> dict[str, Any] | None:
+                      verify_key: VerifyKey = None) -> dict[str, Any] | None:
     """The newest verification record (by finish time) of any backup of ``kind``, or None."""
     records = [e.verification for e in list_backups(storage, layout, verify_key=verify_key)
                if e.verification and (kind is None or e.kind == kind)]
@@ -198,7 +217,7 @@ def whole(entries: list[BackupEntry], kind: str | None = None) -> list[BackupEnt
 
 
 def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool = False,
-            kind: str | None = None, verify_key: Ed25519PublicKey | None = None
+            kind: str | None = None, verify_key: VerifyKey = None
             ) -> BackupEntry:
     """Find one backup by id, or with ``latest`` the newest complete *whole* backup of
     ``kind`` (any kind when None).
@@ -215,6 +234,7 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
             hint = (f" (only partial or safety backups, which --latest never picks: "
                     f"{', '.join(others[-3:])}; name one to use it)" if others else "")
             raise NotFoundError(f"no {what} in {storage.description}/{layout.root}{hint}")
+        found = _trusted_first(found, verify_key)  # a forgery cannot block --latest
         newest = found[-1]
         passed = [e.backup_id for e in entries[entries.index(newest) + 1:]
                   if e.status == COMPLETE and (kind is None or e.kind == kind)]
@@ -233,9 +253,29 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
     return _entry(storage, layout, ref, objects, True, verify_key)
 
 
+def _trusted_first(complete: list[BackupEntry], verify_key: VerifyKey) -> list[BackupEntry]:
+    """With a reader's Trust, the complete backups it accepts (``--latest`` passes over a
+    forged or foreign newest backup, with a warning, instead of being stopped by it); all of
+    them when it accepts none (the newest is then refused by name)."""
+    if not isinstance(verify_key, Trust) or verify_key.allow_unsigned:
+        return complete
+    trusted = []
+    for entry in complete:
+        try:
+            verify_key.check_manifest(entry.manifest)  # type: ignore[arg-type]
+        except VerificationError:
+            continue
+        trusted.append(entry)
+    if trusted and len(trusted) < len(complete):
+        skipped = [e.backup_id for e in complete if e not in trusted]
+        log.warning("--latest passes over %s: not signed by a verify key for this repository",
+                    ", ".join(skipped[-5:]))
+    return trusted or complete
+
+
 def select_one(storage: Storage, layout: Layout, ref: str | None, *, latest: bool,
                kind: str | None, default_kind: str | None = DEFAULT_LATEST_KIND,
-               verify_key: Ed25519PublicKey | None = None) -> BackupEntry:
+               verify_key: VerifyKey = None) -> BackupEntry:
     """The backup a command acts on: ``ref``, or with ``latest`` the newest complete backup of
     ``kind`` (``default_kind`` when no kind is given: ``--latest`` means the newest *full*
     backup unless the command says otherwise).
@@ -258,13 +298,17 @@ def select_one(storage: Storage, layout: Layout, ref: str | None, *, latest: boo
     return entry
 
 
-def require_complete(entry: BackupEntry) -> Manifest:
-    """The manifest of a complete backup. Raises VerificationError for a corrupt one,
-    NotFoundError naming the status of a failed or incomplete one."""
+def require_complete(entry: BackupEntry, *, trust: Trust | None) -> Manifest:
+    """The manifest of a complete backup, trusted by ``trust`` (every reader passes its own;
+    None only where the caller checks the signature itself). Raises VerificationError for a
+    corrupt one, UntrustedError (exit 13) for one ``trust`` refuses, NotFoundError naming the
+    status of a failed or incomplete one."""
     if entry.status == CORRUPT:
         raise VerificationError(f"backup {entry.backup_id} is corrupt: {entry.error}")
     if entry.status != COMPLETE or entry.manifest is None:
         detail = f": {entry.error}" if entry.error else ""
         raise NotFoundError(f"backup {entry.backup_id} is {entry.status}{detail}")
+    if trust is not None:
+        trust.check_manifest(entry.manifest)
     return entry.manifest
 

@@ -71,9 +71,17 @@ SPECS: tuple[Spec, ...] = (
          "prefect.encryption_key_file", "path",
          help="file holding Prefect's block key when it is not in the database"),
     Spec("signing_key_file", "PREFECT_DR_SIGNING_KEY_FILE", "signing.key_file", "path",
-         help="Ed25519 private key (PEM) that signs manifests"),
+         help="Ed25519 private key (PEM) that signs manifests, status and verification "
+              "records (from 'prefect-dr keygen'); backup and copy refuse to run without it"),
     Spec("verify_key", "PREFECT_DR_VERIFY_KEY", "signing.verify_key",
-         help="base64 Ed25519 public key manifests must be signed by"),
+         help="base64 Ed25519 public keys (comma-separated: several during a rotation) "
+              "manifests must be signed by; readers refuse others unless --allow-unsigned"),
+    Spec("signing_required", "PREFECT_DR_SIGNING_REQUIRED", "signing.required", "bool",
+         default=True, help="false lets backup and copy write unsigned manifests (readers "
+                            "then need --allow-unsigned)"),
+    Spec("repository_name", "PREFECT_DR_REPOSITORY_NAME", "signing.repository_name",
+         help="the name signed manifests bind the repository by (default: its URL without "
+              "query); set the same name where a replica of the bucket is read"),
     Spec("s3_storage_class", "PREFECT_DR_S3_STORAGE_CLASS", "s3.storage_class",
          help="storage class of uploaded objects, e.g. STANDARD_IA"),
     Spec("s3_sse", "PREFECT_DR_S3_SSE", "s3.sse", help="server-side encryption: AES256 or aws:kms"),

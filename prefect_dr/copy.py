@@ -2,9 +2,12 @@
 
 A backup is copied object by object, each streamed (bounded memory) and hashed on the way; an
 object whose SHA-256 differs from its manifest is not kept and the backup is not copied. The
-status record and the verification records come along, and the manifest, byte for byte (so its
-signature still holds), is written last and only if absent: until then the copy is an
-incomplete backup in the target, never a complete one. Rerunning is safe: a backup whose
+status record and the verification records come along (their signatures name the backup, not
+the repository), and the manifest is written last and only if absent: until then the copy is
+an incomplete backup in the target, never a complete one. A manifest the source's reader
+trusts is re-bound to the target repository and signed by the copying job's key
+(``trust.bind``); one accepted only by ``--allow-unsigned`` is copied byte for byte, so a copy
+never turns an unauthenticated backup into a trusted one. Rerunning is safe: a backup whose
 manifest is already in the target is skipped, and objects a killed run already put there are
 read back and kept when they match. Failed and incomplete backups are never copied.
 """
@@ -17,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect_dr import catalog, interrupt, signing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from prefect_dr import catalog, interrupt
 from prefect_dr import layout as lay
 from prefect_dr.catalog import BackupEntry
 from prefect_dr.errors import (
@@ -32,6 +37,7 @@ from prefect_dr.layout import Layout
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pipeline import Progress
 from prefect_dr.storage.base import Storage
+from prefect_dr.trust import Trust, bind, repository_name
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +110,11 @@ def select(source: Repository, backup_id: str | None, *, latest: bool, all_backu
 
 
 def run(source: Repository, target: Repository, entries: Iterable[BackupEntry], *,
-        verify_key: Any = None, progress: Progress | None = None) -> CopyResult:
-    """Copy each complete backup of ``entries`` from ``source`` to ``target``.
+        trust: Trust | None = None, signer: Ed25519PrivateKey | None = None,
+        progress: Progress | None = None) -> CopyResult:
+    """Copy each complete backup of ``entries`` from ``source`` to ``target``: each manifest
+    checked by ``trust`` (the source reader's; None only in tests) and re-signed by
+    ``signer`` for the target.
 
     Failed, incomplete and corrupt backups are reported as refused (a single explicitly named
     one raises instead: see ``run_one``). Raises StorageError when a store fails (what was
@@ -114,8 +123,8 @@ def run(source: Repository, target: Repository, entries: Iterable[BackupEntry], 
     result = CopyResult(source=source.name, target=target.name)
     for entry in entries:
         try:
-            result.backups.append(copy_backup(source, target, entry, verify_key=verify_key,
-                                              progress=progress))
+            result.backups.append(copy_backup(source, target, entry, trust=trust,
+                                              signer=signer, progress=progress))
         except VerificationError as exc:
             log.error("backup %s not copied: %s", entry.backup_id, exc.message)
             result.backups.append(CopiedBackup(entry.backup_id, REFUSED, entry.kind,
@@ -124,13 +133,14 @@ def run(source: Repository, target: Repository, entries: Iterable[BackupEntry], 
 
 
 def after_backup(source: Repository, target: Repository, backup_id: str, *,
-                 verify_key: Any = None) -> CopyResult:
+                 trust: Trust | None = None,
+                 signer: Ed25519PrivateKey | None = None) -> CopyResult:
     """Copy the backup just taken (``backup --copy-to``). A store failure of the copy is a
     refused copy in the result, not an error: the backup itself is complete. Raises
     Interrupted after a stop signal."""
     try:
-        entry = catalog.resolve(source.storage, source.layout, backup_id, verify_key=verify_key)
-        return run(source, target, [entry], verify_key=verify_key)
+        entry = catalog.resolve(source.storage, source.layout, backup_id, verify_key=trust)
+        return run(source, target, [entry], trust=trust, signer=signer)
     except StorageError as exc:
         interrupt.raise_if_noted()
         return CopyResult(source.name, target.name, [CopiedBackup(
@@ -138,7 +148,8 @@ def after_backup(source: Repository, target: Repository, backup_id: str, *,
 
 
 def copy_backup(source: Repository, target: Repository, entry: BackupEntry, *,
-                verify_key: Any = None, progress: Progress | None = None) -> CopiedBackup:
+                trust: Trust | None = None, signer: Ed25519PrivateKey | None = None,
+                progress: Progress | None = None) -> CopiedBackup:
     """Copy one backup. A failed or incomplete one is refused (not an error: ``--all`` meets
     them); raises VerificationError when the source does not match its manifest (a tampered
     or corrupt object, a wrong signature), StorageError when a store fails."""
@@ -149,9 +160,13 @@ def copy_backup(source: Repository, target: Repository, entry: BackupEntry, *,
         return CopiedBackup(bid, REFUSED, entry.kind,
                             detail=f"{entry.status}: only complete backups are copied")
     manifest = entry.manifest
-    if verify_key is not None:
-        signing.check(manifest, verify_key)
     raw = source.storage.get_bytes(source.layout.artifact(bid, lay.MANIFEST))
+    if trust is not None:
+        trust.check_manifest(manifest)  # UntrustedError, ManifestError: not copied
+        if trust.vouches_for(manifest):
+            raw = bind(manifest, repository_name(target.storage.url
+                                                 or target.storage.description),
+                       signer).to_json()
     dst_manifest = target.layout.artifact(bid, lay.MANIFEST)
     if target.storage.stat(dst_manifest) is not None:
         return _already(target, dst_manifest, raw, bid, manifest)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from prefect_dr import backfill, crypto, interrupt, prefect_api
+from prefect_dr import backfill, crypto, interrupt, prefect_api, signing
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import DRError
@@ -264,6 +264,48 @@ def check_keys(report: Report, settings: Settings) -> None:
     _guard(report, "age identity", identity)
 
 
+def check_signing(report: Report, settings: Settings) -> None:
+    """The writer has a signing key (unless signing.required = false); a reader (one with an
+    age identity) has verify keys; both together agree (the signer's key is trusted)."""
+    required = settings.signing_required is not False
+    signer = None
+    if settings.signing_key_file:
+        def load() -> tuple[str, str]:
+            nonlocal signer
+            signer = signing.load_private(Path(settings.signing_key_file))
+            public = signing.public_text(signer.public_key())
+            return OK, f"{settings.signing_key_file} (key {signing.key_id(public)})"
+
+        _guard(report, "signing key", load)
+    elif required:
+        report.add("signing key", FAIL, "PREFECT_DR_SIGNING_KEY_FILE is not set: backup and "
+                   "copy refuse to write (make one with 'prefect-dr keygen', or set "
+                   "signing.required = false)")
+    else:
+        report.add("signing key", WARN, "signing.required = false: backups are written "
+                   "unsigned and readers refuse them without --allow-unsigned", required=False)
+    try:
+        keys = signing.Keyring.parse(settings.verify_key)
+    except DRError as exc:
+        interrupt.raise_if_noted()
+        report.add("verify key", FAIL, exc.message)
+        return
+    if not keys:
+        reader = bool(settings.age_identity_file)
+        report.add("verify key", FAIL if reader else SKIP,
+                   "PREFECT_DR_VERIFY_KEY is not set: verify and restore refuse every backup "
+                   "without --allow-unsigned (it is the public key 'prefect-dr keygen' "
+                   "printed)" if reader else "not configured (needed by verify and restore)",
+                   required=reader)
+        return
+    if signer is not None and keys.find(
+            {"key_id": signing.key_id(signing.public_text(signer.public_key()))}) is None:
+        report.add("verify key", FAIL, "the signing key's public key is not among "
+                   "PREFECT_DR_VERIFY_KEY: readers configured alike refuse what it signs")
+        return
+    report.add("verify key", OK, f"{len(keys.keys)} key(s): " + ", ".join(keys.keys))
+
+
 def check_prefect_api(report: Report, settings: Settings) -> None:
     """The Prefect API answers (optional: exports fall back to the database)."""
     if not settings.prefect_api_url:
@@ -283,5 +325,6 @@ def run(settings: Settings, *, env: Mapping[str, str] | None = None,
     check_database(report, settings, env)
     check_storage(report, settings, storage, secrets.token_hex(6))
     check_keys(report, settings)
+    check_signing(report, settings)
     check_prefect_api(report, settings)
     return report

@@ -78,6 +78,9 @@ class Manifest:
     database_size: int | None = None  # pg_database_size at backup time, for disk planning
     #: the client programs used, program -> path (absent in manifests before issue 14)
     clients: dict[str, str] | None = None
+    #: the repository the backup is bound to (trust.repository_name; absent before issue 27):
+    #: signed, so a manifest moved into another repository is refused there
+    repository: str | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: dict[str, str] | None = None
@@ -109,6 +112,8 @@ class Manifest:
             data.pop("signature")
         if self.clients is None:
             data.pop("clients")  # older manifests: their signed bytes stay the same
+        if self.repository is None:
+            data.pop("repository")
         return data
 
     def signing_bytes(self) -> bytes:
@@ -202,6 +207,7 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         database_size=data.get("database_size") if isinstance(data.get("database_size"), int)
         else None,
         clients=_clients(data.get("clients"), where),
+        repository=_require(data, "repository", str, where) if "repository" in data else None,
     )
 
 

@@ -120,7 +120,8 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         if plan.tiered and manifest.history:  # restore --resume will need the backup: I1
             pins.add(storage, layout, plan.backup_id, pin,
                      f"the history backfill of restore --tiered into {pgc.describe(url)}")
-        role = pgswap.owner(admin, db) if plan.target_exists else None
+        # The archive runs as the role the plan named (never a superuser: its "role" check).
+        role = plan.restore_role or (pgswap.owner(admin, db) if plan.target_exists else None)
         me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
             sql.Identifier(plan.restore_db), sql.Identifier(role or me)))

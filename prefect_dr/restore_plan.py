@@ -5,8 +5,10 @@ with (connected clients excepted: the runbook stops Prefect after looking at the
 run warns of them), so a CI dry-run proves what a restore at 3 a.m. would meet. The preflight
 findings are cheap checks made *before* anything is created, downloaded or uploaded:
 
-- ``signature``: with a verify key, the manifest is signed by it (exit 13), checked first: no
-  other finding may trust a tampered manifest (a kind edited to config-only, say);
+- ``signature``: the manifest is signed by a trusted key and bound to this backup and
+  repository (exit 13; :mod:`prefect_dr.trust`), checked first: no other finding may trust a
+  tampered manifest (a kind edited to config-only, say); ``--allow-unsigned`` accepts an
+  unsigned one with a warning;
 - ``schema``: the target's Prefect can run the backup's revision (exit 14), decided by
   :mod:`prefect_dr.schema_gate` from ``--target-prefect-version``, the version PREFECT_API_URL
   reports (when the target is the configured database) or the target database's revision;
@@ -16,10 +18,19 @@ findings are cheap checks made *before* anything is created, downloaded or uploa
 - ``clients``: nobody is connected to the live database, unless ``--force-disconnect`` (exit 1;
   a dry run, made while Prefect still runs, warns instead);
 - ``createdb``: the role may create the database restored beside the live one (exit 1);
+- ``role``: the archive's SQL runs as the restored database's owner (``pg_restore --role``),
+  the live database's owner or ``--owner``, never as a superuser (exit 2): a forged or
+  damaged archive cannot act outside that database (no ``COPY ... TO PROGRAM``);
+- ``contents``: the dump's table of contents (:mod:`prefect_dr.archive_toc`) holds nothing a
+  Prefect database would not; executable foreign objects (functions, triggers, rules, ...)
+  are refused (exit 13) unless ``--allow-foreign-objects``, other foreign ones listed;
 - ``pg_restore`` / ``pg_dump``: versions first: the target server is not older than the
   backup's, a pg_restore reads the archive and suits the server (a 17+ one into PostgreSQL
   14-16 runs through psql without its ``SET transaction_timeout``), and a pg_dump can take the
   safety backup of the live server (exit 16, a set-up error naming what to install);
+- ``safety backup``: the safety backup is a backup like any other, signed: without a signing
+  key (and ``signing.required`` on) the restore is refused (exit 2) unless
+  ``--no-safety-backup``;
 - ``staging``: with ``--jobs`` above 1, room to stage the decrypted dump (a warning: the restore
   then streams with one job);
 - ``backfill``: the target holds no unfinished history backfill of an earlier tiered restore
@@ -44,13 +55,13 @@ from typing import Any
 import psycopg
 
 from prefect_dr import (
+    archive_toc,
     backfill,
     crypto,
     interrupt,
     prefect_api,
     restore_stream,
     schema_gate,
-    signing,
 )
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
@@ -71,6 +82,8 @@ from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
 from prefect_dr.pg.tools import Client, RestoreChoice
+from prefect_dr.storage.base import Storage
+from prefect_dr.trust import Trust
 
 log = logging.getLogger(__name__)
 STAMP_FORMAT = "%Y%m%d%H%M%S"
@@ -132,6 +145,10 @@ class Plan:
     deferred: list[str] = field(default_factory=list)
     #: an unfinished history backfill found in the target (backfill.describe), else ""
     unfinished_backfill: str = ""
+    #: the role that owns the restored database and runs the archive's SQL
+    restore_role: str = ""
+    #: entries of the dump's table of contents a Prefect database does not contain
+    foreign_objects: list[str] = field(default_factory=list)
 
     @property
     def refusal(self) -> Finding | None:
@@ -237,12 +254,19 @@ class Options:
     staging_dir: str | None = None
     dry_run: bool = False
     tiered: bool = False
+    #: who the manifest must be signed by (the reader's verify keys and repository)
+    trust: Trust | None = None
+    #: the role to own the restored database and run the archive (default: the live
+    #: database's owner, else the connecting role)
+    owner: str | None = None
+    allow_foreign_objects: bool = False
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
-              now: dt.datetime | None = None) -> Plan:
+              now: dt.datetime | None = None, storage: Storage | None = None) -> Plan:
     """Compute the plan and run every preflight check (what --dry-run prints). Changes
-    nothing. Raises DatabaseError when the target's server is unreachable."""
+    nothing; with ``storage`` the start of the dump is read for its table of contents.
+    Raises DatabaseError when the target's server is unreachable."""
     url, db, admin_url = target_of(settings, options.target_url)
     stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
     restore_db, aside = names(db, stamp)
@@ -250,6 +274,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         target_exists = pgswap.exists(admin, db)
         clients = pgswap.sessions(admin, db) if target_exists else []
         may_create = _may_create(admin)
+        role_finding, run_as = _role_finding(admin, db if target_exists else None,
+                                             options.owner)
         server_major, server_version = pgc.server_version(admin)
     target_revision = None
     current: dict[str, tuple[int, bool]] = {}
@@ -296,7 +322,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         plan.history_loss = {t: current[t][0] for t in ps.HISTORY_TABLES
                              if current.get(t, (0, True))[0] > 0}
     plan.preflight = [  # the signature first: nothing else may trust a tampered manifest
-        _signature_finding(settings, manifest),
+        _signature_finding(options.trust, manifest),
         Finding("schema", plan.schema_ok,
                 plan.schema_reason if plan.schema_ok else
                 f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}",
@@ -309,8 +335,13 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                 "the role may create databases" if may_create else
                 f"the role of {plan.target} may not create databases: grant CREATEDB "
                 "(restore creates the new database beside the live one)", FAILURE),
+        role_finding,
         _restore_client_finding(settings, manifest, plan, server_major, server_version),
     ]
+    plan.restore_role = run_as
+    if storage is not None and not any(f.blocking for f in plan.preflight):
+        plan.preflight.append(_contents_finding(settings, storage, manifest, plan,
+                                                options.allow_foreign_objects))
     if unfinished:
         plan.preflight.append(Finding(
             "backfill", False, f"{db} holds an {plan.unfinished_backfill}: finish it with "
@@ -327,6 +358,10 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
     if plan.safety_backup:
         plan.preflight.append(_dump_client_finding(settings, plan, server_major,
                                                    server_version))
+        if not settings.signing_key_file and settings.signing_required is not False:
+            plan.preflight.append(Finding(
+                "safety backup", False, "the safety backup of the live database is signed: "
+                "set PREFECT_DR_SIGNING_KEY_FILE, or pass --no-safety-backup", USAGE))
     fallback = options.jobs >= 2 and not staged
     plan.preflight.append(Finding("staging", not fallback, how))
     return plan
@@ -364,6 +399,57 @@ def _may_create(admin: psycopg.Connection) -> bool:
     return bool(row and row[0])
 
 
+def _contents_finding(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan,
+                      allowed: bool) -> Finding:
+    dump = manifest.artifact("dump")
+    if dump is None or plan.restore_client is None:
+        return Finding("contents", False, "no dump to read the contents of")
+    try:
+        identities = crypto.load_identities(Path(settings.age_identity_file))
+        verdict = archive_toc.judge(archive_toc.read(
+            storage, dump, identities, plan.restore_client.pg_restore.path))
+    except DRError as exc:
+        interrupt.raise_if_noted()
+        return Finding("contents", False, exc.message, VERIFICATION_FAILED)
+    plan.foreign_objects = [str(e) for e in verdict.foreign]
+    if not verdict.foreign:
+        return Finding("contents", True, f"{verdict.entries} entries, all of a Prefect "
+                                         "database's kinds")
+    shown = ", ".join(str(e) for e in (verdict.executable or verdict.foreign)[:5])
+    more = len(verdict.executable or verdict.foreign) - 5
+    listed = shown + (f" and {more} more" if more > 0 else "")
+    if verdict.executable and not allowed:
+        return Finding("contents", False, f"the dump holds {len(verdict.executable)} "
+                       f"executable object(s) a Prefect database does not: {listed}; "
+                       "refusing (inspect it; --allow-foreign-objects restores it anyway)",
+                       VERIFICATION_FAILED)
+    return Finding("contents", False, f"the dump holds {len(verdict.foreign)} object(s) a "
+                   f"Prefect database does not: {listed}"
+                   + (" (allowed by --allow-foreign-objects)" if verdict.executable else ""))
+
+
+def _role_finding(admin: psycopg.Connection, db: str | None, owner: str | None
+                  ) -> tuple[Finding, str]:
+    """Who runs the archive's SQL: ``owner``, else the live database's owner, else the
+    connecting role; refused (exit 2) when that is a superuser or does not exist."""
+    me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+    run_as = owner or (pgswap.owner(admin, db) if db else me)
+    row = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s",
+                        (run_as,)).fetchone()
+    if row is None:
+        return Finding("role", False, f"--owner {run_as}: no such role", USAGE), run_as
+    if row[0]:
+        where = f"{db} is owned by superuser {run_as}" if db and not owner else \
+            f"the archive would run as superuser {run_as}"
+        return Finding("role", False, f"{where}: refusing to run a backup's SQL as a "
+                       "superuser; pass --owner ROLE (a role without superuser, e.g. the one "
+                       "Prefect connects as)" + (f" or ALTER DATABASE {db} OWNER TO it"
+                                                 if db else ""), USAGE), run_as
+    how = "as the connecting role" if run_as == me else "through pg_restore --role"
+    return Finding("role", True, f"the archive runs as {run_as} (no superuser), {how}; "
+                   "it owns the restored database"), run_as
+
+
 def _history_finding(plan: Plan, allowed: bool) -> Finding:
     if not plan.history_loss:
         return Finding("history", True, "no run history would be lost")
@@ -394,15 +480,16 @@ def _standing_finding(manifest: Manifest) -> Finding:
     return Finding("standing", True, f"backup {manifest.backup_id} is a whole backup")
 
 
-def _signature_finding(settings: Settings, manifest: Manifest) -> Finding:
-    if not settings.verify_key:
-        return Finding("signature", True, "no verify key configured")
+def _signature_finding(trusted_by: Trust | None, manifest: Manifest) -> Finding:
+    if trusted_by is None:
+        return Finding("signature", False, "no verify keys given to the plan: refusing",
+                       VERIFICATION_FAILED)
     try:
-        signing.check(manifest, signing.load_public(settings.verify_key))
+        detail = trusted_by.check_manifest(manifest)
     except DRError as exc:
         interrupt.raise_if_noted()
         return Finding("signature", False, exc.message, VERIFICATION_FAILED)
-    return Finding("signature", True, "signed by the configured key")
+    return Finding("signature", "accepted by --allow-unsigned" not in detail, detail)
 
 
 def _identity_finding(settings: Settings, manifest: Manifest) -> Finding:

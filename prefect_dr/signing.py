@@ -1,4 +1,9 @@
-"""Ed25519 manifest signatures (cryptography). Optional: on when a signing key is configured."""
+"""Ed25519 signatures (cryptography) of manifests, verification records and status records.
+
+On by default since issue 27: writers sign with PREFECT_DR_SIGNING_KEY_FILE, readers check
+against the public keys in PREFECT_DR_VERIFY_KEY (several, comma-separated, for rotation).
+What a reader accepts is decided in ``trust``; this module only signs and checks.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +62,29 @@ def load_public(text: str) -> Ed25519PublicKey:
         raise CryptoKeyError("PREFECT_DR_VERIFY_KEY is not a base64 Ed25519 public key") from None
 
 
+class Keyring:
+    """The public keys a reader trusts, by key id (several during a key rotation)."""
+
+    def __init__(self, keys: list[Ed25519PublicKey] | tuple[Ed25519PublicKey, ...] = ()) -> None:
+        self.keys = {key_id(public_text(k)): k for k in keys}
+
+    @classmethod
+    def parse(cls, text: str | None) -> Keyring:
+        """The keys of a comma- or space-separated list of base64 public keys (empty: none).
+        Raises CryptoKeyError for a malformed one."""
+        parts = [p for p in (text or "").replace(",", " ").split() if p]
+        return cls([load_public(p) for p in parts])
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def find(self, signature: dict[str, object] | None) -> Ed25519PublicKey | None:
+        """The trusted key a signature names, None when it names no trusted key."""
+        if not isinstance(signature, dict):
+            return None
+        return self.keys.get(str(signature.get("key_id", "")))
+
+
 def sign(manifest: Manifest, key: Ed25519PrivateKey) -> Manifest:
     """Return ``manifest`` with a signature over its canonical bytes."""
     unsigned = replace(manifest, signature=None)
@@ -65,12 +93,19 @@ def sign(manifest: Manifest, key: Ed25519PrivateKey) -> Manifest:
     return replace(manifest, signature={"alg": ALG, "key_id": key_id(public), "value": value})
 
 
-def check(manifest: Manifest, public: Ed25519PublicKey) -> None:
-    """Raise ManifestError unless ``manifest`` carries a valid signature by ``public``."""
+def check(manifest: Manifest, public: Ed25519PublicKey | Keyring) -> None:
+    """Raise ManifestError unless ``manifest`` carries a valid signature by ``public`` (one
+    key, or the key of a keyring its signature names)."""
     sig = manifest.signature
     if not sig:
         raise ManifestError(f"manifest of {manifest.backup_id} is not signed, "
                             "but PREFECT_DR_VERIFY_KEY requires a signature")
+    if isinstance(public, Keyring):
+        found = public.find(sig)
+        if found is None:
+            raise ManifestError(f"manifest of {manifest.backup_id} is signed by key "
+                                f"{sig.get('key_id')}, which is not in PREFECT_DR_VERIFY_KEY")
+        public = found
     if sig.get("alg") != ALG:
         raise ManifestError(f"manifest of {manifest.backup_id}: unknown signature algorithm")
     try:
@@ -93,11 +128,17 @@ def sign_record(record: dict[str, object], key: Ed25519PrivateKey) -> dict[str, 
                                     "value": b64(key.sign(_canonical(record)))}}
 
 
-def check_record(record: dict[str, object], public: Ed25519PublicKey) -> bool:
-    """Whether ``record`` carries a valid signature by ``public``."""
+def check_record(record: dict[str, object], public: Ed25519PublicKey | Keyring) -> bool:
+    """Whether ``record`` carries a valid signature by ``public`` (one key, or the key of a
+    keyring its signature names)."""
     sig = record.get("signature")
     if not isinstance(sig, dict) or sig.get("alg") != ALG:
         return False
+    if isinstance(public, Keyring):
+        found = public.find(sig)
+        if found is None:
+            return False
+        public = found
     try:
         public.verify(unb64(str(sig.get("value", "")), "signature"), _canonical(record))
     except Exception:

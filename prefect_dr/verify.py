@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -53,8 +54,10 @@ from prefect_dr.manifest import Manifest
 from prefect_dr.pg.scratch import ScratchDatabase
 from prefect_dr.pg.tools import RestoreChoice
 from prefect_dr.storage.base import Storage
+from prefect_dr.trust import Trust, for_settings
 
 RECORD_FORMAT = "prefect-dr-verification"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,17 +97,19 @@ class Options:
 
 def select(storage: Storage, layout: Layout, *, backup_id: str | None = None,
            latest: bool = False, all_: bool = False, since: dt.timedelta | None = None,
-           kind: str | None = None, now: dt.datetime | None = None) -> list[BackupEntry]:
+           kind: str | None = None, now: dt.datetime | None = None,
+           trust: Trust | None = None) -> list[BackupEntry]:
     """The complete backups a verify run covers: ``backup_id``; the newest complete backup of
     ``kind`` (full by default) with ``latest`` or no selector; every complete one (of ``kind``
     when given) with ``all_`` or ``since``. Raises NotFoundError when there are none,
-    UsageError for a backup id of another kind."""
+    UsageError for a backup id of another kind. ``trust`` judges verification records; the
+    manifests' signatures are each verification's first check (``verify_one``)."""
     if backup_id or latest or not (all_ or since):
         entry = select_one(storage, layout, backup_id, latest=latest or not backup_id,
-                           kind=kind)
-        require_complete(entry)
+                           kind=kind, verify_key=trust)
+        require_complete(entry, trust=None)  # the signature is verify's first check
         return [entry]
-    entries = [e for e in list_backups(storage, layout)
+    entries = [e for e in list_backups(storage, layout, verify_key=trust)
                if e.status == COMPLETE and (kind is None or e.kind == kind)]
     if since is not None:
         cutoff = (now or dt.datetime.now(dt.UTC)) - since
@@ -116,10 +121,13 @@ def select(storage: Storage, layout: Layout, *, backup_id: str | None = None,
 
 
 def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options: Options, *,
-               env: Mapping[str, str], progress: pipeline.Progress | None = None,
+               env: Mapping[str, str], trust: Trust | None = None,
+               progress: pipeline.Progress | None = None,
                clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
                ) -> VerificationReport:
-    """Verify one backup; returns the report (never raises for a failed check).
+    """Verify one backup; returns the report (never raises for a failed check). The first
+    check is the manifest's signature and binding by ``trust`` (None: the settings' verify
+    keys and repository, unsigned refused), before anything is downloaded.
 
     Writes the verification record unless ``options.write_record`` is off or the run failed on
     a key error. Raises ConfigError when settings are missing, StorageError when the store is
@@ -139,7 +147,8 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
                                 standing=standing(manifest.labels))
     checks = Checks(report)
     try:
-        _verify(settings, storage, manifest, options, env, progress, report, checks, choice)
+        _verify(settings, storage, manifest, options, env, progress, report, checks, choice,
+                trust or for_settings(settings, storage))
     except (Interrupted, StorageError, SetupError):
         raise  # an interrupted run, an unreachable store or a set-up fault proves nothing
     except DRError as exc:
@@ -157,11 +166,10 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
 
 def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: Options,
             env: Mapping[str, str], progress: pipeline.Progress | None,
-            report: VerificationReport, checks: Checks, choice: RestoreChoice) -> None:
-    if settings.verify_key:
-        with checks.run("manifest signature") as out:
-            signing.check(manifest, signing.load_public(settings.verify_key))
-            out["detail"] = f"signed by key {manifest.signature.get('key_id')}"  # type: ignore[union-attr]
+            report: VerificationReport, checks: Checks, choice: RestoreChoice,
+            trusted_by: Trust) -> None:
+    with checks.run("manifest signature") as out:
+        out["detail"] = trusted_by.check_manifest(manifest)
     with checks.run("identity"):
         identities = crypto.load_identities(Path(settings.age_identity_file))
 
@@ -199,6 +207,9 @@ def _write_record(settings: Settings, storage: Storage, report: VerificationRepo
     if settings.signing_key_file:
         record = signing.sign_record(record, signing.load_private(
             Path(settings.signing_key_file)))
+    else:
+        log.warning("verification record of %s written unsigned (no PREFECT_DR_SIGNING_KEY_"
+                    "FILE): readers count it as unsigned", report.backup_id)
     stamp = clock().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
     key = Layout(settings.layout_prefix).verification(report.backup_id, stamp)
     storage.put_bytes(key, (json.dumps(record, indent=2) + "\n").encode(), "application/json")

@@ -47,22 +47,35 @@ def stack_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A fresh age identity file and its recipient, made with the tool itself."""
+    """A fresh age identity file and its recipient, made with the tool itself as the quick
+    start does: its signing key lies beside it (``signing_of``)."""
     path = tmp_path_factory.mktemp("keys") / "identity.txt"
     proc = subprocess.run([sys.executable, "-m", "prefect_dr", "keygen", "--output", str(path)],
                           capture_output=True, text=True, check=True)
-    return path, proc.stdout.strip()
+    return path, proc.stdout.splitlines()[0].strip()
+
+
+def signing_of(identity: tuple[Path, str]) -> tuple[Path, str]:
+    """The signing key file ``keygen`` wrote beside ``identity`` and its verify key."""
+    from prefect_dr import signing
+
+    pem = identity[0].with_name(identity[0].stem + ".signing.pem")
+    return pem, signing.public_text(signing.load_private(pem).public_key())
 
 
 def clean_cli_env(stack_env: dict[str, str], identity: tuple[Path, str],
                   **extra: str) -> dict[str, str]:
     """The process environment without prefect-dr's, AWS', libpq's and Prefect's variables,
-    plus the stack's settings, the test identity and ``extra``."""
+    plus the stack's settings, the test identity with its signing and verify keys, and
+    ``extra``."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PREFECT_DR_", "AWS_", "PG", "PREFECT_"))}
     env.update(stack_env)
     env["PREFECT_DR_AGE_RECIPIENTS"] = identity[1]
     env["PREFECT_DR_AGE_IDENTITY_FILE"] = str(identity[0])
+    pem, verify_key = signing_of(identity)
+    env["PREFECT_DR_SIGNING_KEY_FILE"] = str(pem)
+    env["PREFECT_DR_VERIFY_KEY"] = verify_key
     env["COLUMNS"] = "200"
     env.update(extra)
     return env

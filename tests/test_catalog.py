@@ -40,7 +40,7 @@ def test_statuses() -> None:
     assert got == {A: "complete", B: "complete", c: "failed", d: "incomplete"}
     assert catalog.resolve(s, LAY, None, latest=True).backup_id == B
     with pytest.raises(NotFoundError, match="is failed: boom"):
-        catalog.require_complete(catalog.resolve(s, LAY, c))
+        catalog.require_complete(catalog.resolve(s, LAY, c), trust=None)
     with pytest.raises(NotFoundError, match="is not a backup id"):
         catalog.resolve(s, LAY, "../etc")
 

@@ -96,10 +96,12 @@ def test_copy_s3_to_azure_and_files_then_verify_and_restore_from_the_copies(
                  "--target-url", target, "--jobs", "1", "--json"], env))
     assert _counts(target, env["PGPASSWORD"]) == _counts(env["PREFECT_DR_DATABASE_URL"],
                                                           env["PGPASSWORD"])
-    # the manifest is carried byte for byte (a signature would still hold)
+    # the manifest is carried as it was, bound to its new repository and signed again
     source = json.loads(run_cli(["show", backup_id, "--json"], env).stdout)
     copied = json.loads(run_cli(["show", backup_id, "--repository", azure, "--json"],
                                 env).stdout)
+    assert copied.pop("repository") == azure and source.pop("repository") != azure
+    assert copied.pop("signature")["key_id"] == source.pop("signature")["key_id"]
     assert source == copied
 
 
@@ -208,8 +210,9 @@ def test_copy_killed_midway_then_rerun_completes_without_duplicates(
     full = list_backups(FileStorage(target), Layout(""))
     assert [(e.backup_id, e.status) for e in full] == [(b, "complete") for b in ids]
     _whole(target, full)
-    # exactly once: the target holds the source's objects byte for byte, manifests included,
-    # and nothing else (the killed run's temporary file is an incomplete upload for prune)
+    # exactly once: the target holds the source's objects byte for byte (manifests bound to
+    # the target and signed again), and nothing else (the killed run's temporary file is an
+    # incomplete upload for prune)
     client = s3_client(env)
     pages = client.get_paginator("list_objects_v2").paginate(
         Bucket=env["PREFECT_DR_S3_BUCKET"], Prefix=f"{prefix}/v1/backups/")
@@ -218,7 +221,15 @@ def test_copy_killed_midway_then_rerun_completes_without_duplicates(
         for page in pages for o in page.get("Contents", ())}
     copied = {str(p.relative_to(target)): p.read_bytes() for p in target.rglob("*")
               if p.is_file() and not p.name.endswith(".partial")}
-    assert copied == source
+    assert copied.keys() == source.keys()
+    for key, body in source.items():
+        if not key.endswith(lay.MANIFEST):
+            assert copied[key] == body, key
+            continue
+        here, there = json.loads(copied[key]), json.loads(body)
+        assert here.pop("repository") == f"file://{target}" != there.pop("repository")
+        here.pop("signature"), there.pop("signature")
+        assert here == there
     assert sorted(k.split("/")[2] for k in source if k.endswith(lay.MANIFEST)) == ids
     leftovers = FileStorage(target).list_incomplete_uploads("")
     assert len(leftovers) <= 1 and all(ids[1] in u.key for u in leftovers)

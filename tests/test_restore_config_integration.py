@@ -63,7 +63,7 @@ def fresh(stack_env: dict[str, str], identity: tuple[Path, str]) -> Iterator[Fre
                 mp.setenv(key, value)
         storage = factory.from_settings(settings)
         manifest = require_complete(resolve(storage, Layout(settings.s3_prefix or ""),
-                                            backup_id))
+                                            backup_id), trust=None)
         export_doc = ci.read_export(storage, manifest,
                                     crypto.load_identities(Path(settings.age_identity_file)))
 

@@ -12,6 +12,7 @@ from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
+    AllowUnsignedFlag,
     KindFlag,
     WideFlag,
     json_mode,
@@ -21,6 +22,7 @@ from prefect_dr.cli.common import (
     select,
     settings,
     storage,
+    trust,
     verify_key,
 )
 from prefect_dr.kinds import Kind
@@ -80,8 +82,12 @@ def backup(
 def _copy(source: Any, target: Any, backup_id: str) -> Any:
     """The copy of a backup just taken (copy.after_backup), reported in a log line."""
     from prefect_dr import copy as copy_mod
+    from prefect_dr import trust as trust_mod
 
-    result = copy_mod.after_backup(source, target, backup_id, verify_key=verify_key())
+    current = settings()
+    signer = trust_mod.signer(current.signing_key_file, current.signing_required is not False)
+    result = copy_mod.after_backup(source, target, backup_id, signer=signer,
+                                   trust=trust_mod.own_writes(current, source.storage, signer))
     for done in result.backups:
         console.info(f"copy of {done.backup_id} to {result.target}: {done.result}"
                      + (f" ({done.detail})" if done.detail else ""))
@@ -101,11 +107,13 @@ def copy_cmd(
     ] = False,
     kind: KindFlag = None,
     wide: WideFlag = False,
+    allow_unsigned: AllowUnsignedFlag = False,
 ) -> None:
     """Copy complete backups to another repository (checksums verified while copying, the
     manifest written last, already copied backups skipped; safe to rerun after a kill)."""
     from prefect_dr import catalog, pipeline
     from prefect_dr import copy as copy_mod
+    from prefect_dr import trust as trust_mod
 
     if not to:
         raise errors.UsageError("give --to URL (the repository to copy to)")
@@ -114,13 +122,16 @@ def copy_cmd(
     source, target = repository(), repository(to)
     if source.name == target.name:
         raise errors.UsageError(f"--to {to} is the repository the backups are in")
+    current = settings()
+    signer = trust_mod.signer(current.signing_key_file, current.signing_required is not False)
+    trusted_by = trust(source.storage, allow_unsigned)
     entries = copy_mod.select(source, backup_id, latest=latest, all_backups=all_backups,
-                              kind=kind.value if kind else None, verify_key=verify_key())
+                              kind=kind.value if kind else None, verify_key=trusted_by)
     if not all_backups:
-        catalog.require_complete(entries[0])
+        catalog.require_complete(entries[0], trust=trusted_by)
     state.run.labels["target"] = target.name  # copies to two targets are two series
     with console.transfer_progress(enabled=not json_mode(), primary="copied") as listener:
-        result = copy_mod.run(source, target, entries, verify_key=verify_key(),
+        result = copy_mod.run(source, target, entries, trust=trusted_by, signer=signer,
                               progress=pipeline.Progress(listener))
     state.run.set("copy_backups", sum(b.result == copy_mod.COPIED for b in result.backups))
     state.run.set("copy_bytes", sum(b.bytes_copied for b in result.backups))
@@ -181,6 +192,7 @@ def block_key_cmd(
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="New file (mode 0600, never overwritten) for the key; '-' "
         "writes it to stdout.")] = None,
+    allow_unsigned: AllowUnsignedFlag = False,
 ) -> None:
     """Recover Prefect's block encryption key from a backup (escrowed, or the configuration
     row in its dump) into a new 0600 file: break-glass for PREFECT_SERVER_ENCRYPTION_KEY."""
@@ -193,8 +205,11 @@ def block_key_cmd(
     current = settings()
     current.require("age_identity_file")
     identities = crypto.load_identities(Path(current.age_identity_file))
-    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
-    found = block_key.recover(storage(), manifest, identities, pg_bin_dir=current.pg_bin_dir)
+    repo = storage()
+    trusted_by = trust(repo, allow_unsigned)
+    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None,
+                                               trusted_by=trusted_by), trust=trusted_by)
+    found = block_key.recover(repo, manifest, identities, pg_bin_dir=current.pg_bin_dir)
     if output == "-":
         sys.stdout.write(found.key + "\n")
         return

@@ -16,6 +16,10 @@ KindFlag = Annotated[Kind | None, typer.Option(
     "default is full).")]
 WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column, even past the "
                                                        "terminal's width.")]
+AllowUnsignedFlag = Annotated[bool, typer.Option(
+    "--allow-unsigned", help="Accept a manifest that is unsigned or signed by a key not in "
+    "PREFECT_DR_VERIFY_KEY (unauthenticated: anyone who can write to the repository could "
+    "have made it). A signature that does not match is refused even so.")]
 
 
 def json_mode() -> bool:
@@ -60,13 +64,18 @@ def layout() -> Any:
 
 
 def verify_key() -> Any:
-    """The configured manifest/record verify key, or None."""
-    current = settings()
-    if not current.verify_key:
-        return None
+    """The configured verify keys (a possibly empty ``signing.Keyring``): records not signed
+    by one of them count as unsigned. Raises CryptoKeyError for a malformed key."""
     from prefect_dr import signing
 
-    return signing.load_public(current.verify_key)
+    return signing.Keyring.parse(settings().verify_key)
+
+
+def trust(repo: Any, allow_unsigned: bool) -> Any:
+    """What a reader of ``repo`` (a Storage) accepts: ``trust.Trust``."""
+    from prefect_dr import trust as trust_mod
+
+    return trust_mod.for_settings(settings(), repo, allow_unsigned=allow_unsigned)
 
 
 def notified_verification(repo: Any, kind: str | None) -> dict[str, Any] | None:
@@ -84,12 +93,15 @@ def notified_verification(repo: Any, kind: str | None) -> dict[str, Any] | None:
 
 
 def select(backup_id: str | None, latest: bool, kind: Kind | None,
-           default_kind: Kind | None = DEFAULT_LATEST_KIND, *, read_only: bool = False) -> Any:
-    """The one backup a command acts on (catalog.select_one with this run's repository)."""
+           default_kind: Kind | None = DEFAULT_LATEST_KIND, *, read_only: bool = False,
+           trusted_by: Any = None) -> Any:
+    """The one backup a command acts on (catalog.select_one with this run's repository);
+    with a reader's ``trusted_by`` (trust.Trust), ``--latest`` means the newest trusted one."""
     from prefect_dr import catalog
 
     return catalog.select_one(storage(read_only=read_only), layout(), backup_id, latest=latest,
-                              kind=kind, default_kind=default_kind, verify_key=verify_key())
+                              kind=kind, default_kind=default_kind,
+                              verify_key=trusted_by or verify_key())
 
 
 def confirm(name: str, yes: bool, what: str, noun: str = "the database name") -> None:

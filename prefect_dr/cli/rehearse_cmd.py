@@ -9,7 +9,16 @@ import typer
 from prefect_dr import console
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command
-from prefect_dr.cli.common import KindFlag, json_mode, select, settings, storage, url_flag
+from prefect_dr.cli.common import (
+    AllowUnsignedFlag,
+    KindFlag,
+    json_mode,
+    select,
+    settings,
+    storage,
+    trust,
+    url_flag,
+)
 
 
 @command(name="rehearse-upgrade")
@@ -27,6 +36,7 @@ def rehearse_upgrade(
     database_timeout: Annotated[int, typer.Option(
         "--database-timeout", help="PREFECT_API_DATABASE_TIMEOUT for the upgrade, seconds "
         "(Prefect advises 600 for large databases).")] = 600,
+    allow_unsigned: AllowUnsignedFlag = False,
 ) -> None:
     """Restore a backup into a scratch database and run a newer Prefect's migrations on it:
     each migration's time, the total, the database size before and after, success. The
@@ -40,7 +50,9 @@ def rehearse_upgrade(
     url_flag(scratch_url, "--scratch-url")
     current = settings()
     repo = storage()
-    manifest = catalog.require_complete(select(backup_id, latest, kind))
+    trusted_by = trust(repo, allow_unsigned)
+    manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
+                                        trust=trusted_by)
     dump = manifest.artifact("dump")
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=dump.size if dump else None) as listener:

@@ -56,7 +56,8 @@ def manifest(m: Any, *, wide: bool = False) -> None:
         ("postgres", m.postgres_version), ("pg_dump", m.pg_dump_version),
         ("database", m.database), ("labels", _labels(m.labels)),
         ("block key", ", ".join(f"{k}={v}" for k, v in m.block_key.items())),
-        ("signed", "yes" if m.signature else "no"),
+        ("signed", f"by key {m.signature.get('key_id')}" if m.signature else "no"),
+        ("repository", m.repository or "(not bound: written before issue 27)"),
     ], wide=wide)
     console.table("Artifacts", [
         Column("name"), Column("size", justify="right"),
@@ -101,6 +102,9 @@ def plan(p: Any) -> None:
                     if p.tiered else "one: everything restored before the swap")),
         ("safety backup", "yes, after the swap, from the kept database (nothing waits for "
                           "it)" if p.safety_backup else "no"),
+        ("runs as", (f"{p.restore_role} (owner of the restored database; never a "
+                     "superuser)") if p.restore_role else "?"),
+        ("foreign objects", ", ".join(p.foreign_objects) or "none"),
         ("pg_restore", p.staging),
         ("disk needed", human_bytes(p.disk_needed) + " (the backed-up database's size; the "
                         "old database is kept too)" if p.disk_needed else "unknown"),

@@ -15,12 +15,14 @@ from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
+    AllowUnsignedFlag,
     KindFlag,
     confirm,
     json_mode,
     select,
     settings,
     storage,
+    trust,
     url_flag,
 )
 from prefect_dr.config import Settings
@@ -29,6 +31,7 @@ from prefect_dr.storage.base import Storage
 
 if TYPE_CHECKING:  # the CLI imports its use cases lazily, inside the commands
     from prefect_dr.backfill import TableState
+    from prefect_dr.trust import Trust
 
 logger = logging.getLogger("prefect_dr")
 
@@ -70,6 +73,15 @@ def restore(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Finish the unfinished history backfill of an interrupted tiered "
         "restore (rerunning the same restore --tiered does the same).")] = False,
+    allow_unsigned: AllowUnsignedFlag = False,
+    owner: Annotated[str | None, typer.Option(
+        "--owner", metavar="ROLE", help="The role that owns the restored database and runs "
+        "the backup's SQL (pg_restore --role); default: the live database's owner, else the "
+        "connecting role. Never a superuser.")] = None,
+    allow_foreign_objects: Annotated[bool, typer.Option(
+        "--allow-foreign-objects", help="Restore a dump whose table of contents holds "
+        "executable objects a Prefect database does not (functions, triggers, rules, ...).")
+    ] = False,
 ) -> None:
     """Restore a backup beside the live database, check it, swap it in, keep the old one.
 
@@ -88,16 +100,18 @@ def restore(
                                 "finishes the backfill the target database records")
     current = settings()
     repo = storage()
+    trusted_by = trust(repo, allow_unsigned)
     if resume:
-        _resume(current, repo, target_url, None)
+        _resume(current, repo, target_url, None, trusted_by)
         return
-    manifest = catalog.require_complete(select(backup_id, latest, kind))
+    manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
+                                        trust=trusted_by)
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
     pending = restore_mod.unfinished(current, target_url)
     if pending and pending[0].backup_id == manifest.backup_id and not dry_run:
         logger.info("the history backfill of backup %s is unfinished: resuming it",
                     manifest.backup_id)
-        _resume(current, repo, target_url, manifest, pending)
+        _resume(current, repo, target_url, manifest, trusted_by, pending)
         return
     jobs = jobs or pipeline.available_cpus()
     plan = restore_plan.make_plan(current, manifest, restore_plan.Options(
@@ -105,7 +119,8 @@ def restore(
         allow_newer_schema=allow_newer_schema,
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
-        dry_run=dry_run, tiered=tiered))
+        dry_run=dry_run, tiered=tiered, trust=trusted_by, owner=owner,
+        allow_foreign_objects=allow_foreign_objects), storage=repo)
     refusal = plan.refusal
     if json_mode() and dry_run:  # one JSON document: the plan, and the refusal if any
         console.print_json({"ok": refusal is None, "dry_run": True, "plan": plan.to_dict(),
@@ -156,7 +171,7 @@ def restore(
 
 
 def _resume(current: Settings, repo: Storage, target_url: str | None,
-            manifest: Manifest | None,
+            manifest: Manifest | None, trusted_by: Trust,
             pending: list[TableState] | None = None) -> None:
     """Finish the target's unfinished history backfill (of ``manifest``'s backup, else of the
     one its state names) and report it."""
@@ -172,7 +187,8 @@ def _resume(current: Settings, repo: Storage, target_url: str | None,
             console.line("nothing to resume: the target holds no unfinished history backfill")
         return
     if manifest is None:
-        manifest = catalog.require_complete(select(pending[0].backup_id, False, None))
+        manifest = catalog.require_complete(select(pending[0].backup_id, False, None),
+                                            trust=trusted_by)
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=sum(a.size for a in manifest.history) or None
@@ -206,6 +222,7 @@ def restore_config(
     yes: Annotated[bool, typer.Option(
         "--yes", help="Do not ask for confirmation (needed with --on-conflict overwrite "
         "when there is no terminal).")] = False,
+    allow_unsigned: AllowUnsignedFlag = False,
 ) -> None:
     """Import a backup's configuration export into a live Prefect server through its API."""
     from prefect_dr import catalog
@@ -218,7 +235,9 @@ def restore_config(
     current = settings()
     current.require("prefect_api_url", "age_identity_file")
     repo = storage()
-    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
+    trusted_by = trust(repo, allow_unsigned)
+    manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None,
+                                               trusted_by=trusted_by), trust=trusted_by)
     identities = crypto.load_identities(Path(current.age_identity_file))
     export_doc = ci.read_export(repo, manifest, identities)
     the_plan = ci.plan(current.prefect_api_url, export_doc, only=sections,

@@ -44,31 +44,68 @@ def config_show(wide: WideFlag = False) -> None:
 
 @command()
 def keygen(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Key file to create.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Key file to create (the age "
+                                         "identity; with --signing the signing key).")],
     signing_key: Annotated[bool, typer.Option(
-        "--signing", help="Make an Ed25519 manifest-signing key instead of an age identity.")
-    ] = False,
+        "--signing", help="Make only an Ed25519 signing key (in --output).")] = False,
+    age_only: Annotated[bool, typer.Option(
+        "--age-only", help="Make only an age identity (no signing key).")] = False,
+    signing_output: Annotated[Path | None, typer.Option(
+        "--signing-output", help="Signing key file to create beside the identity (default: "
+        "OUTPUT's name with .signing.pem).")] = None,
 ) -> None:
-    """Create a key file (mode 0600) and print its public half.
+    """Create the keys (mode 0600, never overwritten) and print their public halves.
 
-    By default an age identity (print: the recipient for PREFECT_DR_AGE_RECIPIENTS); with
-    --signing an Ed25519 key (print: the public key for PREFECT_DR_VERIFY_KEY).
+    By default both: an age identity in OUTPUT and an Ed25519 signing key beside it; prints
+    the recipient (PREFECT_DR_AGE_RECIPIENTS) on the first line and the verify key
+    (PREFECT_DR_VERIFY_KEY) on the second. --signing makes only a signing key, --age-only
+    only an age identity (one line each).
     """
-    if signing_key:
-        from prefect_dr import signing
+    from prefect_dr import signing
 
+    if signing_key and age_only:
+        raise errors.UsageError("give --signing or --age-only, not both")
+    if signing_key:
         text, public = signing.generate()
-        hint = "PREFECT_DR_VERIFY_KEY; point PREFECT_DR_SIGNING_KEY_FILE at the file"
-    else:
-        text, public = crypto.generate_identity()
-        hint = "PREFECT_DR_AGE_RECIPIENTS"
-    crypto.write_secret_file(output, text)
-    if json_mode():
-        console.print_json({"key_file": str(output), "public_key": public,
-                            "kind": "ed25519-signing" if signing_key else "age-identity"})
+        crypto.write_secret_file(output, text)
+        _keys_made([("signing-key", output, public,
+                     "PREFECT_DR_VERIFY_KEY; point PREFECT_DR_SIGNING_KEY_FILE at the file")])
         return
-    console.line(public)
-    console.info(f"wrote {output} (keep it secret; put the line above in {hint})")
+    made = []
+    sign_path = signing_output or output.with_name(output.stem + ".signing.pem")
+    if not age_only and sign_path.exists() and not output.exists():  # nothing half made
+        raise errors.UsageError(f"{sign_path} exists; not overwritten (give --signing-output)")
+    text, public = crypto.generate_identity()
+    crypto.write_secret_file(output, text)
+    made.append(("age-identity", output, public, "PREFECT_DR_AGE_RECIPIENTS; point "
+                 "PREFECT_DR_AGE_IDENTITY_FILE at the file where you verify and restore"))
+    if not age_only:
+        text, verify = signing.generate()
+        crypto.write_secret_file(sign_path, text)
+        made.append(("signing-key", sign_path, verify, "PREFECT_DR_VERIFY_KEY; point "
+                     "PREFECT_DR_SIGNING_KEY_FILE at the file where you back up"))
+    _keys_made(made)
+
+
+def _keys_made(made: list[tuple[str, Path, str, str]]) -> None:
+    """Report the key files written: public halves on stdout, one per line."""
+    if json_mode():
+        first = made[0]
+        body: dict[str, object] = {"key_file": str(first[1]), "public_key": first[2],
+                                   "kind": "ed25519-signing" if first[0] == "signing-key"
+                                   else "age-identity"}
+        for kind, path, public, _ in made:
+            if kind == "signing-key":
+                body.update(signing_key_file=str(path), verify_key=public)
+            else:
+                body.update(identity_file=str(path), recipient=public)
+        console.print_json(body)
+        return
+    for _, _, public, _ in made:
+        console.line(public)
+    for i, (_, path, _, hint) in enumerate(made, 1):
+        which = "above" if len(made) == 1 else ("first line" if i == 1 else "second line")
+        console.info(f"wrote {path} (keep it secret; put the {which} in {hint})")
 
 
 @command(name="doctor")

@@ -12,12 +12,14 @@ from prefect_dr import console, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
+    AllowUnsignedFlag,
     KindFlag,
     json_mode,
     layout,
     notified_verification,
     settings,
     storage,
+    trust,
     url_flag,
 )
 
@@ -44,6 +46,7 @@ def verify(
         "--prefect-python", help="With --prefect-smoke: the Python whose Prefect serves "
         "(default: the Prefect beside prefect-dr, or on PATH).")] = None,
     kind: KindFlag = None,
+    allow_unsigned: AllowUnsignedFlag = False,
 ) -> None:
     """Prove backups restorable: checksums, decryption, a test restore and semantic checks.
 
@@ -62,8 +65,10 @@ def verify(
     current = settings()
     current.require("age_identity_file")
     repo = storage()
+    trusted_by = trust(repo, allow_unsigned)
+    trusted_by.require_keys()
     entries = verify_mod.select(repo, layout(), backup_id=backup_id, latest=latest,
-                                all_=all_, since=window, kind=kind)
+                                all_=all_, since=window, kind=kind, trust=trusted_by)
     state.notes["backup"] = ", ".join(e.backup_id for e in entries[:3]) + (
         f" and {len(entries) - 3} more" if len(entries) > 3 else "")
     kinds = {e.kind for e in entries if e.kind}
@@ -78,7 +83,7 @@ def verify(
         with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                        total=dump.size if dump else None) as listener:
             reports.append(verify_mod.verify_one(current, repo, entry.manifest, options,
-                                                 env=os.environ,
+                                                 env=os.environ, trust=trusted_by,
                                                  progress=pipeline.Progress(listener)))
         if not json_mode():
             render.verification(reports[-1])

@@ -83,6 +83,7 @@ class Chaos:
     secrets: dict[str, str]  # name -> recognisable secret value
     tmp: Path
     sampler: ArgvSampler
+    verify_key: str = ""  # the public half of the signing key beside identity_file
     metrics_files: list[Path] = field(default_factory=list)
     prefixes: list[str] = field(default_factory=list)
 
@@ -108,6 +109,10 @@ class Chaos:
             "PREFECT_DR_S3_RETRY_DEADLINE": str(RETRY_DEADLINE),
             "PREFECT_DR_AGE_RECIPIENTS": self.recipient,
             "PREFECT_DR_AGE_IDENTITY_FILE": str(self.identity_file),
+            # signed by default, as keygen and the quick start set it up (issue 27)
+            "PREFECT_DR_SIGNING_KEY_FILE": str(self.identity_file.with_name(
+                self.identity_file.stem + ".signing.pem")),
+            "PREFECT_DR_VERIFY_KEY": self.verify_key,
             "PREFECT_DR_METRICS_FILE": str(metrics),
             "PREFECT_SERVER_ENCRYPTION_KEY": self.secrets["fernet_env_key"],
             "COLUMNS": "200",
@@ -140,9 +145,9 @@ def chaos(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
         make_bulky(stack, CHANGED, megabytes=0)
         tmp = tmp_path_factory.mktemp("chaos")
         identity = tmp / "identity.txt"
-        recipient = subprocess.run([sys.executable, "-m", "prefect_dr", "keygen", "-o",
-                                    str(identity)], capture_output=True, text=True,
-                                   check=True).stdout.strip()
+        recipient, verify_key = subprocess.run(
+            [sys.executable, "-m", "prefect_dr", "keygen", "-o", str(identity)],
+            capture_output=True, text=True, check=True).stdout.split()
         with stack.connect() as conn:
             db_key = conn.execute("SELECT value->>'fernet_key' FROM configuration "
                                   "WHERE key = 'ENCRYPTION_KEY'").fetchone()[0]
@@ -155,9 +160,12 @@ def chaos(stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
             "fernet_env_key": _fernet_key_reading("ChaosFernetEnvKey"),
             "block_key_in_database": db_key,
             "block_secret_value": "s3cr3t-dr-seed-value",
+            "default_signing_key": "".join(
+                ln for ln in identity.with_name("identity.signing.pem").read_text().splitlines()
+                if not ln.startswith("-----")),
         }
         sampler.start()
-        yield Chaos(stack, identity, recipient, known, tmp, sampler)
+        yield Chaos(stack, identity, recipient, known, tmp, sampler, verify_key)
     finally:
         sampler.stop()
         if os.environ.get("PREFECT_DR_CHAOS_KEEP_STACK") != "1":

@@ -8,9 +8,11 @@ the damage and `restore` to refuse it with the documented exit code, one error l
 traceback, the live database unchanged and no half-restored database left. The damage is then
 undone (the repository is put back object by object) for the next case.
 
-Unsigned manifests are checked against what they describe, so an edit is caught when it changes
-something restored or checked (sizes, digests, row counts, revision, keys, ids); edits of
-descriptive fields (labels, times) need a signed manifest, where any edit is caught.
+The unsigned repository is written with signing.required = false and read with
+--allow-unsigned. Unsigned manifests are checked against what they describe, so an edit is
+caught when it changes something restored or checked (sizes, digests, row counts, revision,
+keys, ids); edits of descriptive fields (labels, times) need a signed manifest, where any
+edit is caught.
 """
 
 from __future__ import annotations
@@ -64,9 +66,14 @@ class Repo:
     snapshot: dict[str, bytes]
     signed: bool
 
+    @property
+    def flags(self) -> list[str]:
+        """What readers of this repository pass (an unsigned one needs --allow-unsigned)."""
+        return [] if self.signed else ["--allow-unsigned"]
+
 
 def _make_repo(chaos: Chaos, name: str, signed: bool) -> Repo:
-    extra: dict[str, str] = {}
+    extra: dict[str, str] = {"PREFECT_DR_SIGNING_REQUIRED": "false"}
     if signed:
         key = chaos.tmp / f"{name}-signing.pem"
         public = cli(["keygen", "--signing", "-o", str(key)], chaos.env("keygen")).stdout.strip()
@@ -74,12 +81,15 @@ def _make_repo(chaos: Chaos, name: str, signed: bool) -> Repo:
             ln for ln in key.read_text().splitlines() if not ln.startswith("-----"))
         extra = {"PREFECT_DR_SIGNING_KEY_FILE": str(key), "PREFECT_DR_VERIFY_KEY": public}
     env = chaos.env(name, **extra)
+    if not signed:  # written unsigned on purpose, read with --allow-unsigned
+        env.pop("PREFECT_DR_SIGNING_KEY_FILE")
     ids = []
     for _ in range(2):
         run = cli(["backup", "--json"], env)
         need(run.returncode == 0, run.describe())
         ids.append(run.json["backup_id"])
-    run = cli(["verify", ids[1], "--json"], env)  # B gets a genuine passed record
+    run = cli(["verify", ids[1], "--json", *([] if signed else ["--allow-unsigned"])],
+              env)  # B gets a genuine passed record
     need(run.returncode == 0, run.describe())
     root = prefix_root(env)
     return Repo(env, ids, {k: get(chaos.stack, k) for k in keys(chaos.stack, root)}, signed)
@@ -249,8 +259,7 @@ def forge_record(chaos: Chaos, repo: Repo, rng: random.Random) -> tuple:
     listed = listing(repo.env)[repo.ids[0]].verification
     shown = cli(["list", "--json"], repo.env)
     result = next(b for b in shown.json["backups"] if b["id"] == repo.ids[0])["verification"]
-    expected = "forged" if how == "copied from the other backup" else (
-        "unsigned" if repo.signed else "passed")
+    expected = "forged" if how == "copied from the other backup" else "unsigned"
     assert listed is not None and result["result"] == expected, (how, result)
     return f"verification record forged ({how}; list shows {result['result']})", 13, \
         "integrity (dump)", (13,)
@@ -287,7 +296,7 @@ def test_damage_is_detected_by_verify_and_refused_by_restore(
             what, code, check, restore_codes = case(chaos, repo, rng)
             what = f"{kind} repo, {what}"
             t.fault()
-            verified = cli(["verify", repo.ids[0], "--json"], repo.env)
+            verified = cli(["verify", repo.ids[0], "--json", *repo.flags], repo.env)
             _check_refused(t, verified, (code,), f"verify ({what})")
             if check is not None and verified.stdout.strip():
                 report = verified.json["reports"][0]
@@ -295,7 +304,7 @@ def test_damage_is_detected_by_verify_and_refused_by_restore(
                         str(report["failed_check"]).startswith(check),
                         f"verify ({what}) failed {report['failed_check']!r}, expected {check!r}")
             restored = cli(["restore", repo.ids[0], "--yes", "--no-safety-backup",
-                            "--force-disconnect", "--json"], repo.env)
+                            "--force-disconnect", "--json", *repo.flags], repo.env)
             _check_refused(t, restored, restore_codes, f"restore ({what})")
             t.check(not databases(chaos.stack, f"{LIVE}_%restore%"),
                     f"restore ({what}) left or swapped databases: "
@@ -306,7 +315,7 @@ def test_damage_is_detected_by_verify_and_refused_by_restore(
                       f"{restored.returncode}")
     for repo in repos.values():
         _reset(chaos, repo)
-        good = cli(["verify", repo.ids[0], "--json"], repo.env)
+        good = cli(["verify", repo.ids[0], "--json", *repo.flags], repo.env)
         need(good.returncode == 0, f"the undamaged backup must verify: {good.describe()}")
 
 
@@ -319,7 +328,7 @@ def test_restore_of_a_damaged_dump_exits_13(chaos: Chaos, repos: dict[str, Repo]
             what = flip(chaos, repo, rng)[0]
             t.fault()
             run = cli(["restore", repo.ids[0], "--yes", "--no-safety-backup",
-                       "--force-disconnect", "--json"], repo.env)
+                       "--force-disconnect", "--json", *repo.flags], repo.env)
             t.outcome(f"exit {run.returncode}")
             t.check(error_problem(run, 13) is None, f"{what}: {error_problem(run, 13)}")
     finally:
