@@ -38,6 +38,7 @@ from prefect_dr import (
     layout,
     pipeline,
     prefect_api,
+    reconcile,
     signing,
     table_copy,
 )
@@ -264,6 +265,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
             fingerprints, progress))
     counts = _row_counts(conn, tables, dumped - set(deferred))
     counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
+    runtime = reconcile.count(conn, started.isoformat(),
+                              runs=request.kind == Kind.FULL).to_dict()
     body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
                         alembic_revision=revision)
     conn.execute("COMMIT")
@@ -288,7 +291,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         clients={"pg_dump": pg_dump},
         database=pgc.describe(settings.database_url), row_counts=counts,
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
-        database_size=int(size_row[0]) if size_row else None,
+        database_size=int(size_row[0]) if size_row else None, runtime=runtime,
     )
     if signer is not None:
         manifest = signing.sign(manifest, signer)

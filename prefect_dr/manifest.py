@@ -78,6 +78,9 @@ class Manifest:
     database_size: int | None = None  # pg_database_size at backup time, for disk planning
     #: the client programs used, program -> path (absent in manifests before issue 14)
     clients: dict[str, str] | None = None
+    #: Prefect's runtime state in the backup's snapshot (reconcile.Counts.to_dict), what a
+    #: restore reconciles (absent in manifests before issue 21)
+    runtime: dict[str, int] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: dict[str, str] | None = None
@@ -109,6 +112,8 @@ class Manifest:
             data.pop("signature")
         if self.clients is None:
             data.pop("clients")  # older manifests: their signed bytes stay the same
+        if self.runtime is None:
+            data.pop("runtime")
         return data
 
     def signing_bytes(self) -> bytes:
@@ -202,6 +207,7 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         database_size=data.get("database_size") if isinstance(data.get("database_size"), int)
         else None,
         clients=_clients(data.get("clients"), where),
+        runtime=_runtime(data.get("runtime"), where),
     )
 
 
@@ -224,6 +230,16 @@ def _clients(value: Any, where: str) -> dict[str, str] | None:
     if not (isinstance(value, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
         raise ManifestError(f"{where}: clients must map program names to paths")
+    return dict(value)
+
+
+def _runtime(value: Any, where: str) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in value.items())):
+        raise ManifestError(f"{where}: runtime must map names to counts")
     return dict(value)
 
 

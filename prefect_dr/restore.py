@@ -26,7 +26,15 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from prefect_dr import backfill, crypto, interrupt, pipeline, restore_stream, semantic
+from prefect_dr import (
+    backfill,
+    crypto,
+    interrupt,
+    pipeline,
+    reconcile,
+    restore_stream,
+    semantic,
+)
 from prefect_dr import backup as backup_mod
 from prefect_dr.checks import Check, Checks, Report
 from prefect_dr.config import Settings
@@ -69,6 +77,8 @@ class Result:
     backfilled: list[backfill.Loaded] = dataclasses.field(default_factory=list)
     #: why the safety backup of the kept database failed (the restore itself succeeded)
     safety_error: str | None = None
+    #: what the reconciliation changed in the restored database before the swap
+    reconciled: reconcile.Counts | None = None
 
 
 def _load_identities(settings: Settings) -> list[crypto.Identity]:
@@ -167,6 +177,9 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             with pgc.connect(restored_url) as conn:
                 semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks,
                                          deferred=deferred)
+                on_step("reconciling Prefect's runtime state (in-flight runs, concurrency "
+                        "slots)")
+                reconciled = reconcile.checked(conn, manifest, plan.reconcile_policy, checks)
             if plan.target_exists and not force_disconnect:
                 pgswap.refuse_clients(admin, db)
             on_step("swapping databases")
@@ -191,7 +204,8 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         # From here the restored database is live: nothing below may drop it. The restore
         # lock stays held through phase 2 and the safety backup.
         result = Result(plan, report.checks, None, plan.aside_db,
-                        serving_after=round(time.monotonic() - started, 3))
+                        serving_after=round(time.monotonic() - started, 3),
+                        reconciled=reconciled)
         on_step(f"{db} holds backup {plan.backup_id}" + (
             " (phase 1): Prefect can be started now; the history follows" if deferred else ""))
         _after_swap(settings, storage, manifest, plan, result, checks, url, identities,
@@ -322,6 +336,9 @@ def next_steps(manifest: Manifest, result: Result) -> list[str]:
         "~/.prefect/memo_store.toml) so block types are registered against the restored "
         "database.",
     ]
+    if result.reconciled is not None:
+        steps.append("Reconciled before the swap: " + "; ".join(reconcile.describe(
+            result.reconciled, result.plan.reconcile_policy, planned=False)) + ".")
     if result.kept_db:
         steps.append(f"The previous database is kept as {result.kept_db}: "
                      "'prefect-dr rollback' brings it back; "

@@ -48,6 +48,7 @@ from prefect_dr import (
     crypto,
     interrupt,
     prefect_api,
+    reconcile,
     restore_stream,
     schema_gate,
     signing,
@@ -132,6 +133,12 @@ class Plan:
     deferred: list[str] = field(default_factory=list)
     #: an unfinished history backfill found in the target (backfill.describe), else ""
     unfinished_backfill: str = ""
+    #: what the restore reconciles in the restored database before the swap (reconcile)
+    reconcile_policy: reconcile.Policy = field(default_factory=reconcile.Policy)
+    #: the runtime state the backup recorded in its snapshot (None: a manifest before issue
+    #: 21, counted in the restored database instead), and what will be done with it
+    runtime: dict[str, int] | None = None
+    reconcile_notes: list[str] = field(default_factory=list)
 
     @property
     def refusal(self) -> Finding | None:
@@ -237,6 +244,7 @@ class Options:
     staging_dir: str | None = None
     dry_run: bool = False
     tiered: bool = False
+    reconcile_policy: reconcile.Policy = field(default_factory=reconcile.Policy)
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
@@ -285,6 +293,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         tiered=options.tiered and bool(manifest.history),
         deferred=sorted(manifest.history_tables) if options.tiered else [],
         unfinished_backfill=backfill.describe(unfinished) if unfinished else "",
+        reconcile_policy=options.reconcile_policy, runtime=manifest.runtime,
+        reconcile_notes=reconcile_notes(manifest, options.reconcile_policy),
     )
     for table, entry in sorted(manifest.row_counts.items()):
         now_rows, exact = current.get(table, (0, True))
@@ -329,6 +339,14 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
     fallback = options.jobs >= 2 and not staged
     plan.preflight.append(Finding("staging", not fallback, how))
     return plan
+
+
+def reconcile_notes(manifest: Manifest, policy: reconcile.Policy) -> list[str]:
+    """What the restore will reconcile, with the counts the backup recorded in its snapshot
+    (a manifest without them: counted in the restored database, printed after the restore)."""
+    counts = (reconcile.Counts.from_dict(manifest.runtime) if manifest.runtime is not None
+              else None)
+    return reconcile.describe(counts, policy, planned=True)
 
 
 def _target_prefect(settings: Settings, options: Options, url: str,

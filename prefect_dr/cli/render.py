@@ -98,6 +98,7 @@ def plan(p: Any) -> None:
         ("safety backup", "yes, after the swap, from the kept database (nothing waits for "
                           "it)" if p.safety_backup else "no"),
         ("pg_restore", p.staging),
+        ("reconcile", "before the swap: " + "; ".join(p.reconcile_notes)),
         ("disk needed", human_bytes(p.disk_needed) + " (the backed-up database's size; the "
                         "old database is kept too)" if p.disk_needed else "unknown"),
     ])

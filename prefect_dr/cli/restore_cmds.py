@@ -70,6 +70,14 @@ def restore(
     resume: Annotated[bool, typer.Option(
         "--resume", help="Finish the unfinished history backfill of an interrupted tiered "
         "restore (rerunning the same restore --tiered does the same).")] = False,
+    keep_concurrency_slots: Annotated[bool, typer.Option(
+        "--keep-concurrency-slots", help="Do not reset the concurrency slots the backup held "
+        "(by default they are released before the swap: their leases did not survive the "
+        "restart, so nothing else ever would).")] = False,
+    in_flight: Annotated[str, typer.Option(
+        "--in-flight", help="Runs RUNNING, PENDING or CANCELLING at the backup instant: "
+        "'crash' (default) sets them to CRASHED before the swap, 'keep' leaves them.",
+        metavar="crash|keep")] = "crash",
 ) -> None:
     """Restore a backup beside the live database, check it, swap it in, keep the old one.
 
@@ -81,6 +89,11 @@ def restore(
     from prefect_dr import restore as restore_mod
 
     url_flag(target_url, "--target-url")
+    from prefect_dr import reconcile
+
+    if in_flight not in reconcile.IN_FLIGHT_CHOICES:
+        choices = ", ".join(reconcile.IN_FLIGHT_CHOICES)
+        raise errors.UsageError(f"--in-flight must be one of {choices} (got {in_flight!r})")
     if jobs < 0:
         raise errors.UsageError("--jobs must be 0 (one per CPU) or more")
     if resume and (backup_id or latest or dry_run):
@@ -105,7 +118,8 @@ def restore(
         allow_newer_schema=allow_newer_schema,
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
-        dry_run=dry_run, tiered=tiered))
+        dry_run=dry_run, tiered=tiered, reconcile_policy=reconcile.Policy(
+            concurrency=not keep_concurrency_slots, in_flight=in_flight)))
     refusal = plan.refusal
     if json_mode() and dry_run:  # one JSON document: the plan, and the refusal if any
         console.print_json({"ok": refusal is None, "dry_run": True, "plan": plan.to_dict(),
@@ -138,6 +152,8 @@ def restore(
                             "safety_backup_error": result.safety_error,
                             "kept_database": result.kept_db,
                             "serving_after_s": result.serving_after,
+                            "reconciled": (result.reconciled.to_dict()
+                                           if result.reconciled else None),
                             "backfilled": [dataclasses.asdict(b) for b in result.backfilled],
                             "next_steps": next_steps})
     else:
