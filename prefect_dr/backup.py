@@ -52,7 +52,7 @@ from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
-from prefect_dr.pg import dump, tools
+from prefect_dr.pg import dump, privileges, tools
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
             fingerprints, progress))
     counts = _row_counts(conn, tables, dumped - set(deferred))
     counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
+    grants = privileges.record(conn)
     runtime = reconcile.count(conn, started.isoformat(),
                               runs=request.kind == Kind.FULL).to_dict()
     body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
@@ -292,6 +293,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         database=pgc.describe(settings.database_url), row_counts=counts,
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
         database_size=int(size_row[0]) if size_row else None, runtime=runtime,
+        privileges=grants,
     )
     if signer is not None:
         manifest = signing.sign(manifest, signer)

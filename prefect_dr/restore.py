@@ -79,6 +79,8 @@ class Result:
     safety_error: str | None = None
     #: what the reconciliation changed in the restored database before the swap
     reconciled: reconcile.Counts | None = None
+    #: roles the backup granted to that the target server lacks (their grants not restored)
+    missing_roles: list[str] = dataclasses.field(default_factory=list)
 
 
 def _load_identities(settings: Settings) -> list[crypto.Identity]:
@@ -180,6 +182,11 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                 on_step("reconciling Prefect's runtime state (in-flight runs, concurrency "
                         "slots)")
                 reconciled = reconcile.checked(conn, manifest, plan.reconcile_policy, checks)
+                missing_roles = semantic.restore_privileges(conn, manifest, checks, as_role)
+            if missing_roles:
+                log.warning("grants of backup %s to roles missing on this server are not "
+                            "restored: %s (create them and grant again)", plan.backup_id,
+                            ", ".join(missing_roles))
             if plan.target_exists and not force_disconnect:
                 pgswap.refuse_clients(admin, db)
             on_step("swapping databases")
@@ -205,7 +212,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         # lock stays held through phase 2 and the safety backup.
         result = Result(plan, report.checks, None, plan.aside_db,
                         serving_after=round(time.monotonic() - started, 3),
-                        reconciled=reconciled)
+                        reconciled=reconciled, missing_roles=missing_roles)
         on_step(f"{db} holds backup {plan.backup_id}" + (
             " (phase 1): Prefect can be started now; the history follows" if deferred else ""))
         _after_swap(settings, storage, manifest, plan, result, checks, url, identities,
@@ -339,6 +346,11 @@ def next_steps(manifest: Manifest, result: Result) -> list[str]:
     if result.reconciled is not None:
         steps.append("Reconciled before the swap: " + "; ".join(reconcile.describe(
             result.reconciled, result.plan.reconcile_policy, planned=False)) + ".")
+    if result.missing_roles:
+        steps.append("Grants to roles this server lacks were not restored: "
+                     f"{', '.join(result.missing_roles)}; create them, then grant again "
+                     f"('prefect-dr show {manifest.backup_id} --json' lists the grants under "
+                     "'privileges').")
     if result.kept_db:
         steps.append(f"The previous database is kept as {result.kept_db}: "
                      "'prefect-dr rollback' brings it back; "

@@ -68,8 +68,8 @@ from prefect_dr.errors import (
 from prefect_dr.kinds import Kind
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import privileges, tools
 from prefect_dr.pg import swap as pgswap
-from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
 from prefect_dr.pg.tools import Client, RestoreChoice
 
@@ -259,6 +259,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         clients = pgswap.sessions(admin, db) if target_exists else []
         may_create = _may_create(admin)
         server_major, server_version = pgc.server_version(admin)
+        missing_roles = (privileges.missing_roles(admin, manifest.privileges)
+                         if manifest.privileges else [])
     target_revision = None
     current: dict[str, tuple[int, bool]] = {}
     unfinished: list[backfill.TableState] = []
@@ -330,6 +332,11 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
             "tiered", False, f"backup {manifest.backup_id} (format "
             f"{manifest.format_version}) holds its history inside its one dump: it is "
             "restored in one phase"))
+    if missing_roles:
+        plan.preflight.append(Finding(
+            "privileges", False, f"backup {manifest.backup_id} grants to roles this server "
+            f"lacks: {', '.join(missing_roles)}; those grants are not restored (create the "
+            "roles first to keep them)"))
     note = tools.downgrade_note(manifest.postgres_version, server_major, server_version)
     if note:
         plan.preflight.append(Finding("postgres", False, note))

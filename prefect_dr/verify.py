@@ -184,6 +184,7 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
             semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
             # what a restore does before its swap, proven on every verified backup
             reconcile.checked(conn, manifest, reconcile.Policy(), checks)
+            semantic.restore_privileges(conn, manifest, checks)
         if options.prefect_smoke:
             given = ps.configured_key(env)
             with checks.run("prefect smoke") as out:

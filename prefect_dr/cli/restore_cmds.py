@@ -154,6 +154,7 @@ def restore(
                             "serving_after_s": result.serving_after,
                             "reconciled": (result.reconciled.to_dict()
                                            if result.reconciled else None),
+                            "missing_roles": result.missing_roles,
                             "backfilled": [dataclasses.asdict(b) for b in result.backfilled],
                             "next_steps": next_steps})
     else:
