@@ -223,10 +223,18 @@ def restore_config(
     yes: Annotated[bool, typer.Option(
         "--yes", help="Do not ask for confirmation (needed with --on-conflict overwrite "
         "when there is no terminal).")] = False,
+    no_safety_backup: Annotated[bool, typer.Option(
+        "--no-safety-backup", help="Skip the config-only backup of the target server's "
+        "database (PREFECT_DR_DATABASE_URL) taken before anything changes: the way back.")
+    ] = False,
 ) -> None:
-    """Import a backup's configuration export into a live Prefect server through its API."""
+    """Import a backup's configuration export into a live Prefect server through its API.
+
+    Before changing anything it takes a config-only backup of the target server's database
+    (labelled safety=pre-restore-config) and prints how to go back."""
     from prefect_dr import catalog
     from prefect_dr import config_import as ci
+    from prefect_dr.config_import import undo
 
     if on_conflict not in ci.ON_CONFLICT:
         raise errors.UsageError(f"--on-conflict must be one of {', '.join(ci.ON_CONFLICT)}, "
@@ -257,18 +265,31 @@ def restore_config(
         else:
             console.info(", ".join(f"{k}: {v}" for k, v in the_plan.counts.items()))
         return
+    safety = not no_safety_backup and undo.changes(the_plan)
+    if safety:
+        undo.check_target(current)  # refused before the confirmation, not after
     overwrites = sum(1 for i in the_plan.items if i.action == ci.OVERWRITE)
     if overwrites:
         confirm("overwrite", yes,
                 f"overwrite {overwrites} existing objects of the Prefect server at "
                 f"{current.prefect_api_url} with backup {manifest.backup_id}'s",
                 noun="the word")
+    safety_id = None
+    if safety:
+        logger.info("safety backup of the target's configuration before the import")
+        safety_id = undo.safety_backup(current, repo, manifest, os.environ)
     result = ci.apply(current.prefect_api_url, export_doc, the_plan)
+    way_back = undo.how_to_undo(safety_id, [i.name for i in the_plan.items
+                                            if i.action == ci.CREATE]) if safety_id else None
     if json_mode():
         console.print_json({"ok": result.ok, "plan": the_plan.to_dict(),
-                            "result": result.to_dict()})
+                            "result": result.to_dict(), "safety_backup_id": safety_id,
+                            "undo": way_back})
     else:
         console.info(", ".join(f"{k}: {v}" for k, v in result.counts.items()))
+        if safety_id:
+            console.line(f"safety backup of the target's configuration: {safety_id}")
+            console.line(str(way_back))
     for failure in result.failures:
         console.error(f"{failure.section} {failure.name}: {failure.error}")
     if not result.ok:
