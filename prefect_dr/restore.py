@@ -31,6 +31,7 @@ from prefect_dr import (
     crypto,
     interrupt,
     pipeline,
+    prefect_runtime,
     reconcile,
     restore_stream,
     semantic,
@@ -81,6 +82,9 @@ class Result:
     reconciled: reconcile.Counts | None = None
     #: roles the backup granted to that the target server lacks (their grants not restored)
     missing_roles: list[str] = dataclasses.field(default_factory=list)
+    #: --flush-redis: keys deleted per family, or why it failed (the restore itself succeeded)
+    flushed: dict[str, int] | None = None
+    flush_error: str | None = None
 
 
 def _load_identities(settings: Settings) -> list[crypto.Identity]:
@@ -213,6 +217,16 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         result = Result(plan, report.checks, None, plan.aside_db,
                         serving_after=round(time.monotonic() - started, 3),
                         reconciled=reconciled, missing_roles=missing_roles)
+        if plan.flush_redis:  # Prefect is stopped: its stale keys go before it starts
+            on_step(f"deleting Prefect's stale keys in Redis at "
+                    f"{prefect_runtime.describe(plan.flush_redis)}")
+            try:
+                result.flushed = prefect_runtime.flush(plan.flush_redis,
+                                                       plan.flush_families, env)
+            except DRError as exc:
+                interrupt.raise_if_noted()
+                log.error("%s", exc.message)
+                result.flush_error = exc.message
         on_step(f"{db} holds backup {plan.backup_id}" + (
             " (phase 1): Prefect can be started now; the history follows" if deferred else ""))
         _after_swap(settings, storage, manifest, plan, result, checks, url, identities,
@@ -346,6 +360,14 @@ def next_steps(manifest: Manifest, result: Result) -> list[str]:
     if result.reconciled is not None:
         steps.append("Reconciled before the swap: " + "; ".join(reconcile.describe(
             result.reconciled, result.plan.reconcile_policy, planned=False)) + ".")
+    if result.flushed is not None:
+        steps.append("Deleted Prefect's stale keys in Redis: " + ", ".join(
+            f"{name} {n}" for name, n in result.flushed.items()) + ".")
+    elif result.flush_error:
+        steps.append(f"{result.flush_error}: delete them before starting Prefect — "
+                     f"{result.plan.redis_notes[0]}.")
+    elif result.plan.redis_used:
+        steps.append(result.plan.redis_notes[0] + ".")
     if result.missing_roles:
         steps.append("Grants to roles this server lacks were not restored: "
                      f"{', '.join(result.missing_roles)}; create them, then grant again "

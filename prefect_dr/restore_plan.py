@@ -37,6 +37,7 @@ import dataclasses
 import datetime as dt
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from prefect_dr import (
     crypto,
     interrupt,
     prefect_api,
+    prefect_runtime,
     reconcile,
     restore_stream,
     schema_gate,
@@ -139,6 +141,11 @@ class Plan:
     #: 21, counted in the restored database instead), and what will be done with it
     runtime: dict[str, int] | None = None
     reconcile_notes: list[str] = field(default_factory=list)
+    #: Prefect's runtime state in Redis (prefect_runtime.notes), and what --flush-redis deletes
+    redis_notes: list[str] = field(default_factory=list)
+    redis_used: bool = False
+    flush_redis: str | None = None
+    flush_families: list[prefect_runtime.KeyFamily] = field(default_factory=list)
 
     @property
     def refusal(self) -> Finding | None:
@@ -245,12 +252,15 @@ class Options:
     dry_run: bool = False
     tiered: bool = False
     reconcile_policy: reconcile.Policy = field(default_factory=reconcile.Policy)
+    #: --flush-redis: the Redis whose stale Prefect keys the restore deletes after the swap
+    flush_redis: str | None = None
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
-              now: dt.datetime | None = None) -> Plan:
+              now: dt.datetime | None = None, env: Mapping[str, str] | None = None) -> Plan:
     """Compute the plan and run every preflight check (what --dry-run prints). Changes
-    nothing. Raises DatabaseError when the target's server is unreachable."""
+    nothing; ``env`` is where Prefect's settings are read from (runtime state in Redis).
+    Raises DatabaseError when the target's server is unreachable."""
     url, db, admin_url = target_of(settings, options.target_url)
     stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
     restore_db, aside = names(db, stamp)
@@ -337,6 +347,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
             "privileges", False, f"backup {manifest.backup_id} grants to roles this server "
             f"lacks: {', '.join(missing_roles)}; those grants are not restored (create the "
             "roles first to keep them)"))
+    plan.preflight.append(_redis_finding(plan, options, env or {}))
     note = tools.downgrade_note(manifest.postgres_version, server_major, server_version)
     if note:
         plan.preflight.append(Finding("postgres", False, note))
@@ -354,6 +365,25 @@ def reconcile_notes(manifest: Manifest, policy: reconcile.Policy) -> list[str]:
     counts = (reconcile.Counts.from_dict(manifest.runtime) if manifest.runtime is not None
               else None)
     return reconcile.describe(counts, policy, planned=True)
+
+
+def _redis_finding(plan: Plan, options: Options, env: Mapping[str, str]) -> Finding:
+    """Where Prefect keeps runtime state outside the database, and whether the restore deletes
+    its stale keys (a warning when Redis holds some and --flush-redis is not given)."""
+    try:
+        runtime = prefect_runtime.read(env)
+    except DRError as exc:
+        interrupt.raise_if_noted()
+        return Finding("redis", False, f"{exc.message}: check by hand whether Prefect keeps "
+                                       "leases, messaging or its docket in Redis")
+    used = runtime.in_redis()
+    plan.redis_used = bool(used)
+    plan.redis_notes = prefect_runtime.notes(runtime, options.flush_redis)
+    if options.flush_redis:
+        plan.flush_redis = options.flush_redis  # checked: no password in it
+        plan.flush_families = used or prefect_runtime.all_families(runtime.docket_name)
+        return Finding("redis", True, plan.redis_notes[0])
+    return Finding("redis", not used, plan.redis_notes[0])
 
 
 def _target_prefect(settings: Settings, options: Options, url: str,

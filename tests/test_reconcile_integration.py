@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -132,14 +133,39 @@ def _db_state(url: str, pw: str, run_id: str) -> tuple[str, int]:
     return str(state[0]), int(slots[0])
 
 
-@pytest.mark.parametrize("tiered", [False, True], ids=["plain", "tiered"])
+def _redis_settings(env: dict[str, str]) -> dict[str, str]:
+    """Prefect's settings for leases in the stack's Redis (prefect-redis from PyPI)."""
+    parts = urlsplit(env["PREFECT_DR_STACK_REDIS_URL"])
+    return {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+            "PREFECT_REDIS_MESSAGING_HOST": str(parts.hostname),
+            "PREFECT_REDIS_MESSAGING_PORT": str(parts.port),
+            "PREFECT_REDIS_MESSAGING_DB": "0",
+            "PREFECT_REDIS_MESSAGING_PASSWORD": env["PREFECT_DR_STACK_REDIS_PASSWORD"]}
+
+
+def _redis_keys(env: dict[str, str], pattern: str) -> list[bytes]:
+    import redis
+
+    client = redis.Redis.from_url(env["PREFECT_DR_STACK_REDIS_URL"],
+                                  password=env["PREFECT_DR_STACK_REDIS_PASSWORD"])
+    try:
+        return list(client.scan_iter(match=pattern))
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("variant", ["plain", "tiered", "redis"])
 def test_restore_in_place_releases_the_slot_crashes_the_in_flight_run_and_the_pool_runs_again(
-        clone: dict[str, str], tmp_path: Path, tiered: bool) -> None:
+        clone: dict[str, str], tmp_path: Path, variant: str) -> None:
     """Reconciled before the swap, so with --tiered in phase 1: Prefect serves a reconciled
-    database from its first request."""
-    env, pw, db = clone, clone["PGPASSWORD"], clone["_DB"]
+    database from its first request. With the leases in Redis (prefect_redis.lease_storage),
+    the plan names the stale keys and --flush-redis deletes them after the swap."""
+    tiered = variant == "tiered"
+    settings = _redis_settings(clone) if variant == "redis" else {}
+    env = dict(clone, **settings)  # prefect-dr reads Prefect's settings as the server does
+    pw, db = clone["PGPASSWORD"], clone["_DB"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
-    with PrefectServer(url) as server:
+    with PrefectServer(url, settings=settings) as server:
         deployment_id = _setup(server.api, tmp_path / "code")
         with worker(server.api, tmp_path / "worker-1") as proc:
             run_id, marker, release = _start(server.api, deployment_id, tmp_path, "in-flight")
@@ -154,10 +180,13 @@ def test_restore_in_place_releases_the_slot_crashes_the_in_flight_run_and_the_po
             release.write_text("done")  # the flow finishes after the backup, as in the issue
             _wait("the run completes", lambda: _run(server.api, run_id)["state"]["type"]
                   == "COMPLETED", 60)
+        if variant == "redis":  # a lease still held when the server stops: left in Redis
+            assert _take_slot(server.api) is not None
+            assert _redis_keys(env, "prefect:concurrency:lease:*")
     shown = json.loads(run_cli(["show", backup_id, "--json"], env).stdout)
     assert shown["runtime"]["flow_runs"] >= 1 and shown["runtime"]["v2_slots"] >= 1
 
-    if not tiered:  # the opt-outs leave the database as the backup held it: Prefect hung
+    if variant == "plain":  # the opt-outs leave the database as the backup held it: it hung
         kept_url = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0] + f"/{db}_kept"
         kept = run_cli(["restore", backup_id, "--target-url", kept_url, "--yes", "--json",
                         "--keep-concurrency-slots", "--in-flight", "keep"], env)
@@ -166,19 +195,31 @@ def test_restore_in_place_releases_the_slot_crashes_the_in_flight_run_and_the_po
 
     plan = run_cli(["restore", backup_id, "--dry-run", "--json"], env)
     assert plan.returncode == 0, plan.stderr
-    notes = json.loads(plan.stdout)["plan"]["reconcile_notes"]
+    planned = json.loads(plan.stdout)["plan"]
+    notes = planned["reconcile_notes"]
     assert any("1 slots of 1 global/deployment limits will be released" in n
                for n in notes), notes
-    done = run_cli(["restore", backup_id, "--yes", "--json", *(["--tiered"] if tiered else [])],
-                   env)
+    extra = ["--tiered"] if tiered else []
+    if variant == "redis":
+        assert "prefect:concurrency:*" in planned["redis_notes"][0], planned["redis_notes"]
+        assert any("--flush-redis" in w for w in planned["warnings"]), planned["warnings"]
+        extra = ["--flush-redis", env["PREFECT_DR_STACK_REDIS_URL"]]
+        env["PREFECT_DR_REDIS_PASSWORD"] = env["PREFECT_DR_STACK_REDIS_PASSWORD"]
+    else:
+        assert "not used" in planned["redis_notes"][0], planned["redis_notes"]
+    done = run_cli(["restore", backup_id, "--yes", "--json", *extra], env)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
+    if variant == "redis":
+        assert result["redis_flushed"]["lease storage"] >= 1, result["redis_flushed"]
+        assert _redis_keys(env, "prefect:concurrency:*") == []
+        assert env["PREFECT_DR_STACK_REDIS_PASSWORD"] not in done.stdout + done.stderr
     assert result["reconciled"]["flow_runs"] == shown["runtime"]["flow_runs"]
     assert result["reconciled"]["v2_slots"] == 1
     assert any("Reconciled before the swap" in s and "were set to CRASHED" in s
                for s in result["next_steps"]), result["next_steps"]
 
-    with PrefectServer(url) as server:  # the restart
+    with PrefectServer(url, settings=settings) as server:  # the restart
         lease: str | None = None
 
         def take() -> bool:
@@ -227,3 +268,16 @@ def test_verify_reconciles_in_its_scratch_database(clone: dict[str, str]) -> Non
     assert check["ok"] and "2 slots of 1 global/deployment limits were released" in \
         check["detail"], check
     assert "1 flow runs and 0 task runs were set to CRASHED" in check["detail"], check
+
+
+def test_flush_redis_refuses_a_password_in_the_url_and_a_bad_in_flight(
+        cli_env: dict[str, str]) -> None:
+    """A secret on the command line is refused (exit 2) without echoing it; so is a bad
+    --in-flight value, both before anything is read."""
+    secret = uuid.uuid4().hex
+    bad = run_cli(["restore", "--latest", "--flush-redis",
+                   f"redis://:{secret}@127.0.0.1:6379/0"], cli_env)
+    assert bad.returncode == 2 and "PREFECT_DR_REDIS_PASSWORD" in bad.stderr, bad.stderr
+    assert secret not in bad.stdout + bad.stderr and "Traceback" not in bad.stderr
+    wrong = run_cli(["restore", "--latest", "--in-flight", "maybe"], cli_env)
+    assert wrong.returncode == 2 and "--in-flight must be one of crash, keep" in wrong.stderr

@@ -99,6 +99,7 @@ def plan(p: Any) -> None:
                           "it)" if p.safety_backup else "no"),
         ("pg_restore", p.staging),
         ("reconcile", "before the swap: " + "; ".join(p.reconcile_notes)),
+        ("runtime state", "; ".join(p.redis_notes) or "not read"),
         ("disk needed", human_bytes(p.disk_needed) + " (the backed-up database's size; the "
                         "old database is kept too)" if p.disk_needed else "unknown"),
     ])

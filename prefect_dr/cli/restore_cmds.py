@@ -78,6 +78,10 @@ def restore(
         "--in-flight", help="Runs RUNNING, PENDING or CANCELLING at the backup instant: "
         "'crash' (default) sets them to CRASHED before the swap, 'keep' leaves them.",
         metavar="crash|keep")] = "crash",
+    flush_redis: Annotated[str | None, typer.Option(
+        "--flush-redis", help="After the swap, delete Prefect's stale keys (leases, messaging, "
+        "causal ordering, docket) in this Redis (redis://host:6379/0; the password in "
+        "PREFECT_DR_REDIS_PASSWORD).", metavar="URL")] = None,
 ) -> None:
     """Restore a backup beside the live database, check it, swap it in, keep the old one.
 
@@ -96,6 +100,10 @@ def restore(
         raise errors.UsageError(f"--in-flight must be one of {choices} (got {in_flight!r})")
     if jobs < 0:
         raise errors.UsageError("--jobs must be 0 (one per CPU) or more")
+    if flush_redis:
+        from prefect_dr import prefect_runtime
+
+        prefect_runtime.check_url(flush_redis)
     if resume and (backup_id or latest or dry_run):
         raise errors.UsageError("--resume takes no backup id, --latest or --dry-run: it "
                                 "finishes the backfill the target database records")
@@ -119,7 +127,8 @@ def restore(
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
         dry_run=dry_run, tiered=tiered, reconcile_policy=reconcile.Policy(
-            concurrency=not keep_concurrency_slots, in_flight=in_flight)))
+            concurrency=not keep_concurrency_slots, in_flight=in_flight),
+        flush_redis=flush_redis), env=os.environ)
     refusal = plan.refusal
     if json_mode() and dry_run:  # one JSON document: the plan, and the refusal if any
         console.print_json({"ok": refusal is None, "dry_run": True, "plan": plan.to_dict(),
@@ -147,7 +156,8 @@ def restore(
                                      started=started)
     next_steps = restore_mod.next_steps(manifest, result)
     if json_mode():
-        console.print_json({"ok": result.safety_error is None, "plan": plan.to_dict(),
+        console.print_json({"ok": result.safety_error is None and result.flush_error is None,
+                            "plan": plan.to_dict(),
                             "safety_backup_id": result.safety_backup_id,
                             "safety_backup_error": result.safety_error,
                             "kept_database": result.kept_db,
@@ -155,6 +165,8 @@ def restore(
                             "reconciled": (result.reconciled.to_dict()
                                            if result.reconciled else None),
                             "missing_roles": result.missing_roles,
+                            "redis_flushed": result.flushed,
+                            "redis_flush_error": result.flush_error,
                             "backfilled": [dataclasses.asdict(b) for b in result.backfilled],
                             "next_steps": next_steps})
     else:
@@ -166,6 +178,10 @@ def restore(
         console.line("Next steps:")
         for i, step in enumerate(next_steps, 1):
             console.line(f"  {i}. {step}")
+    if result.flush_error:
+        raise errors.DRError(f"the restore is done, but {result.flush_error}; delete Prefect's "
+                             "stale keys before starting it (see the next steps)",
+                             exit_code=errors.PARTIAL)
     if result.safety_error:
         raise errors.DRError(f"the restore is done, but the safety backup of {result.kept_db} "
                              f"failed: {result.safety_error}; the database is kept (take a "
