@@ -40,6 +40,8 @@ from prefect_dr.pg import connect as pgc
 #: The states a run is in while a process works on it (Prefect's ``StateType`` names).
 IN_FLIGHT = ("RUNNING", "PENDING", "CANCELLING")
 IN_FLIGHT_CHOICES = ("crash", "keep")
+#: the SQL test of a run in flight: enum literals, so Prefect's state_type indexes serve it
+_IN_FLIGHT_SQL = "state_type IN (" + ", ".join(f"'{t}'" for t in IN_FLIGHT) + ")"
 CRASHED_TYPE, CRASHED_NAME = "CRASHED", "Crashed"
 
 
@@ -92,13 +94,11 @@ def count(conn: psycopg.Connection, at: str | None = None, *, runs: bool = True)
 
     flows = tasks = v2_limits = v2_slots = v1_limits = v1_slots = late = 0
     if runs and pgc.table_exists(conn, "flow_run"):
-        flows, = one("SELECT count(*) FROM flow_run WHERE state_type::text = ANY(%s)",
-                     list(IN_FLIGHT))
-        late, = one("SELECT count(*) FROM flow_run WHERE state_type::text = 'SCHEDULED' AND "
+        flows, = one(f"SELECT count(*) FROM flow_run WHERE {_IN_FLIGHT_SQL}")
+        late, = one("SELECT count(*) FROM flow_run WHERE state_type = 'SCHEDULED' AND "
                     "next_scheduled_start_time < coalesce(%s::timestamptz, now())", at)
     if runs and pgc.table_exists(conn, "task_run"):
-        tasks, = one("SELECT count(*) FROM task_run WHERE state_type::text = ANY(%s)",
-                     list(IN_FLIGHT))
+        tasks, = one(f"SELECT count(*) FROM task_run WHERE {_IN_FLIGHT_SQL}")
     if pgc.table_exists(conn, "concurrency_limit_v2"):
         v2_limits, v2_slots = one("SELECT count(*) FILTER (WHERE active_slots > 0), "
                                   "coalesce(sum(greatest(active_slots, 0)), 0) "
@@ -111,8 +111,9 @@ def count(conn: psycopg.Connection, at: str | None = None, *, runs: bool = True)
 
 
 #: a v1 slot entry ``x`` whose task run is not RUNNING (or no longer exists)
-_NOT_RUNNING = ("NOT EXISTS (SELECT 1 FROM task_run t WHERE t.id::text = x #>> '{}' "
-                "AND t.state_type::text = 'RUNNING')")
+_NOT_RUNNING = ("NOT EXISTS (SELECT 1 FROM task_run t WHERE t.id = CASE WHEN x #>> '{}' ~* "
+                "'^[0-9a-f]{8}-([0-9a-f]{4}-){3}[0-9a-f]{12}$' THEN (x #>> '{}')::uuid END "
+                "AND t.state_type = 'RUNNING')")
 
 
 def apply(conn: psycopg.Connection, policy: Policy, *, backup_id: str, at: str) -> Counts:
@@ -176,7 +177,7 @@ def _crash(conn: psycopg.Connection, table: str, message: str, at: str) -> int:
                                    WHERE s.{table}_id = r.id) + interval '1 microsecond',
                                   r.state_timestamp + interval '1 microsecond') AS ts,
                    {details} AS details
-            FROM {table} r WHERE r.state_type::text = ANY(%(types)s)
+            FROM {table} r WHERE r.{_IN_FLIGHT_SQL}
         ), ins AS (
             INSERT INTO {state} (type, timestamp, name, message, state_details, {table}_id)
             SELECT %(type)s, t.ts, %(name)s, %(message)s, t.details, t.id FROM target t
@@ -187,13 +188,13 @@ def _crash(conn: psycopg.Connection, table: str, message: str, at: str) -> int:
                    start_time = coalesce(r.start_time, ins.timestamp),
                    end_time = coalesce(r.end_time, ins.timestamp),
                    total_run_time = r.total_run_time + CASE
-                       WHEN r.state_type::text = 'RUNNING' AND r.state_timestamp IS NOT NULL
+                       WHEN r.state_type = 'RUNNING' AND r.state_timestamp IS NOT NULL
                        THEN ins.timestamp - r.state_timestamp ELSE interval '0' END,
                    updated = now()
             FROM ins WHERE r.id = ins.run_id
             RETURNING r.id
         )
-        SELECT count(*) FROM upd""", {"at": at, "types": list(IN_FLIGHT),
+        SELECT count(*) FROM upd""", {"at": at,
                                       "type": CRASHED_TYPE, "name": CRASHED_NAME,
                                       "message": message}).fetchone()
     return int(row[0]) if row else 0

@@ -245,29 +245,83 @@ def test_restore_in_place_releases_the_slot_crashes_the_in_flight_run_and_the_po
     print(f"slot free {took:.2f} s after the restart; new run completed in {ran:.1f} s")
 
 
-def test_verify_reconciles_in_its_scratch_database(clone: dict[str, str]) -> None:
-    """verify runs the reconciliation a restore runs, and checks it against the manifest."""
-    env, pw = clone, clone["PGPASSWORD"]
-    url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
+def _zombies(url: str, pw: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
+    """A flow run PENDING, a task run RUNNING in it and one PENDING, a v2 limit holding 2 slots
+    and a v1 tag limit listing both task runs, an id of no run and garbage: (flow run, running
+    task run, pending task run)."""
+    flow_run, running, pending = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     with psycopg.connect(url, password=pw, autocommit=True) as conn:
         flow_id = conn.execute("SELECT id FROM flow LIMIT 1").fetchone()[0]
-        run_id = uuid.uuid4()
         conn.execute("INSERT INTO flow_run (id, name, flow_id, state_type, state_name, "
                      "state_timestamp) VALUES (%s, 'dr-zombie', %s, 'PENDING', 'Pending', "
-                     "now())", (run_id, flow_id))
+                     "now())", (flow_run, flow_id))
+        for task, state in ((running, "RUNNING"), (pending, "PENDING")):
+            conn.execute("INSERT INTO task_run (id, name, task_key, dynamic_key, flow_run_id, "
+                         "state_type, state_name, state_timestamp) VALUES (%s, 'dr-task', "
+                         "'k', %s, %s, %s, initcap(%s), now() - interval '5 s')",
+                         (task, str(task), flow_run, state, state))
         conn.execute("INSERT INTO concurrency_limit_v2 (active, name, \"limit\", active_slots, "
                      "denied_slots, slot_decay_per_second, avg_slot_occupancy_seconds) VALUES "
                      "(true, 'dr-held', 2, 2, 0, 0, 2)")
+        conn.execute("INSERT INTO concurrency_limit (tag, concurrency_limit, active_slots) "
+                     "VALUES ('dr-tag', 5, %s::jsonb)", (json.dumps(
+                         [str(running), str(pending), str(uuid.uuid4()), "garbage"]),))
+    return flow_run, running, pending
+
+
+def test_verify_reconciles_in_its_scratch_database_and_keep_keeps(
+        clone: dict[str, str]) -> None:
+    """verify runs the reconciliation a restore runs, and checks it against the manifest;
+    --in-flight keep leaves the runs and keeps the v1 slot of the running task run."""
+    env, pw = clone, clone["PGPASSWORD"]
+    url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
+    flow_run, running, pending = _zombies(url, pw)
     backup = run_cli(["backup", "--json"], env)
     assert backup.returncode == 0, backup.stderr
     backup_id = json.loads(backup.stdout)["backup_id"]
+    runtime = json.loads(run_cli(["show", backup_id, "--json"], env).stdout)["runtime"]
+    assert runtime == {"flow_runs": 1, "task_runs": 2, "v2_limits": 1, "v2_slots": 2,
+                       "v1_limits": 1, "v1_slots": 4, "late_scheduled": 0}, runtime
     verified = run_cli(["verify", backup_id, "--json"], env)
     assert verified.returncode == 0, verified.stderr
     checks = json.loads(verified.stdout)["reports"][0]["checks"]
     check = next(c for c in checks if c["name"] == "reconcile")
     assert check["ok"] and "2 slots of 1 global/deployment limits were released" in \
         check["detail"], check
-    assert "1 flow runs and 0 task runs were set to CRASHED" in check["detail"], check
+    assert "1 flow runs and 2 task runs were set to CRASHED" in check["detail"], check
+    assert "4 task-run ids were removed from 1 tag limits" in check["detail"], check
+
+    def restored(name: str, *flags: str) -> psycopg.Connection:
+        target = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0] + f"/{clone['_DB']}_{name}"
+        done = run_cli(["restore", backup_id, "--target-url", target, "--yes", *flags], env)
+        assert done.returncode == 0, done.stderr
+        return psycopg.connect(_with_password(target, pw), password=pw)
+
+    with restored("crash") as conn:
+        states = {row[0]: row[1:] for row in conn.execute(
+            "SELECT r.id, r.state_type::text, r.state_name, s.type::text, s.name, "
+            "s.state_details ->> 'task_run_id', s.state_details ->> 'flow_run_id', "
+            "s.message LIKE %s, r.end_time = s.timestamp, r.total_run_time > interval '0' "
+            "FROM task_run r JOIN task_run_state s ON s.id = r.state_id", (f"%{backup_id}%",))}
+        crashed = ("CRASHED", "Crashed", "CRASHED", "Crashed")
+        assert states[running] == (*crashed, str(running), str(flow_run), True, True, True)
+        assert states[pending] == (*crashed, str(pending), str(flow_run), True, True, False)
+        flow = conn.execute("SELECT r.state_type::text, s.flow_run_id, s.timestamp >= "
+                            "%s::timestamptz FROM flow_run r JOIN flow_run_state s ON "
+                            "s.id = r.state_id WHERE r.id = %s",
+                            (json.loads(run_cli(["show", backup_id, "--json"],
+                                                env).stdout)["started_at"],
+                             flow_run)).fetchone()
+        assert flow == ("CRASHED", flow_run, True)
+        assert conn.execute("SELECT active_slots FROM concurrency_limit WHERE tag = 'dr-tag'"
+                            ).fetchone()[0] == []
+    with restored("keep", "--in-flight", "keep") as conn:
+        assert conn.execute("SELECT state_type::text FROM task_run WHERE id = %s",
+                            (running,)).fetchone()[0] == "RUNNING"
+        assert conn.execute("SELECT active_slots FROM concurrency_limit WHERE tag = 'dr-tag'"
+                            ).fetchone()[0] == [str(running)]
+        assert conn.execute("SELECT active_slots FROM concurrency_limit_v2 WHERE name = "
+                            "'dr-held'").fetchone()[0] == 0
 
 
 def test_flush_redis_refuses_a_password_in_the_url_and_a_bad_in_flight(
