@@ -25,6 +25,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,25 +123,31 @@ def all_families(docket_name: str = DOCKET_NAME) -> list[KeyFamily]:
 def _mentions_redis(env: Mapping[str, str]) -> bool:
     """Whether any source of Prefect's settings mentions Redis (else the defaults hold)."""
     if any("redis" in f"{k}={v}".lower() for k, v in env.items()
-           if k.startswith("PREFECT_") and not k.startswith("PREFECT_DR_")):
+           if k.startswith("PREFECT_") and not k.startswith("PREFECT_DR_")
+           and not k.endswith(("_HOME", "_PATH"))):  # a folder's name is not a setting
         return True
     home = Path(env.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
     files = [Path(env.get("PREFECT_PROFILES_PATH") or home / "profiles.toml").expanduser(),
-             Path(".env"), Path("prefect.toml"), Path("pyproject.toml")]
+             Path(".env"), Path("prefect.toml")]
     for path in files:
         try:
             if "redis" in path.read_text(errors="replace").lower():
                 return True
         except OSError:
             continue
-    return False
+    try:  # only its [tool.prefect] table is Prefect's
+        with Path("pyproject.toml").open("rb") as f:
+            tool = tomllib.load(f).get("tool", {}).get("prefect", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return "redis" in str(tool).lower()
 
 
 def read(env: Mapping[str, str], python: str | None = None) -> RuntimeSettings:
     """Prefect's runtime-state settings as the server with ``env`` reads them. Raises
     SetupError when they mention Redis but no Python with Prefect can read them."""
     if not _mentions_redis(env):
-        return RuntimeSettings(source="Prefect's defaults (no Prefect setting mentions Redis)")
+        return RuntimeSettings(source="Prefect's defaults: no Prefect setting mentions Redis")
     interpreter = python or sys.executable
     if python is None and importlib.util.find_spec("prefect") is None:
         raise SetupError("Prefect's settings mention Redis, but reading them needs Prefect "
