@@ -47,7 +47,7 @@ from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import FAILED, status_record
 from prefect_dr.config import Settings
 from prefect_dr.errors import DatabaseError, DRError
-from prefect_dr.kinds import KINDS, Kind
+from prefect_dr.kinds import BACKFILL_UNFINISHED, KINDS, LABEL_BACKFILL, Kind
 from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
 from prefect_dr.manifest import Artifact, Manifest
@@ -241,7 +241,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
                     "(%s): this backup holds only the rows restored so far; run 'prefect-dr "
                     "restore --resume' to finish it", ", ".join(unfinished))
         request = dataclasses.replace(request, labels={**request.labels,
-                                                       "backfill": "unfinished"})
+                                                       LABEL_BACKFILL: BACKFILL_UNFINISHED})
 
     artifacts: list[Artifact] = []
     clean_url, child_env = dump.child_env(settings.database_url, env)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prefect_dr import layout as lay
 from prefect_dr import signing
 from prefect_dr.errors import NotFoundError, UsageError, VerificationError
-from prefect_dr.kinds import DEFAULT_LATEST_KIND, Status
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, Standing, Status, standing
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest, ManifestError, parse
 from prefect_dr.storage.base import ObjectInfo, Storage
@@ -44,7 +44,9 @@ class BackupEntry:
     labels: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     manifest: Manifest | None = None
-    verification: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None  # the newest made in this repository
+    #: the newest made in the repository this backup was copied from (never counts here: I6)
+    source_verification: dict[str, Any] | None = None
     objects: list[ObjectInfo] = field(default_factory=list)
 
     @property
@@ -62,10 +64,14 @@ class BackupEntry:
             "started_at": self.started_at, "finished_at": self.finished_at,
             "duration_s": self.duration_s, "size": self.size, "labels": self.labels,
             "error": self.error,
-            "verification": ({k: self.verification.get(k) for k in
-                              ("result", "finished_at", "failed_check")}
-                             if self.verification else None),
+            "verification": _summary(self.verification),
+            "source_verification": _summary(self.source_verification),
         }
+
+
+def _summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    return ({k: record.get(k) for k in ("result", "finished_at", "failed_check", "repository")}
+            if record else None)
 
 
 def status_record(backup_id: str, kind: str, status: str, *, started_at: str, host: str,
@@ -164,10 +170,15 @@ def _entry(storage: Storage, layout: Layout, backup_id: str, objects: list[Objec
             entry.started_at, entry.finished_at = manifest.started_at, manifest.finished_at
             entry.error = None
     if with_verification:
-        records = sorted(k for k in names if k.startswith("verifications/"))
-        if records:
+        records = sorted(k for k in names if lay.is_verification(k))
+        here = [k for k in records if not lay.at_source(k)]
+        there = [k for k in records if lay.at_source(k)]
+        if here:
             entry.verification = _checked_record(
-                _json(storage, layout.artifact(backup_id, records[-1])), backup_id, verify_key)
+                _json(storage, layout.artifact(backup_id, here[-1])), backup_id, verify_key)
+        if there:
+            entry.source_verification = _checked_record(
+                _json(storage, layout.artifact(backup_id, there[-1])), backup_id, verify_key)
     return entry
 
 
@@ -179,30 +190,41 @@ def last_verification(storage: Storage, layout: Layout, *, kind: str | None = No
     return max(records, key=lambda r: str(r.get("finished_at") or ""), default=None)
 
 
+def whole(entries: list[BackupEntry], kind: str | None = None) -> list[BackupEntry]:
+    """The complete, *whole* backups of ``kind`` (any kind when None) among ``entries``, in
+    their order: partial and safety backups never stand in for one (kinds.Standing)."""
+    return [e for e in entries if e.status == COMPLETE and (kind is None or e.kind == kind)
+            and standing(e.labels) == Standing.WHOLE]
+
+
 def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool = False,
             kind: str | None = None, verify_key: Ed25519PublicKey | None = None
             ) -> BackupEntry:
-    """Find one backup by id, or the newest complete one with ``latest``.
+    """Find one backup by id, or with ``latest`` the newest complete *whole* backup of
+    ``kind`` (any kind when None).
 
     Raises NotFoundError when there is no such backup, or it is not complete.
     """
-    if latest or ref in (None, "latest", "--latest"):
-        complete = [e for e in list_backups(storage, layout, verify_key=verify_key)
-                    if e.status == COMPLETE and (kind is None or e.kind == kind)]
-        if not complete:
+    if latest:
+        entries = list_backups(storage, layout, verify_key=verify_key)
+        found = whole(entries, kind)
+        if not found:
             what = f"complete {kind} backup" if kind else "complete backup"
-            raise NotFoundError(f"no {what} in {storage.description}/{layout.root}")
-        # A backup taken while a tiered restore's history backfill was unfinished lacks part of
-        # the history: --latest passes over it while a whole one exists (an id still picks it).
-        whole = [e for e in complete if e.labels.get("backfill") != "unfinished"]
-        if whole and whole[-1] is not complete[-1]:
-            skipped = [e.backup_id for e in complete[complete.index(whole[-1]) + 1:]]
-            log.warning("--latest passes over %s, taken during an unfinished history backfill "
-                        "(part of the history missing); name it to use it anyway",
-                        ", ".join(skipped))
-            return whole[-1]
-        return complete[-1]
-    assert ref is not None
+            others = [e.backup_id for e in entries if e.status == COMPLETE
+                      and (kind is None or e.kind == kind)]
+            hint = (f" (only partial or safety backups, which --latest never picks: "
+                    f"{', '.join(others[-3:])}; name one to use it)" if others else "")
+            raise NotFoundError(f"no {what} in {storage.description}/{layout.root}{hint}")
+        newest = found[-1]
+        passed = [e.backup_id for e in entries[entries.index(newest) + 1:]
+                  if e.status == COMPLETE and (kind is None or e.kind == kind)]
+        if passed:
+            log.warning("--latest passes over %s (%s: not whole); name it to use it anyway",
+                        ", ".join(passed), "partial or safety backup" if len(passed) == 1
+                        else "partial or safety backups")
+        return newest
+    if ref is None:
+        raise UsageError("give a backup id or --latest")
     if not lay.BACKUP_ID_RE.match(ref):
         raise NotFoundError(f"{ref!r} is not a backup id (like 20261126T153000Z-a1b2c3)")
     objects = list(storage.list(layout.backup_dir(ref)))
@@ -221,6 +243,8 @@ def select_one(storage: Storage, layout: Layout, ref: str | None, *, latest: boo
     Raises UsageError when both or neither of ``ref`` and ``latest`` are given, or ``ref`` is
     not of ``kind``; NotFoundError as ``resolve``.
     """
+    if ref == "latest":  # the word means what the flag means, default kind included
+        ref, latest = None, True
     if ref and latest:
         raise UsageError(f"give a backup id or --latest, not both ({ref} and --latest)")
     if not ref and not latest:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import SplitResult, quote, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from prefect_dr import cron, crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
@@ -264,6 +264,17 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
+#: libpq URL query parameters that carry a secret (a password in the query string).
+SECRET_QUERY_PARAMS = ("password", "sslpassword")
+
+
+def query_secret(parts: SplitResult) -> str | None:
+    """The name of the first secret-carrying query parameter of a URL (``?password=``), or
+    None: libpq reads a password there too, and it would reach a client's argv."""
+    names = {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    return next((p for p in SECRET_QUERY_PARAMS if p in names), None)
+
+
 def split_url(url: str) -> SplitResult | None:
     """urlsplit, or None when the URL is malformed (an unbalanced '[', a port that is no
     number)."""
@@ -350,7 +361,7 @@ def load(
         if value is not None:
             values[name], sources[name] = value, f"flag {flag}"
             parts = split_url(str(value)) if spec.kind == "url" else None
-            if parts is not None and parts.password:
+            if parts is not None and (parts.password or query_secret(parts)):
                 problems.append(
                     f"{flag} must not carry a password (it would show in the process list); "
                     "use PGPASSWORD, a .pgpass file or the environment/config file instead"
@@ -418,6 +429,10 @@ def _validate(values: dict[str, Any], sources: Mapping[str, str], problems: list
         redact.register(unquote(password or ""))
         if urlsplit(db).scheme not in ("postgresql", "postgres"):
             problems.append(f"{at('database_url')} must start with postgresql://")
+        secret = query_secret(urlsplit(db))
+        if secret and not sources.get("database_url", "").startswith("flag "):
+            problems.append(f"{at('database_url')} must not carry ?{secret}= (it would show "
+                            "in the process list); use PGPASSWORD or a .pgpass file")
     for name in ("s3_endpoint_url", "prefect_api_url", "azure_account_url"):
         url = values.get(name)
         if url and urlsplit(url).scheme not in ("http", "https"):

@@ -162,9 +162,9 @@ def copy_backup(source: Repository, target: Repository, entry: BackupEntry, *,
     # The records that are not the manifest: the status record, verification records.
     for info in source.storage.list(source.layout.backup_dir(bid)):
         rest = (source.layout.parse_backup_key(info.key) or ("", ""))[1]
-        if rest == lay.STATUS or rest.startswith("verifications/"):
+        if rest == lay.STATUS or lay.is_verification(rest):
             data = source.storage.get_bytes(info.key)
-            target.storage.put_bytes(target.layout.artifact(bid, rest), data,
+            target.storage.put_bytes(target.layout.artifact(bid, lay.copied_name(rest)), data,
                                      "application/json")
             done.objects_copied += 1
     if not target.storage.put_if_absent(dst_manifest, raw, "application/json"):

@@ -21,6 +21,7 @@ from prefect_dr.config import Settings
 from prefect_dr.errors import DRError
 from prefect_dr.layout import Layout
 from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg import tools
 from prefect_dr.storage.base import Storage
 
@@ -120,6 +121,11 @@ def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -
                    f"{backfill.describe(states)}: 'prefect-dr restore --resume' finishes it "
                    "(backups taken until then lack that history)" if states else
                    "no unfinished history backfill", required=False)
+        left = pgswap.half_restored(conn)
+        report.add("half-restored databases", WARN if left else OK,
+                   f"{', '.join(left)} left by a restore that died: the next restore or "
+                   "rollback on this server drops it" if left
+                   else "none left by an interrupted restore", required=False)
 
 
 def check_clients(report: Report, settings: Settings, major: int, full: str) -> None:

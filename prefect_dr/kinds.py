@@ -8,6 +8,7 @@ none defines its own. Both are ``StrEnum``s, so a member equals its text (``Kind
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 
 class Kind(enum.StrEnum):
@@ -42,3 +43,32 @@ def parse(text: str) -> Kind:
         return Kind(text)
     except ValueError:
         raise ValueError(f"unknown backup kind {text!r} (full or config-only)") from None
+
+
+#: Labels prefect-dr sets itself. ``safety=pre-restore``: a restore's backup of the database it
+#: replaced. ``backfill=unfinished``: taken while a tiered restore's history backfill was
+#: unfinished in the database (part of the history missing).
+LABEL_SAFETY = "safety"
+LABEL_BACKFILL = "backfill"
+BACKFILL_UNFINISHED = "unfinished"
+
+
+class Standing(enum.StrEnum):
+    """What a complete backup stands for (docs/reliability.md, invariant I2).
+
+    Only a *whole* backup counts for ``--latest``/``latest``, ``status`` and retention's keep
+    rules; a partial or safety backup never displaces or stands in for one.
+    """
+
+    WHOLE = "whole"  # a backup of the live state, as scheduled or asked for
+    PARTIAL = "partial"  # taken during an unfinished history backfill: part of the history
+    SAFETY = "safety"  # a restore's backup of the database it replaced
+
+
+def standing(labels: Mapping[str, str]) -> Standing:
+    """The standing of a backup with ``labels`` (the labels prefect-dr itself sets decide)."""
+    if LABEL_SAFETY in labels:
+        return Standing.SAFETY
+    if labels.get(LABEL_BACKFILL) == BACKFILL_UNFINISHED:
+        return Standing.PARTIAL
+    return Standing.WHOLE

@@ -17,6 +17,28 @@ STATUS = "status.json"
 DUMP = "db.dump.zst.age"
 CONFIG_EXPORT = "config.json.zst.age"
 BLOCK_KEY = "block-key.age"
+#: The folder (inside a backup's) of its verification records.
+VERIFICATIONS = "verifications/"
+#: How a verification record made in another repository ends (``copy`` brought it; I6).
+SOURCE_RECORD_SUFFIX = ".source.json"
+
+
+def is_verification(name: str) -> bool:
+    """Whether ``name`` (a key relative to its backup's folder) is a verification record."""
+    return name.startswith(VERIFICATIONS)
+
+
+def at_source(name: str) -> bool:
+    """Whether the verification record ``name`` was made in another repository."""
+    return name.endswith(SOURCE_RECORD_SUFFIX)
+
+
+def copied_name(name: str) -> str:
+    """The name a record ``name`` of another repository takes in a copy: a verification record
+    becomes one made at the source (never a verification of the copy); others stay."""
+    if is_verification(name) and not at_source(name) and name.endswith(".json"):
+        return name[:-len(".json")] + SOURCE_RECORD_SUFFIX
+    return name
 
 
 def history_object(table: str) -> str:
@@ -53,9 +75,31 @@ class Layout:
         """Key of an artifact (or the manifest/status record) of a backup."""
         return self.backup_dir(backup_id) + name
 
-    def verification(self, backup_id: str, stamp: str) -> str:
-        """Key of one verification record of a backup."""
-        return f"{self.backup_dir(backup_id)}verifications/{stamp}.json"
+    def verification(self, backup_id: str, stamp: str, *, at_source: bool = False) -> str:
+        """Key of one verification record of a backup: made here, or (``at_source``) one
+        ``copy`` brought from the repository it was made in."""
+        suffix = SOURCE_RECORD_SUFFIX if at_source else ".json"
+        return f"{self.backup_dir(backup_id)}{VERIFICATIONS}{stamp}{suffix}"
+
+    @property
+    def pins_root(self) -> str:
+        """The folder of the pins (prefect_dr.pins): what still needs which backup."""
+        return f"{self.root}pins/"
+
+    def pin(self, backup_id: str, name: str) -> str:
+        """Key of the pin ``name`` of a backup; raises ValueError for a malformed id or name."""
+        if not BACKUP_ID_RE.match(backup_id) or not re.fullmatch(r"[a-z0-9-]+", name):
+            raise ValueError(f"malformed pin {backup_id!r}/{name!r}")
+        return f"{self.pins_root}{backup_id}/{name}.json"
+
+    def parse_pin_key(self, key: str) -> tuple[str, str] | None:
+        """(backup id, pin name) of a key under ``pins_root``, else None."""
+        if not key.startswith(self.pins_root) or not key.endswith(".json"):
+            return None
+        backup_id, _, name = key[len(self.pins_root):-len(".json")].partition("/")
+        if not BACKUP_ID_RE.match(backup_id) or not re.fullmatch(r"[a-z0-9-]+", name):
+            return None
+        return backup_id, name
 
     def lock(self, name: str) -> str:
         """Key of the lock object for the lock called ``name``."""

@@ -1,9 +1,10 @@
 """The backup lock: a PostgreSQL advisory lock plus a lock object in the bucket.
 
 The advisory lock is authoritative for runs against the same database server. The lock object
-(host, pid, start, run id) says who holds it, and guards where advisory locks cannot (a
-transaction-pooling proxy in front of PostgreSQL). A lock object is taken over when it is older
-than the stale age, or when it names a process of this host that no longer exists.
+(host, pid, database session, start, run id) says who holds it, and guards where advisory locks
+cannot (a transaction-pooling proxy in front of PostgreSQL). A lock object is taken over when it
+is older than the stale age, when its database session has ended (its run died, on whatever
+host or pod), or when it names a process of this host that no longer exists.
 """
 
 from __future__ import annotations
@@ -40,6 +41,19 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def end_session(conn: psycopg.Connection) -> None:
+    """Cancel whatever ``conn`` is running (bounded wait) and close it, without taking the
+    connection's own lock, which an abandoned operation may hold. Never raises."""
+    with contextlib.suppress(Exception):
+        conn.cancel_safe(timeout=CANCEL_TIMEOUT_S)
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+#: How long ending a busy session waits for the server to take the cancel request.
+CANCEL_TIMEOUT_S = 3.0
+
+
 class BackupLock:
     """Context manager holding the backup lock of one database in one repository."""
 
@@ -52,9 +66,21 @@ class BackupLock:
         self._object = False
 
     def _record(self) -> bytes:
+        row = self._conn.execute("SELECT pg_backend_pid()").fetchone()
         return json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "backend_pid": int(row[0]) if row else None,
                            "started_at": self._clock().isoformat(),
                            "run_id": self._run_id}).encode()
+
+    def _backend_gone(self, holder: dict[str, object]) -> bool:
+        """Whether the holder's database session has ended: it
+        died with its run, wherever that ran (another pod, another host)."""
+        pid = holder.get("backend_pid")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            return False
+        row = self._conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s",
+                                 (pid,)).fetchone()
+        return bool(row) and row[0] == 0
 
     def acquire(self) -> None:
         """Take both locks. Raises LockHeldError naming the holder when another run has them."""
@@ -99,7 +125,7 @@ class BackupLock:
             started = dt.datetime.fromisoformat(str(holder["started_at"]))
         except (KeyError, ValueError):
             return True
-        if self._clock() - started > self._stale_after:
+        if self._clock() - started > self._stale_after or self._backend_gone(holder):
             return True
         pid = holder.get("pid")
         return (holder.get("host") == socket.gethostname() and isinstance(pid, int)
@@ -116,10 +142,17 @@ class BackupLock:
                 log.warning("could not remove lock object %s: %s", self._key, exc.message)
             self._object = False
         if self._advisory:
+            self._advisory = False
+            if not self._conn.lock.acquire(blocking=False):
+                # An abandoned operation (a COPY left by a stop signal) still holds the
+                # connection: a statement would wait for it for ever. Ending the session
+                # releases the advisory lock as surely.
+                end_session(self._conn)
+                return
+            self._conn.lock.release()
             # On error the session ends with the connection, and the lock with it.
             with contextlib.suppress(psycopg.Error):
                 self._conn.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
-            self._advisory = False
 
     def __enter__(self) -> BackupLock:
         try:

@@ -199,7 +199,7 @@ def check_url(url: str) -> None:
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise UsageError("--flush-redis takes a redis:// or rediss:// URL "
                          "(redis://host:6379/0)")
-    if parts.password:
+    if parts.password or "password" in parts.query.lower():
         raise UsageError("--flush-redis: put the password in PREFECT_DR_REDIS_PASSWORD, not "
                          "in the URL (command lines are visible to every user)")
 

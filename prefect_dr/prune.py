@@ -27,10 +27,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from prefect_dr import catalog, retention
+from prefect_dr import catalog, pins, retention
 from prefect_dr import layout as lay
 from prefect_dr.catalog import BackupEntry
 from prefect_dr.errors import DRError, StorageError
+from prefect_dr.kinds import Standing, standing
 from prefect_dr.layout import Layout
 from prefect_dr.retention import Candidate, Decision, Plan, Policy, PolicyError
 from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Storage
@@ -149,16 +150,17 @@ def delete_order(layout: Layout, entry: BackupEntry) -> list[ObjectInfo]:
             return 0, name
         if name == lay.STATUS:
             return 3, name
-        if name.startswith("verifications/"):
+        if lay.is_verification(name):
             return 2, name
         return 1, name
     return sorted(entry.objects, key=rank)
 
 
-def _check(plan: Plan) -> None:
+def _check(plan: Plan, needed: Mapping[str, str]) -> None:
     """Refuse a plan that breaks a safety rule (a bug in the planner, never expected)."""
-    complete = [d.candidate for d in plan.decisions if d.candidate.status == retention.COMPLETE]
-    protected = set()
+    complete = [d.candidate for d in plan.decisions if d.candidate.status == retention.COMPLETE
+                and standing(d.candidate.labels) == Standing.WHOLE]
+    protected = set(needed)
     if complete:
         protected.add(complete[0].id)
         protected |= {c.id for c in [c for c in complete if c.verified is True]
@@ -191,7 +193,8 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
     ``delete_order``; then aborts multipart uploads left open longer than the grace period.
     Leftovers of unknown kind (no status record) are planned with the kind whose grace is
     longest. ``dry_run`` reads everything (Object Lock included) but deletes and aborts
-    nothing, so it reports exactly what a real run would do. With ``verify_key`` only
+    nothing, so it reports exactly what a real run would do. A pinned backup (prefect_dr.pins:
+    an unfinished backfill needs it) is kept whatever the policy. With ``verify_key`` only
     verification records signed by it count as verified (for ``min-verified``).
 
     Raises PolicyError for an unknown kind or an empty ``policies``; StorageError when listing
@@ -207,14 +210,15 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
 
     entries = catalog.list_backups(storage, layout, verify_key=verify_key)
     uploads = storage.list_incomplete_uploads(layout.backups_root)
+    needed = pins.needed(storage, layout)  # what operations in progress still need (I1)
 
     orphan_kind = max(policies, key=lambda k: policies[k].grace)
     plans: dict[str, Plan] = {}
     for kind, policy in policies.items():
         mine = [Candidate.from_entry(e) for e in entries
                 if e.kind == kind or (kind == orphan_kind and e.kind not in retention.KINDS)]
-        plans[kind] = retention.plan(mine, policy, now)
-        _check(plans[kind])
+        plans[kind] = retention.plan(mine, policy, now, needed)
+        _check(plans[kind], needed)
 
     by_id = {e.backup_id: e for e in entries}
     result = PruneResult(dry_run=dry_run, now=now, plans=plans)

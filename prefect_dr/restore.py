@@ -30,6 +30,7 @@ from prefect_dr import (
     backfill,
     crypto,
     interrupt,
+    pins,
     pipeline,
     prefect_runtime,
     reconcile,
@@ -45,7 +46,8 @@ from prefect_dr.errors import (
     LockHeldError,
     VerificationError,
 )
-from prefect_dr.kinds import Kind
+from prefect_dr.kinds import LABEL_SAFETY, Kind
+from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import swap as pgswap
@@ -93,10 +95,9 @@ def _load_identities(settings: Settings) -> list[crypto.Identity]:
 
 
 def _drop_leftovers(admin: psycopg.Connection, db: str) -> list[str]:
-    pattern = re.escape(db) + r"_restore_\d{14}"
+    """Drop the half-restored databases of dead runs on this server (restore lock held)."""
     dropped = []
-    for name in [r[0] for r in admin.execute(
-            "SELECT datname FROM pg_database WHERE datname ~ %s", (f"^{pattern}$",))]:
+    for name in pgswap.half_restored(admin, db):
         if not pgswap.sessions(admin, name):
             log.warning("dropping %s, left by an interrupted restore", name)
             drop_database(admin, name)
@@ -131,10 +132,18 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
     try:
         _take_lock(admin)
         _drop_leftovers(admin, db)
+        layout, pin = Layout(settings.layout_prefix), pins.backfill_name(url)
+        pins.remove(storage, layout, pin, except_for=plan.backup_id)  # stale: none unfinished
+        if plan.tiered and manifest.history:  # restore --resume will need the backup: I1
+            pins.add(storage, layout, plan.backup_id, pin,
+                     f"the history backfill of restore --tiered into {pgc.describe(url)}")
         role = pgswap.owner(admin, db) if plan.target_exists else None
         me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         admin.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
             sql.Identifier(plan.restore_db), sql.Identifier(role or me)))
+        pgswap.comment(admin, plan.restore_db,
+                       f"{pgswap.RESTORING_NOTE} from backup {plan.backup_id} into {db}; "
+                       "left only by a run that died")
         report = Report(plan.backup_id, dt.datetime.now(dt.UTC).isoformat())
         checks = Checks(report)
         restored_url = with_database(url, plan.restore_db)
@@ -211,6 +220,8 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         except BaseException:
             if pgswap.exists(admin, plan.restore_db):
                 drop_database(admin, plan.restore_db)
+            if not interrupt.pending():  # a stop leaves the pin: the next run cleans it
+                pins.remove(storage, layout, pin)
             raise
         # From here the restored database is live: nothing below may drop it. The restore
         # lock stays held through phase 2 and the safety backup.
@@ -252,7 +263,8 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
 
     try:
         if deferred:
-            result.backfilled = finish_backfill(url, storage, manifest, identities, checks,
+            result.backfilled = finish_backfill(url, storage, Layout(settings.layout_prefix),
+                                                manifest, identities, checks,
                                                 role=role, progress=progress,
                                                 on_step=on_step)
     except BaseException as exc:
@@ -269,15 +281,17 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
     safety()
 
 
-def finish_backfill(url: str, storage: Storage, manifest: Manifest,
+def finish_backfill(url: str, storage: Storage, layout: Layout, manifest: Manifest,
                     identities: list[crypto.Identity], checks: Checks, *,
                     role: str | None, progress: pipeline.Progress | None,
                     on_step: Callable[[str], None]) -> list[backfill.Loaded]:
     """Phase 2 into the live database at ``url``, then each backfilled table's rows checked:
     the backup's (exactly the manifest's count, checked as they load) plus those Prefect wrote
-    since phase 1. Raises what :func:`backfill.run` raises, VerificationError."""
+    since phase 1; then the backup's pin is removed. Raises what :func:`backfill.run` raises,
+    VerificationError."""
     loaded = backfill.run(url, storage, manifest, identities, role=role, progress=progress,
                           on_step=on_step)
+    pins.remove(storage, layout, pins.backfill_name(url))  # the backup is no longer needed
     with pgc.connect(url) as conn:
         for item in loaded:
             with checks.run("backfill", item.table) as out:
@@ -301,7 +315,7 @@ def _safety_backup(settings: Settings, storage: Storage, plan: Plan, kept_url: s
         settings, values={**settings.values, "database_url": kept_url})
     try:
         safety = backup_mod.run(safety_settings, storage, backup_mod.Request(
-            kind=Kind.FULL, labels={"safety": "pre-restore", "restore-of": plan.backup_id,
+            kind=Kind.FULL, labels={LABEL_SAFETY: "pre-restore", "restore-of": plan.backup_id,
                                     "database": plan.target_db},
             allow_undecryptable_blocks=True), env=env)
     except DRError as exc:
@@ -340,7 +354,8 @@ def resume(settings: Settings, storage: Storage, manifest: Manifest, *,
             role = pgswap.owner(admin, db)
             me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
             checks = Checks(Report(manifest.backup_id, dt.datetime.now(dt.UTC).isoformat()))
-            loaded = finish_backfill(url, storage, manifest, identities, checks,
+            loaded = finish_backfill(url, storage, Layout(settings.layout_prefix), manifest,
+                                     identities, checks,
                                      role=role if role != me else None, progress=progress,
                                      on_step=on_step)
             return loaded, checks.report.checks
@@ -390,7 +405,7 @@ class Kept:
     """A database kept by restore or rollback."""
 
     name: str
-    kind: str  # "pre_restore" | "rolled_back"
+    kind: str  # "pre_restore" | "rolled_back" | "restore" (half-restored, of a dead run)
     stamp: str
     size: int
     comment: str
@@ -403,9 +418,10 @@ class Kept:
 
 
 def kept(settings: Settings, target_url: str | None = None) -> list[Kept]:
-    """Databases kept beside the target, newest first."""
+    """Databases kept beside the target, newest first; kind ``restore``: half-restored, left by
+    a restore that was killed (the next restore or rollback drops it; so does ``--drop``)."""
     _, db, admin_url = target_of(settings, target_url)
-    pattern = f"^{re.escape(db)}_(pre_restore|rolled_back)_(\\d{{14}})$"
+    pattern = f"^{re.escape(db)}_(pre_restore|rolled_back|restore)_(\\d{{14}})$"
     with pgc.connect(admin_url) as admin:
         rows = admin.execute(
             "SELECT datname, pg_database_size(oid), shobj_description(oid, 'pg_database') "
@@ -448,6 +464,7 @@ def rollback(settings: Settings, *, target_url: str | None = None,
     try:
         with pgc.connect(admin_url) as admin:
             _take_lock(admin)
+            _drop_leftovers(admin, db)
             pgswap.swap(admin, db, chosen.name, aside, force_disconnect=force_disconnect,
                         comments={
                             aside: f"prefect-dr: {db} rolled back at {aside.rsplit('_', 1)[1]} "

@@ -67,7 +67,7 @@ from prefect_dr.errors import (
     ConfigError,
     DRError,
 )
-from prefect_dr.kinds import Kind
+from prefect_dr.kinds import BACKFILL_UNFINISHED, LABEL_BACKFILL, Kind, Standing, standing
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import privileges, tools
@@ -324,6 +324,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                 f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}",
                 SCHEMA_REFUSED),
         _history_finding(plan, options.allow_history_loss),
+        _standing_finding(manifest),
         _identity_finding(settings, manifest),
         _clients_finding(db, clients, options.force_disconnect, options.dry_run),
         Finding("createdb", may_create,
@@ -430,6 +431,22 @@ def _history_finding(plan: Plan, allowed: bool) -> Finding:
                    f"refusing to restore config-only backup {plan.backup_id} over "
                    f"{plan.target_db}: its run history would be lost ({lost}); restore a full "
                    "backup (--kind full) or pass --allow-history-loss", USAGE)
+
+
+def _standing_finding(manifest: Manifest) -> Finding:
+    """What the backup stands for (I2): a partial or a safety backup is said, never hidden."""
+    role = standing(manifest.labels)
+    if role == Standing.PARTIAL:
+        return Finding("standing", False,
+                       f"backup {manifest.backup_id} was taken during an unfinished history "
+                       f"backfill ({LABEL_BACKFILL}={BACKFILL_UNFINISHED}): it lacks part of "
+                       "the run history; --latest names the newest whole backup")
+    if role == Standing.SAFETY:
+        return Finding("standing", True,
+                       f"backup {manifest.backup_id} is the safety backup of "
+                       f"{manifest.labels.get('database', 'a database')} taken when backup "
+                       f"{manifest.labels.get('restore-of', '?')} was restored over it")
+    return Finding("standing", True, f"backup {manifest.backup_id} is a whole backup")
 
 
 def _signature_finding(settings: Settings, manifest: Manifest) -> Finding:

@@ -6,6 +6,7 @@ restore-config; each read is recorded as an ``integrity`` (and ``restore``) chec
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import logging
@@ -151,16 +152,18 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
                         identities: list[crypto.Identity], url: str, choice: RestoreChoice,
                         progress: pipeline.Progress | None, checks: Checks, *,
                         jobs: int, staging_dir: str, role: str | None = None) -> None:
-    """Decrypt the dump to a private (0600) file, checking its integrity, then restore it with
-    ``pg_restore --jobs``: parallel data loading and index builds. The file is always removed.
+    """Decrypt the dump to a private file with no name (it vanishes with the last descriptor,
+    even when this process is SIGKILLed: no plaintext is ever left behind, I5), checking its
+    integrity, then restore it with ``pg_restore --jobs`` reading ``/dev/fd/N``: parallel data
+    loading and index builds.
 
     Records an ``integrity`` and a ``restore`` check; raises the DRError of a failed one.
     """
     remove_stale_staging(staging_dir)
-    fd, path = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".dump",
-                                dir=staging_dir)
+    fd = anonymous_file(staging_dir)
     try:
-        with checks.run("integrity", "dump") as out, os.fdopen(fd, "wb") as staged, \
+        with checks.run("integrity", "dump") as out, \
+                os.fdopen(os.dup(fd), "wb") as staged, \
                 storage.open_reader(artifact.location) as reader:
             pipeline.decrypt_from(reader, staged, identities,
                                   compressed=artifact.compression == "zstd",
@@ -168,8 +171,23 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
             out["detail"] = (f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok "
                              f"(staged {artifact.plaintext_size} bytes)")
         with checks.run("restore", "dump") as out:
-            how = pgr.run_file(url, choice, path, jobs=jobs, role=role)
+            how = pgr.run_file(url, choice, f"/dev/fd/{fd}", jobs=jobs, role=role,
+                               pass_fds=(fd,))
             out["detail"] = f"{how} succeeded ({choice.describe()})"
     finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
+        os.close(fd)
+
+
+def anonymous_file(folder: str) -> int:
+    """A read-write descriptor of a new 0600 file in ``folder`` that has no name: O_TMPFILE,
+    or (a file system without it) a named file unlinked at once. Raises OSError."""
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR,
+                                                          errno.EINVAL):
+            raise
+    fd, path = tempfile.mkstemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", suffix=".dump",
+                                dir=folder)
+    os.unlink(path)
+    return fd

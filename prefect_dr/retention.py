@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_dr import durations
 from prefect_dr import layout as lay
 from prefect_dr.errors import USAGE, DRError
-from prefect_dr.kinds import KINDS, Kind, Status
+from prefect_dr.kinds import KINDS, Kind, Standing, Status, standing
 
 if TYPE_CHECKING:
     from prefect_dr.catalog import BackupEntry
@@ -71,6 +71,9 @@ def format_duration(delta: dt.timedelta) -> str:
     return "".join(parts)
 
 
+DEFAULT_KEEP_SAFETY_WITHIN = dt.timedelta(days=7)
+
+
 @dataclass(frozen=True)
 class Policy:
     """What to keep of one kind of backup. Counts of 0 mean "rule not used".
@@ -88,6 +91,8 @@ class Policy:
     keep_labels: tuple[str, ...] = ()
     min_verified: int = 1
     grace: dt.timedelta = dt.timedelta(hours=24)
+    #: how long a restore's safety backup is kept (they never count toward the rules above)
+    keep_safety_within: dt.timedelta = DEFAULT_KEEP_SAFETY_WITHIN
 
     def __post_init__(self) -> None:
         for name in (*_COUNTS, "min_verified"):
@@ -99,6 +104,8 @@ class Policy:
             raise PolicyError("keep-within must be a positive duration (e.g. 7d)")
         if self.grace < dt.timedelta(0):
             raise PolicyError("grace must not be negative")
+        if self.keep_safety_within < dt.timedelta(0):
+            raise PolicyError("keep-safety-within must not be negative")
         for label in self.keep_labels:
             if not _LABEL_RE.match(label):
                 raise PolicyError(f"keep-label {label!r} must be key or key=value")
@@ -117,6 +124,8 @@ class Policy:
         items += [f"keep-label={label}" for label in self.keep_labels]
         items.append(f"min-verified={self.min_verified}")
         items.append(f"grace={format_duration(self.grace)}")
+        if self.keep_safety_within != DEFAULT_KEEP_SAFETY_WITHIN:
+            items.append(f"keep-safety-within={format_duration(self.keep_safety_within)}")
         return ",".join(items)
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,11 +135,13 @@ class Policy:
             "keep_within": format_duration(self.keep_within) if self.keep_within else None,
             "keep_labels": list(self.keep_labels), "min_verified": self.min_verified,
             "grace": format_duration(self.grace),
+            "keep_safety_within": format_duration(self.keep_safety_within),
         }
 
 
 _RULE_NAMES = [n.replace("_", "-") for n in _COUNTS] + [
-    "keep-within", "keep-label", "min-verified", "grace"]
+    "keep-within", "keep-label", "min-verified", "grace", "keep-safety-within"]
+_DURATION_RULES = ("keep-within", "grace", "keep-safety-within")
 
 
 def parse_policy(text: str) -> Policy:
@@ -138,7 +149,8 @@ def parse_policy(text: str) -> Policy:
 
     Rules: keep-last, keep-hourly, keep-daily, keep-weekly, keep-monthly, keep-yearly (counts),
     keep-within (duration), keep-label (key or key=value; repeatable), min-verified (count,
-    default 1), grace (duration, default 24h). Underscores and leading dashes are accepted.
+    default 1), grace (duration, default 24h), keep-safety-within (duration, default 7d).
+    Underscores and leading dashes are accepted.
     Raises PolicyError (a ValueError) with a one-line message naming the bad item, also when
     the policy keeps nothing.
     """
@@ -155,14 +167,14 @@ def parse_policy(text: str) -> Policy:
                               f"{', '.join(_RULE_NAMES)})")
         if not sep or not value:
             raise PolicyError(f"retention policy: {key} needs a value, like {key}="
-                              + ("7d" if key in ("keep-within", "grace") else
+                              + ("7d" if key in _DURATION_RULES else
                                  "env=prod" if key == "keep-label" else "7"))
         if key == "keep-label":
             labels.append(value)
             continue
         if key in values:
             raise PolicyError(f"retention policy: {key} is given twice")
-        if key in ("keep-within", "grace"):
+        if key in _DURATION_RULES:
             try:
                 values[key] = durations.parse(value)
             except ValueError as exc:
@@ -185,7 +197,9 @@ def resolve_policy(configured: Policy | None, *, keep_last: int | None = None,
                    keep_weekly: int | None = None, keep_monthly: int | None = None,
                    keep_yearly: int | None = None, keep_within: dt.timedelta | None = None,
                    keep_labels: Iterable[str] | None = None, min_verified: int | None = None,
-                   grace: dt.timedelta | None = None, what: str = "these backups") -> Policy:
+                   grace: dt.timedelta | None = None,
+                   keep_safety_within: dt.timedelta | None = None,
+                   what: str = "these backups") -> Policy:
     """Combine a configured policy with command-line options (None = option not given).
 
     Any keep option given replaces *all* keep rules of the configured policy (the command line
@@ -198,7 +212,8 @@ def resolve_policy(configured: Policy | None, *, keep_last: int | None = None,
              "keep_labels": tuple(keep_labels) if keep_labels else None}
     if any(v is not None for v in given.values()):
         base = Policy(**{k: v for k, v in given.items() if v is not None},
-                      **({"min_verified": configured.min_verified, "grace": configured.grace}
+                      **({"min_verified": configured.min_verified, "grace": configured.grace,
+                          "keep_safety_within": configured.keep_safety_within}
                          if configured else {}))
     elif configured is not None:
         base = configured
@@ -206,7 +221,9 @@ def resolve_policy(configured: Policy | None, *, keep_last: int | None = None,
         raise PolicyError(f"no retention policy for {what}: configure one or pass --keep-* "
                           "options")
     policy = replace(base, **{k: v for k, v in (("min_verified", min_verified),
-                                                 ("grace", grace)) if v is not None})
+                                                 ("grace", grace),
+                                                 ("keep_safety_within", keep_safety_within))
+                              if v is not None})
     if not policy.keeps_something:
         raise PolicyError(f"the retention policy for {what} keeps nothing: a policy must keep "
                           "something (e.g. --keep-last 1)")
@@ -371,8 +388,15 @@ def _newest_first(items: Iterable[Candidate]) -> list[Candidate]:
     return sorted(items, key=lambda c: (c.started_at, c.id), reverse=True)
 
 
-def plan(backups: Iterable[Candidate], policy: Policy, now: dt.datetime) -> Plan:
+def plan(backups: Iterable[Candidate], policy: Policy, now: dt.datetime,
+         needed: Mapping[str, str] | None = None) -> Plan:
     """Decide, for every backup, keep or remove, with reasons (module docstring: the rules).
+
+    ``needed`` maps the ids of backups that something still depends on (an unfinished history
+    backfill, ...) to why: they are kept whatever the policy says (docs/reliability.md, I1).
+    Only *whole* backups count for the keep rules, "newest complete" and ``min-verified``; a
+    restore's safety backup is kept for ``keep_safety_within`` from now; a partial backup
+    (taken during an unfinished backfill) while no whole backup is newer (I2).
 
     Pure: same input, same plan. ``backups`` should be of one kind. Raises PolicyError (a
     ValueError) when the policy keeps nothing.
@@ -383,18 +407,20 @@ def plan(backups: Iterable[Candidate], policy: Policy, now: dt.datetime) -> Plan
     items = _newest_first(backups)
     reasons: dict[str, list[str]] = {c.id: [] for c in items}
     complete = [c for c in items if c.status == COMPLETE]
+    whole = [c for c in complete if standing(c.labels) == Standing.WHOLE]
 
-    if complete:
-        past = [c.started_at for c in complete if c.started_at <= now]
-        latest = max(past) if past else complete[0].started_at
+    for cand in complete:
+        reasons[cand.id] += [f"label {rule}" for rule in policy.keep_labels
+                             if _has_label(cand.labels, rule)]
+    if whole:
+        past = [c.started_at for c in whole if c.started_at <= now]
+        latest = max(past) if past else whole[0].started_at
         last_left = policy.keep_last
         left = {attr: getattr(policy, attr) for attr, _, _ in _PERIODS}
         previous: dict[str, str | None] = {attr: None for attr, _, _ in _PERIODS}
-        for nr, cand in enumerate(complete):
+        for nr, cand in enumerate(whole):
             why = reasons[cand.id]
-            oldest = nr == len(complete) - 1
-            why += [f"label {rule}" for rule in policy.keep_labels
-                    if _has_label(cand.labels, rule)]
+            oldest = nr == len(whole) - 1
             if policy.keep_within is not None and cand.started_at > latest - policy.keep_within:
                 why.append(f"within {format_duration(policy.keep_within)}")
             if last_left > 0:
@@ -412,22 +438,34 @@ def plan(backups: Iterable[Candidate], policy: Policy, now: dt.datetime) -> Plan
                     continue
                 previous[attr] = period
                 left[attr] -= 1
-        reasons[complete[0].id].append("newest complete")
-        verified = [c for c in complete if c.verified is True][:policy.min_verified]
+        reasons[whole[0].id].append("newest complete")
+        verified = [c for c in whole if c.verified is True][:policy.min_verified]
         for k, cand in enumerate(verified, 1):
             reasons[cand.id].append("newest verified" if k == 1 else
                                     f"newest verified {k} of {policy.min_verified}")
+    newest_whole = whole[0].started_at if whole else None
+    safety_within = format_duration(policy.keep_safety_within)
+    for cand in complete:
+        role = standing(cand.labels)
+        if role == Standing.SAFETY and now - cand.started_at < policy.keep_safety_within:
+            reasons[cand.id].append(f"safety backup within {safety_within}")
+        elif role == Standing.PARTIAL and (newest_whole is None
+                                           or cand.started_at > newest_whole):
+            reasons[cand.id].append("partial, and no whole backup is newer")
+    for cand in items:
+        if needed and cand.id in needed:
+            reasons[cand.id].append(f"needed: {needed[cand.id]}")
 
     grace = format_duration(policy.grace)
     keep: list[Decision] = []
     remove: list[Decision] = []
     for cand in items:
         why = reasons[cand.id]
-        if cand.status == COMPLETE:
+        if cand.status == COMPLETE or (needed and cand.id in needed):
             if why:
                 keep.append(Decision(cand, True, tuple(why)))
             else:
-                remove.append(Decision(cand, False, ("no keep rule matches",)))
+                remove.append(Decision(cand, False, (_unkept(cand, safety_within),)))
         elif cand.status == CORRUPT:
             keep.append(Decision(cand, True, ("corrupt (never removed automatically)",)))
         else:
@@ -439,3 +477,13 @@ def plan(backups: Iterable[Candidate], policy: Policy, now: dt.datetime) -> Plan
             else:
                 remove.append(Decision(cand, False, (f"{status} older than grace {grace}",)))
     return Plan(policy, now, tuple(keep), tuple(remove))
+
+
+def _unkept(cand: Candidate, safety_within: str) -> str:
+    """Why a complete backup that no rule keeps is removed."""
+    role = standing(cand.labels)
+    if role == Standing.SAFETY:
+        return f"safety backup older than {safety_within}"
+    if role == Standing.PARTIAL:
+        return "partial (taken during an unfinished history backfill); a whole backup is newer"
+    return "no keep rule matches"

@@ -32,6 +32,7 @@ class Verdict:
 
     ok: bool
     reason: str
+    certain: bool = True  # False: the table cannot tell (a version between listed releases)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,7 @@ def _by_version(backup: str, target: Target, t: Table) -> Verdict:
     return Verdict(False, f"cannot tell whether {said} runs revision {_released(t, backup)} "
                           f"({version} is {how}, with revisions added there): pass "
                           "--target-prefect-version with a listed release, or "
-                          "--allow-newer-schema if you know it does")
+                          "--allow-newer-schema if you know it does", certain=False)
 
 
 def _by_revision(backup: str, current: str, t: Table) -> Verdict:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-from prefect_dr import interrupt, prefect_api
+from prefect_dr import interrupt, prefect_api, schema_gate
 from prefect_dr.errors import DRError, SetupError, VerificationError
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
@@ -47,6 +47,20 @@ def prefect_program(python: str | None = None) -> list[str]:
         raise SetupError("starting Prefect needs it installed: install Prefect beside "
                          "prefect-dr, or pass --prefect-python PATH (a Python with Prefect)")
     return [found]
+
+
+def require_runs(manifest: Manifest, python: str | None = None) -> str:
+    """Check, before any work, that the Prefect the smoke test starts can run the backup's
+    schema revision (the shipped revision table knows); returns its version. Raises
+    SetupError when it definitely cannot (a backup newer than that Prefect: a fault of the
+    set-up, never a verdict on the backup) or cannot be run at all."""
+    version = prefect_version(python)
+    verdict = schema_gate.judge(manifest.alembic_revision, schema_gate.Target(
+        prefect_version=version, version_source="--prefect-python"))
+    if (not verdict.ok and verdict.certain and manifest.alembic_revision
+            and schema_gate.table().known(manifest.alembic_revision)):
+        raise SetupError(f"--prefect-smoke: {verdict.reason}")
+    return version
 
 
 def prefect_version(python: str | None = None) -> str:
@@ -149,7 +163,7 @@ def check(scratch_url: str, manifest: Manifest, export_doc: dict[str, Any] | Non
     """Serve ``scratch_url`` with Prefect and compare what its API returns with the backup.
 
     Returns a one-line summary naming the Prefect that served and whether it migrated the
-    database on start. Raises VerificationError on a difference, DRError when the server does
+    database on start. Raises VerificationError on a difference, SetupError when the server does
     not start.
     """
     before = _revision(scratch_url)
@@ -175,15 +189,16 @@ def _wait_ready(api: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
             telling = ([ln for ln in lines if re.search(r"\w(Error|Exception): ", ln)]
                        or [ln for ln in lines if "error" in ln.lower()] or lines
                        or ["no output"])  # the exception's own line, else any error line
-            raise DRError(f"Prefect server exited (code {proc.returncode}): "
-                          f"{telling[-1].strip()[:300]}")
+            raise SetupError(f"the smoke test's Prefect server exited (code "
+                             f"{proc.returncode}): {telling[-1].strip()[:300]}")
         try:
             prefect_api.request(api, "GET", "/ready", timeout=2)
             return
         except DRError:
             interrupt.raise_if_noted()
             time.sleep(0.5)
-    raise DRError(f"Prefect server not ready after {START_TIMEOUT_S}s")
+    raise SetupError(f"the smoke test's Prefect server was not ready after "
+                     f"{START_TIMEOUT_S}s")
 
 
 def _compare(api: str, manifest: Manifest, export_doc: dict[str, Any] | None) -> str:

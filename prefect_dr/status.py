@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prefect_dr import cron
-from prefect_dr.catalog import COMPLETE, BackupEntry
+from prefect_dr.catalog import BackupEntry, whole
 from prefect_dr.kinds import DEFAULT_LATEST_KIND
 
 SKEW = dt.timedelta(minutes=1)
@@ -69,8 +69,8 @@ def evaluate(entries: list[BackupEntry], *, backup_cron: str | None, verify_cron
     """Judge the freshness of backups of ``kind`` and of their verifications from the
     repository listing. Raises ValueError for a bad cron."""
     report = Report()
-    entries = [e for e in entries if e.kind == kind]
-    complete = [e for e in entries if e.status == COMPLETE]
+    complete = whole(entries, kind)  # partial and safety backups never count (I2)
+    entries = complete
     newest = max(complete, key=lambda e: e.started_at or "", default=None)
     started = _time(newest.started_at) if newest else None
     if backup_cron:

@@ -48,6 +48,7 @@ from prefect_dr.errors import (
     SetupError,
     StorageError,
 )
+from prefect_dr.kinds import Standing, standing
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg.scratch import ScratchDatabase
@@ -63,6 +64,8 @@ class VerificationReport(Report):
     the dump was restored into."""
 
     scratch_database: str | None = None
+    #: whole, partial or safety (kinds.Standing): a verified partial backup is still partial
+    standing: str = Standing.WHOLE
 
     def to_record(self) -> dict[str, Any]:
         """The verification record stored in the bucket (and printed by --json)."""
@@ -73,7 +76,7 @@ class VerificationReport(Report):
             "finished_at": self.finished_at, "result": "passed" if self.ok else "failed",
             "failed_check": (f"{failed.name}" + (f" ({failed.artifact})" if failed.artifact
                                                  else "")) if failed else None,
-            "scratch_database": self.scratch_database,
+            "scratch_database": self.scratch_database, "standing": self.standing,
             "checks": [asdict(c) for c in self.checks],
         }
 
@@ -132,8 +135,9 @@ def verify_one(settings: Settings, storage: Storage, manifest: Manifest, options
     choice = restore_stream.choose_for(settings, manifest,
                                        options.scratch_url or settings.database_url)
     if options.prefect_smoke:
-        smoke.prefect_program(options.prefect_python)
-    report = VerificationReport(manifest.backup_id, clock().isoformat())
+        smoke.require_runs(manifest, options.prefect_python)
+    report = VerificationReport(manifest.backup_id, clock().isoformat(),
+                                standing=standing(manifest.labels))
     checks = Checks(report)
     try:
         _verify(settings, storage, manifest, options, env, progress, report, checks, choice)
@@ -195,7 +199,7 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
 
 def _write_record(settings: Settings, storage: Storage, report: VerificationReport,
                   clock: Callable[[], dt.datetime]) -> None:
-    record = report.to_record()
+    record = {**report.to_record(), "repository": str(settings.repository_url)}  # where (I6)
     if settings.signing_key_file:
         record = signing.sign_record(record, signing.load_private(
             Path(settings.signing_key_file)))

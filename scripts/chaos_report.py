@@ -136,12 +136,28 @@ def render(figures: dict) -> str:
     return "\n".join(out)
 
 
+KEEP_START = "<!-- invariants: written by hand, kept by scripts/chaos_report.py -->"
+KEEP_END = "<!-- end of invariants -->"
+
+
+def kept_block(page: str) -> str:
+    """The hand-written invariants section of an existing page ('' when there is none)."""
+    start, end = page.find(KEEP_START), page.find(KEEP_END)
+    return page[start:end + len(KEEP_END)] if 0 <= start < end else ""
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         sys.stderr.write(__doc__ or "")
         return 2
     figures = json.loads(Path(argv[1]).read_text())
-    Path(argv[2]).write_text(render(figures))
+    target = Path(argv[2])
+    block = kept_block(target.read_text()) if target.exists() else ""
+    page = render(figures)
+    if block:  # the invariants across commands stay, right after the introduction
+        head, sep, rest = page.partition("\n## Figures")
+        page = f"{head}{block}\n\n{sep.lstrip(chr(10))}{rest}" if sep else page + block
+    target.write_text(page)
     return 0
 
 

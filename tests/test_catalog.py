@@ -6,7 +6,7 @@ import json
 import pytest
 
 from prefect_dr import catalog, signing
-from prefect_dr.errors import NotFoundError, VerificationError
+from prefect_dr.errors import NotFoundError, UsageError, VerificationError
 from prefect_dr.layout import DUMP, MANIFEST, STATUS, Layout
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.storage.memory import MemoryStorage
@@ -89,9 +89,29 @@ def test_latest_passes_over_a_backup_taken_during_an_unfinished_backfill() -> No
     s.put_bytes(LAY.artifact(c, MANIFEST), _manifest(c, {"backfill": "unfinished"}).to_json())
     assert catalog.select_one(s, LAY, None, latest=True, kind=None).backup_id == B
     assert catalog.select_one(s, LAY, c, latest=False, kind=None).backup_id == c  # by id: yes
-    for bid in (A, B):  # only such backups: the newest of them
+    for bid in (A, B):  # only such backups: none stands in for a whole one (I2) ...
         s.delete(LAY.artifact(bid, MANIFEST))
-    assert catalog.select_one(s, LAY, None, latest=True, kind=None).backup_id == c
+    with pytest.raises(NotFoundError, match=c):  # ... and the error names it, to be named
+        catalog.select_one(s, LAY, None, latest=True, kind=None)
+
+
+def test_the_word_latest_means_what_the_flag_means() -> None:
+    """Finding 4: ``show latest`` picked a config-only backup although --latest means the
+    newest full one; it also passes over partial and safety backups."""
+    s = _store()
+    c = "20261103T000000Z-cccccc"
+    s.put_bytes(LAY.artifact(c, DUMP), b"x")
+    s.put_bytes(LAY.artifact(c, MANIFEST), Manifest(
+        c, "config-only", "2026-11-03T00:00:00+00:00", "2026-11-03T00:01:00+00:00", "0.1.0",
+        None, "rev", "15", "15", "db", {}, (), {}, {}).to_json())
+    d = "20261104T000000Z-dddddd"
+    s.put_bytes(LAY.artifact(d, DUMP), b"x")
+    s.put_bytes(LAY.artifact(d, MANIFEST), _manifest(d, {"safety": "pre-restore"}).to_json())
+    assert catalog.select_one(s, LAY, "latest", latest=False, kind=None).backup_id == B
+    assert catalog.select_one(s, LAY, "latest", latest=False, kind="config-only",
+                              ).backup_id == c
+    with pytest.raises(UsageError):
+        catalog.select_one(s, LAY, A, latest=True, kind=None)
 
 
 def test_runtime_counts_are_optional_and_checked() -> None:

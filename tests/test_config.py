@@ -344,3 +344,17 @@ def test_every_path_setting_expands_the_home_folder(tmp_path: Path,
     assert settings.staging_dir == str(tmp_path)
     assert settings.age_identity_file == str(tmp_path / "id.txt")
     assert settings.recipients == [recipient]
+
+
+@pytest.mark.parametrize("query", ["password=hunter2hunter2",
+                                   "sslmode=disable&PassWord=hunter2hunter2",
+                                   "sslpassword=hunter2hunter2"])
+def test_a_password_in_the_query_is_refused_wherever_it_comes_from(query: str) -> None:
+    """Issue 20, finding 5: ``?password=`` ran and reached pg_dump's argv."""
+    url = f"postgresql://u@h/db?{query}"
+    for kwargs in ({"env": {}, "flags": {"database_url": (url, "--database-url")}},
+                   {"env": {"PREFECT_DR_DATABASE_URL": url}}):
+        with pytest.raises(ConfigError) as info:
+            config.load(**kwargs)
+        assert "password" in info.value.message.lower()
+        assert "hunter2hunter2" not in info.value.message

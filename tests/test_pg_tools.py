@@ -141,3 +141,16 @@ def test_pathlist_setting(tmp_path: Path) -> None:
     assert settings.pg_bin_dir == f"{a}:{b}"
     with pytest.raises(Exception, match="does not exist"):
         load(env={"PREFECT_DR_PG_BIN_DIR": f"{a}:{tmp_path / 'gone'}"})
+
+
+def test_a_client_program_sees_only_what_libpq_needs() -> None:
+    """I4: cloud credentials, the block key and notification URLs never reach pg_dump."""
+    from prefect_dr.pg import dump
+
+    base = {"PATH": "/usr/bin", "HOME": "/root", "LC_ALL": "C.UTF-8", "PGSSLMODE": "require",
+            "AWS_SECRET_ACCESS_KEY": "s3cret", "AZURE_STORAGE_CONNECTION_STRING": "x",
+            "PREFECT_SERVER_ENCRYPTION_KEY": "k", "PREFECT_DR_NOTIFY": "slack://t"}
+    clean, env = dump.child_env("postgresql://u:pw@h/db", base)
+    assert clean == "postgresql://u@h/db"
+    assert env == {"PATH": "/usr/bin", "HOME": "/root", "LC_ALL": "C.UTF-8",
+                   "PGSSLMODE": "require", "PGPASSWORD": "pw", "PGCONNECT_TIMEOUT": "10"}

@@ -326,3 +326,50 @@ def test_safety_properties(raw: list, policy: Policy) -> None:
             assert c.id not in removed
     for d in result.keep + result.remove:
         assert d.reasons
+
+
+def test_partial_and_safety_backups_never_displace_whole_ones() -> None:
+    """I2 (issue 20, findings 3 and 6): keep-last 1 with newer partial and safety backups keeps
+    the newest *whole* backup; the safety backup is kept by its own rule, the partial one only
+    while no whole backup is newer."""
+    day = dt.timedelta(days=1)
+    whole_old = Fake(NOW - 3 * day, suffix="00000a")
+    whole = Fake(NOW - 2 * day, suffix="00000b")
+    partial_old = Fake(NOW - 2.5 * day, labels={"backfill": "unfinished"}, suffix="00000c")
+    partial_new = Fake(NOW - 1.5 * day, labels={"backfill": "unfinished"}, suffix="00000d")
+    safety = Fake(NOW - day, labels={"safety": "pre-restore", "restore-of": whole.id},
+                  suffix="00000e")
+    safety_old = Fake(NOW - 9 * day, labels={"safety": "pre-restore"}, suffix="00000f")
+    fakes = [whole_old, whole, partial_old, partial_new, safety, safety_old]
+    result = plan([f.candidate() for f in fakes], parse_policy("keep-last=1"), NOW)
+    kept = {d.id: d.reasons for d in result.keep}
+    removed = {d.id: d.reasons for d in result.remove}
+    assert "newest complete" in kept[whole.id] and "last 1 of 1" in kept[whole.id]
+    assert kept[partial_new.id] == ("partial, and no whole backup is newer",)
+    assert kept[safety.id] == ("safety backup within 1w",)
+    assert set(removed) == {whole_old.id, partial_old.id, safety_old.id}
+    assert removed[safety_old.id] == ("safety backup older than 1w",)
+    assert "whole backup is newer" in removed[partial_old.id][0]
+    shorter = plan([f.candidate() for f in fakes],
+                   parse_policy("keep-last=1,keep-safety-within=12h"), NOW)
+    assert safety.id in {d.id for d in shorter.remove}
+
+
+def test_a_needed_backup_is_kept_whatever_the_policy() -> None:
+    """I1 (finding 2): a backup an unfinished backfill needs is never removed, and the plan
+    says why."""
+    day = dt.timedelta(days=1)
+    fakes = [Fake(NOW - n * day, suffix=f"00000{n}") for n in range(1, 6)]
+    needed = {fakes[-1].id: "the unfinished history backfill of prefect on host:5432"}
+    result = plan([f.candidate() for f in fakes], parse_policy("keep-last=1"), NOW, needed)
+    (decision,) = [d for d in result.keep if d.id == fakes[-1].id]
+    assert decision.reasons == ("needed: the unfinished history backfill of prefect on "
+                                "host:5432",)
+    assert len(result.remove) == 3
+
+
+def test_keep_safety_within_parses_and_prints() -> None:
+    policy = parse_policy("keep-last=2,keep-safety-within=3d")
+    assert policy.keep_safety_within == dt.timedelta(days=3)
+    assert parse_policy(policy.to_text()) == policy
+    assert "keep-safety-within" not in parse_policy("keep-last=2").to_text()  # default: silent

@@ -8,13 +8,16 @@ subcommand's help lists them (:data:`GLOBALS_EPILOG`). Command modules register 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import errno
 import functools
 import logging
+import os
 import signal
 import sys
 import textwrap
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -231,8 +234,31 @@ def main_options(
               text_handler=console.log_handler() if log_format != LogFormat.json else None)
 
 
+#: Seconds a stopped run may take to clean up (abort uploads, write its failed record, release
+#: its locks) before it exits anyway: whatever the database or the store is doing, a stop
+#: ends the run well within Kubernetes' default 30 s grace (docs/reliability.md, I3).
+STOP_DEADLINE_S = 15.0
+
+
 def _on_signal(signum: int, frame: FrameType | None) -> None:
-    raise interrupt.note(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    if interrupt.pending() is not None:  # a second stop: no more clean-up
+        _exit_now(f"{name} again: exiting without further clean-up")
+    timer = threading.Timer(STOP_DEADLINE_S, _exit_now,
+                            (f"clean-up did not finish within {STOP_DEADLINE_S:.0f}s of "
+                             f"{name}: exiting; the next run cleans up what is left",))
+    timer.daemon = True
+    timer.start()
+    raise interrupt.note(name)
+
+
+def _exit_now(why: str) -> None:
+    """End the process at once with exit 130 (from the stop deadline's timer thread, or a
+    second signal): locks die with the process and its database sessions."""
+    with contextlib.suppress(Exception):
+        logger.error("stopped: %s", why)
+        sys.stderr.flush()
+    os._exit(errors.INTERRUPTED)
 
 
 def main(argv: list[str] | None = None) -> int:

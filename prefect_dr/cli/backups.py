@@ -161,14 +161,10 @@ def show(
 ) -> None:
     """Print a backup's manifest."""
     entry = select(backup_id, latest, kind, read_only=True)
-    if entry.manifest is None:
-        if json_mode():
-            console.print_json({"id": entry.backup_id, "status": entry.status,
-                                "error": entry.error})
-        else:
-            console.line(f"{entry.backup_id}: {entry.status}" +
-                         (f" ({entry.error})" if entry.error else ""))
-        raise typer.Exit(errors.NOT_FOUND if entry.status != "complete" else 0)
+    if entry.manifest is None:  # the error contract, --json included (I7)
+        raise errors.NotFoundError(f"backup {entry.backup_id} is {entry.status}" +
+                                   (f": {entry.error}" if entry.error else "") +
+                                   "; it has no manifest to show")
     if json_mode():
         console.print_json(entry.manifest.to_dict())
         return

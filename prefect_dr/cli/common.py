@@ -111,7 +111,7 @@ def url_flag(value: str | None, flag: str) -> None:
     parts = config.split_url(value)
     if parts is None:
         raise errors.UsageError(f"{flag} is not a valid URL (check brackets and the port)")
-    if parts.password:
+    if parts.password or config.query_secret(parts):
         raise errors.UsageError(f"{flag} must not carry a password (use PGPASSWORD or .pgpass)")
 
 

@@ -36,6 +36,9 @@ def prune(
     grace: Annotated[str | None, typer.Option(
         "--grace", help="Failed/incomplete backups and uploads younger than this are kept "
         "(default 24h).")] = None,
+    keep_safety_within: Annotated[str | None, typer.Option(
+        "--keep-safety-within", help="Keep a restore's safety backups for DURATION (default "
+        "7d); they never count toward the other rules.")] = None,
     kind: Annotated[Kind | None, typer.Option("--kind", help="Prune only this kind.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; delete nothing.")
                        ] = False,
@@ -48,6 +51,7 @@ def prune(
     try:
         within = durations.parse(keep_within) if keep_within else None
         grace_d = durations.parse(grace) if grace else None
+        safety_d = durations.parse(keep_safety_within) if keep_safety_within else None
     except ValueError as exc:
         raise errors.UsageError(str(exc)) from None
     policies = retention.policies_for(
@@ -55,7 +59,7 @@ def prune(
         keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly,
         keep_yearly=keep_yearly, keep_within=within,
         keep_labels=tuple(keep_label) if keep_label else None, min_verified=min_verified,
-        grace=grace_d)
+        grace=grace_d, keep_safety_within=safety_d)
     try:
         result = prune_mod.run(storage(), layout(), policies, dry_run=dry_run,
                                verify_key=verify_key())

@@ -22,6 +22,8 @@ def backups(entries: list[Any], *, wide: bool = False) -> None:
     rows = []
     for e in entries:
         verified = e.verification.get("result", "") if e.verification else ""
+        if not verified and e.source_verification:  # copied: never a verification here (I6)
+            verified = f"{e.source_verification.get('result', '')} at the source"
         duration = f"{e.duration_s:.0f}s" if e.duration_s is not None else ""
         rows.append((e.backup_id, e.kind or "", e.status, short_time(e.started_at),
                      ago(e.started_at, now), duration, human_bytes(e.size), _labels(e.labels),
@@ -73,6 +75,8 @@ def verification(report: Any) -> None:
     rows = [(c.name, c.artifact or "", "ok" if c.ok else "fail", f"{c.duration_s:.2f}s",
              c.detail) for c in report.checks]
     result = "passed" if report.ok else "FAILED"
+    if report.standing != "whole":  # a verified partial backup is still partial (I2)
+        result += f" ({report.standing} backup)"
     console.table(f"Verification of {report.backup_id}: {result}", [
         Column("check"), Column("artifact", priority=2), Column("result"),
         Column("time", priority=3, justify="right"), Column("detail", 1, wrap=True)],

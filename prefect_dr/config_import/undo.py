@@ -1,5 +1,7 @@
 """The way back from a `restore-config`: a config-only backup of the target server's database,
-taken before anything is changed, like restore's safety backup (labelled ``safety``).
+taken before anything is changed, like restore's safety backup (labelled ``safety``: a safety
+backup's standing, kinds.Standing: ``--latest`` passes over it, retention keeps it for
+``--keep-safety-within``).
 
 Importing it again with ``--on-conflict overwrite`` brings back every object the import
 overwrote (a rotated Secret's value, a changed variable); objects the import *created* are not
@@ -17,7 +19,7 @@ from prefect_dr import prefect_api
 from prefect_dr.config import Settings
 from prefect_dr.config_import.model import CREATE, OVERWRITE, ImportPlan
 from prefect_dr.errors import ConfigError
-from prefect_dr.kinds import Kind
+from prefect_dr.kinds import LABEL_SAFETY, Kind
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.storage.base import Storage
@@ -59,7 +61,7 @@ def safety_backup(settings: Settings, storage: Storage, manifest: Manifest,
     :func:`check_target` and :func:`prefect_dr.backup.run` raise."""
     check_target(settings)
     taken = backup_mod.run(settings, storage, backup_mod.Request(
-        kind=Kind.CONFIG_ONLY, labels={"safety": LABEL, "restore-of": manifest.backup_id,
+        kind=Kind.CONFIG_ONLY, labels={LABEL_SAFETY: LABEL, "restore-of": manifest.backup_id,
                                        "database": pgc.urlsplit_db(settings.database_url)},
         allow_undecryptable_blocks=True), env=env)
     return taken.backup_id

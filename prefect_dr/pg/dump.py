@@ -32,10 +32,24 @@ def split_password(url: str) -> tuple[str, str | None]:
             unquote(parts.password))
 
 
+#: What a libpq client program (pg_dump, pg_restore, psql) is given of prefect-dr's
+#: environment: libpq's own PG* variables and the basics, nothing else. Cloud credentials, the
+#: block key and notification URLs never reach a child that does not need them (I4).
+CLIENT_ENV_NAMES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR",
+                              "LD_LIBRARY_PATH"})
+
+
+def client_environment(base: Mapping[str, str]) -> dict[str, str]:
+    """The part of ``base`` a libpq client program may see (CLIENT_ENV_NAMES, LC_*, PG*)."""
+    return {k: v for k, v in base.items()
+            if k in CLIENT_ENV_NAMES or k.startswith(("LC_", "PG"))}
+
+
 def child_env(url: str, base: Mapping[str, str] | None = None) -> tuple[str, dict[str, str]]:
-    """The URL to put in argv and the environment for a libpq client program."""
+    """The URL to put in argv and the environment for a libpq client program (only what
+    :func:`client_environment` keeps, plus the URL's password as PGPASSWORD)."""
     clean, password = split_password(url)
-    env = dict(os.environ if base is None else base)
+    env = client_environment(os.environ if base is None else base)
     if password is not None:
         env["PGPASSWORD"] = password
     env.setdefault("PGCONNECT_TIMEOUT", "10")
@@ -62,12 +76,13 @@ class ClientProcess:
     """
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], what: str,
-                 stdin: int | None = None, stdout: int | None = subprocess.PIPE) -> None:
+                 stdin: int | None = None, stdout: int | None = subprocess.PIPE,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.what = what
         self._stderr: collections.deque[str] = collections.deque(maxlen=20)
         self.proc = subprocess.Popen(list(argv), stdout=stdout,
                                      stderr=subprocess.PIPE, stdin=stdin, env=dict(env),
-                                     preexec_fn=_die_with_parent)
+                                     preexec_fn=_die_with_parent, pass_fds=pass_fds)
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
 

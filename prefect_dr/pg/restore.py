@@ -78,12 +78,14 @@ class FilteredRestore:
     as a streamed ClientProcess (``stdin``, ``wait``, ``kill``)."""
 
     def __init__(self, choice: RestoreChoice, url: str, *, file: str | None = None,
-                 env: Mapping[str, str] | None = None, role: str | None = None) -> None:
+                 env: Mapping[str, str] | None = None, role: str | None = None,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         assert choice.psql is not None
         clean, child_env = dump.child_env(url, env)
         self.restore = ClientProcess(
             restore_argv(choice.pg_restore.path, None, file=file, role=role), child_env,
-            "pg_restore", stdin=subprocess.DEVNULL if file else subprocess.PIPE)
+            "pg_restore", stdin=subprocess.DEVNULL if file else subprocess.PIPE,
+            pass_fds=pass_fds)
         self.psql = ClientProcess(psql_argv(choice.psql.path, clean), child_env, "psql",
                                   stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         self.dropped = 0
@@ -132,18 +134,20 @@ def start(url: str, choice: RestoreChoice, *, env: Mapping[str, str] | None = No
 
 
 def run_file(url: str, choice: RestoreChoice, path: str, *, jobs: int,
-             role: str | None = None) -> str:
-    """Restore a staged archive file (``--jobs`` when direct; one stream when filtered).
+             role: str | None = None, pass_fds: tuple[int, ...] = ()) -> str:
+    """Restore a staged archive file (``--jobs`` when direct; one stream when filtered);
+    ``pass_fds`` keeps descriptors open in pg_restore (``path`` may be ``/dev/fd/N``).
     Returns what was done. Raises DatabaseError, SetupError."""
     if choice.filtered:
         proc: ClientProcess | FilteredRestore = FilteredRestore(choice, url, file=path,
-                                                                role=role)
+                                                                role=role, pass_fds=pass_fds)
         how = "pg_restore through psql (one job: the script is filtered)"
     else:
         clean, child_env = dump.child_env(url)
         proc = ClientProcess(restore_argv(choice.pg_restore.path, clean, jobs=jobs, file=path,
                                           role=role),
-                             child_env, "pg_restore", stdout=subprocess.DEVNULL)
+                             child_env, "pg_restore", stdout=subprocess.DEVNULL,
+                             pass_fds=pass_fds)
         how = f"pg_restore --jobs {jobs}"
     try:
         proc.wait()

@@ -8,6 +8,7 @@ the new one, and a client connecting in between makes the rename fail with nothi
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -144,3 +145,20 @@ def swap(admin: psycopg.Connection, live: str, replacement: str, aside: str, *,
                 raise ConnectedClientsError(
                     f"clients connected to {live} during the swap; nothing changed; stop "
                     "Prefect servers and workers, or pass --force-disconnect") from None
+
+
+#: The comment of a database while a restore fills it: one still so marked while no restore
+#: holds the server's restore lock was left by a run that died (I5).
+RESTORING_NOTE = "prefect-dr: being restored"
+
+
+def half_restored(admin: psycopg.Connection, db: str | None = None) -> list[str]:
+    """Databases a restore was filling: any marked so on this server, and ``db``'s
+    ``<db>_restore_<stamp>`` (older runs did not mark them). Only those of dead runs when the
+    caller holds the restore lock."""
+    pattern = f"^{re.escape(db)}_restore_\\d{{14}}$" if db else "^$"
+    rows = admin.execute(
+        "SELECT datname FROM pg_database WHERE datname ~ %s OR (datname ~ '_restore_\\d{14}$' "
+        "AND starts_with(coalesce(shobj_description(oid, 'pg_database'), ''), %s)) "
+        "ORDER BY 1", (pattern, RESTORING_NOTE)).fetchall()
+    return [str(r[0]) for r in rows]
