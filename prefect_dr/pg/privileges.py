@@ -27,6 +27,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from prefect_dr.errors import DRError
+
 PUBLIC = "PUBLIC"
 #: Relations whose grants and properties are recorded: tables, partitioned tables, views,
 #: materialized views, sequences.
@@ -128,7 +130,7 @@ def _options(options: list[str]) -> list[str]:
         name, _, value = option.partition("=")
         if not name.replace("_", "").replace(".", "").isalnum() or not all(
                 ch.isalnum() or ch in "._-" for ch in value):
-            raise ValueError(f"unexpected storage parameter {option!r}")
+            raise DRError(f"unexpected storage parameter {option!r}: set it by hand")
         out.append(f"{name}={value}" if value.replace(".", "").isdigit()
                    else f"{name}='{value}'")
     return out
