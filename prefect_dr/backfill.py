@@ -33,6 +33,7 @@ from prefect_dr import crypto, pipeline, restore_stream, table_copy
 from prefect_dr.errors import DatabaseError, DRError, VerificationError
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import privileges
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,8 @@ def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)")
                      .format(shadow, live))
+        # LIKE copies neither the table's comment, storage parameters nor grants
+        privileges.copy_table(conn, table, SCHEMA)
         with conn.cursor() as cur:
             with cur.copy(table_copy.copy_statement(table, artifact.columns, "in",
                                                     schema=SCHEMA)) as copy, \

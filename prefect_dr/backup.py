@@ -37,6 +37,7 @@ from prefect_dr import (
     layout,
     pipeline,
     prefect_api,
+    reconcile,
     signing,
     table_copy,
     trust,
@@ -51,7 +52,7 @@ from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
-from prefect_dr.pg import dump, tools
+from prefect_dr.pg import dump, privileges, tools
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,9 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
             fingerprints, progress))
     counts = _row_counts(conn, tables, dumped - set(deferred))
     counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
+    grants = privileges.record(conn)
+    runtime = reconcile.count(conn, started.isoformat(),
+                              runs=request.kind == Kind.FULL).to_dict()
     body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
                         alembic_revision=revision)
     conn.execute("COMMIT")
@@ -287,7 +291,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         clients={"pg_dump": pg_dump},
         database=pgc.describe(settings.database_url), row_counts=counts,
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
-        database_size=int(size_row[0]) if size_row else None,
+        database_size=int(size_row[0]) if size_row else None, runtime=runtime,
+        privileges=grants,
     )
     # Bound to this repository and signed (trust.bind): readers refuse it anywhere else.
     manifest = trust.bind(manifest, trust.writer_repository(settings, storage), signer)

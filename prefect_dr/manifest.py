@@ -81,6 +81,12 @@ class Manifest:
     #: the repository the backup is bound to (trust.repository_name; absent before issue 27):
     #: signed, so a manifest moved into another repository is refused there
     repository: str | None = None
+    #: Prefect's runtime state in the backup's snapshot (reconcile.Counts.to_dict), what a
+    #: restore reconciles (absent in manifests before issue 21)
+    runtime: dict[str, int] | None = None
+    #: comments, storage parameters and grants of the public schema's relations and the
+    #: schema's grants, where not the defaults (pg.privileges.record; absent before issue 21)
+    privileges: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: dict[str, str] | None = None
@@ -114,6 +120,10 @@ class Manifest:
             data.pop("clients")  # older manifests: their signed bytes stay the same
         if self.repository is None:
             data.pop("repository")
+        if self.runtime is None:
+            data.pop("runtime")
+        if self.privileges is None:
+            data.pop("privileges")
         return data
 
     def signing_bytes(self) -> bytes:
@@ -208,6 +218,8 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         else None,
         clients=_clients(data.get("clients"), where),
         repository=_require(data, "repository", str, where) if "repository" in data else None,
+        runtime=_runtime(data.get("runtime"), where),
+        privileges=_privileges(data.get("privileges"), where),
     )
 
 
@@ -230,6 +242,37 @@ def _clients(value: Any, where: str) -> dict[str, str] | None:
     if not (isinstance(value, dict)
             and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())):
         raise ManifestError(f"{where}: clients must map program names to paths")
+    return dict(value)
+
+
+def _runtime(value: Any, where: str) -> dict[str, int] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+            for k, v in value.items())):
+        raise ManifestError(f"{where}: runtime must map names to counts")
+    return dict(value)
+
+
+def _grants_ok(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(g, list) and len(g) == 3 and isinstance(g[0], str) and isinstance(g[1], str)
+        and g[1].replace(" ", "").isalpha() and isinstance(g[2], bool) for g in value)
+
+
+def _privileges(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    tables = value.get("tables") if isinstance(value, dict) else None
+    ok = (isinstance(tables, dict) and _grants_ok(value.get("schema_grants", []))
+          and all(isinstance(t, str) and isinstance(e, dict)
+                  and isinstance(e.get("comment", ""), str)
+                  and isinstance(e.get("options", []), list)
+                  and all(isinstance(o, str) for o in e.get("options", []))
+                  and _grants_ok(e.get("grants", [])) for t, e in tables.items()))
+    if not ok:
+        raise ManifestError(f"{where}: privileges are malformed")
     return dict(value)
 
 

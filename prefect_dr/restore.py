@@ -26,7 +26,17 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from prefect_dr import backfill, crypto, interrupt, pins, pipeline, restore_stream, semantic
+from prefect_dr import (
+    backfill,
+    crypto,
+    interrupt,
+    pins,
+    pipeline,
+    prefect_runtime,
+    reconcile,
+    restore_stream,
+    semantic,
+)
 from prefect_dr import backup as backup_mod
 from prefect_dr.checks import Check, Checks, Report
 from prefect_dr.config import Settings
@@ -70,6 +80,13 @@ class Result:
     backfilled: list[backfill.Loaded] = dataclasses.field(default_factory=list)
     #: why the safety backup of the kept database failed (the restore itself succeeded)
     safety_error: str | None = None
+    #: what the reconciliation changed in the restored database before the swap
+    reconciled: reconcile.Counts | None = None
+    #: roles the backup granted to that the target server lacks (their grants not restored)
+    missing_roles: list[str] = dataclasses.field(default_factory=list)
+    #: --flush-redis: keys deleted per family, or why it failed (the restore itself succeeded)
+    flushed: dict[str, int] | None = None
+    flush_error: str | None = None
 
 
 def _load_identities(settings: Settings) -> list[crypto.Identity]:
@@ -176,6 +193,14 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             with pgc.connect(restored_url) as conn:
                 semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks,
                                          deferred=deferred)
+                on_step("reconciling Prefect's runtime state (in-flight runs, concurrency "
+                        "slots)")
+                reconciled = reconcile.checked(conn, manifest, plan.reconcile_policy, checks)
+                missing_roles = semantic.restore_privileges(conn, manifest, checks, as_role)
+            if missing_roles:
+                log.warning("grants of backup %s to roles missing on this server are not "
+                            "restored: %s (create them and grant again)", plan.backup_id,
+                            ", ".join(missing_roles))
             if plan.target_exists and not force_disconnect:
                 pgswap.refuse_clients(admin, db)
             on_step("swapping databases")
@@ -202,7 +227,18 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
         # From here the restored database is live: nothing below may drop it. The restore
         # lock stays held through phase 2 and the safety backup.
         result = Result(plan, report.checks, None, plan.aside_db,
-                        serving_after=round(time.monotonic() - started, 3))
+                        serving_after=round(time.monotonic() - started, 3),
+                        reconciled=reconciled, missing_roles=missing_roles)
+        if plan.flush_redis:  # Prefect is stopped: its stale keys go before it starts
+            on_step(f"deleting Prefect's stale keys in Redis at "
+                    f"{prefect_runtime.describe(plan.flush_redis)}")
+            try:
+                result.flushed = prefect_runtime.flush(plan.flush_redis,
+                                                       plan.flush_families, env)
+            except DRError as exc:
+                interrupt.raise_if_noted()
+                log.error("%s", exc.message)
+                result.flush_error = exc.message
         on_step(f"{db} holds backup {plan.backup_id}" + (
             " (phase 1): Prefect can be started now; the history follows" if deferred else ""))
         _after_swap(settings, storage, manifest, plan, result, checks, url, identities,
@@ -337,6 +373,22 @@ def next_steps(manifest: Manifest, result: Result) -> list[str]:
         "~/.prefect/memo_store.toml) so block types are registered against the restored "
         "database.",
     ]
+    if result.reconciled is not None:
+        steps.append("Reconciled before the swap: " + "; ".join(reconcile.describe(
+            result.reconciled, result.plan.reconcile_policy, planned=False)) + ".")
+    if result.flushed is not None:
+        steps.append("Deleted Prefect's stale keys in Redis: " + ", ".join(
+            f"{name} {n}" for name, n in result.flushed.items()) + ".")
+    elif result.flush_error:
+        steps.append(f"{result.flush_error}: delete them before starting Prefect — "
+                     f"{result.plan.redis_notes[0]}.")
+    elif result.plan.redis_used:
+        steps.append(result.plan.redis_notes[0] + ".")
+    if result.missing_roles:
+        steps.append("Grants to roles this server lacks were not restored: "
+                     f"{', '.join(result.missing_roles)}; create them, then grant again "
+                     f"('prefect-dr show {manifest.backup_id} --json' lists the grants under "
+                     "'privileges').")
     if result.kept_db:
         steps.append(f"The previous database is kept as {result.kept_db}: "
                      "'prefect-dr rollback' brings it back; "

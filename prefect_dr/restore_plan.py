@@ -48,40 +48,47 @@ import dataclasses
 import datetime as dt
 import logging
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from prefect_dr import (
-    archive_toc,
     backfill,
-    crypto,
     interrupt,
     prefect_api,
-    restore_stream,
+    prefect_runtime,
+    reconcile,
     schema_gate,
 )
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import (
     FAILURE,
-    KEY_ERROR,
     SCHEMA_REFUSED,
-    SETUP,
     USAGE,
-    VERIFICATION_FAILED,
-    ConfigError,
     DRError,
 )
-from prefect_dr.kinds import BACKFILL_UNFINISHED, LABEL_BACKFILL, Kind, Standing, standing
+from prefect_dr.kinds import Kind
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import privileges, tools
 from prefect_dr.pg import swap as pgswap
-from prefect_dr.pg import tools
 from prefect_dr.pg.scratch import with_database
 from prefect_dr.pg.tools import Client, RestoreChoice
+from prefect_dr.restore_findings import (
+    Finding,
+    clients_finding,
+    contents_finding,
+    dump_client_finding,
+    history_finding,
+    identity_finding,
+    restore_client_finding,
+    role_finding,
+    signature_finding,
+    standing_finding,
+)
 from prefect_dr.storage.base import Storage
 from prefect_dr.trust import Trust
 
@@ -92,22 +99,6 @@ MAX_IDENTIFIER = 63
 #: "Restore and rollback"): the file system must not be filled to the last byte.
 STAGING_MARGIN = 0.10
 STAGING_HEADROOM = 64 * 1024 * 1024
-
-
-@dataclass
-class Finding:
-    """One precondition. Not ok with an exit code: the restore is refused with that code; not
-    ok without one: a warning the plan shows and the run logs."""
-
-    name: str
-    ok: bool
-    detail: str
-    exit_code: int | None = None
-
-    @property
-    def blocking(self) -> bool:
-        """Whether this finding refuses the restore."""
-        return not self.ok and self.exit_code is not None
 
 
 @dataclass
@@ -149,6 +140,17 @@ class Plan:
     restore_role: str = ""
     #: entries of the dump's table of contents a Prefect database does not contain
     foreign_objects: list[str] = field(default_factory=list)
+    #: what the restore reconciles in the restored database before the swap (reconcile)
+    reconcile_policy: reconcile.Policy = field(default_factory=reconcile.Policy)
+    #: the runtime state the backup recorded in its snapshot (None: a manifest before issue
+    #: 21, counted in the restored database instead), and what will be done with it
+    runtime: dict[str, int] | None = None
+    reconcile_notes: list[str] = field(default_factory=list)
+    #: Prefect's runtime state in Redis (prefect_runtime.notes), and what --flush-redis deletes
+    redis_notes: list[str] = field(default_factory=list)
+    redis_used: bool = False
+    flush_redis: str | None = None
+    flush_families: list[prefect_runtime.KeyFamily] = field(default_factory=list)
 
     @property
     def refusal(self) -> Finding | None:
@@ -260,12 +262,17 @@ class Options:
     #: database's owner, else the connecting role)
     owner: str | None = None
     allow_foreign_objects: bool = False
+    reconcile_policy: reconcile.Policy = field(default_factory=reconcile.Policy)
+    #: --flush-redis: the Redis whose stale Prefect keys the restore deletes after the swap
+    flush_redis: str | None = None
 
 
 def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
-              now: dt.datetime | None = None, storage: Storage | None = None) -> Plan:
+              now: dt.datetime | None = None, storage: Storage | None = None,
+              env: Mapping[str, str] | None = None) -> Plan:
     """Compute the plan and run every preflight check (what --dry-run prints). Changes
-    nothing; with ``storage`` the start of the dump is read for its table of contents.
+    nothing; with ``storage`` the start of the dump is read for its table of contents;
+    ``env`` is where Prefect's settings are read from (runtime state in Redis).
     Raises DatabaseError when the target's server is unreachable."""
     url, db, admin_url = target_of(settings, options.target_url)
     stamp = (now or dt.datetime.now(dt.UTC)).strftime(STAMP_FORMAT)
@@ -274,9 +281,11 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         target_exists = pgswap.exists(admin, db)
         clients = pgswap.sessions(admin, db) if target_exists else []
         may_create = _may_create(admin)
-        role_finding, run_as = _role_finding(admin, db if target_exists else None,
+        role_check, run_as = role_finding(admin, db if target_exists else None,
                                              options.owner)
         server_major, server_version = pgc.server_version(admin)
+        missing_roles = (privileges.missing_roles(admin, manifest.privileges)
+                         if manifest.privileges else [])
     target_revision = None
     current: dict[str, tuple[int, bool]] = {}
     unfinished: list[backfill.TableState] = []
@@ -311,6 +320,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         tiered=options.tiered and bool(manifest.history),
         deferred=sorted(manifest.history_tables) if options.tiered else [],
         unfinished_backfill=backfill.describe(unfinished) if unfinished else "",
+        reconcile_policy=options.reconcile_policy, runtime=manifest.runtime,
+        reconcile_notes=reconcile_notes(manifest, options.reconcile_policy),
     )
     for table, entry in sorted(manifest.row_counts.items()):
         now_rows, exact = current.get(table, (0, True))
@@ -322,25 +333,25 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         plan.history_loss = {t: current[t][0] for t in ps.HISTORY_TABLES
                              if current.get(t, (0, True))[0] > 0}
     plan.preflight = [  # the signature first: nothing else may trust a tampered manifest
-        _signature_finding(options.trust, manifest),
+        signature_finding(options.trust, manifest),
         Finding("schema", plan.schema_ok,
                 plan.schema_reason if plan.schema_ok else
                 f"refusing to restore backup {plan.backup_id}: {plan.schema_reason}",
                 SCHEMA_REFUSED),
-        _history_finding(plan, options.allow_history_loss),
-        _standing_finding(manifest),
-        _identity_finding(settings, manifest),
-        _clients_finding(db, clients, options.force_disconnect, options.dry_run),
+        history_finding(plan, options.allow_history_loss),
+        standing_finding(manifest),
+        identity_finding(settings, manifest),
+        clients_finding(db, clients, options.force_disconnect, options.dry_run),
         Finding("createdb", may_create,
                 "the role may create databases" if may_create else
                 f"the role of {plan.target} may not create databases: grant CREATEDB "
                 "(restore creates the new database beside the live one)", FAILURE),
-        role_finding,
-        _restore_client_finding(settings, manifest, plan, server_major, server_version),
+        role_check,
+        restore_client_finding(settings, manifest, plan, server_major, server_version),
     ]
     plan.restore_role = run_as
     if storage is not None and not any(f.blocking for f in plan.preflight):
-        plan.preflight.append(_contents_finding(settings, storage, manifest, plan,
+        plan.preflight.append(contents_finding(settings, storage, manifest, plan,
                                                 options.allow_foreign_objects))
     if unfinished:
         plan.preflight.append(Finding(
@@ -352,11 +363,17 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
             "tiered", False, f"backup {manifest.backup_id} (format "
             f"{manifest.format_version}) holds its history inside its one dump: it is "
             "restored in one phase"))
+    if missing_roles:
+        plan.preflight.append(Finding(
+            "privileges", False, f"backup {manifest.backup_id} grants to roles this server "
+            f"lacks: {', '.join(missing_roles)}; those grants are not restored (create the "
+            "roles first to keep them)"))
+    plan.preflight.append(_redis_finding(plan, options, env or {}))
     note = tools.downgrade_note(manifest.postgres_version, server_major, server_version)
     if note:
         plan.preflight.append(Finding("postgres", False, note))
     if plan.safety_backup:
-        plan.preflight.append(_dump_client_finding(settings, plan, server_major,
+        plan.preflight.append(dump_client_finding(settings, plan, server_major,
                                                    server_version))
         if not settings.signing_key_file and settings.signing_required is not False:
             plan.preflight.append(Finding(
@@ -365,6 +382,33 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
     fallback = options.jobs >= 2 and not staged
     plan.preflight.append(Finding("staging", not fallback, how))
     return plan
+
+
+def reconcile_notes(manifest: Manifest, policy: reconcile.Policy) -> list[str]:
+    """What the restore will reconcile, with the counts the backup recorded in its snapshot
+    (a manifest without them: counted in the restored database, printed after the restore)."""
+    counts = (reconcile.Counts.from_dict(manifest.runtime) if manifest.runtime is not None
+              else None)
+    return reconcile.describe(counts, policy, planned=True)
+
+
+def _redis_finding(plan: Plan, options: Options, env: Mapping[str, str]) -> Finding:
+    """Where Prefect keeps runtime state outside the database, and whether the restore deletes
+    its stale keys (a warning when Redis holds some and --flush-redis is not given)."""
+    try:
+        runtime = prefect_runtime.read(env)
+    except DRError as exc:
+        interrupt.raise_if_noted()
+        return Finding("redis", False, f"{exc.message}: check by hand whether Prefect keeps "
+                                       "leases, messaging or its docket in Redis")
+    used = runtime.in_redis()
+    plan.redis_used = bool(used)
+    plan.redis_notes = prefect_runtime.notes(runtime, options.flush_redis)
+    if options.flush_redis:
+        plan.flush_redis = options.flush_redis  # checked: no password in it
+        plan.flush_families = used or prefect_runtime.all_families(runtime.docket_name)
+        return Finding("redis", True, plan.redis_notes[0])
+    return Finding("redis", not used, plan.redis_notes[0])
 
 
 def _target_prefect(settings: Settings, options: Options, url: str,
@@ -397,154 +441,3 @@ def _may_create(admin: psycopg.Connection) -> bool:
     row = admin.execute("SELECT rolcreatedb OR rolsuper FROM pg_roles "
                         "WHERE rolname = current_user").fetchone()
     return bool(row and row[0])
-
-
-def _contents_finding(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan,
-                      allowed: bool) -> Finding:
-    dump = manifest.artifact("dump")
-    if dump is None or plan.restore_client is None:
-        return Finding("contents", False, "no dump to read the contents of")
-    try:
-        identities = crypto.load_identities(Path(settings.age_identity_file))
-        verdict = archive_toc.judge(archive_toc.read(
-            storage, dump, identities, plan.restore_client.pg_restore.path))
-    except DRError as exc:
-        interrupt.raise_if_noted()
-        return Finding("contents", False, exc.message, VERIFICATION_FAILED)
-    plan.foreign_objects = [str(e) for e in verdict.foreign]
-    if not verdict.foreign:
-        return Finding("contents", True, f"{verdict.entries} entries, all of a Prefect "
-                                         "database's kinds")
-    shown = ", ".join(str(e) for e in (verdict.executable or verdict.foreign)[:5])
-    more = len(verdict.executable or verdict.foreign) - 5
-    listed = shown + (f" and {more} more" if more > 0 else "")
-    if verdict.executable and not allowed:
-        return Finding("contents", False, f"the dump holds {len(verdict.executable)} "
-                       f"executable object(s) a Prefect database does not: {listed}; "
-                       "refusing (inspect it; --allow-foreign-objects restores it anyway)",
-                       VERIFICATION_FAILED)
-    return Finding("contents", False, f"the dump holds {len(verdict.foreign)} object(s) a "
-                   f"Prefect database does not: {listed}"
-                   + (" (allowed by --allow-foreign-objects)" if verdict.executable else ""))
-
-
-def _role_finding(admin: psycopg.Connection, db: str | None, owner: str | None
-                  ) -> tuple[Finding, str]:
-    """Who runs the archive's SQL: ``owner``, else the live database's owner, else the
-    connecting role; refused (exit 2) when that is a superuser or does not exist."""
-    me = str(admin.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
-    run_as = owner or (pgswap.owner(admin, db) if db else me)
-    row = admin.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s",
-                        (run_as,)).fetchone()
-    if row is None:
-        return Finding("role", False, f"--owner {run_as}: no such role", USAGE), run_as
-    if row[0]:
-        where = f"{db} is owned by superuser {run_as}" if db and not owner else \
-            f"the archive would run as superuser {run_as}"
-        return Finding("role", False, f"{where}: refusing to run a backup's SQL as a "
-                       "superuser; pass --owner ROLE (a role without superuser, e.g. the one "
-                       "Prefect connects as)" + (f" or ALTER DATABASE {db} OWNER TO it"
-                                                 if db else ""), USAGE), run_as
-    how = "as the connecting role" if run_as == me else "through pg_restore --role"
-    return Finding("role", True, f"the archive runs as {run_as} (no superuser), {how}; "
-                   "it owns the restored database"), run_as
-
-
-def _history_finding(plan: Plan, allowed: bool) -> Finding:
-    if not plan.history_loss:
-        return Finding("history", True, "no run history would be lost")
-    lost = ", ".join(f"{t} {n} rows" for t, n in plan.history_loss.items())
-    if allowed:
-        return Finding("history", False,
-                       f"restoring config-only backup {plan.backup_id} deletes the run history "
-                       f"of {plan.target_db} ({lost}); allowed by --allow-history-loss")
-    return Finding("history", False,
-                   f"refusing to restore config-only backup {plan.backup_id} over "
-                   f"{plan.target_db}: its run history would be lost ({lost}); restore a full "
-                   "backup (--kind full) or pass --allow-history-loss", USAGE)
-
-
-def _standing_finding(manifest: Manifest) -> Finding:
-    """What the backup stands for (I2): a partial or a safety backup is said, never hidden."""
-    role = standing(manifest.labels)
-    if role == Standing.PARTIAL:
-        return Finding("standing", False,
-                       f"backup {manifest.backup_id} was taken during an unfinished history "
-                       f"backfill ({LABEL_BACKFILL}={BACKFILL_UNFINISHED}): it lacks part of "
-                       "the run history; --latest names the newest whole backup")
-    if role == Standing.SAFETY:
-        return Finding("standing", True,
-                       f"backup {manifest.backup_id} is the safety backup of "
-                       f"{manifest.labels.get('database', 'a database')} taken when backup "
-                       f"{manifest.labels.get('restore-of', '?')} was restored over it")
-    return Finding("standing", True, f"backup {manifest.backup_id} is a whole backup")
-
-
-def _signature_finding(trusted_by: Trust | None, manifest: Manifest) -> Finding:
-    if trusted_by is None:
-        return Finding("signature", False, "no verify keys given to the plan: refusing",
-                       VERIFICATION_FAILED)
-    try:
-        detail = trusted_by.check_manifest(manifest)
-    except DRError as exc:
-        interrupt.raise_if_noted()
-        return Finding("signature", False, exc.message, VERIFICATION_FAILED)
-    return Finding("signature", "accepted by --allow-unsigned" not in detail, detail)
-
-
-def _identity_finding(settings: Settings, manifest: Manifest) -> Finding:
-    try:
-        settings.require("age_identity_file")
-        identities = crypto.load_identities(Path(settings.age_identity_file))
-    except ConfigError as exc:
-        interrupt.raise_if_noted()
-        return Finding("identity", False, exc.message, USAGE)
-    except DRError as exc:
-        interrupt.raise_if_noted()
-        return Finding("identity", False, exc.message, KEY_ERROR)
-    mine = {crypto.fingerprint(crypto.recipient_of(i)) for i in identities}
-    wanted = {r for a in manifest.artifacts for r in a.recipients}
-    if wanted and not mine & wanted:
-        return Finding("identity", False,
-                       f"the identity {settings.age_identity_file} matches none of backup "
-                       f"{manifest.backup_id}'s recipients ({', '.join(sorted(wanted))}); "
-                       "use the identity of one of them", KEY_ERROR)
-    return Finding("identity", True, f"{settings.age_identity_file} decrypts this backup")
-
-
-def _clients_finding(db: str, clients: list[pgswap.Session], force: bool,
-                     dry_run: bool) -> Finding:
-    """Connected clients refuse a restore; a dry run, made while Prefect still runs (the
-    runbook stops it after looking at the plan), says so as a warning."""
-    if not clients:
-        return Finding("clients", True, f"no client is connected to {db}")
-    if dry_run and not force:
-        return Finding("clients", False, pgswap.describe_clients(db, clients).replace(
-            "; stop Prefect", "; a restore now would be refused: stop Prefect"))
-    if force:
-        return Finding("clients", False, "--force-disconnect: " + pgswap.describe_clients(
-            db, clients).split("; stop Prefect")[0] + " (they are disconnected at the swap)")
-    return Finding("clients", False, pgswap.describe_clients(db, clients), FAILURE)
-
-
-def _restore_client_finding(settings: Settings, manifest: Manifest, plan: Plan,
-                            server_major: int, server_version: str) -> Finding:
-    try:
-        plan.restore_client = restore_stream.choose(settings, manifest, server_major,
-                                                    server_version)
-    except DRError as exc:
-        interrupt.raise_if_noted()
-        return Finding("pg_restore", False, exc.message, SETUP)
-    return Finding("pg_restore", True, f"{plan.restore_client.describe()} into PostgreSQL "
-                                       f"{server_version}")
-
-
-def _dump_client_finding(settings: Settings, plan: Plan, server_major: int,
-                         server_version: str) -> Finding:
-    try:
-        plan.dump_client = tools.pick_dump(settings.pg_bin_dir, server_major, server_version)
-    except DRError as exc:
-        interrupt.raise_if_noted()
-        return Finding("pg_dump", False, f"safety backup impossible: {exc.message}; or pass "
-                                         "--no-safety-backup", SETUP)
-    return Finding("pg_dump", True, f"{plan.dump_client.describe()} can take the safety backup")

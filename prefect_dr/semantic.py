@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from prefect_dr import interrupt
 from prefect_dr import prefect_schema as ps
@@ -15,6 +16,7 @@ from prefect_dr.checks import Checks
 from prefect_dr.errors import DRError, VerificationError
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
+from prefect_dr.pg import privileges
 
 REQUIRED_EXTENSIONS = ("pg_trgm",)
 
@@ -125,3 +127,37 @@ def _compare_export(conn: psycopg.Connection, export_doc: dict[str, Any]) -> Non
         for name, value in conn.execute("SELECT name, value FROM variable").fetchall():
             if values.get(name) != value:
                 raise VerificationError(f"variable {name!r} differs between export and database")
+
+
+def restore_privileges(conn: psycopg.Connection, manifest: Manifest, checks: Checks,
+                       role: str | None = None) -> list[str]:
+    """Grant again, in a restored database, what the backup recorded (pg_restore ran with
+    --no-privileges): to the roles that exist on this server, as ``role`` (the owner) when
+    given; then compare comments, storage parameters and grants with the record, as the check
+    ``privileges``. Returns the roles missing on this server (their grants are not restored).
+    Raises VerificationError on a difference."""
+    meta = manifest.privileges
+    with checks.run("privileges") as out:
+        if meta is None:
+            out["detail"] = ("the backup predates privilege records: grants to other roles "
+                             "are not restored")
+            return []
+        with conn.transaction():
+            if role:
+                conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+            made, missing = privileges.apply(conn, meta)
+        problems, _ = privileges.compare(conn, meta)
+        owners = {r[0] for r in conn.execute(
+            "SELECT DISTINCT pg_get_userbyid(c.relowner) FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')")}
+        if len(owners) > 1:
+            problems.append(f"the restored tables have {len(owners)} owners "
+                            f"({', '.join(sorted(owners))}), not one")
+        if problems:
+            raise VerificationError("privileges: " + "; ".join(problems[:5]))
+        out["detail"] = (f"{made} grants restored, "
+                         f"{len(meta.get('tables', {}))} relations' comments, storage "
+                         "parameters and grants as recorded" + (
+                             f"; roles missing on this server (their grants are not "
+                             f"restored): {', '.join(missing)}" if missing else ""))
+        return missing

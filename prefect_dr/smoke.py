@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -110,8 +111,9 @@ class PrefectServer:
     off, UI off)."""
 
     def __init__(self, database_url: str, *, block_key: str | None = None,
-                 python: str | None = None) -> None:
+                 python: str | None = None, settings: Mapping[str, str] | None = None) -> None:
         self.database_url, self.block_key = database_url, block_key
+        self.settings = dict(settings or {})  # more PREFECT_* settings for the server
         self.program = prefect_program(python)
         self.port = _free_port()
         self.api = f"http://127.0.0.1:{self.port}/api"
@@ -130,6 +132,7 @@ class PrefectServer:
         })
         if self.block_key:
             env["PREFECT_SERVER_ENCRYPTION_KEY"] = self.block_key
+        env.update(self.settings)
         logfile = Path(home) / "server.log"
         with logfile.open("wb") as out:
             self._proc = subprocess.Popen(

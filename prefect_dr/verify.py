@@ -25,6 +25,7 @@ from prefect_dr import (
     backfill,
     crypto,
     pipeline,
+    reconcile,
     restore_stream,
     semantic,
     signing,
@@ -193,6 +194,9 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
                 out["detail"] = ", ".join(f"{item.table} {item.rows} rows" for item in loaded)
         with scratch.connect() as conn:
             semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)
+            # what a restore does before its swap, proven on every verified backup
+            reconcile.checked(conn, manifest, reconcile.Policy(), checks)
+            semantic.restore_privileges(conn, manifest, checks)
         if options.prefect_smoke:
             given = ps.configured_key(env)
             with checks.run("prefect smoke") as out:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -111,3 +112,19 @@ def test_the_word_latest_means_what_the_flag_means() -> None:
                               ).backup_id == c
     with pytest.raises(UsageError):
         catalog.select_one(s, LAY, A, latest=True, kind=None)
+
+
+def test_runtime_counts_are_optional_and_checked() -> None:
+    """A manifest without runtime counts (before issue 21) keeps its exact bytes; one with them
+    round-trips; a malformed one is refused naming the field."""
+    from prefect_dr.manifest import ManifestError, parse
+
+    old = _manifest(A)
+    assert "runtime" not in json.loads(old.to_json())
+    assert parse(old.to_json()).runtime is None
+    new = dataclasses.replace(old, runtime={"flow_runs": 2, "v2_slots": 1})
+    assert parse(new.to_json()).runtime == {"flow_runs": 2, "v2_slots": 1}
+    bad = json.loads(new.to_json())
+    bad["runtime"] = {"flow_runs": -1}
+    with pytest.raises(ManifestError, match="runtime must map names to counts"):
+        parse(json.dumps(bad).encode())

@@ -106,6 +106,8 @@ def plan(p: Any) -> None:
                      "superuser)") if p.restore_role else "?"),
         ("foreign objects", ", ".join(p.foreign_objects) or "none"),
         ("pg_restore", p.staging),
+        ("reconcile", "before the swap: " + "; ".join(p.reconcile_notes)),
+        ("runtime state", "; ".join(p.redis_notes) or "not read"),
         ("disk needed", human_bytes(p.disk_needed) + " (the backed-up database's size; the "
                         "old database is kept too)" if p.disk_needed else "unknown"),
     ])

@@ -82,6 +82,18 @@ def restore(
         "--allow-foreign-objects", help="Restore a dump whose table of contents holds "
         "executable objects a Prefect database does not (functions, triggers, rules, ...).")
     ] = False,
+    keep_concurrency_slots: Annotated[bool, typer.Option(
+        "--keep-concurrency-slots", help="Do not reset the concurrency slots the backup held "
+        "(by default they are released before the swap: their leases did not survive the "
+        "restart, so nothing else ever would).")] = False,
+    in_flight: Annotated[str, typer.Option(
+        "--in-flight", help="Runs RUNNING, PENDING or CANCELLING at the backup instant: "
+        "'crash' (default) sets them to CRASHED before the swap, 'keep' leaves them.",
+        metavar="crash|keep")] = "crash",
+    flush_redis: Annotated[str | None, typer.Option(
+        "--flush-redis", help="After the swap, delete Prefect's stale keys (leases, messaging, "
+        "causal ordering, docket) in this Redis (redis://host:6379/0; the password in "
+        "PREFECT_DR_REDIS_PASSWORD).", metavar="URL")] = None,
 ) -> None:
     """Restore a backup beside the live database, check it, swap it in, keep the old one.
 
@@ -93,8 +105,17 @@ def restore(
     from prefect_dr import restore as restore_mod
 
     url_flag(target_url, "--target-url")
+    from prefect_dr import reconcile
+
+    if in_flight not in reconcile.IN_FLIGHT_CHOICES:
+        choices = ", ".join(reconcile.IN_FLIGHT_CHOICES)
+        raise errors.UsageError(f"--in-flight must be one of {choices} (got {in_flight!r})")
     if jobs < 0:
         raise errors.UsageError("--jobs must be 0 (one per CPU) or more")
+    if flush_redis:
+        from prefect_dr import prefect_runtime
+
+        prefect_runtime.check_url(flush_redis)
     if resume and (backup_id or latest or dry_run):
         raise errors.UsageError("--resume takes no backup id, --latest or --dry-run: it "
                                 "finishes the backfill the target database records")
@@ -120,7 +141,9 @@ def restore(
         allow_history_loss=allow_history_loss, safety_backup=not no_safety_backup,
         force_disconnect=force_disconnect, jobs=jobs, staging_dir=current.staging_dir,
         dry_run=dry_run, tiered=tiered, trust=trusted_by, owner=owner,
-        allow_foreign_objects=allow_foreign_objects), storage=repo)
+        allow_foreign_objects=allow_foreign_objects, reconcile_policy=reconcile.Policy(
+            concurrency=not keep_concurrency_slots, in_flight=in_flight),
+        flush_redis=flush_redis), storage=repo, env=os.environ)
     refusal = plan.refusal
     if json_mode() and dry_run:  # one JSON document: the plan, and the refusal if any
         console.print_json({"ok": refusal is None, "dry_run": True, "plan": plan.to_dict(),
@@ -148,11 +171,17 @@ def restore(
                                      started=started)
     next_steps = restore_mod.next_steps(manifest, result)
     if json_mode():
-        console.print_json({"ok": result.safety_error is None, "plan": plan.to_dict(),
+        console.print_json({"ok": result.safety_error is None and result.flush_error is None,
+                            "plan": plan.to_dict(),
                             "safety_backup_id": result.safety_backup_id,
                             "safety_backup_error": result.safety_error,
                             "kept_database": result.kept_db,
                             "serving_after_s": result.serving_after,
+                            "reconciled": (result.reconciled.to_dict()
+                                           if result.reconciled else None),
+                            "missing_roles": result.missing_roles,
+                            "redis_flushed": result.flushed,
+                            "redis_flush_error": result.flush_error,
                             "backfilled": [dataclasses.asdict(b) for b in result.backfilled],
                             "next_steps": next_steps})
     else:
@@ -164,6 +193,10 @@ def restore(
         console.line("Next steps:")
         for i, step in enumerate(next_steps, 1):
             console.line(f"  {i}. {step}")
+    if result.flush_error:
+        raise errors.DRError(f"the restore is done, but {result.flush_error}; delete Prefect's "
+                             "stale keys before starting it (see the next steps)",
+                             exit_code=errors.PARTIAL)
     if result.safety_error:
         raise errors.DRError(f"the restore is done, but the safety backup of {result.kept_db} "
                              f"failed: {result.safety_error}; the database is kept (take a "
@@ -223,10 +256,18 @@ def restore_config(
         "--yes", help="Do not ask for confirmation (needed with --on-conflict overwrite "
         "when there is no terminal).")] = False,
     allow_unsigned: AllowUnsignedFlag = False,
+    no_safety_backup: Annotated[bool, typer.Option(
+        "--no-safety-backup", help="Skip the config-only backup of the target server's "
+        "database (PREFECT_DR_DATABASE_URL) taken before anything changes: the way back.")
+    ] = False,
 ) -> None:
-    """Import a backup's configuration export into a live Prefect server through its API."""
+    """Import a backup's configuration export into a live Prefect server through its API.
+
+    Before changing anything it takes a config-only backup of the target server's database
+    (labelled safety=pre-restore-config) and prints how to go back."""
     from prefect_dr import catalog
     from prefect_dr import config_import as ci
+    from prefect_dr.config_import import undo
 
     if on_conflict not in ci.ON_CONFLICT:
         raise errors.UsageError(f"--on-conflict must be one of {', '.join(ci.ON_CONFLICT)}, "
@@ -259,18 +300,31 @@ def restore_config(
         else:
             console.info(", ".join(f"{k}: {v}" for k, v in the_plan.counts.items()))
         return
+    safety = not no_safety_backup and undo.changes(the_plan)
+    if safety:
+        undo.check_target(current)  # refused before the confirmation, not after
     overwrites = sum(1 for i in the_plan.items if i.action == ci.OVERWRITE)
     if overwrites:
         confirm("overwrite", yes,
                 f"overwrite {overwrites} existing objects of the Prefect server at "
                 f"{current.prefect_api_url} with backup {manifest.backup_id}'s",
                 noun="the word")
+    safety_id = None
+    if safety:
+        logger.info("safety backup of the target's configuration before the import")
+        safety_id = undo.safety_backup(current, repo, manifest, os.environ)
     result = ci.apply(current.prefect_api_url, export_doc, the_plan)
+    way_back = undo.how_to_undo(safety_id, [i.name for i in the_plan.items
+                                            if i.action == ci.CREATE]) if safety_id else None
     if json_mode():
         console.print_json({"ok": result.ok, "plan": the_plan.to_dict(),
-                            "result": result.to_dict()})
+                            "result": result.to_dict(), "safety_backup_id": safety_id,
+                            "undo": way_back})
     else:
         console.info(", ".join(f"{k}: {v}" for k, v in result.counts.items()))
+        if safety_id:
+            console.line(f"safety backup of the target's configuration: {safety_id}")
+            console.line(str(way_back))
     for failure in result.failures:
         console.error(f"{failure.section} {failure.name}: {failure.error}")
     if not result.ok:

@@ -22,7 +22,8 @@ Modules, one concept each (each imports only modules listed before it):
 * ``target``: what the live server holds, read through its API (``Target``);
 * ``compare``: which fields differ, which references dangle;
 * ``planner``: :func:`plan`;
-* ``applier``: :func:`apply`.
+* ``applier``: :func:`apply`;
+* ``undo``: the way back: a config-only safety backup of the target's database, taken first.
 
 This package re-exports what callers use (``from prefect_dr import config_import as ci``).
 """
