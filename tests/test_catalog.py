@@ -51,7 +51,7 @@ def test_manifest_replaced_by_another_backups_is_corrupt() -> None:
     entry = catalog.resolve(s, LAY, A)
     assert entry.status == "corrupt" and "describes backup " + B in entry.error
     with pytest.raises(VerificationError):
-        catalog.require_complete(entry)
+        catalog.require_complete(entry, trust=None)
     assert catalog.resolve(s, LAY, None, latest=True).backup_id == B
 
 
