@@ -22,7 +22,13 @@ from dataclasses import dataclass
 
 from prefect_dr import crypto, interrupt, pipeline
 from prefect_dr import prefect_schema as ps
-from prefect_dr.errors import DRError, VerificationError
+from prefect_dr.errors import (
+    CryptoKeyError,
+    DRError,
+    Interrupted,
+    StorageError,
+    VerificationError,
+)
 from prefect_dr.manifest import Artifact
 from prefect_dr.storage.base import Storage
 
@@ -125,7 +131,7 @@ def read(storage: Storage, artifact: Artifact, identities: list[crypto.Identity]
     CryptoKeyError, StorageError, Interrupted."""
     proc = subprocess.Popen([pg_restore, "-l"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    failure: list[BaseException] = []
+    failure: list[Exception] = []
 
     def feed() -> None:
         try:
@@ -134,8 +140,10 @@ def read(storage: Storage, artifact: Artifact, identities: list[crypto.Identity]
                                       compressed=artifact.compression == "zstd")
         except (BrokenPipeError, ConnectionResetError, ValueError):
             pass  # pg_restore has read the table of contents and stopped
-        except BaseException as exc:
-            failure.append(exc)
+        except Interrupted:
+            pass  # the caller raises it (interrupt.raise_if_noted below)
+        except (CryptoKeyError, VerificationError, StorageError, OSError) as exc:
+            failure.append(exc)  # handed to the caller
         finally:
             with contextlib.suppress(OSError, ValueError):
                 proc.stdin.close()  # type: ignore[union-attr]

@@ -96,13 +96,14 @@ class Trust:
         return f"{what}; accepted by --allow-unsigned"
 
     def check_record(self, record: dict[str, object]) -> bool:
-        """Whether a verification or status record is trusted: signed by a trusted key, or
-        any record with --allow-unsigned."""
-        if self.keys and signing.check_record(record, self.keys):
+        """Whether a verification or status record is trusted: signed by a trusted key, or,
+        with --allow-unsigned, any record but one whose signature by a trusted key does not
+        match (edited)."""
+        if signing.check_record(record, self.keys):
             return True
-        return self.allow_unsigned and not (self.keys and isinstance(
-            record.get("signature"), dict) and self.keys.find(
-                record.get("signature")) is not None)  # type: ignore[arg-type]
+        signature = record.get("signature")
+        names_a_trusted_key = isinstance(signature, dict) and self.keys.find(signature) is not None
+        return self.allow_unsigned and not names_a_trusted_key  # an edited record: never
 
 
 def for_reader(verify_key: str | None, repository_url: str, *,

@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -232,7 +233,12 @@ def test_verify_passing_after_a_failed_verification_says_so(
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
             if "/verifications/" in o["Key"]]
     record = json.loads(s3.get_object(Bucket=bucket, Key=keys[-1])["Body"].read())
-    record["result"] = "failed"  # as if that verification had failed
+    record["result"] = "failed"  # as if that verification had failed (signed by the verifier)
+    from prefect_dr import signing
+
+    record.pop("signature")
+    record = signing.sign_record(record, signing.load_private(
+        Path(env["PREFECT_DR_SIGNING_KEY_FILE"])))
     s3.put_object(Bucket=bucket, Key=keys[-1], Body=json.dumps(record).encode())
     proc = run_cli(["verify", "--latest", "--kind", "config-only"], env)
     assert proc.returncode == 0, proc.stderr
