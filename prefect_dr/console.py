@@ -79,6 +79,23 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
+#: Whether tables print their title and column headers (``--no-headers`` turns them off).
+HEADERS = {"on": True}
+
+
+def show_headers(on: bool) -> None:
+    """Print tables with (default) or without their title and header line (``--no-headers``)."""
+    HEADERS["on"] = on
+
+
+def stdout_is_terminal() -> bool:
+    """Whether results go to a terminal (fitted tables) or to a pipe or file (plain rows)."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
 def styled(value: str) -> str:
     """Wrap a status word in its colour markup."""
     style = STATUS_STYLE.get(value.lower())
@@ -139,14 +156,23 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
 def table(title: str, columns: Sequence[str | Column], rows: Iterable[Sequence[Any]],
           status_column: int | None = None, *, wide: bool = False,
           caption: str | None = None) -> None:
-    """Print a table on stdout, fitted to the terminal's width (no cell ever wraps: free text
-    is shortened, low-priority columns dropped; ``wide`` keeps all). Cells are redacted;
-    ``status_column`` gets status colours."""
+    """Print a table on stdout. On a terminal it is fitted to the width (no id or time ever
+    wraps: free text is shortened, explanations wrap at spaces, low-priority columns dropped;
+    ``wide`` keeps all) and ``status_column`` gets status colours. Off a terminal (a pipe, a
+    file, cron) every column is printed whole, one row per line (:func:`plain_lines`). Cells
+    are redacted."""
     cols = [c if isinstance(c, Column) else Column(c, truncate=True) for c in columns]
     cells = [[redact.redact("" if c is None else str(c)) for c in row] for row in rows]
+    if not stdout_is_terminal():
+        sys.stdout.write("".join(f"{text}\n" for text in plain_lines(
+            title, [c.header for c in cols], cells, [c.justify for c in cols],
+            headers=HEADERS["on"])))
+        sys.stdout.flush()
+        return
     console = out()
     keep, widths = fit(cols, cells, console.width, wide)
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+    t = Table(title=title if HEADERS["on"] else None, show_header=HEADERS["on"],
+              title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, caption=caption, caption_justify="left")
     for i, w in zip(keep, widths, strict=True):
         t.add_column(cols[i].header, no_wrap=not cols[i].wrap,
@@ -162,6 +188,28 @@ def table(title: str, columns: Sequence[str | Column], rows: Iterable[Sequence[A
         console = _StdoutConsole(file=sys.stdout, highlight=False, soft_wrap=False,
                                  width=max(console.width, sum(widths) + _PAD * len(widths)))
     console.print(t)
+
+
+EMPTY = "-"
+
+
+def plain_lines(title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
+                justify: Sequence[str], *, headers: bool = True) -> list[str]:
+    """A table for a script (the shape of ``kubectl get``): the title, the header line, then
+    one line per row; every column whole, aligned with three spaces, an empty cell as ``-``
+    (so that fields keep their place for ``awk``), no trailing spaces. ``headers`` False
+    (``--no-headers``) leaves out the title and the header line."""
+    body = [[" ".join(c.split()) or EMPTY for c in row] for row in rows]
+    shown = ([list(header)] if headers and any(header) else []) + body
+    if not shown:
+        return [title] if headers and title else []
+    widths = [max(len(r[i]) for r in shown) for i in range(len(header))]
+    lines = [title] if headers and title else []
+    for row in shown:
+        cells = [c.rjust(w) if j == "right" else c.ljust(w)
+                 for c, w, j in zip(row, widths, justify, strict=True)]
+        lines.append("   ".join(cells).rstrip())
+    return lines
 
 
 def short_time(iso: str | None) -> str:

@@ -104,7 +104,7 @@ class PruneResult:
         }
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per backup, newest first, for the table: kind, id, status, started_at,
+        """One row per backup, oldest first (as `list`), for the table: kind, id, status, started_at,
         verified, labels, size, action (keep | remove | locked) and reasons."""
         locked = {x.decision.id: x for x in self.locked}
         out = []
@@ -116,7 +116,7 @@ class PruneResult:
                     row["reasons"] = [*decision.reasons,
                                       f"Object Lock: {locked[decision.id].retention.describe()}"]
                 out.append(row)
-        return sorted(out, key=lambda r: (r["started_at"], r["id"]), reverse=True)
+        return sorted(out, key=lambda r: (r["started_at"], r["id"]))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for --json."""

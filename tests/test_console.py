@@ -69,6 +69,7 @@ def test_global_options_move_in_front_of_the_command(argv: list[str],
 def test_explanations_wrap_at_spaces_and_nothing_else_does(capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "60")
+    monkeypatch.setattr(console, "stdout_is_terminal", lambda: True)
     reason = "refusing to restore config-only backup 20261201T142205Z-a1b2c3 over prefect: " \
              "its run history would be lost (flow_run 12 rows)"
     console.table("Preflight", [Column("check"), Column("status"), Column("detail", wrap=True)],
@@ -77,3 +78,26 @@ def test_explanations_wrap_at_spaces_and_nothing_else_does(capsys: pytest.Captur
     assert all(len(line) <= 60 for line in out.splitlines())
     assert "20261201T142205Z-a1b2c3" in out and "rows)" in out  # whole words, all of them
     assert "…" not in out
+
+
+def test_off_a_terminal_tables_are_whole_rows_one_per_line(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipe, a file, cron: nothing cut, nothing padded, every column, an empty cell as '-'
+    (issue 23: `prefect-dr list | grep pre-upgrade` found nothing)."""
+    monkeypatch.setenv("COLUMNS", "40")
+    long_label = "trigger=pre-upgrade,team=data-platform,ticket=OPS-12345"
+    console.table("Backups (times UTC)", [Column("id"), Column("size", 3, justify="right"),
+                                          Column("labels", 6, truncate=True)],
+                  [("20261201T142205Z-a1b2c3", "1.5 KiB", long_label),
+                   ("20261202T142205Z-d4e5f6", "12.0 MiB", "")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["Backups (times UTC)",
+                     "id                            size   labels",
+                     f"20261201T142205Z-a1b2c3    1.5 KiB   {long_label}",
+                     "20261202T142205Z-d4e5f6   12.0 MiB   -"]
+    console.show_headers(False)
+    try:
+        console.table("T", [Column("a"), Column("b")], [("x", "y z")])
+    finally:
+        console.show_headers(True)
+    assert capsys.readouterr().out == "x   y z\n"

@@ -45,6 +45,8 @@ class GlobalOption:
 GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
     GlobalOption(("--config",), "PATH", "TOML settings file (also PREFECT_DR_CONFIG)."),
     GlobalOption(("--json",), None, "Machine-readable JSON on stdout."),
+    GlobalOption(("--no-headers",), None,
+                 "Tables without their title and header line (for scripts)."),
     GlobalOption(("--log-format",), "auto|text|json",
                  "auto (text on a terminal, JSON lines otherwise), text or json."),
     GlobalOption(("-v", "--verbose"), None, "Debug logs and tracebacks."),
@@ -186,6 +188,8 @@ def main_options(
     config_file: Annotated[Path | None, typer.Option(
         "--config", envvar=config.CONFIG_ENV, help=_HELP["--config"])] = None,
     json_output: Annotated[bool, typer.Option("--json", help=_HELP["--json"])] = False,
+    no_headers: Annotated[bool, typer.Option("--no-headers", help=_HELP["--no-headers"])
+                          ] = False,
     log_format: Annotated[LogFormat, typer.Option(
         "--log-format", help=_HELP["--log-format"], case_sensitive=False)] = LogFormat.auto,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help=_HELP["--verbose"])] = False,
@@ -220,6 +224,7 @@ def main_options(
     state.run = metrics.RunMetrics(ctx.invoked_subcommand or "none", time.time())
     state.config_file = config_file
     state.json = json_output
+    console.show_headers(not no_headers)
     state.verbose = verbose
     state.flags = {
         "repository": (repository, "--repository"),

@@ -13,6 +13,7 @@ from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
     KindFlag,
+    OutputFlag,
     WideFlag,
     json_mode,
     layout,
@@ -22,6 +23,7 @@ from prefect_dr.cli.common import (
     settings,
     storage,
     verify_key,
+    wide_wanted,
 )
 from prefect_dr.kinds import Kind
 
@@ -101,6 +103,7 @@ def copy_cmd(
     ] = False,
     kind: KindFlag = None,
     wide: WideFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """Copy complete backups to another repository (checksums verified while copying, the
     manifest written last, already copied backups skipped; safe to rerun after a kill)."""
@@ -127,7 +130,7 @@ def copy_cmd(
     if json_mode():
         console.print_json(result.to_dict())
     else:
-        render.copies(result, wide=wide)
+        render.copies(result, wide=wide_wanted(wide, output))
     problem = copy_mod.failed(result)
     if problem is not None:
         raise problem
@@ -138,6 +141,7 @@ def list_cmd(
     kind: Annotated[Kind | None, typer.Option("--kind", help="Only backups of this kind.")
                     ] = None,
     wide: WideFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """List backups with their status, size, labels and newest verification."""
     from prefect_dr import catalog
@@ -148,7 +152,7 @@ def list_cmd(
     if json_mode():
         console.print_json({"backups": [e.to_dict() for e in entries]})
         return
-    render.backups(entries, wide=wide)
+    render.backups(entries, wide=wide_wanted(wide, output))
 
 
 @command()
@@ -158,6 +162,7 @@ def show(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     kind: KindFlag = None,
     wide: WideFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """Print a backup's manifest."""
     entry = select(backup_id, latest, kind, read_only=True)
@@ -168,7 +173,7 @@ def show(
     if json_mode():
         console.print_json(entry.manifest.to_dict())
         return
-    render.manifest(entry.manifest, wide=wide)
+    render.manifest(entry.manifest, wide=wide_wanted(wide, output))
 
 
 @command(name="block-key")

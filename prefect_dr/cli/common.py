@@ -14,8 +14,19 @@ from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 KindFlag = Annotated[Kind | None, typer.Option(
     "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
     "default is full).")]
-WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column, even past the "
-                                                       "terminal's width.")]
+WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column whole, even past "
+                                                       "the terminal's width.")]
+OutputFlag = Annotated[str | None, typer.Option(
+    "-o", "--output", metavar="wide", help="-o wide is --wide (as kubectl's).")]
+
+
+def wide_wanted(wide: bool, output: str | None) -> bool:
+    """Whether the table is wanted whole: ``--wide`` or ``-o wide``. Raises UsageError for
+    another ``-o`` value."""
+    if output is not None and output != "wide":
+        raise errors.UsageError(f"-o {output}: the only output format is 'wide' (use --json "
+                                "for JSON)")
+    return wide or output == "wide"
 
 
 def json_mode() -> bool:

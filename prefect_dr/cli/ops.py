@@ -11,7 +11,16 @@ import typer
 from prefect_dr import console, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
-from prefect_dr.cli.common import WideFlag, json_mode, layout, settings, storage, verify_key
+from prefect_dr.cli.common import (
+    OutputFlag,
+    WideFlag,
+    json_mode,
+    layout,
+    settings,
+    storage,
+    verify_key,
+    wide_wanted,
+)
 from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 
 logger = logging.getLogger("prefect_dr")
@@ -43,6 +52,7 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; delete nothing.")
                        ] = False,
     wide: WideFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """Remove backups a retention policy no longer keeps (GFS, restic semantics), safely."""
     from prefect_dr import durations, retention
@@ -70,7 +80,7 @@ def prune(
     if json_mode():
         console.print_json({"ok": True, **result.to_dict()})
     else:
-        render.prune(result, dry_run=dry_run, wide=wide)
+        render.prune(result, dry_run=dry_run, wide=wide_wanted(wide, output))
         c = result.counts
         verb = "would remove" if dry_run else "removed"
         console.info(f"kept {c['kept']}, {verb} {c['removed']} backups "

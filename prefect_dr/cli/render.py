@@ -131,12 +131,12 @@ def freshness(report: Any) -> None:
 
 
 def prune(result: Any, *, dry_run: bool, wide: bool = False) -> None:
-    """`prune`: one row per backup with its action and reasons."""
+    """`prune`: one row per backup with its action and reasons, oldest first (as `list`)."""
     title = "Prune plan (dry run: nothing deleted)" if dry_run else "Prune"
     console.table(f"{title} ({UTC_NOTE})", [
         Column("kind"), Column("id"), Column("status", priority=3), Column("started"),
         Column("verified", priority=4), Column("size", priority=5, justify="right"),
-        Column("action"), Column("reasons", 2, truncate=True)],
+        Column("action"), Column("reasons", 2, wrap=True)],
         [(r["kind"], r["id"], r["status"], short_time(r["started_at"]),
           {True: "yes", False: "no"}.get(r["verified"], ""), human_bytes(r.get("size")),
           r["action"], "; ".join(r["reasons"])) for r in result.rows()],
@@ -163,10 +163,11 @@ def doctor(report: Any) -> None:
 
 
 def settings(rows: list[dict[str, str]], *, wide: bool = False) -> None:
-    """`config show`: every setting, its variable, value and source."""
+    """`config show`: every setting, its variable, value and source (value and source wrap,
+    never shortened: they are what the command is for)."""
     console.table("Settings", [
         Column("setting"), Column("environment variable", priority=2),
-        Column("value", truncate=True), Column("source", 1, truncate=True)],
+        Column("value", wrap=True), Column("source", wrap=True)],
         [(r["name"], r["env"], r["value"], r["source"]) for r in rows], wide=wide)
 
 
