@@ -104,8 +104,8 @@ class PruneResult:
         }
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per backup, oldest first (as `list`), for the table: kind, id, status, started_at,
-        verified, labels, size, action (keep | remove | locked) and reasons."""
+        """One row per backup, oldest first (as `list`), for the table: kind, id, status,
+        started_at, verified, labels, size, action (keep | remove | locked) and reasons."""
         locked = {x.decision.id: x for x in self.locked}
         out = []
         for kind, plan in self.plans.items():

@@ -110,9 +110,20 @@ def status(
     kind: Annotated[Kind, typer.Option(
         "--kind", help="Judge backups (and verifications of backups) of this kind only.")
     ] = DEFAULT_LATEST_KIND,
+    max_age: Annotated[str | None, typer.Option(
+        "--max-age", metavar="DURATION", help="Without a backup schedule, how old the newest "
+        "backup may be (default 26h); given, it is the rule even when a schedule is "
+        "configured.")] = None,
 ) -> None:
     """Exit 15 when the newest backup or verification of --kind (default full) is older than
-    its schedule allows."""
+    its schedule allows (without a schedule: older than --max-age, 26h by default). Each row
+    names the rule it applied.
+
+    \b
+    Examples:
+      prefect-dr status --cron '0 2 * * *'
+      prefect-dr status --max-age 8d --kind config-only
+      prefect-dr status --json | jq .ok"""
     from prefect_dr import catalog, durations
     from prefect_dr import status as status_mod
 
@@ -120,8 +131,11 @@ def status(
     cron = cron or current.backup_cron
     verify_cron = verify_cron or current.verify_cron
     grace = grace or current.status_grace or "1h"
+    if max_age and cron and cron != current.backup_cron:
+        raise errors.UsageError("give --cron or --max-age, not both")
     try:
         window = durations.parse(grace)
+        age_limit = durations.parse(max_age) if max_age else None
         for expr in (cron, verify_cron):
             if expr:
                 status_mod.validate_cron(expr)
@@ -129,7 +143,8 @@ def status(
         raise errors.UsageError(str(exc)) from None
     entries = catalog.list_backups(storage(read_only=True), layout(), verify_key=verify_key())
     report = status_mod.evaluate(entries, backup_cron=cron, verify_cron=verify_cron,
-                                 grace=window, now=dt.datetime.now(dt.UTC), kind=kind)
+                                 grace=window, now=dt.datetime.now(dt.UTC), kind=kind,
+                                 max_age=age_limit)
     if json_mode():
         console.print_json(report.to_dict())
     else:

@@ -123,11 +123,12 @@ def plan(p: Any) -> None:
 
 
 def freshness(report: Any) -> None:
-    """`status`: one row per schedule."""
+    """`status`: one row per schedule, with the rule it was judged by."""
     console.table("prefect-dr status", [Column("what"), Column("status"),
-                                        Column("detail", wrap=True)],
-                  [(i.what, "ok" if i.ok else "fail", i.detail) for i in report.items],
-                  status_column=1)
+                                        Column("detail", wrap=True),
+                                        Column("rule", 1, wrap=True)],
+                  [(i.what, "ok" if i.ok else "fail", i.detail, i.rule)
+                   for i in report.items], status_column=1)
 
 
 def prune(result: Any, *, dry_run: bool, wide: bool = False) -> None:
