@@ -59,9 +59,11 @@ class BackupEntry:
                 - dt.datetime.fromisoformat(self.started_at)).total_seconds()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no object list, no manifest body)."""
+        """JSON-ready summary (no object list, no manifest body). ``backup_id`` as in every
+        command; ``id`` is its deprecated name, kept for one release (docs/json.md)."""
         return {
-            "id": self.backup_id, "kind": self.kind, "status": self.status,
+            "backup_id": self.backup_id, "id": self.backup_id, "kind": self.kind,
+            "status": self.status,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "duration_s": self.duration_s, "size": self.size, "labels": self.labels,
             "error": self.error,

@@ -72,9 +72,22 @@ def log_handler(stream: TextIO | None = None) -> RichHandler:
                        log_time_format="[%Y-%m-%d %H:%M:%S]")
 
 
-def print_json(obj: Any) -> None:
-    """Print ``obj`` as one JSON document on stdout (redacted)."""
-    sys.stdout.write(redact.redact(json.dumps(obj, indent=2, default=str, sort_keys=False)))
+#: The version of the ``--json`` documents (docs/json.md): raised when a key is removed or
+#: changes meaning; new keys do not raise it.
+JSON_SCHEMA_VERSION = 1
+
+
+def document(obj: dict[str, Any]) -> dict[str, Any]:
+    """A ``--json`` document: ``ok`` (true unless the command says otherwise) and
+    ``schema_version`` first, then the command's own keys."""
+    return {"ok": obj.get("ok", True), "schema_version": JSON_SCHEMA_VERSION,
+            **{k: v for k, v in obj.items() if k != "ok"}}
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    """Print ``obj`` as one JSON document on stdout (:func:`document`, redacted)."""
+    sys.stdout.write(redact.redact(json.dumps(document(obj), indent=2, default=str,
+                                              sort_keys=False)))
     sys.stdout.write("\n")
     sys.stdout.flush()
 

@@ -98,7 +98,7 @@ def test_json_mode_reports_errors_as_json(tmp_path: Path) -> None:
     proc = run_cli(["--json", "--config", str(tmp_path / "missing.toml"), "config", "show"],
                    _env())
     assert proc.returncode == 2
-    assert json.loads(proc.stdout) == {"ok": False, "exit_code": 2,
+    assert json.loads(proc.stdout) == {"ok": False, "schema_version": 1, "exit_code": 2,
                                        "error": proc.stderr.split("error: ", 1)[1].strip()}
 
 
