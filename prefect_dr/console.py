@@ -136,6 +136,7 @@ class Column:
 
 
 _MIN_TRUNCATED = 12
+_MAX_WORD = 30  # a wrapped column is kept as wide as its longest word, up to this
 _PAD = 3  # between two columns: a space each side and the blank divider (box.SIMPLE_HEAD)
 
 
@@ -154,12 +155,22 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
 
     for i in keep:
         if columns[i].shrinks and total() > width:
-            widths[i] = max(_MIN_TRUNCATED, widths[i] - (total() - width))
+            least = max(_MIN_TRUNCATED, len(columns[i].header))
+            if columns[i].wrap:  # wide enough for its longest word (up to a limit)
+                least = max(least, min(_MAX_WORD, max(
+                    (len(w) for r in rows for w in r[i].split()), default=0)))
+            widths[i] = max(min(least, natural[i]), widths[i] - (total() - width))
     while total() > width:
         droppable = [i for i in keep if columns[i].priority > 0]
         if not droppable:
             break
-        keep.remove(max(droppable, key=lambda i: (columns[i].priority, i)))
+        # an empty column goes first (it shows nothing), then the least important
+        keep.remove(max(droppable, key=lambda i: (not any(r[i] for r in rows),
+                                                  columns[i].priority, i)))
+    for i in keep:  # still too wide: wrapped text may split a long word after all
+        if columns[i].shrinks and total() > width:
+            least = max(_MIN_TRUNCATED, len(columns[i].header))
+            widths[i] = max(min(least, natural[i]), widths[i] - (total() - width))
     for i in keep:  # room freed by a dropped column goes back to shortened text
         if columns[i].shrinks and total() < width:
             widths[i] = min(natural[i], widths[i] + width - total())

@@ -12,8 +12,8 @@ from prefect_dr.console import Column, ago, human_bytes, short_time
 UTC_NOTE = "times UTC"
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+def _labels(labels: dict[str, str], sep: str = ",") -> str:
+    return sep.join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def backups(entries: list[Any], *, wide: bool = False) -> None:
@@ -26,13 +26,14 @@ def backups(entries: list[Any], *, wide: bool = False) -> None:
             verified = f"{e.source_verification.get('result', '')} at the source"
         duration = f"{e.duration_s:.0f}s" if e.duration_s is not None else ""
         rows.append((e.backup_id, e.kind or "", e.status, short_time(e.started_at),
-                     ago(e.started_at, now), duration, human_bytes(e.size), _labels(e.labels),
+                     ago(e.started_at, now), duration, human_bytes(e.size),
+                     _labels(e.labels, ", " if console.stdout_is_terminal() else ","),
                      verified or (e.error or "")))
     console.table(f"Backups ({UTC_NOTE})", [
         Column("id"), Column("kind"), Column("status"), Column("started"),
-        Column("age", priority=2), Column("took", priority=5, justify="right"),
-        Column("size", priority=3, justify="right"), Column("labels", 6, truncate=True),
-        Column("verified / error", 4, truncate=True)], rows, status_column=2, wide=wide)
+        Column("age", priority=2), Column("took", priority=6, justify="right"),
+        Column("size", priority=3, justify="right"), Column("labels", 4, wrap=True),
+        Column("verified / error", 5, truncate=True)], rows, status_column=2, wide=wide)
 
 
 def copies(result: Any, *, wide: bool = False) -> None:
