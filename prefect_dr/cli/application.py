@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import typer
 
 from prefect_dr import __version__, config, console, errors, interrupt, log, redact
+from prefect_dr.cli import helptext
 
 logger = logging.getLogger("prefect_dr")
 
@@ -100,19 +101,26 @@ def hoist_globals(argv: list[str]) -> list[str]:
     return front + rest
 
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="prefect-dr",
     help="Disaster recovery for self-hosted Prefect servers: encrypted, verified backups to S3, "
-         "restores you can undo.",
+         "restores you can undo. New here? 'prefect-dr keygen', then 'prefect-dr doctor' "
+         "(README: quick start).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=helptext.TaskGroup,
+    context_settings=HELP_OPTIONS,
 )
-config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True,
+                         context_settings=HELP_OPTIONS)
 app.add_typer(config_app, name="config")
-k8s_app = typer.Typer(help="Kubernetes objects for running prefect-dr.", no_args_is_help=True)
+k8s_app = typer.Typer(help="Kubernetes objects for running prefect-dr.", no_args_is_help=True,
+                      context_settings=HELP_OPTIONS)
 app.add_typer(k8s_app, name="k8s")
+_GROUPS = {id(config_app): "config ", id(k8s_app): "k8s "}
 
 
 class PipeClosed(Exception):
@@ -132,7 +140,9 @@ def command(typer_app: typer.Typer = app, name: str | None = None
             except BrokenPipeError:
                 raise PipeClosed() from None
 
-        return typer_app.command(name, epilog=GLOBALS_EPILOG)(run)
+        path = _GROUPS.get(id(typer_app), "") + (name or fn.__name__.replace("_", "-"))
+        return typer_app.command(name, cls=helptext.WordsCommand,
+                                 epilog=helptext.examples_epilog(path) + GLOBALS_EPILOG)(run)
 
     return register
 

@@ -12,6 +12,8 @@ from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
+    AnyKindFlag,
+    BackupArg,
     KindFlag,
     OutputFlag,
     WideFlag,
@@ -92,7 +94,7 @@ def _copy(source: Any, target: Any, backup_id: str) -> Any:
 
 @command(name="copy")
 def copy_cmd(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
+    backup_id: BackupArg = None,
     to: Annotated[str | None, typer.Option(
         "--to", metavar="URL", help="Target repository: s3://, file://, azure:// or gs://.")
     ] = None,
@@ -157,7 +159,7 @@ def list_cmd(
 
 @command()
 def show(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     kind: KindFlag = None,
@@ -178,11 +180,11 @@ def show(
 
 @command(name="block-key")
 def block_key_cmd(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: either kind).")
     ] = False,
-    kind: KindFlag = None,
+    kind: AnyKindFlag = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="New file (mode 0600, never overwritten) for the key; '-' "
         "writes it to stdout.")] = None,

@@ -11,9 +11,16 @@ from prefect_dr import config, errors, interrupt
 from prefect_dr.cli.application import state
 from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 
+BACKUP_HELP = ("A backup id, its first 8 or more characters (20261126T15) or its random "
+               "suffix (a1b2c3)")
+BackupArg = Annotated[str | None, typer.Argument(
+    metavar="BACKUP", help=BACKUP_HELP + "; or 'latest' (--latest).")]
 KindFlag = Annotated[Kind | None, typer.Option(
     "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
     "default is full).")]
+AnyKindFlag = Annotated[Kind | None, typer.Option(
+    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
+    "default is either kind).")]
 WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column whole, even past "
                                                        "the terminal's width.")]
 OutputFlag = Annotated[str | None, typer.Option(

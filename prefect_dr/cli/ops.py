@@ -30,11 +30,16 @@ logger = logging.getLogger("prefect_dr")
 def prune(
     keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest.")
                          ] = None,
-    keep_hourly: Annotated[int | None, typer.Option("--keep-hourly")] = None,
-    keep_daily: Annotated[int | None, typer.Option("--keep-daily")] = None,
-    keep_weekly: Annotated[int | None, typer.Option("--keep-weekly")] = None,
-    keep_monthly: Annotated[int | None, typer.Option("--keep-monthly")] = None,
-    keep_yearly: Annotated[int | None, typer.Option("--keep-yearly")] = None,
+    keep_hourly: Annotated[int | None, typer.Option(
+        "--keep-hourly", help="Keep the newest backup of each of the last N hours.")] = None,
+    keep_daily: Annotated[int | None, typer.Option(
+        "--keep-daily", help="Keep the newest backup of each of the last N days.")] = None,
+    keep_weekly: Annotated[int | None, typer.Option(
+        "--keep-weekly", help="Keep the newest backup of each of the last N weeks.")] = None,
+    keep_monthly: Annotated[int | None, typer.Option(
+        "--keep-monthly", help="Keep the newest backup of each of the last N months.")] = None,
+    keep_yearly: Annotated[int | None, typer.Option(
+        "--keep-yearly", help="Keep the newest backup of each of the last N years.")] = None,
     keep_within: Annotated[str | None, typer.Option(
         "--keep-within", help="Keep all within DURATION of the newest backup.")] = None,
     keep_label: Annotated[list[str] | None, typer.Option(
@@ -117,13 +122,7 @@ def status(
 ) -> None:
     """Exit 15 when the newest backup or verification of --kind (default full) is older than
     its schedule allows (without a schedule: older than --max-age, 26h by default). Each row
-    names the rule it applied.
-
-    \b
-    Examples:
-      prefect-dr status --cron '0 2 * * *'
-      prefect-dr status --max-age 8d --kind config-only
-      prefect-dr status --json | jq .ok"""
+    names the rule it applied."""
     from prefect_dr import catalog, durations
     from prefect_dr import status as status_mod
 

@@ -9,12 +9,20 @@ import typer
 from prefect_dr import console
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command
-from prefect_dr.cli.common import KindFlag, json_mode, select, settings, storage, url_flag
+from prefect_dr.cli.common import (
+    BackupArg,
+    KindFlag,
+    json_mode,
+    select,
+    settings,
+    storage,
+    url_flag,
+)
 
 
 @command(name="rehearse-upgrade")
 def rehearse_upgrade(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     kind: KindFlag = None,

@@ -15,6 +15,8 @@ from prefect_dr import console, crypto, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
+    AnyKindFlag,
+    BackupArg,
     KindFlag,
     confirm,
     json_mode,
@@ -35,7 +37,7 @@ logger = logging.getLogger("prefect_dr")
 
 @command()
 def restore(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     kind: KindFlag = None,
@@ -192,11 +194,11 @@ def _resume(current: Settings, repo: Storage, target_url: str | None,
 
 @command(name="restore-config")
 def restore_config(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: either kind; both "
         "carry the configuration export).")] = False,
-    kind: KindFlag = None,
+    kind: AnyKindFlag = None,
     only: Annotated[str | None, typer.Option(
         "--only", help="Comma-separated: blocks,variables,work-pools,deployments,automations,"
         "concurrency-limits (default: all).")] = None,

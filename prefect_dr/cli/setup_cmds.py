@@ -97,11 +97,15 @@ def doctor_cmd() -> None:
 
 @command(k8s_app, "render")
 def k8s_render(
-    schedule: Annotated[str, typer.Option("--schedule", help="Backup CronJob schedule.")
-                        ] = "0 2 * * *",
-    verify_schedule: Annotated[str, typer.Option("--verify-schedule")] = "0 4 * * *",
-    prune_schedule: Annotated[str, typer.Option("--prune-schedule")] = "0 6 * * *",
-    namespace: Annotated[str, typer.Option("--namespace")] = "prefect-dr",
+    schedule: Annotated[str, typer.Option("--schedule", metavar="CRON",
+                                          help="Backup CronJob schedule.")] = "0 2 * * *",
+    verify_schedule: Annotated[str, typer.Option(
+        "--verify-schedule", metavar="CRON", help="Verify CronJob schedule.")] = "0 4 * * *",
+    prune_schedule: Annotated[str, typer.Option(
+        "--prune-schedule", metavar="CRON", help="Prune CronJob schedule.")] = "0 6 * * *",
+    namespace: Annotated[str, typer.Option(
+        "--namespace", help="Namespace of every object (created by you, not by the "
+        "manifests).")] = "prefect-dr",
     image: Annotated[str | None, typer.Option("--image", help="Container image.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")
                       ] = None,

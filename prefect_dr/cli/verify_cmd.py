@@ -12,6 +12,7 @@ from prefect_dr import console, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
+    BACKUP_HELP,
     KindFlag,
     json_mode,
     layout,
@@ -24,7 +25,8 @@ from prefect_dr.cli.common import (
 
 @command()
 def verify(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (default: --latest).")] = None,
+    backup_id: Annotated[str | None, typer.Argument(
+        metavar="BACKUP", help=BACKUP_HELP + " (default: --latest).")] = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     all_: Annotated[bool, typer.Option("--all", help="Every complete backup (of --kind).")
