@@ -17,19 +17,12 @@ from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import Progress, ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from prefect_dr import redact
+from prefect_dr.units import clock, human_bytes
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                 "complete": "green", "failed": "bold red", "incomplete": "yellow",
@@ -284,26 +277,14 @@ def line(message: str) -> None:
     sys.stdout.write(redact.redact(message) + "\n")
 
 
-def human_bytes(n: int | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _rate(n: float) -> str:
     return f"{human_bytes(int(n))}/s"
 
 
 def describe_progress(counters: dict[str, int], elapsed_s: float, primary: str,
                       total: int | None) -> str:
-    """One line of figures: every stage's bytes, the primary stage's rate, percent and ETA
-    (when its total is known), and the elapsed time."""
+    """One line of figures for a log: every stage's bytes, the primary stage's rate, percent
+    and ETA (when its total is known), and the elapsed time, each labelled."""
     done = counters.get(primary, 0)
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     parts = [f"{k} {human_bytes(v)}" + (f" of {human_bytes(total)}" if k == primary and total
@@ -312,43 +293,87 @@ def describe_progress(counters: dict[str, int], elapsed_s: float, primary: str,
     if total:
         parts.append(f"{min(100.0, 100.0 * done / total):.0f}%")
         if rate > 0 and done < total:
-            parts.append(f"ETA {int((total - done) / rate)}s")
-    parts.append(f"{elapsed_s:.0f}s elapsed")
+            parts.append(f"ETA {clock((total - done) / rate)}")
+    parts.append(f"elapsed {clock(elapsed_s)}")
     return ", ".join(parts)
+
+
+_BAR_MIN, _BAR_MAX = 10, 30
+
+
+def progress_line(counters: dict[str, int], elapsed_s: float, primary: str,
+                  total: int | None, width: int, retrying: str | None = None) -> str:
+    """The live progress line, never wider than ``width``: the primary stage's bytes (of the
+    operation's total), a bar when the total is known and there is room, percent, rate,
+    labelled elapsed time and ETA; a retry in progress replaces the rate and ETA; other
+    stages' bytes when there is room. IEC units throughout."""
+    done = counters.get(primary, 0)
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    head = f"{primary} {human_bytes(done)}" + (f" of {human_bytes(total)}" if total else "")
+    figures = []
+    if total:
+        figures.append(f"{min(100.0, 100.0 * done / total):.0f}%")
+    if retrying:
+        figures.append(retrying)
+    else:
+        figures.append(_rate(rate))
+    figures.append(f"elapsed {clock(elapsed_s)}")
+    if total and rate > 0 and done < total and not retrying:
+        figures.append(f"ETA {clock((total - done) / rate)}")
+    tail = "  ".join(figures)
+    others = ", ".join(f"{k} {human_bytes(v)}" for k, v in counters.items() if k != primary)
+    line = f"{head}  {tail}"
+    room = width - len(line) - 2
+    if total and room < _BAR_MIN and not retrying:  # narrow: the bar says more than the rate
+        figures.remove(_rate(rate))
+        tail = "  ".join(figures)
+        line = f"{head}  {tail}"
+        room = width - len(line) - 2
+    if total and room >= _BAR_MIN:
+        size = min(_BAR_MAX, room)
+        filled = min(size, int(size * done / total))
+        line = f"{head} {'━' * filled}{'─' * (size - filled)} {tail}"
+    if others and len(line) + len(others) + 4 <= width:
+        line += f"  ({others})"
+    return line[:width]
 
 
 @contextlib.contextmanager
 def transfer_progress(enabled: bool = True, *, primary: str = "dumped",
                       total: int | None = None, interval_s: float = 5.0
                       ) -> Iterator[Callable[[dict[str, int]], None]]:
-    """Yield a progress listener. On a terminal: a live line (bytes, rate, and percent and ETA
-    when ``total`` bytes of the ``primary`` stage are expected) drawn on the same console as the
-    log lines, so the two never collide. Otherwise: a log line with the figures every
-    ``interval_s`` seconds (and one at the end)."""
+    """Yield a progress listener. On a terminal: a live line (:func:`progress_line`, redrawn
+    ten times a second so that elapsed time and a retry show even while no byte moves) on the
+    console of the log lines, so the two never collide. Otherwise: a log line with the figures
+    every ``interval_s`` seconds (and one at the end). ``total`` is every byte of the
+    ``primary`` stage the whole operation expects."""
+    from prefect_dr import retry
+
     logger = logging.getLogger("prefect_dr.progress")
     start = time.monotonic()
     last = [0.0]
     latest: dict[str, int] = {}
+    retrying: list[str | None] = [None]
     if enabled and sys.stderr.isatty():
-        columns: list[Any] = [TextColumn("{task.description}"), DownloadColumn(),
-                              TransferSpeedColumn()]
-        if total:
-            columns += [BarColumn(bar_width=20), TaskProgressColumn(), TimeRemainingColumn()]
-        columns.append(TimeElapsedColumn())
-        progress = Progress(*columns, console=err_console(), transient=True)
-        with progress:
-            task = progress.add_task(primary, total=total)
+        console = err_console()
 
-            def show(counters: dict[str, int]) -> None:
-                now = time.monotonic()
-                if now - last[0] < 0.2:
-                    return
-                last[0] = now
-                others = "  ".join(f"{k} {human_bytes(v)}" for k, v in counters.items()
-                                   if k != primary)
-                progress.update(task, completed=counters.get(primary, 0),
-                                description=f"{primary}" + (f" ({others})" if others else ""))
+        class _Line(ProgressColumn):
+            def render(self, task: Task) -> Text:
+                return Text(progress_line(dict(latest), time.monotonic() - start, primary,
+                                          total, max(20, console.width - 1), retrying[0]),
+                            no_wrap=True, overflow="crop")
 
+        progress = Progress(_Line(), console=console, transient=True)
+
+        def show(counters: dict[str, int]) -> None:
+            latest.clear()
+            latest.update(counters)
+
+        def note(state: str | None) -> None:
+            retrying[0] = state
+
+        with progress, retry.observed(note):
+            progress.add_task(primary, total=None)
             yield show
         return
 

@@ -51,6 +51,7 @@ from prefect_dr.restore_plan import (
     target_of,
 )
 from prefect_dr.storage.base import Storage
+from prefect_dr.units import human_bytes
 
 log = logging.getLogger(__name__)
 RESTORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"prefect-dr:restore").digest()[:8], "big",
@@ -156,7 +157,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                         raise
                     raise DRError(
                         f"no space left in {folder} while staging the decrypted dump "
-                        f"({staging_need(manifest)} bytes needed); free space there, set "
+                        f"({human_bytes(staging_need(manifest))} needed); free space there, set "
                         "PREFECT_DR_STAGING_DIR to a larger folder, or pass --jobs 1 "
                         "(streams, stages nothing)") from None
             else:

@@ -76,9 +76,8 @@ def verify(
                                  prefect_smoke=prefect_smoke, prefect_python=prefect_python)
     reports = []
     for entry in entries:
-        dump = entry.manifest.artifact("dump")
         with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
-                                       total=dump.size if dump else None) as listener:
+                                       total=entry.manifest.payload_size or None) as listener:
             reports.append(verify_mod.verify_one(current, repo, entry.manifest, options,
                                                  env=os.environ,
                                                  progress=pipeline.Progress(listener)))
