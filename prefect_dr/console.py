@@ -267,6 +267,23 @@ def error(message: str) -> None:
                         highlight=False, soft_wrap=True)
 
 
+def highlight(message: str) -> None:
+    """Print a line on stderr that must not be missed among log lines (bold, framed by
+    blank lines on a terminal; a plain line elsewhere)."""
+    text = redact.redact(message)
+    if sys.stderr.isatty():
+        err_console().print(f"\n[bold green]>>> {escape(text)}[/]\n", markup=True,
+                            highlight=False, soft_wrap=True)
+    else:
+        err_console().print(f">>> {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+def paragraph(message: str) -> None:
+    """Print text on stderr wrapped at spaces to the terminal's width (text a person must
+    read whole, such as what a confirmation is about)."""
+    err_console().print(redact.redact(message), markup=False, highlight=False)
+
+
 def info(message: str) -> None:
     """Print a one-line note on stderr."""
     err_console().print(redact.redact(message), markup=False, highlight=False, soft_wrap=True)

@@ -17,10 +17,12 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
 
 
 def in_terminal(args: list[str], env: dict[str, str], width: int, height: int = 60,
-                timeout: float = 120) -> tuple[int, str]:
+                timeout: float = 120, answer: tuple[str, str] | None = None
+                ) -> tuple[int, str]:
     """Exit code and screen text (colours removed, lines without trailing spaces) of
     ``python -m prefect_dr ARGS`` with stdin, stdout and stderr on a ``width``-column
-    terminal. COLUMNS is unset: the width comes from the terminal itself."""
+    terminal. COLUMNS is unset: the width comes from the terminal itself. ``answer``
+    (prompt, reply): type ``reply`` once ``prompt`` has appeared."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
     env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
@@ -38,6 +40,9 @@ def in_terminal(args: list[str], env: dict[str, str], width: int, height: int = 
         if not data or time.monotonic() > deadline:
             break
         chunks.append(data)
+        if answer and answer[0].encode() in b"".join(chunks):
+            os.write(master, answer[1].encode() + b"\r")
+            answer = None
     os.close(master)
     code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     text = ANSI.sub("", b"".join(chunks).decode(errors="replace")).replace("\r\n", "\n")

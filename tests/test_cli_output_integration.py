@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import clean_cli_env, run_cli
+from conftest import clean_cli_env, clone_prefect_db, drop_db, run_cli
 from terminal import in_terminal
 
 pytestmark = pytest.mark.integration
@@ -125,3 +125,28 @@ def test_a_closed_pipe_ends_quietly(repo: dict[str, str]) -> None:
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
     assert "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_restore_prompt_stands_on_its_own(repo: dict[str, str], width: int) -> None:
+    """Issue 23: the prompt came after 75 lines of plan, the line saying what is renamed had
+    scrolled away, and nothing said the backup's age, that nothing had changed yet, that the
+    live database is kept, or how to undo it. A wrong name: nothing changes, exit 2."""
+    full = repo["_IDS"].split(",")[0]
+    name = f"dr_prompt_{uuid.uuid4().hex[:8]}"
+    target = clone_prefect_db(repo, name)
+    try:
+        code, screen = in_terminal(["restore", full[-6:], "--target-url", target], repo,
+                                   width, answer=("to go on:", "not-the-name"))
+    finally:
+        drop_db(repo, name)
+    assert code == 2, screen
+    lines = [line for line in screen.splitlines() if line.strip()]
+    prompt = next(i for i, line in enumerate(lines) if "to go on" in line)
+    above = " ".join(lines[max(0, prompt - 8):prompt + 1])
+    assert f"About to restore backup {full} (full, taken" in above and " ago)" in above
+    assert f"renamed: {name} -> {name}_pre_restore_" in above
+    assert "Nothing has changed yet." in above and "'prefect-dr rollback' undoes" in above
+    assert f"The live database is kept as {name}_pre_restore_" in above
+    assert "not confirmed; nothing changed" in screen
+    assert all(len(line) <= width for line in lines[prompt - 6:prompt]), screen

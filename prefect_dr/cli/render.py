@@ -189,3 +189,20 @@ def rehearsal(r: Any) -> None:
             Column("revision"), Column("first release"), Column("seconds", justify="right")],
             [(s.revision, s.first_release or "?", f"{s.seconds:.2f}")
              for s in sorted(r.steps, key=lambda s: -s.seconds)])
+
+
+def before_restore(p: Any, m: Any) -> list[str]:
+    """The lines just above the restore's confirmation prompt: they stand on their own when
+    the plan has scrolled away (what, how old, what is renamed, that nothing changed yet and
+    how to undo it)."""
+    renames = "; ".join(f"{a} -> {b}" for a, b in p.renames)
+    kept = next((b for a, b in p.renames if a == p.target_db), None)
+    return [
+        "",
+        f"About to restore backup {p.backup_id} ({p.kind}, taken "
+        f"{short_time(m.started_at)} UTC, {ago(m.started_at)}) into {p.target}.",
+        f"It is restored beside the live database first, then renamed: {renames}.",
+        "Nothing has changed yet." + (
+            f" The live database is kept as {kept}; 'prefect-dr rollback' undoes the restore."
+            if kept else " There is no live database to keep."),
+    ]

@@ -78,7 +78,6 @@ def restore(
     Every precondition (schema, history loss, signature, identity, connected clients, client
     programs, staging space) is checked first; --dry-run prints the same plan and exits with
     the code the restore would be refused with."""
-    started = time.monotonic()  # serving_after_s counts from here, manifest and plan included
     from prefect_dr import catalog, pipeline, restore_plan
     from prefect_dr import restore as restore_mod
 
@@ -124,7 +123,11 @@ def restore(
         raise restore_plan.RestoreRefusedError(refusal)
     if dry_run:
         return
+    if not json_mode() and not yes:
+        for text in render.before_restore(plan, manifest):
+            console.paragraph(text)
     confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
+    started = time.monotonic()  # serving_after_s counts from the confirmation
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=manifest.payload_size or None) as listener:
         result = restore_mod.execute(current, repo, manifest, plan, target_url=target_url,
@@ -132,7 +135,7 @@ def restore(
                                      progress=pipeline.Progress(listener),
                                      on_step=lambda s: logger.info(s),
                                      jobs=jobs, staging_dir=current.staging_dir,
-                                     started=started)
+                                     started=started, on_serving=console.highlight)
     next_steps = restore_mod.next_steps(manifest, result)
     if json_mode():
         console.print_json({"ok": result.safety_error is None, "plan": plan.to_dict(),
