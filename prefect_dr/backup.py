@@ -56,6 +56,8 @@ from prefect_dr.storage.base import Storage
 from prefect_dr.units import human_bytes
 
 log = logging.getLogger(__name__)
+#: The settings a backup cannot start without, all reported at once when missing.
+NEEDS = ("repository", "database_url", "recipients")
 EXACT_COUNT_MAX_BYTES = 2 * 1024**3  # larger tables get the planner's estimate, marked so
 
 
@@ -144,7 +146,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     failed status record.
     """
     env = os.environ if env is None else env
-    settings.require("database_url", "recipients")
+    settings.require(*NEEDS)
     if request.kind not in KINDS:
         raise DRError(f"unknown backup kind {request.kind!r} (full or config-only)")
     recipient_texts = settings.recipients

@@ -55,6 +55,9 @@ from prefect_dr.pg.tools import RestoreChoice
 from prefect_dr.storage.base import Storage
 
 RECORD_FORMAT = "prefect-dr-verification"
+#: The settings verify cannot start without, all reported at once when missing (a database
+#: for the scratch restore too, unless --scratch-url names one).
+NEEDS = ("repository", "age_identity_file")
 
 
 @dataclass

@@ -60,3 +60,20 @@ def test_help_at_80_columns_groups_by_task_and_shows_words(tmp_path: object) -> 
     assert "--keep-daily N" in piped.stdout and "Keep the newest backup of each" in \
         piped.stdout
     assert "--label KEY=VALUE" in in_pipe(["backup", "-h"], env).stdout
+
+
+def test_every_missing_setting_is_reported_at_once() -> None:
+    """Issue 23: a missing repository hid the other missing settings. On a terminal they
+    are a list; in a pipe (scripts, logs) one line."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+    code, screen = in_terminal(["backup"], env, 80)
+    assert code == 2, screen
+    lines = [line for line in screen.splitlines() if line.strip()]
+    assert lines[0] == "error: invalid configuration (3 problems):", screen
+    assert [line.split()[1] for line in lines[1:4]] == ["no", "PREFECT_DR_DATABASE_URL", "no"]
+    assert "no repository" in lines[1] and "no age recipient" in lines[3]
+    piped = in_pipe(["backup"], env)
+    assert piped.returncode == 2 and len(piped.stderr.strip().splitlines()) == 1
+    assert "(3 problems)" in piped.stderr and "no repository" in piped.stderr
+    verify = in_pipe(["verify", "--latest"], env)
+    assert "(3 problems)" in verify.stderr and "PREFECT_DR_AGE_IDENTITY_FILE" in verify.stderr

@@ -444,4 +444,10 @@ def _report(exc: errors.DRError) -> None:
         sys.stderr.write(redact.redact(traceback.format_exc()))
     if state.json:
         console.print_json({"ok": False, "error": exc.message, "exit_code": exc.exit_code})
-    console.error(exc.message)
+    problems = getattr(exc, "problems", None)
+    if problems and len(problems) > 1 and sys.stderr.isatty():  # a person: as a list
+        console.error(exc.message.split(": ", 1)[0] + ":")
+        for problem in problems:
+            console.info(f"  - {problem}")
+        return
+    console.error(exc.message)  # a script or a log: one line

@@ -51,6 +51,7 @@ def backup(
 
     state.run.labels["kind"] = kind.value
     current = settings()
+    current.require(*backup_mod.NEEDS)  # every missing setting at once, the repository too
     request = backup_mod.Request(kind=kind.value, labels=parse_labels(label or []),
                                  allow_undecryptable_blocks=allow_undecryptable_blocks)
     repo = storage()
@@ -198,7 +199,7 @@ def block_key_cmd(
     if output == "-" and json_mode():
         raise errors.UsageError("-o - writes the key itself to stdout; it cannot go with --json")
     current = settings()
-    current.require("age_identity_file")
+    current.require("repository", "age_identity_file")
     identities = crypto.load_identities(Path(current.age_identity_file))
     manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
     found = block_key.recover(storage(), manifest, identities, pg_bin_dir=current.pg_bin_dir)

@@ -88,6 +88,8 @@ def restore(
         raise errors.UsageError("--resume takes no backup id, --latest or --dry-run: it "
                                 "finishes the backfill the target database records")
     current = settings()
+    current.require("repository", "age_identity_file",
+                    *(() if target_url else ("database_url",)))
     repo = storage()
     if resume:
         _resume(current, repo, target_url, None)
@@ -221,7 +223,7 @@ def restore_config(
                                 f"not {on_conflict!r}")
     sections = ci.parse_only(only)
     current = settings()
-    current.require("prefect_api_url", "age_identity_file")
+    current.require("repository", "prefect_api_url", "age_identity_file")
     repo = storage()
     manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None))
     identities = crypto.load_identities(Path(current.age_identity_file))

@@ -62,7 +62,7 @@ def verify(
     except ValueError as exc:
         raise errors.UsageError(f"--since: {exc}") from None
     current = settings()
-    current.require("age_identity_file")
+    current.require(*verify_mod.NEEDS, *(() if scratch_url else ("database_url",)))
     repo = storage()
     entries = verify_mod.select(repo, layout(), backup_id=backup_id, latest=latest,
                                 all_=all_, since=window, kind=kind)
