@@ -185,8 +185,9 @@ def rehearsal(r: Any) -> None:
         ("result", "ok" if r.ok else f"FAILED: {r.error}"),
     ])
     if r.steps:
-        console.table("Migrations (slowest first)", [
-            Column("revision"), Column("first release"), Column("seconds", justify="right")],
+        console.table("Migrations (slowest first; times are estimates, the total is measured)", [
+            Column("revision"), Column("first release"),
+            Column("est. seconds", justify="right")],
             [(s.revision, s.first_release or "?", f"{s.seconds:.2f}")
              for s in sorted(r.steps, key=lambda s: -s.seconds)])
 
