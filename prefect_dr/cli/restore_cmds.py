@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -125,7 +126,7 @@ def restore(
         raise restore_plan.RestoreRefusedError(refusal)
     if dry_run:
         return
-    if not json_mode() and not yes:
+    if not json_mode() and not yes and sys.stdin.isatty():  # a person is about to be asked
         for text in render.before_restore(plan, manifest):
             console.paragraph(text)
     confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
