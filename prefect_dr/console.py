@@ -268,14 +268,12 @@ def error(message: str) -> None:
 
 
 def highlight(message: str) -> None:
-    """Print a line on stderr that must not be missed among log lines (bold, framed by
-    blank lines on a terminal; a plain line elsewhere)."""
-    text = redact.redact(message)
+    """On a terminal, print a line on stderr that must not be missed among the log lines
+    (bold, framed by blank lines). Off a terminal nothing: stderr holds only JSON log lines
+    there, and the log line of the same event says it."""
     if sys.stderr.isatty():
-        err_console().print(f"\n[bold green]>>> {escape(text)}[/]\n", markup=True,
-                            highlight=False, soft_wrap=True)
-    else:
-        err_console().print(f">>> {text}", markup=False, highlight=False, soft_wrap=True)
+        err_console().print(f"\n[bold green]>>> {escape(redact.redact(message))}[/]\n",
+                            markup=True, highlight=False, soft_wrap=True)
 
 
 def paragraph(message: str) -> None:
