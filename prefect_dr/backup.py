@@ -54,8 +54,11 @@ from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import dump, privileges, tools
 from prefect_dr.storage.base import Storage
+from prefect_dr.units import human_bytes
 
 log = logging.getLogger(__name__)
+#: The settings a backup cannot start without, all reported at once when missing.
+NEEDS = ("repository", "database_url", "recipients")
 EXACT_COUNT_MAX_BYTES = 2 * 1024**3  # larger tables get the planner's estimate, marked so
 
 
@@ -144,7 +147,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     failed status record.
     """
     env = os.environ if env is None else env
-    settings.require("database_url", "recipients")
+    settings.require(*NEEDS)
     if request.kind not in KINDS:
         raise DRError(f"unknown backup kind {request.kind!r} (full or config-only)")
     recipient_texts = settings.recipients
@@ -254,7 +257,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         proc.wait()  # a failed dump raises here, and the upload is aborted, never completed
         writer.close()
     artifacts.append(_artifact("dump", dump_key, "pg_dump-custom", stats, "zstd", fingerprints))
-    log.info("dump uploaded: %d bytes from %d", stats.size, stats.plaintext_size,
+    log.info("dump uploaded: %s (from %s)", human_bytes(stats.size),
+             human_bytes(stats.plaintext_size),
              extra={"backup_id": backup_id, "bytes": stats.size})
 
     history: list[Artifact] = []  # listed after dump, config and block key
@@ -321,8 +325,9 @@ def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
         stats = pipeline.encrypt_to(reader, writer, recipients, zstd_level=level,
                                     progress=progress)
         writer.close()
-    log.info("%s rows of %s uploaded: %d bytes from %d", reader.rows, table, stats.size,
-             stats.plaintext_size, extra={"bytes": stats.size})
+    log.info("%s rows of %s uploaded: %s (from %s)", reader.rows, table,
+             human_bytes(stats.size), human_bytes(stats.plaintext_size),
+             extra={"bytes": stats.size})
     return dataclasses.replace(
         _artifact(f"history-{table}", key, "pg-copy-text", stats, "zstd", fingerprints),
         table=table, columns=columns, rows=reader.rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -63,9 +64,11 @@ class BackupEntry:
                 - dt.datetime.fromisoformat(self.started_at)).total_seconds()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready summary (no object list, no manifest body)."""
+        """JSON-ready summary (no object list, no manifest body). ``backup_id`` as in every
+        command; ``id`` is its deprecated name, kept for one release (docs/json.md)."""
         return {
-            "id": self.backup_id, "kind": self.kind, "status": self.status,
+            "backup_id": self.backup_id, "id": self.backup_id, "kind": self.kind,
+            "status": self.status,
             "started_at": self.started_at, "finished_at": self.finished_at,
             "duration_s": self.duration_s, "size": self.size, "labels": self.labels,
             "error": self.error,
@@ -245,8 +248,7 @@ def resolve(storage: Storage, layout: Layout, ref: str | None, *, latest: bool =
         return newest
     if ref is None:
         raise UsageError("give a backup id or --latest")
-    if not lay.BACKUP_ID_RE.match(ref):
-        raise NotFoundError(f"{ref!r} is not a backup id (like 20261126T153000Z-a1b2c3)")
+    ref = expand(storage, layout, ref)
     objects = list(storage.list(layout.backup_dir(ref)))
     if not objects:
         raise NotFoundError(f"no backup {ref} in {storage.description}/{layout.root}")
@@ -271,6 +273,55 @@ def _trusted_first(complete: list[BackupEntry], verify_key: VerifyKey) -> list[B
         log.warning("--latest passes over %s: not signed by a verify key for this repository",
                     ", ".join(skipped[-5:]))
     return trusted or complete
+
+
+#: The fewest characters of an id's start that name a backup (its date: ``20261126``).
+MIN_PREFIX = 8
+_PREFIX_RE = re.compile(r"^\d{8}(T(\d{0,5}|\d{6}(Z(-[0-9a-f]{0,5})?)?)?)?$")
+_SUFFIX_RE = re.compile(r"^-?[0-9a-f]{6}$")
+#: How an id may be shortened, for error messages.
+SHORT_FORMS = ("a whole id (20261126T153000Z-a1b2c3), its first 8 or more characters "
+               "(20261126T15) or its random suffix (a1b2c3)")
+
+
+def expand(storage: Storage, layout: Layout, ref: str) -> str:
+    """The whole backup id ``ref`` names: a whole id (returned as is), any unique start of an
+    id of at least :data:`MIN_PREFIX` characters, or an id's 6-character random suffix (as
+    restic takes a unique prefix of a short id).
+
+    Raises NotFoundError when ``ref`` names no backup or is none of these forms, UsageError
+    (exit 2) listing the candidates when it names more than one.
+    """
+    if lay.BACKUP_ID_RE.match(ref):
+        return ref
+    where = f"{storage.description}/{layout.root}"
+    if _PREFIX_RE.match(ref) and len(ref) >= MIN_PREFIX:
+        ids = _ids(storage, layout.backups_root + ref, layout)
+        matches, how = [i for i in ids if i.startswith(ref)], "starting with"
+    elif _SUFFIX_RE.match(ref):
+        suffix = ref.lstrip("-")
+        matches = [i for i in _ids(storage, layout.backups_root, layout)
+                   if i.endswith("-" + suffix)]
+        how = "ending in"
+    else:
+        raise NotFoundError(f"{ref!r} is not a backup id: give {SHORT_FORMS}")
+    if not matches:
+        raise NotFoundError(f"no backup id {how} {ref} in {where} ('prefect-dr list' shows "
+                            "them)")
+    if len(matches) > 1:
+        raise UsageError(f"{ref} names {len(matches)} backups: {', '.join(matches)}; give "
+                         "more characters")
+    return matches[0]
+
+
+def _ids(storage: Storage, prefix: str, layout: Layout) -> list[str]:
+    """The backup ids with an object under ``prefix``, sorted (oldest first)."""
+    found = set()
+    for info in storage.list(prefix):
+        parsed = layout.parse_backup_key(info.key)
+        if parsed:
+            found.add(parsed[0])
+    return sorted(found)
 
 
 def select_one(storage: Storage, layout: Layout, ref: str | None, *, latest: bool,

@@ -17,19 +17,12 @@ from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from rich.progress import Progress, ProgressColumn, Task
 from rich.table import Table
+from rich.text import Text
 
 from prefect_dr import redact
+from prefect_dr.units import clock, human_bytes
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                 "complete": "green", "failed": "bold red", "incomplete": "yellow",
@@ -72,11 +65,41 @@ def log_handler(stream: TextIO | None = None) -> RichHandler:
                        log_time_format="[%Y-%m-%d %H:%M:%S]")
 
 
-def print_json(obj: Any) -> None:
-    """Print ``obj`` as one JSON document on stdout (redacted)."""
-    sys.stdout.write(redact.redact(json.dumps(obj, indent=2, default=str, sort_keys=False)))
+#: The version of the ``--json`` documents (docs/json.md): raised when a key is removed or
+#: changes meaning; new keys do not raise it.
+JSON_SCHEMA_VERSION = 1
+
+
+def document(obj: dict[str, Any]) -> dict[str, Any]:
+    """A ``--json`` document: ``ok`` (true unless the command says otherwise) and
+    ``schema_version`` first, then the command's own keys."""
+    return {"ok": obj.get("ok", True), "schema_version": JSON_SCHEMA_VERSION,
+            **{k: v for k, v in obj.items() if k != "ok"}}
+
+
+def print_json(obj: dict[str, Any]) -> None:
+    """Print ``obj`` as one JSON document on stdout (:func:`document`, redacted)."""
+    sys.stdout.write(redact.redact(json.dumps(document(obj), indent=2, default=str,
+                                              sort_keys=False)))
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+#: Whether tables print their title and column headers (``--no-headers`` turns them off).
+HEADERS = {"on": True}
+
+
+def show_headers(on: bool) -> None:
+    """Print tables with (default) or without their title and header line (``--no-headers``)."""
+    HEADERS["on"] = on
+
+
+def stdout_is_terminal() -> bool:
+    """Whether results go to a terminal (fitted tables) or to a pipe or file (plain rows)."""
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def styled(value: str) -> str:
@@ -106,6 +129,7 @@ class Column:
 
 
 _MIN_TRUNCATED = 12
+_MAX_WORD = 30  # a wrapped column is kept as wide as its longest word, up to this
 _PAD = 3  # between two columns: a space each side and the blank divider (box.SIMPLE_HEAD)
 
 
@@ -124,12 +148,22 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
 
     for i in keep:
         if columns[i].shrinks and total() > width:
-            widths[i] = max(_MIN_TRUNCATED, widths[i] - (total() - width))
+            least = max(_MIN_TRUNCATED, len(columns[i].header))
+            if columns[i].wrap:  # wide enough for its longest word (up to a limit)
+                least = max(least, min(_MAX_WORD, max(
+                    (len(w) for r in rows for w in r[i].split()), default=0)))
+            widths[i] = max(min(least, natural[i]), widths[i] - (total() - width))
     while total() > width:
         droppable = [i for i in keep if columns[i].priority > 0]
         if not droppable:
             break
-        keep.remove(max(droppable, key=lambda i: (columns[i].priority, i)))
+        # an empty column goes first (it shows nothing), then the least important
+        keep.remove(max(droppable, key=lambda i: (not any(r[i] for r in rows),
+                                                  columns[i].priority, i)))
+    for i in keep:  # still too wide: wrapped text may split a long word after all
+        if columns[i].shrinks and total() > width:
+            least = max(_MIN_TRUNCATED, len(columns[i].header))
+            widths[i] = max(min(least, natural[i]), widths[i] - (total() - width))
     for i in keep:  # room freed by a dropped column goes back to shortened text
         if columns[i].shrinks and total() < width:
             widths[i] = min(natural[i], widths[i] + width - total())
@@ -139,14 +173,23 @@ def fit(columns: Sequence[Column], rows: Sequence[Sequence[str]], width: int,
 def table(title: str, columns: Sequence[str | Column], rows: Iterable[Sequence[Any]],
           status_column: int | None = None, *, wide: bool = False,
           caption: str | None = None) -> None:
-    """Print a table on stdout, fitted to the terminal's width (no cell ever wraps: free text
-    is shortened, low-priority columns dropped; ``wide`` keeps all). Cells are redacted;
-    ``status_column`` gets status colours."""
+    """Print a table on stdout. On a terminal it is fitted to the width (no id or time ever
+    wraps: free text is shortened, explanations wrap at spaces, low-priority columns dropped;
+    ``wide`` keeps all) and ``status_column`` gets status colours. Off a terminal (a pipe, a
+    file, cron) every column is printed whole, one row per line (:func:`plain_lines`). Cells
+    are redacted."""
     cols = [c if isinstance(c, Column) else Column(c, truncate=True) for c in columns]
     cells = [[redact.redact("" if c is None else str(c)) for c in row] for row in rows]
+    if not stdout_is_terminal():
+        sys.stdout.write("".join(f"{text}\n" for text in plain_lines(
+            title, [c.header for c in cols], cells, [c.justify for c in cols],
+            headers=HEADERS["on"])))
+        sys.stdout.flush()
+        return
     console = out()
     keep, widths = fit(cols, cells, console.width, wide)
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
+    t = Table(title=title if HEADERS["on"] else None, show_header=HEADERS["on"],
+              title_justify="left", box=box.SIMPLE_HEAD, show_edge=False,
               pad_edge=False, caption=caption, caption_justify="left")
     for i, w in zip(keep, widths, strict=True):
         t.add_column(cols[i].header, no_wrap=not cols[i].wrap,
@@ -162,6 +205,28 @@ def table(title: str, columns: Sequence[str | Column], rows: Iterable[Sequence[A
         console = _StdoutConsole(file=sys.stdout, highlight=False, soft_wrap=False,
                                  width=max(console.width, sum(widths) + _PAD * len(widths)))
     console.print(t)
+
+
+EMPTY = "-"
+
+
+def plain_lines(title: str, header: Sequence[str], rows: Sequence[Sequence[str]],
+                justify: Sequence[str], *, headers: bool = True) -> list[str]:
+    """A table for a script (the shape of ``kubectl get``): the title, the header line, then
+    one line per row; every column whole, aligned with three spaces, an empty cell as ``-``
+    (so that fields keep their place for ``awk``), no trailing spaces. ``headers`` False
+    (``--no-headers``) leaves out the title and the header line."""
+    body = [[" ".join(c.split()) or EMPTY for c in row] for row in rows]
+    shown = ([list(header)] if headers and any(header) else []) + body
+    if not shown:
+        return [title] if headers and title else []
+    widths = [max(len(r[i]) for r in shown) for i in range(len(header))]
+    lines = [title] if headers and title else []
+    for row in shown:
+        cells = [c.rjust(w) if j == "right" else c.ljust(w)
+                 for c, w, j in zip(row, widths, justify, strict=True)]
+        lines.append("   ".join(cells).rstrip())
+    return lines
 
 
 def short_time(iso: str | None) -> str:
@@ -202,6 +267,21 @@ def error(message: str) -> None:
                         highlight=False, soft_wrap=True)
 
 
+def highlight(message: str) -> None:
+    """On a terminal, print a line on stderr that must not be missed among the log lines
+    (bold, framed by blank lines). Off a terminal nothing: stderr holds only JSON log lines
+    there, and the log line of the same event says it."""
+    if sys.stderr.isatty():
+        err_console().print(f"\n[bold green]>>> {escape(redact.redact(message))}[/]\n",
+                            markup=True, highlight=False, soft_wrap=True)
+
+
+def paragraph(message: str) -> None:
+    """Print text on stderr wrapped at spaces to the terminal's width (text a person must
+    read whole, such as what a confirmation is about)."""
+    err_console().print(redact.redact(message), markup=False, highlight=False)
+
+
 def info(message: str) -> None:
     """Print a one-line note on stderr."""
     err_console().print(redact.redact(message), markup=False, highlight=False, soft_wrap=True)
@@ -212,26 +292,14 @@ def line(message: str) -> None:
     sys.stdout.write(redact.redact(message) + "\n")
 
 
-def human_bytes(n: int | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    if n is None:
-        return ""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
 def _rate(n: float) -> str:
     return f"{human_bytes(int(n))}/s"
 
 
 def describe_progress(counters: dict[str, int], elapsed_s: float, primary: str,
                       total: int | None) -> str:
-    """One line of figures: every stage's bytes, the primary stage's rate, percent and ETA
-    (when its total is known), and the elapsed time."""
+    """One line of figures for a log: every stage's bytes, the primary stage's rate, percent
+    and ETA (when its total is known), and the elapsed time, each labelled."""
     done = counters.get(primary, 0)
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     parts = [f"{k} {human_bytes(v)}" + (f" of {human_bytes(total)}" if k == primary and total
@@ -240,43 +308,87 @@ def describe_progress(counters: dict[str, int], elapsed_s: float, primary: str,
     if total:
         parts.append(f"{min(100.0, 100.0 * done / total):.0f}%")
         if rate > 0 and done < total:
-            parts.append(f"ETA {int((total - done) / rate)}s")
-    parts.append(f"{elapsed_s:.0f}s elapsed")
+            parts.append(f"ETA {clock((total - done) / rate)}")
+    parts.append(f"elapsed {clock(elapsed_s)}")
     return ", ".join(parts)
+
+
+_BAR_MIN, _BAR_MAX = 10, 30
+
+
+def progress_line(counters: dict[str, int], elapsed_s: float, primary: str,
+                  total: int | None, width: int, retrying: str | None = None) -> str:
+    """The live progress line, never wider than ``width``: the primary stage's bytes (of the
+    operation's total), a bar when the total is known and there is room, percent, rate,
+    labelled elapsed time and ETA; a retry in progress replaces the rate and ETA; other
+    stages' bytes when there is room. IEC units throughout."""
+    done = counters.get(primary, 0)
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    head = f"{primary} {human_bytes(done)}" + (f" of {human_bytes(total)}" if total else "")
+    figures = []
+    if total:
+        figures.append(f"{min(100.0, 100.0 * done / total):.0f}%")
+    if retrying:
+        figures.append(retrying)
+    else:
+        figures.append(_rate(rate))
+    figures.append(f"elapsed {clock(elapsed_s)}")
+    if total and rate > 0 and done < total and not retrying:
+        figures.append(f"ETA {clock((total - done) / rate)}")
+    tail = "  ".join(figures)
+    others = ", ".join(f"{k} {human_bytes(v)}" for k, v in counters.items() if k != primary)
+    line = f"{head}  {tail}"
+    room = width - len(line) - 2
+    if total and room < _BAR_MIN and not retrying:  # narrow: the bar says more than the rate
+        figures.remove(_rate(rate))
+        tail = "  ".join(figures)
+        line = f"{head}  {tail}"
+        room = width - len(line) - 2
+    if total and room >= _BAR_MIN:
+        size = min(_BAR_MAX, room)
+        filled = min(size, int(size * done / total))
+        line = f"{head} {'━' * filled}{'─' * (size - filled)} {tail}"
+    if others and len(line) + len(others) + 4 <= width:
+        line += f"  ({others})"
+    return line[:width]
 
 
 @contextlib.contextmanager
 def transfer_progress(enabled: bool = True, *, primary: str = "dumped",
                       total: int | None = None, interval_s: float = 5.0
                       ) -> Iterator[Callable[[dict[str, int]], None]]:
-    """Yield a progress listener. On a terminal: a live line (bytes, rate, and percent and ETA
-    when ``total`` bytes of the ``primary`` stage are expected) drawn on the same console as the
-    log lines, so the two never collide. Otherwise: a log line with the figures every
-    ``interval_s`` seconds (and one at the end)."""
+    """Yield a progress listener. On a terminal: a live line (:func:`progress_line`, redrawn
+    ten times a second so that elapsed time and a retry show even while no byte moves) on the
+    console of the log lines, so the two never collide. Otherwise: a log line with the figures
+    every ``interval_s`` seconds (and one at the end). ``total`` is every byte of the
+    ``primary`` stage the whole operation expects."""
+    from prefect_dr import retry
+
     logger = logging.getLogger("prefect_dr.progress")
     start = time.monotonic()
     last = [0.0]
     latest: dict[str, int] = {}
+    retrying: list[str | None] = [None]
     if enabled and sys.stderr.isatty():
-        columns: list[Any] = [TextColumn("{task.description}"), DownloadColumn(),
-                              TransferSpeedColumn()]
-        if total:
-            columns += [BarColumn(bar_width=20), TaskProgressColumn(), TimeRemainingColumn()]
-        columns.append(TimeElapsedColumn())
-        progress = Progress(*columns, console=err_console(), transient=True)
-        with progress:
-            task = progress.add_task(primary, total=total)
+        console = err_console()
 
-            def show(counters: dict[str, int]) -> None:
-                now = time.monotonic()
-                if now - last[0] < 0.2:
-                    return
-                last[0] = now
-                others = "  ".join(f"{k} {human_bytes(v)}" for k, v in counters.items()
-                                   if k != primary)
-                progress.update(task, completed=counters.get(primary, 0),
-                                description=f"{primary}" + (f" ({others})" if others else ""))
+        class _Line(ProgressColumn):
+            def render(self, task: Task) -> Text:
+                return Text(progress_line(dict(latest), time.monotonic() - start, primary,
+                                          total, max(20, console.width - 1), retrying[0]),
+                            no_wrap=True, overflow="crop")
 
+        progress = Progress(_Line(), console=console, transient=True)
+
+        def show(counters: dict[str, int]) -> None:
+            latest.clear()
+            latest.update(counters)
+
+        def note(state: str | None) -> None:
+            retrying[0] = state
+
+        with progress, retry.observed(note):
+            progress.add_task(primary, total=None)
             yield show
         return
 

@@ -38,6 +38,7 @@ from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pipeline import Progress
 from prefect_dr.storage.base import Storage
 from prefect_dr.trust import Trust, bind, repository_name
+from prefect_dr.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def copy_backup(source: Repository, target: Repository, entry: BackupEntry, *,
     if not target.storage.put_if_absent(dst_manifest, raw, "application/json"):
         return _already(target, dst_manifest, raw, bid, manifest)  # a concurrent copy won
     done.objects_copied += 1
-    log.info("backup %s copied to %s (%d bytes)", bid, target.name, done.bytes_copied,
+    log.info("backup %s copied to %s (%s)", bid, target.name, human_bytes(done.bytes_copied),
              extra={"backup_id": bid})
     return done
 

@@ -1,4 +1,5 @@
-"""Logging setup: human lines on a TTY, JSON lines otherwise; a run id and redaction on every line.
+"""Logging setup: human lines on a TTY, JSON lines otherwise; redaction on every line, and a run
+id on every line but a terminal's (a person there needs none; JSON and plain text lines keep it).
 
 Core modules log with ``logging.getLogger(__name__)``; only the CLI calls ``setup``.
 """
@@ -67,9 +68,9 @@ def setup(
         root.removeHandler(old)
     handler: logging.Handler
     if fmt == "text":
-        if text_handler is not None:  # it shows time and level itself
-            handler = text_handler
-            handler.setFormatter(logging.Formatter("%(message)s [run %(run_id)s]"))
+        if text_handler is not None:  # it shows time and level itself; a person at a
+            handler = text_handler     # terminal needs no run id (JSON lines carry it)
+            handler.setFormatter(logging.Formatter("%(message)s"))
         else:
             handler = logging.StreamHandler(stream)
             handler.setFormatter(logging.Formatter("%(levelname)s %(message)s [run %(run_id)s]"))

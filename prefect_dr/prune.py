@@ -35,6 +35,7 @@ from prefect_dr.kinds import Standing, standing
 from prefect_dr.layout import Layout
 from prefect_dr.retention import Candidate, Decision, Plan, Policy, PolicyError
 from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Storage
+from prefect_dr.units import human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,8 @@ class PruneResult:
         }
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per backup, newest first, for the table: kind, id, status, started_at,
-        verified, labels, size, action (keep | remove | locked) and reasons."""
+        """One row per backup, oldest first (as `list`), for the table: kind, id, status,
+        started_at, verified, labels, size, action (keep | remove | locked) and reasons."""
         locked = {x.decision.id: x for x in self.locked}
         out = []
         for kind, plan in self.plans.items():
@@ -116,7 +117,7 @@ class PruneResult:
                     row["reasons"] = [*decision.reasons,
                                       f"Object Lock: {locked[decision.id].retention.describe()}"]
                 out.append(row)
-        return sorted(out, key=lambda r: (r["started_at"], r["id"]), reverse=True)
+        return sorted(out, key=lambda r: (r["started_at"], r["id"]))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form for --json."""
@@ -244,8 +245,9 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
             finally:
                 result.removed.append(Removal(decision, objects, deleted))
             if not dry_run:
-                log.info("removed backup %s (%s, %d objects, %d bytes): %s", decision.id,
-                         decision.candidate.status, len(objects), result.removed[-1].size,
+                log.info("removed backup %s (%s, %d objects, %s): %s", decision.id,
+                         decision.candidate.status, len(objects),
+                         human_bytes(result.removed[-1].size),
                          "; ".join(decision.reasons), extra={"backup_id": decision.id})
         for upload in _stale_uploads(layout, uploads, plans, by_id, policies, orphan_kind, now):
             if not dry_run:

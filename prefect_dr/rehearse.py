@@ -35,6 +35,12 @@ from prefect_dr.pg.scratch import ScratchDatabase
 from prefect_dr.storage.base import Storage
 
 POLL_S = 0.05
+#: How the per-migration times are found: one upgrade run, ``alembic_version`` polled every
+#: POLL_S; migrations that finish between two looks share the interval, and the first
+#: carries Prefect's start-up. Estimates, not one-revision-at-a-time measurements.
+STEP_TIMES = ("estimated: one upgrade run with the revision polled every 50 ms; migrations "
+              "finished between two looks share the interval and the first includes Prefect's "
+              "start-up (the total is measured)")
 #: Prefect's docs advise a long database timeout for upgrades of large databases.
 DEFAULT_DATABASE_TIMEOUT_S = 600
 TAIL_LINES = 20
@@ -68,8 +74,8 @@ class Rehearsal:
     error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
+        """JSON-ready form; ``step_times`` says how the per-migration times were found."""
+        return {**asdict(self), "step_times": STEP_TIMES}
 
 
 class _Watcher:

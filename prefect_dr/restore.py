@@ -61,6 +61,7 @@ from prefect_dr.restore_plan import (
     target_of,
 )
 from prefect_dr.storage.base import Storage
+from prefect_dr.units import human_bytes
 
 log = logging.getLogger(__name__)
 RESTORE_LOCK_KEY = int.from_bytes(hashlib.sha256(b"prefect-dr:restore").digest()[:8], "big",
@@ -115,9 +116,13 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             target_url: str | None, force_disconnect: bool,
             env: Mapping[str, str], progress: pipeline.Progress | None = None,
             on_step: Callable[[str], None] = lambda _: None, jobs: int = 1,
-            staging_dir: str | None = None, started: float | None = None) -> Result:
+            staging_dir: str | None = None, started: float | None = None,
+            on_serving: Callable[[str], None] = lambda _: None) -> Result:
     """Carry out ``plan``. Before the swap, any failure leaves the live database untouched and
     drops the half-restored one; a failure inside the swap is undone.
+
+    ``on_serving`` is told, once, the moment the restored database is live (the CLI shows it
+    prominently: in a tiered restore that is long before the command ends).
 
     Raises RestoreRefusedError (a preflight finding of ``plan`` refuses it), LockHeldError,
     VerificationError, ConnectedClientsError, DatabaseError, StorageError, CryptoKeyError,
@@ -125,7 +130,8 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
     """
     if plan.refusal is not None:
         raise RestoreRefusedError(plan.refusal)
-    started = time.monotonic() if started is None else started  # the command's own start
+    # serving_after counts from ``started``: the operator's confirmation (docs/operations.md)
+    started = time.monotonic() if started is None else started
     identities = _load_identities(settings)
     url, db, admin_url = target_of(settings, target_url)
     admin = pgc.connect(admin_url)
@@ -174,7 +180,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                         raise
                     raise DRError(
                         f"no space left in {folder} while staging the decrypted dump "
-                        f"({staging_need(manifest)} bytes needed); free space there, set "
+                        f"({human_bytes(staging_need(manifest))} needed); free space there, set "
                         "PREFECT_DR_STAGING_DIR to a larger folder, or pass --jobs 1 "
                         "(streams, stages nothing)") from None
             else:
@@ -241,6 +247,9 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                 result.flush_error = exc.message
         on_step(f"{db} holds backup {plan.backup_id}" + (
             " (phase 1): Prefect can be started now; the history follows" if deferred else ""))
+        on_serving(f"Prefect can be started now: {db} holds backup {plan.backup_id}" + (
+            " (its run history is still loading; runs show as it arrives)" if deferred
+            else ""))
         _after_swap(settings, storage, manifest, plan, result, checks, url, identities,
                     as_role, env, progress, on_step, deferred)
         return result

@@ -27,6 +27,7 @@ from prefect_dr.pg import restore as pgr
 from prefect_dr.pg import tools
 from prefect_dr.pg.tools import RestoreChoice
 from prefect_dr.storage.base import Storage
+from prefect_dr.units import human_bytes
 
 log = logging.getLogger(__name__)
 STAGING_PREFIX = "prefect-dr-restore-"
@@ -61,7 +62,8 @@ def read_small_artifacts(storage: Storage, manifest: Manifest,
             continue
         with checks.run("integrity", artifact.name) as out:
             data = decrypt_small(storage, artifact, identities)
-            out["detail"] = f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok"
+            out["detail"] = (f"{human_bytes(artifact.size)}, sha256 ok, decrypted, "
+                             "plaintext sha256 ok")
         if artifact.name == "config":
             with checks.run("export format", artifact.name):
                 export_doc = export.parse(data, f"configuration export of {manifest.backup_id}")
@@ -124,7 +126,8 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
                                           round(time.monotonic() - start, 3), "dump"))
         raise integrity_error
     checks.report.checks.append(Check(
-        "integrity", True, f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok",
+        "integrity", True,
+        f"{human_bytes(artifact.size)}, sha256 ok, decrypted, plaintext sha256 ok",
         round(time.monotonic() - start, 3), "dump"))
     with checks.run("restore", "dump") as out:
         try:
@@ -168,8 +171,8 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
             pipeline.decrypt_from(reader, staged, identities,
                                   compressed=artifact.compression == "zstd",
                                   expect=expected_stats(artifact), progress=progress)
-            out["detail"] = (f"{artifact.size} bytes, sha256 ok, decrypted, plaintext sha256 ok "
-                             f"(staged {artifact.plaintext_size} bytes)")
+            out["detail"] = (f"{human_bytes(artifact.size)}, sha256 ok, decrypted, plaintext "
+                             f"sha256 ok (staged {human_bytes(artifact.plaintext_size)})")
         with checks.run("restore", "dump") as out:
             how = pgr.run_file(url, choice, f"/dev/fd/{fd}", jobs=jobs, role=role,
                                pass_fds=(fd,))

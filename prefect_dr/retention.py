@@ -318,8 +318,9 @@ class Candidate:
                    last_activity=activity, size=entry.size)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {"id": self.id, "kind": self.kind, "status": self.status,
+        """JSON-ready form (``backup_id``, as in every command; ``id`` is its deprecated
+        name, kept for one release: docs/json.md)."""
+        return {"backup_id": self.id, "id": self.id, "kind": self.kind, "status": self.status,
                 "started_at": self.started_at.isoformat(), "verified": self.verified,
                 "labels": dict(self.labels), "size": self.size}
 
@@ -361,8 +362,10 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (used by --json and the golden files)."""
         return {"policy": self.policy.to_text(), "now": self.now.isoformat(),
-                "keep": [{"id": d.id, "reasons": list(d.reasons)} for d in self.keep],
-                "remove": [{"id": d.id, "reasons": list(d.reasons)} for d in self.remove]}
+                "keep": [{"backup_id": d.id, "id": d.id, "reasons": list(d.reasons)}
+                         for d in self.keep],
+                "remove": [{"backup_id": d.id, "id": d.id, "reasons": list(d.reasons)}
+                           for d in self.remove]}
 
 
 def _iso_week(t: dt.datetime) -> str:

@@ -2,16 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from prefect_dr import interrupt
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+#: Who wants to know that an operation is being retried (a live progress line): called with
+#: 'retrying WHAT (attempt N, up to S s)' before each wait, and None once it has succeeded.
+_observers: list[Callable[[str | None], None]] = []
+
+
+@contextlib.contextmanager
+def observed(observer: Callable[[str | None], None]) -> Iterator[None]:
+    """Tell ``observer`` about retries while the block runs."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
+
+
+def _tell(state: str | None) -> None:
+    for observer in list(_observers):
+        with contextlib.suppress(Exception):  # an observer never changes the operation
+            observer(state)
 
 
 def call(
@@ -39,7 +60,7 @@ def call(
     while True:
         began = clock()
         try:
-            return fn()
+            result = fn()
         except Exception as exc:
             attempt += 1
             if not transient(exc):
@@ -56,4 +77,9 @@ def call(
             else:
                 log.debug("%s failed (attempt %d), retrying in %.1fs: %s",
                           what, attempt, delay, type(exc).__name__)
+            _tell(f"retrying {what} (attempt {attempt + 1}, up to {deadline_s:.0f} s)")
             sleep(delay)
+        else:
+            if attempt:
+                _tell(None)
+            return result

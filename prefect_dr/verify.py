@@ -59,6 +59,9 @@ from prefect_dr.trust import Trust, for_settings
 
 RECORD_FORMAT = "prefect-dr-verification"
 log = logging.getLogger(__name__)
+#: The settings verify cannot start without, all reported at once when missing (a database
+#: for the scratch restore too, unless --scratch-url names one).
+NEEDS = ("repository", "age_identity_file")
 
 
 @dataclass

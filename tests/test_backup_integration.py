@@ -30,7 +30,7 @@ def _backup(env: dict[str, str], *args: str) -> dict:
 def _list(env: dict[str, str]) -> dict[str, dict]:
     proc = run_cli(["list", "--json"], env)
     assert proc.returncode == 0, proc.stderr
-    return {b["id"]: b for b in json.loads(proc.stdout)["backups"]}
+    return {b["backup_id"]: b for b in json.loads(proc.stdout)["backups"]}
 
 
 def _fetch(env: dict[str, str], key: str) -> bytes:
@@ -251,7 +251,7 @@ def test_sigkill_never_leaves_a_complete_looking_backup(slow_env: dict[str, str]
     for b in listed.values():
         assert b["status"] in ("incomplete", "complete")
         if b["status"] == "complete":  # finished before the kill: must be whole
-            manifest = json.loads(run_cli(["show", b["id"], "--json"], repo_env).stdout)
+            manifest = json.loads(run_cli(["show", b["backup_id"], "--json"], repo_env).stdout)
             for art in manifest["artifacts"]:
                 head = s3_client(repo_env).head_object(Bucket=repo_env["PREFECT_DR_S3_BUCKET"],
                                                  Key=art["key"])

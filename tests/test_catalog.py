@@ -128,3 +128,24 @@ def test_runtime_counts_are_optional_and_checked() -> None:
     bad["runtime"] = {"flow_runs": -1}
     with pytest.raises(ManifestError, match="runtime must map names to counts"):
         parse(json.dumps(bad).encode())
+
+
+def test_a_unique_prefix_or_the_suffix_names_a_backup() -> None:
+    s = _store()
+    a2 = "20261101T120000Z-abcdef"
+    s.put_bytes(LAY.artifact(a2, MANIFEST), _manifest(a2).to_json())
+    assert catalog.resolve(s, LAY, "20261102").backup_id == B  # the date alone: one backup
+    assert catalog.resolve(s, LAY, "20261101T0").backup_id == A
+    assert catalog.resolve(s, LAY, "aaaaaa").backup_id == A  # the random suffix alone
+    assert catalog.resolve(s, LAY, "-abcdef").backup_id == a2
+    assert catalog.select_one(s, LAY, "bbbbbb", latest=False, kind=None).backup_id == B
+    with pytest.raises(UsageError, match=f"names 2 backups: {A}, {a2}") as ambiguous:
+        catalog.resolve(s, LAY, "20261101")
+    assert ambiguous.value.exit_code == 2
+    with pytest.raises(NotFoundError, match="no backup id starting with 20261103"):
+        catalog.resolve(s, LAY, "20261103")
+    with pytest.raises(NotFoundError, match="no backup id ending in cccccc"):
+        catalog.resolve(s, LAY, "cccccc")
+    for short in ("2026110", "aaaaa", "20261101X", "AAAAAA"):  # too short, or no id's start
+        with pytest.raises(NotFoundError, match="is not a backup id: give a whole id"):
+            catalog.resolve(s, LAY, short)

@@ -50,7 +50,7 @@ def test_usage_errors_are_one_line_and_json_with_json() -> None:
 
 def test_no_command_prints_the_help_and_exits_2() -> None:
     proc = run_cli([], _env())
-    assert proc.returncode == 2 and "Commands" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Back up:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_config_error_exit_code_and_one_line(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_json_mode_reports_errors_as_json(tmp_path: Path) -> None:
     proc = run_cli(["--json", "--config", str(tmp_path / "missing.toml"), "config", "show"],
                    _env())
     assert proc.returncode == 2
-    assert json.loads(proc.stdout) == {"ok": False, "exit_code": 2,
+    assert json.loads(proc.stdout) == {"ok": False, "schema_version": 1, "exit_code": 2,
                                        "error": proc.stderr.split("error: ", 1)[1].strip()}
 
 

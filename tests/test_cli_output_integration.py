@@ -1,4 +1,4 @@
-"""The CLI at a terminal and in a pipe (issue 13): tables fit 80 and 100 columns without
+"""The CLI at a terminal and in a pipe (issues 13, 23): tables fit 80 and 120 columns without
 splitting an id or a time, global options work after the command, progress lines carry their
 figures without a terminal, and a closed pipe ends quietly."""
 
@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import clean_cli_env, run_cli
+from conftest import clean_cli_env, clone_prefect_db, drop_db, run_cli
+from terminal import in_terminal
 
 pytestmark = pytest.mark.integration
 SHORT_TIME = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}")
@@ -35,12 +36,23 @@ def repo(stack_env: dict[str, str], identity: tuple[Path, str]) -> Iterator[dict
     yield env
 
 
-@pytest.mark.parametrize("width", [80, 100])
+class _Screen:
+    """The result of a command in a pseudo-terminal, shaped as run_cli's."""
+
+    def __init__(self, code: int, text: str) -> None:
+        self.returncode, self.stdout, self.stderr = code, text, text
+
+
+def _at(width: int, args: list[str], env: dict[str, str]) -> _Screen:
+    return _Screen(*in_terminal(args, env, width))
+
+
+@pytest.mark.parametrize("width", [80, 120])
 def test_tables_fit_the_terminal_and_never_split_an_id_or_a_time(repo: dict[str, str],
                                                                   width: int) -> None:
-    env = dict(repo, COLUMNS=str(width))
+    env = repo
     ids = repo["_IDS"].split(",")
-    listed = run_cli(["list"], env)
+    listed = _at(width, ["list"], env)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert all(len(line) <= width for line in lines), listed.stdout
@@ -50,21 +62,21 @@ def test_tables_fit_the_terminal_and_never_split_an_id_or_a_time(repo: dict[str,
         assert "ago" in row or width < 90, row
     assert "UTC" in lines[0]  # the header says which time zone the times are in
 
-    shown = run_cli(["show", ids[0]], env)
+    shown = _at(width, ["show", ids[0]], env)
     assert shown.returncode == 0, shown.stderr
     assert all(len(line) <= width for line in shown.stdout.splitlines()), shown.stdout
     assert any(ids[0] in line for line in shown.stdout.splitlines())
     started = [line for line in shown.stdout.splitlines() if line.strip().startswith("started")]
     assert started and SHORT_TIME.search(started[0]), shown.stdout
 
-    status = run_cli(["status", "--cron", "0 2 * * *"], env)
+    status = _at(width, ["status", "--cron", "0 2 * * *"], env)
     assert status.returncode == 0, status.stdout + status.stderr
     status_lines = status.stdout.splitlines()
     assert all(len(line) <= width for line in status_lines), status.stdout
     [row] = [line for line in status_lines if line.startswith("full backup")]
     assert "ok" in row
 
-    wide = run_cli(["list", "--wide"], env)
+    wide = _at(width, ["list", "--wide"], env)
     assert "trigger=nightly-schedule" in wide.stdout and "team=data-platform" in wide.stdout
 
 
@@ -113,3 +125,28 @@ def test_a_closed_pipe_ends_quietly(repo: dict[str, str]) -> None:
         os.close(write_end)
     assert proc.returncode == 0, proc.stderr
     assert "error" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_restore_prompt_stands_on_its_own(repo: dict[str, str], width: int) -> None:
+    """Issue 23: the prompt came after 75 lines of plan, the line saying what is renamed had
+    scrolled away, and nothing said the backup's age, that nothing had changed yet, that the
+    live database is kept, or how to undo it. A wrong name: nothing changes, exit 2."""
+    full = repo["_IDS"].split(",")[0]
+    name = f"dr_prompt_{uuid.uuid4().hex[:8]}"
+    target = clone_prefect_db(repo, name)
+    try:
+        code, screen = in_terminal(["restore", full[-6:], "--target-url", target], repo,
+                                   width, answer=("to go on:", "not-the-name"))
+    finally:
+        drop_db(repo, name)
+    assert code == 2, screen
+    lines = [line for line in screen.splitlines() if line.strip()]
+    prompt = next(i for i, line in enumerate(lines) if "to go on" in line)
+    above = " ".join(lines[max(0, prompt - 8):prompt + 1])
+    assert f"About to restore backup {full} (full, taken" in above and " ago)" in above
+    assert f"renamed: {name} -> {name}_pre_restore_" in above
+    assert "Nothing has changed yet." in above and "'prefect-dr rollback' undoes" in above
+    assert f"The live database is kept as {name}_pre_restore_" in above
+    assert "not confirmed; nothing changed" in screen
+    assert all(len(line) <= width for line in lines[prompt - 6:prompt]), screen

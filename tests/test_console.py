@@ -42,8 +42,25 @@ def test_progress_figures_have_rate_percent_and_eta() -> None:
     text = console.describe_progress({"downloaded": 50 * 2**20, "restored": 120 * 2**20},
                                      10.0, "downloaded", 100 * 2**20)
     assert "downloaded 50.0 MiB of 100.0 MiB" in text and "5.0 MiB/s" in text
-    assert "50%" in text and "ETA 10s" in text and "restored 120.0 MiB" in text
+    assert "50%" in text and "ETA 0:10" in text and "restored 120.0 MiB" in text
+    assert "elapsed 0:10" in text
     assert "0 B/s" not in console.describe_progress({"dumped": 1 << 20}, 1.0, "dumped", None)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_live_progress_line_fits_and_labels_its_timers(width: int) -> None:
+    """Issue 23: the bar wrapped past 80 columns, its timers were unlabelled, MB and MiB were
+    mixed, and a retry looked like a hang."""
+    counters = {"downloaded": 21 * 2**20, "restored": 160 * 2**20}
+    line = console.progress_line(counters, 75.0, "downloaded", 42 * 2**20, width - 1)
+    assert len(line) <= width - 1 and "━" in line
+    assert line.startswith("downloaded 21.0 MiB of 42.0 MiB") and "50%" in line
+    assert "elapsed 1:15" in line and "ETA 1:15" in line and " MB" not in line
+    retrying = console.progress_line({"dumped": 0}, 130.0, "dumped", None, width - 1,
+                                     "retrying S3 upload (attempt 3, up to 120 s)")
+    assert retrying == ("dumped 0 B  retrying S3 upload (attempt 3, up to 120 s)  elapsed "
+                        "2:10")
+    assert len(console.progress_line(counters, 5.0, "downloaded", 2**40, 40)) <= 40
 
 
 def test_log_lines_on_a_terminal_carry_iso_dates() -> None:
@@ -69,6 +86,7 @@ def test_global_options_move_in_front_of_the_command(argv: list[str],
 def test_explanations_wrap_at_spaces_and_nothing_else_does(capsys: pytest.CaptureFixture[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "60")
+    monkeypatch.setattr(console, "stdout_is_terminal", lambda: True)
     reason = "refusing to restore config-only backup 20261201T142205Z-a1b2c3 over prefect: " \
              "its run history would be lost (flow_run 12 rows)"
     console.table("Preflight", [Column("check"), Column("status"), Column("detail", wrap=True)],
@@ -77,3 +95,26 @@ def test_explanations_wrap_at_spaces_and_nothing_else_does(capsys: pytest.Captur
     assert all(len(line) <= 60 for line in out.splitlines())
     assert "20261201T142205Z-a1b2c3" in out and "rows)" in out  # whole words, all of them
     assert "…" not in out
+
+
+def test_off_a_terminal_tables_are_whole_rows_one_per_line(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pipe, a file, cron: nothing cut, nothing padded, every column, an empty cell as '-'
+    (issue 23: `prefect-dr list | grep pre-upgrade` found nothing)."""
+    monkeypatch.setenv("COLUMNS", "40")
+    long_label = "trigger=pre-upgrade,team=data-platform,ticket=OPS-12345"
+    console.table("Backups (times UTC)", [Column("id"), Column("size", 3, justify="right"),
+                                          Column("labels", 6, truncate=True)],
+                  [("20261201T142205Z-a1b2c3", "1.5 KiB", long_label),
+                   ("20261202T142205Z-d4e5f6", "12.0 MiB", "")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["Backups (times UTC)",
+                     "id                            size   labels",
+                     f"20261201T142205Z-a1b2c3    1.5 KiB   {long_label}",
+                     "20261202T142205Z-d4e5f6   12.0 MiB   -"]
+    console.show_headers(False)
+    try:
+        console.table("T", [Column("a"), Column("b")], [("x", "y z")])
+    finally:
+        console.show_headers(True)
+    assert capsys.readouterr().out == "x   y z\n"

@@ -32,7 +32,7 @@ def _backup(env: dict[str, str], *args: str) -> dict:
 def _list(env: dict[str, str]) -> dict[str, dict]:
     proc = run_cli(["--json", "list"], env)
     assert proc.returncode == 0, proc.stderr
-    return {b["id"]: b for b in _json(proc)["backups"]}
+    return {b["backup_id"]: b for b in _json(proc)["backups"]}
 
 
 def _with_failpoint(args: list[str], env: dict[str, str], spec: str, sig: str = "KILL",
@@ -100,7 +100,7 @@ def _dry_plan(env: dict[str, str], *args: str) -> dict:
 def _prune(env: dict[str, str], *args: str) -> dict[str, dict]:
     proc = run_cli(["--json", "prune", *args], env)
     assert proc.returncode == 0, proc.stderr
-    return {b["id"]: b for b in _json(proc)["backups"]}
+    return {b["backup_id"]: b for b in _json(proc)["backups"]}
 
 
 def test_prune_keeps_what_a_backfill_needs_and_only_whole_backups_count(
@@ -226,7 +226,8 @@ def test_latest_word_show_of_an_incomplete_backup_and_smoke_setup(
         Key=f"{clone['PREFECT_DR_S3_PREFIX']}/v1/backups/{broken}/db.dump.zst.age")
     shown = run_cli(["--json", "show", broken], clone)
     assert shown.returncode == 10
-    assert _json(shown) == {"ok": False, "exit_code": 10, "error": _json(shown)["error"]}
+    assert _json(shown) == {"ok": False, "schema_version": 1, "exit_code": 10,
+                            "error": _json(shown)["error"]}
     assert "incomplete" in _json(shown)["error"]
 
     old_prefect = Path(__file__).resolve().parent.parent / ".cache/prefect/3.4.25/bin/python"

@@ -38,7 +38,7 @@ def _backup(env: dict[str, str], *args: str) -> str:
 def _listed(env: dict[str, str]) -> list[str]:
     proc = run_cli(["list", "--json"], env)
     assert proc.returncode == 0, proc.stderr
-    return [b["id"] for b in json.loads(proc.stdout)["backups"]]
+    return [b["backup_id"] for b in json.loads(proc.stdout)["backups"]]
 
 
 def _one_error_line(stderr: str) -> str:
@@ -72,7 +72,7 @@ def test_latest_is_full_and_a_config_only_backup_cannot_erase_history(
     shown = run_cli(["show", "--latest", "--kind", "config-only", "--json"], env)
     assert json.loads(shown.stdout)["backup_id"] == config_id
     listed = run_cli(["list", "--kind", "config-only", "--json"], env)
-    assert [b["id"] for b in json.loads(listed.stdout)["backups"]] == [config_id]
+    assert [b["backup_id"] for b in json.loads(listed.stdout)["backups"]] == [config_id]
     verified = run_cli(["verify", "--latest", "--json"], env)
     assert verified.returncode == 0, verified.stderr
     assert [r["backup_id"] for r in json.loads(verified.stdout)["reports"]] == [full_id]
@@ -225,8 +225,8 @@ def test_block_key_recovers_the_key_from_the_dump_and_from_escrow(
     out = tmp_path / "key"
     proc = run_cli(["block-key", "--latest", "-o", str(out), "--json"], env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout) == {"ok": True, "backup_id": in_dump, "source": "dump",
-                                       "file": str(out)}
+    assert json.loads(proc.stdout) == {"ok": True, "schema_version": 1, "backup_id": in_dump,
+                                       "source": "dump", "file": str(out)}
     assert out.read_text().strip() == key
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert key not in proc.stdout + proc.stderr

@@ -154,3 +154,9 @@ def test_a_client_program_sees_only_what_libpq_needs() -> None:
     assert clean == "postgresql://u@h/db"
     assert env == {"PATH": "/usr/bin", "HOME": "/root", "LC_ALL": "C.UTF-8",
                    "PGSSLMODE": "require", "PGPASSWORD": "pw", "PGCONNECT_TIMEOUT": "10"}
+
+
+def test_install_hints_are_true_on_debian() -> None:
+    """Issue 23: 'Debian: postgresql-client-18' named a package Debian 12 does not have."""
+    assert "PostgreSQL apt repository" in tools._install_hint(18)
+    assert "Debian bookworm (12): apt-get install postgresql-client-15" in tools._install_hint(15)

@@ -171,7 +171,7 @@ def test_object_lock_skips_the_whole_backup_and_reports_it() -> None:
         assert not any(k.startswith(LAYOUT.backup_dir(fake.id)) for k in storage.deleted)
     listed = {e.backup_id: e.status for e in catalog.list_backups(storage, LAYOUT)}
     assert listed[fakes[0].id] == listed[fakes[1].id] == "complete"
-    rows = {r["id"]: r for r in result.rows()}
+    rows = {r["backup_id"]: r for r in result.rows()}
     assert rows[fakes[1].id]["action"] == "locked"
     assert "COMPLIANCE until" in rows[fakes[1].id]["reasons"][-1]
     assert result.counts["skipped_locked"] == 2 and result.finished
@@ -430,7 +430,7 @@ def test_real_backups_are_pruned_whole(cli_env: dict[str, str], tmp_path: Path) 
         assert [r.decision.id for r in result.removed] == ids[:2]
         assert {k.split("/")[3] for k in _s3_keys(storage, layout)} == {ids[2]}
         proc = run_cli(["list", "--json"], env)
-        assert [b["id"] for b in json.loads(proc.stdout)["backups"]] == [ids[2]]
+        assert [b["backup_id"] for b in json.loads(proc.stdout)["backups"]] == [ids[2]]
     finally:
         for info in list(storage.list(layout.root)):
             storage.delete(info.key)

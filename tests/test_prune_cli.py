@@ -28,14 +28,15 @@ def test_prune_cli_dry_run_then_real(cli_env: dict[str, str]) -> None:
     policy_env = dict(env, PREFECT_DR_RETENTION_CONFIG_ONLY="keep-last=1")
     dry = run_cli(["prune", "--dry-run", "--json"], policy_env)
     assert dry.returncode == 0, dry.stderr
-    actions = {r["id"]: r["action"] for r in json.loads(dry.stdout)["backups"]}
+    actions = {r["backup_id"]: r["action"] for r in json.loads(dry.stdout)["backups"]}
     # newest kept by keep-last, oldest kept as the newest verified, the middle one removed
     assert actions == {ids[2]: "keep", ids[1]: "remove", ids[0]: "keep"}
-    listed = {b["id"] for b in json.loads(run_cli(["list", "--json"], env).stdout)["backups"]}
+    listed = {b["backup_id"]
+              for b in json.loads(run_cli(["list", "--json"], env).stdout)["backups"]}
     assert listed == set(ids)  # dry run deleted nothing
 
     real = run_cli(["prune", "--json"], policy_env)
     assert real.returncode == 0, real.stderr
     assert json.loads(real.stdout)["counts"]["removed"] == 1
     listed = json.loads(run_cli(["list", "--json"], env).stdout)["backups"]
-    assert {b["id"]: b["status"] for b in listed} == {ids[2]: "complete", ids[0]: "complete"}
+    assert {b["backup_id"]: b["status"] for b in listed} == {ids[2]: "complete", ids[0]: "complete"}

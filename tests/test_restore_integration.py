@@ -87,7 +87,7 @@ def test_restore_then_rollback_round_trip(clone: dict[str, str]) -> None:
     assert any("Restart every Prefect server" in s for s in result["next_steps"])
     assert result["safety_backup_id"]
     listed = json.loads(run_cli(["list", "--json"], env).stdout)["backups"]
-    safety = next(b for b in listed if b["id"] == result["safety_backup_id"])
+    safety = next(b for b in listed if b["backup_id"] == result["safety_backup_id"])
     assert safety["labels"] == {"safety": "pre-restore", "restore-of": backup_id, "database": db}
 
     with PrefectServer(url) as server:  # a restarted server sees the backed-up state

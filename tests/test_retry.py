@@ -123,3 +123,24 @@ def test_the_read_deadline_is_a_setting():
     assert proc.returncode == 1
     assert time.monotonic() - start < 8  # no retry at all: one refused connection
     assert "WARNING" not in proc.stderr and "cannot reach the S3 endpoint" in proc.stderr
+
+
+def test_observers_see_each_retry_and_the_recovery() -> None:
+    """The live progress line shows 'retrying WHAT (attempt N, up to S s)' (issue 23: a store
+    being retried looked like a hang), and clears it once the operation succeeds."""
+    clock, seen = FakeClock(), []
+    attempts = iter([ConnectionError("down"), ConnectionError("down"), None])
+
+    def flaky() -> str:
+        error = next(attempts)
+        if error:
+            raise error
+        return "done"
+
+    with retry.observed(seen.append):
+        assert retry.call(flaky, transient=lambda e: True, what="S3 upload part 1",
+                          deadline_s=15, sleep=clock.sleep, clock=clock) == "done"
+    assert seen == ["retrying S3 upload part 1 (attempt 2, up to 15 s)",
+                    "retrying S3 upload part 1 (attempt 3, up to 15 s)", None]
+    retry.call(lambda: 1, transient=lambda e: True, what="x", sleep=clock.sleep, clock=clock)
+    assert len(seen) == 3  # no longer observed

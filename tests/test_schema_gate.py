@@ -92,6 +92,8 @@ def test_rehearsal_renders_slowest_first(capsys) -> None:
                                 ok=True)
     render.rehearsal(result)
     out = capsys.readouterr().out
-    assert "Migrations (slowest first)" in out and "c -> e" in out
+    assert "Migrations (slowest first; times are estimates" in out and "c -> e" in out
+    assert "est. seconds" in out
+    assert result.to_dict()["step_times"].startswith("estimated")
     rows = [ln.split()[0] for ln in out.splitlines() if ln[:2] in ("d ", "e ")]
     assert rows == ["e", "d"]  # 3 s before 1 s

@@ -141,7 +141,7 @@ class Run:
                     for t in tables}
 
     def listed(self) -> dict[str, dict]:
-        return {b["id"]: b for b in json.loads(self.cli("list").stdout)["backups"]}
+        return {b["backup_id"]: b for b in json.loads(self.cli("list").stdout)["backups"]}
 
     def manifest_counts(self, backup_id: str) -> dict[str, int]:
         shown = json.loads(self.cli("show", backup_id).stdout)
@@ -190,7 +190,7 @@ class Run:
         kind = self.rng.choice(["full", "config-only"])
         doc = json.loads(self.cli("prune", "--kind", kind, *policy, *extra).stdout)
         self.model.figures["prunes"] += 1
-        removed = {b["id"] for b in doc["backups"] if b["action"] == "remove"}
+        removed = {b["backup_id"] for b in doc["backups"] if b["action"] == "remove"}
         if self.model.unfinished:  # I1
             assert self.model.unfinished not in removed, self.where(
                 f"prune removed {self.model.unfinished}, which the backfill needs")

@@ -89,3 +89,23 @@ def test_config_only_backups_never_stand_in_for_full_ones() -> None:
     assert not none_full.ok
     assert none_full.items[0].detail.startswith("no complete full backup")
     assert none_full.items[1].detail == "no verification of a full backup recorded"
+
+
+def test_without_a_schedule_the_newest_backup_must_be_younger_than_the_maximum_age() -> None:
+    """Issue 23: without a schedule, a backup of any age was green, silently."""
+    day_old = [_entry("a", NOW - dt.timedelta(hours=25))]
+    fresh = status.evaluate(day_old, backup_cron=None, verify_cron=None,
+                            grace=dt.timedelta(hours=1), now=NOW)
+    assert fresh.ok and fresh.items[0].rule.startswith("no backup schedule: at most 26h old")
+    old = [_entry("a", NOW - dt.timedelta(hours=27))]
+    stale = status.evaluate(old, backup_cron=None, verify_cron=None,
+                            grace=dt.timedelta(hours=1), now=NOW)
+    assert not stale.ok and "older than 26h" in stale.items[0].detail
+    weekly = status.evaluate(old, backup_cron=None, verify_cron=None,
+                             grace=dt.timedelta(hours=1), now=NOW,
+                             max_age=dt.timedelta(days=8))
+    assert weekly.ok and weekly.items[0].rule == "no backup schedule: at most 8d old"
+    scheduled = status.evaluate(old, backup_cron="0 */6 * * *", verify_cron=None,
+                                grace=dt.timedelta(hours=1), now=NOW)
+    assert scheduled.items[0].rule == "schedule '0 */6 * * *', grace 1h"
+    assert "rule" in scheduled.to_dict()["items"][0]

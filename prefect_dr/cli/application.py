@@ -29,6 +29,7 @@ from typing import Annotated, Any
 import typer
 
 from prefect_dr import __version__, config, console, errors, interrupt, log, redact
+from prefect_dr.cli import helptext
 
 logger = logging.getLogger("prefect_dr")
 
@@ -45,6 +46,8 @@ class GlobalOption:
 GLOBAL_OPTIONS: tuple[GlobalOption, ...] = (
     GlobalOption(("--config",), "PATH", "TOML settings file (also PREFECT_DR_CONFIG)."),
     GlobalOption(("--json",), None, "Machine-readable JSON on stdout."),
+    GlobalOption(("--no-headers",), None,
+                 "Tables without their title and header line (for scripts)."),
     GlobalOption(("--log-format",), "auto|text|json",
                  "auto (text on a terminal, JSON lines otherwise), text or json."),
     GlobalOption(("-v", "--verbose"), None, "Debug logs and tracebacks."),
@@ -98,19 +101,26 @@ def hoist_globals(argv: list[str]) -> list[str]:
     return front + rest
 
 
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="prefect-dr",
     help="Disaster recovery for self-hosted Prefect servers: encrypted, verified backups to S3, "
-         "restores you can undo.",
+         "restores you can undo. New here? 'prefect-dr keygen', then 'prefect-dr doctor' "
+         "(README: quick start).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
     rich_markup_mode=None,
+    cls=helptext.TaskGroup,
+    context_settings=HELP_OPTIONS,
 )
-config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True,
+                         context_settings=HELP_OPTIONS)
 app.add_typer(config_app, name="config")
-k8s_app = typer.Typer(help="Kubernetes objects for running prefect-dr.", no_args_is_help=True)
+k8s_app = typer.Typer(help="Kubernetes objects for running prefect-dr.", no_args_is_help=True,
+                      context_settings=HELP_OPTIONS)
 app.add_typer(k8s_app, name="k8s")
+_GROUPS = {id(config_app): "config ", id(k8s_app): "k8s "}
 
 
 class PipeClosed(Exception):
@@ -130,7 +140,9 @@ def command(typer_app: typer.Typer = app, name: str | None = None
             except BrokenPipeError:
                 raise PipeClosed() from None
 
-        return typer_app.command(name, epilog=GLOBALS_EPILOG)(run)
+        path = _GROUPS.get(id(typer_app), "") + (name or fn.__name__.replace("_", "-"))
+        return typer_app.command(name, cls=helptext.WordsCommand,
+                                 epilog=helptext.examples_epilog(path) + GLOBALS_EPILOG)(run)
 
     return register
 
@@ -186,6 +198,8 @@ def main_options(
     config_file: Annotated[Path | None, typer.Option(
         "--config", envvar=config.CONFIG_ENV, help=_HELP["--config"])] = None,
     json_output: Annotated[bool, typer.Option("--json", help=_HELP["--json"])] = False,
+    no_headers: Annotated[bool, typer.Option("--no-headers", help=_HELP["--no-headers"])
+                          ] = False,
     log_format: Annotated[LogFormat, typer.Option(
         "--log-format", help=_HELP["--log-format"], case_sensitive=False)] = LogFormat.auto,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help=_HELP["--verbose"])] = False,
@@ -220,6 +234,7 @@ def main_options(
     state.run = metrics.RunMetrics(ctx.invoked_subcommand or "none", time.time())
     state.config_file = config_file
     state.json = json_output
+    console.show_headers(not no_headers)
     state.verbose = verbose
     state.flags = {
         "repository": (repository, "--repository"),
@@ -429,4 +444,10 @@ def _report(exc: errors.DRError) -> None:
         sys.stderr.write(redact.redact(traceback.format_exc()))
     if state.json:
         console.print_json({"ok": False, "error": exc.message, "exit_code": exc.exit_code})
-    console.error(exc.message)
+    problems = getattr(exc, "problems", None)
+    if problems and len(problems) > 1 and sys.stderr.isatty():  # a person: as a list
+        console.error(exc.message.split(": ", 1)[0] + ":")
+        for problem in problems:
+            console.info(f"  - {problem}")
+        return
+    console.error(exc.message)  # a script or a log: one line

@@ -13,7 +13,10 @@ from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
     AllowUnsignedFlag,
+    AnyKindFlag,
+    BackupArg,
     KindFlag,
+    OutputFlag,
     WideFlag,
     json_mode,
     layout,
@@ -24,6 +27,7 @@ from prefect_dr.cli.common import (
     storage,
     trust,
     verify_key,
+    wide_wanted,
 )
 from prefect_dr.kinds import Kind
 
@@ -49,6 +53,7 @@ def backup(
 
     state.run.labels["kind"] = kind.value
     current = settings()
+    current.require(*backup_mod.NEEDS)  # every missing setting at once, the repository too
     request = backup_mod.Request(kind=kind.value, labels=parse_labels(label or []),
                                  allow_undecryptable_blocks=allow_undecryptable_blocks)
     repo = storage()
@@ -96,7 +101,7 @@ def _copy(source: Any, target: Any, backup_id: str) -> Any:
 
 @command(name="copy")
 def copy_cmd(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
+    backup_id: BackupArg = None,
     to: Annotated[str | None, typer.Option(
         "--to", metavar="URL", help="Target repository: s3://, file://, azure:// or gs://.")
     ] = None,
@@ -108,6 +113,7 @@ def copy_cmd(
     kind: KindFlag = None,
     wide: WideFlag = False,
     allow_unsigned: AllowUnsignedFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """Copy complete backups to another repository (checksums verified while copying, the
     manifest written last, already copied backups skipped; safe to rerun after a kill)."""
@@ -138,7 +144,7 @@ def copy_cmd(
     if json_mode():
         console.print_json(result.to_dict())
     else:
-        render.copies(result, wide=wide)
+        render.copies(result, wide=wide_wanted(wide, output))
     problem = copy_mod.failed(result)
     if problem is not None:
         raise problem
@@ -149,6 +155,7 @@ def list_cmd(
     kind: Annotated[Kind | None, typer.Option("--kind", help="Only backups of this kind.")
                     ] = None,
     wide: WideFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """List backups with their status, size, labels and newest verification."""
     from prefect_dr import catalog
@@ -159,16 +166,17 @@ def list_cmd(
     if json_mode():
         console.print_json({"backups": [e.to_dict() for e in entries]})
         return
-    render.backups(entries, wide=wide)
+    render.backups(entries, wide=wide_wanted(wide, output))
 
 
 @command()
 def show(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id.")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     kind: KindFlag = None,
     wide: WideFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """Print a backup's manifest."""
     entry = select(backup_id, latest, kind, read_only=True)
@@ -179,16 +187,16 @@ def show(
     if json_mode():
         console.print_json(entry.manifest.to_dict())
         return
-    render.manifest(entry.manifest, wide=wide)
+    render.manifest(entry.manifest, wide=wide_wanted(wide, output))
 
 
 @command(name="block-key")
 def block_key_cmd(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: either kind).")
     ] = False,
-    kind: KindFlag = None,
+    kind: AnyKindFlag = None,
     output: Annotated[str | None, typer.Option(
         "--output", "-o", help="New file (mode 0600, never overwritten) for the key; '-' "
         "writes it to stdout.")] = None,
@@ -203,7 +211,7 @@ def block_key_cmd(
     if output == "-" and json_mode():
         raise errors.UsageError("-o - writes the key itself to stdout; it cannot go with --json")
     current = settings()
-    current.require("age_identity_file")
+    current.require("repository", "age_identity_file")
     identities = crypto.load_identities(Path(current.age_identity_file))
     repo = storage()
     trusted_by = trust(repo, allow_unsigned)

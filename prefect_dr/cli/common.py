@@ -11,6 +11,10 @@ from prefect_dr import config, errors, interrupt
 from prefect_dr.cli.application import state
 from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 
+BACKUP_HELP = ("A backup id, its first 8 or more characters (20261126T15) or its random "
+               "suffix (a1b2c3)")
+BackupArg = Annotated[str | None, typer.Argument(
+    metavar="BACKUP", help=BACKUP_HELP + "; or 'latest' (--latest).")]
 KindFlag = Annotated[Kind | None, typer.Option(
     "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
     "default is full).")]
@@ -20,6 +24,22 @@ AllowUnsignedFlag = Annotated[bool, typer.Option(
     "--allow-unsigned", help="Accept a manifest that is unsigned or signed by a key not in "
     "PREFECT_DR_VERIFY_KEY (unauthenticated: anyone who can write to the repository could "
     "have made it). A signature that does not match is refused even so.")]
+AnyKindFlag = Annotated[Kind | None, typer.Option(
+    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
+    "default is either kind).")]
+WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column whole, even past "
+                                                       "the terminal's width.")]
+OutputFlag = Annotated[str | None, typer.Option(
+    "-o", "--output", metavar="wide", help="-o wide is --wide (as kubectl's).")]
+
+
+def wide_wanted(wide: bool, output: str | None) -> bool:
+    """Whether the table is wanted whole: ``--wide`` or ``-o wide``. Raises UsageError for
+    another ``-o`` value."""
+    if output is not None and output != "wide":
+        raise errors.UsageError(f"-o {output}: the only output format is 'wide' (use --json "
+                                "for JSON)")
+    return wide or output == "wide"
 
 
 def json_mode() -> bool:

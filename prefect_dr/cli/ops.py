@@ -11,7 +11,16 @@ import typer
 from prefect_dr import console, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
-from prefect_dr.cli.common import WideFlag, json_mode, layout, settings, storage, verify_key
+from prefect_dr.cli.common import (
+    OutputFlag,
+    WideFlag,
+    json_mode,
+    layout,
+    settings,
+    storage,
+    verify_key,
+    wide_wanted,
+)
 from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
 
 logger = logging.getLogger("prefect_dr")
@@ -21,11 +30,16 @@ logger = logging.getLogger("prefect_dr")
 def prune(
     keep_last: Annotated[int | None, typer.Option("--keep-last", help="Keep the N newest.")
                          ] = None,
-    keep_hourly: Annotated[int | None, typer.Option("--keep-hourly")] = None,
-    keep_daily: Annotated[int | None, typer.Option("--keep-daily")] = None,
-    keep_weekly: Annotated[int | None, typer.Option("--keep-weekly")] = None,
-    keep_monthly: Annotated[int | None, typer.Option("--keep-monthly")] = None,
-    keep_yearly: Annotated[int | None, typer.Option("--keep-yearly")] = None,
+    keep_hourly: Annotated[int | None, typer.Option(
+        "--keep-hourly", help="Keep the newest backup of each of the last N hours.")] = None,
+    keep_daily: Annotated[int | None, typer.Option(
+        "--keep-daily", help="Keep the newest backup of each of the last N days.")] = None,
+    keep_weekly: Annotated[int | None, typer.Option(
+        "--keep-weekly", help="Keep the newest backup of each of the last N weeks.")] = None,
+    keep_monthly: Annotated[int | None, typer.Option(
+        "--keep-monthly", help="Keep the newest backup of each of the last N months.")] = None,
+    keep_yearly: Annotated[int | None, typer.Option(
+        "--keep-yearly", help="Keep the newest backup of each of the last N years.")] = None,
     keep_within: Annotated[str | None, typer.Option(
         "--keep-within", help="Keep all within DURATION of the newest backup.")] = None,
     keep_label: Annotated[list[str] | None, typer.Option(
@@ -43,6 +57,7 @@ def prune(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan only; delete nothing.")
                        ] = False,
     wide: WideFlag = False,
+    output: OutputFlag = None,
 ) -> None:
     """Remove backups a retention policy no longer keeps (GFS, restic semantics), safely."""
     from prefect_dr import durations, retention
@@ -70,7 +85,7 @@ def prune(
     if json_mode():
         console.print_json({"ok": True, **result.to_dict()})
     else:
-        render.prune(result, dry_run=dry_run, wide=wide)
+        render.prune(result, dry_run=dry_run, wide=wide_wanted(wide, output))
         c = result.counts
         verb = "would remove" if dry_run else "removed"
         console.info(f"kept {c['kept']}, {verb} {c['removed']} backups "
@@ -100,9 +115,14 @@ def status(
     kind: Annotated[Kind, typer.Option(
         "--kind", help="Judge backups (and verifications of backups) of this kind only.")
     ] = DEFAULT_LATEST_KIND,
+    max_age: Annotated[str | None, typer.Option(
+        "--max-age", metavar="DURATION", help="Without a backup schedule, how old the newest "
+        "backup may be (default 26h); given, it is the rule even when a schedule is "
+        "configured.")] = None,
 ) -> None:
     """Exit 15 when the newest backup or verification of --kind (default full) is older than
-    its schedule allows."""
+    its schedule allows (without a schedule: older than --max-age, 26h by default). Each row
+    names the rule it applied."""
     from prefect_dr import catalog, durations
     from prefect_dr import status as status_mod
 
@@ -110,8 +130,11 @@ def status(
     cron = cron or current.backup_cron
     verify_cron = verify_cron or current.verify_cron
     grace = grace or current.status_grace or "1h"
+    if max_age and cron and cron != current.backup_cron:
+        raise errors.UsageError("give --cron or --max-age, not both")
     try:
         window = durations.parse(grace)
+        age_limit = durations.parse(max_age) if max_age else None
         for expr in (cron, verify_cron):
             if expr:
                 status_mod.validate_cron(expr)
@@ -119,7 +142,8 @@ def status(
         raise errors.UsageError(str(exc)) from None
     entries = catalog.list_backups(storage(read_only=True), layout(), verify_key=verify_key())
     report = status_mod.evaluate(entries, backup_cron=cron, verify_cron=verify_cron,
-                                 grace=window, now=dt.datetime.now(dt.UTC), kind=kind)
+                                 grace=window, now=dt.datetime.now(dt.UTC), kind=kind,
+                                 max_age=age_limit)
     if json_mode():
         console.print_json(report.to_dict())
     else:

@@ -11,6 +11,7 @@ from prefect_dr.cli import render
 from prefect_dr.cli.application import command
 from prefect_dr.cli.common import (
     AllowUnsignedFlag,
+    BackupArg,
     KindFlag,
     json_mode,
     select,
@@ -23,7 +24,7 @@ from prefect_dr.cli.common import (
 
 @command(name="rehearse-upgrade")
 def rehearse_upgrade(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     kind: KindFlag = None,

@@ -12,8 +12,8 @@ from prefect_dr.console import Column, ago, human_bytes, short_time
 UTC_NOTE = "times UTC"
 
 
-def _labels(labels: dict[str, str]) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+def _labels(labels: dict[str, str], sep: str = ",") -> str:
+    return sep.join(f"{k}={v}" for k, v in sorted(labels.items()))
 
 
 def backups(entries: list[Any], *, wide: bool = False) -> None:
@@ -26,13 +26,14 @@ def backups(entries: list[Any], *, wide: bool = False) -> None:
             verified = f"{e.source_verification.get('result', '')} at the source"
         duration = f"{e.duration_s:.0f}s" if e.duration_s is not None else ""
         rows.append((e.backup_id, e.kind or "", e.status, short_time(e.started_at),
-                     ago(e.started_at, now), duration, human_bytes(e.size), _labels(e.labels),
+                     ago(e.started_at, now), duration, human_bytes(e.size),
+                     _labels(e.labels, ", " if console.stdout_is_terminal() else ","),
                      verified or (e.error or "")))
     console.table(f"Backups ({UTC_NOTE})", [
         Column("id"), Column("kind"), Column("status"), Column("started"),
-        Column("age", priority=2), Column("took", priority=5, justify="right"),
-        Column("size", priority=3, justify="right"), Column("labels", 6, truncate=True),
-        Column("verified / error", 4, truncate=True)], rows, status_column=2, wide=wide)
+        Column("age", priority=2), Column("took", priority=6, justify="right"),
+        Column("size", priority=3, justify="right"), Column("labels", 4, wrap=True),
+        Column("verified / error", 5, truncate=True)], rows, status_column=2, wide=wide)
 
 
 def copies(result: Any, *, wide: bool = False) -> None:
@@ -129,20 +130,21 @@ def plan(p: Any) -> None:
 
 
 def freshness(report: Any) -> None:
-    """`status`: one row per schedule."""
+    """`status`: one row per schedule, with the rule it was judged by."""
     console.table("prefect-dr status", [Column("what"), Column("status"),
-                                        Column("detail", wrap=True)],
-                  [(i.what, "ok" if i.ok else "fail", i.detail) for i in report.items],
-                  status_column=1)
+                                        Column("detail", wrap=True),
+                                        Column("rule", 1, wrap=True)],
+                  [(i.what, "ok" if i.ok else "fail", i.detail, i.rule)
+                   for i in report.items], status_column=1)
 
 
 def prune(result: Any, *, dry_run: bool, wide: bool = False) -> None:
-    """`prune`: one row per backup with its action and reasons."""
+    """`prune`: one row per backup with its action and reasons, oldest first (as `list`)."""
     title = "Prune plan (dry run: nothing deleted)" if dry_run else "Prune"
     console.table(f"{title} ({UTC_NOTE})", [
         Column("kind"), Column("id"), Column("status", priority=3), Column("started"),
         Column("verified", priority=4), Column("size", priority=5, justify="right"),
-        Column("action"), Column("reasons", 2, truncate=True)],
+        Column("action"), Column("reasons", 2, wrap=True)],
         [(r["kind"], r["id"], r["status"], short_time(r["started_at"]),
           {True: "yes", False: "no"}.get(r["verified"], ""), human_bytes(r.get("size")),
           r["action"], "; ".join(r["reasons"])) for r in result.rows()],
@@ -169,10 +171,11 @@ def doctor(report: Any) -> None:
 
 
 def settings(rows: list[dict[str, str]], *, wide: bool = False) -> None:
-    """`config show`: every setting, its variable, value and source."""
+    """`config show`: every setting, its variable, value and source (value and source wrap,
+    never shortened: they are what the command is for)."""
     console.table("Settings", [
         Column("setting"), Column("environment variable", priority=2),
-        Column("value", truncate=True), Column("source", 1, truncate=True)],
+        Column("value", wrap=True), Column("source", wrap=True)],
         [(r["name"], r["env"], r["value"], r["source"]) for r in rows], wide=wide)
 
 
@@ -188,7 +191,25 @@ def rehearsal(r: Any) -> None:
         ("result", "ok" if r.ok else f"FAILED: {r.error}"),
     ])
     if r.steps:
-        console.table("Migrations (slowest first)", [
-            Column("revision"), Column("first release"), Column("seconds", justify="right")],
+        console.table("Migrations (slowest first; times are estimates, the total is measured)", [
+            Column("revision"), Column("first release"),
+            Column("est. seconds", justify="right")],
             [(s.revision, s.first_release or "?", f"{s.seconds:.2f}")
              for s in sorted(r.steps, key=lambda s: -s.seconds)])
+
+
+def before_restore(p: Any, m: Any) -> list[str]:
+    """The lines just above the restore's confirmation prompt: they stand on their own when
+    the plan has scrolled away (what, how old, what is renamed, that nothing changed yet and
+    how to undo it)."""
+    renames = "; ".join(f"{a} -> {b}" for a, b in p.renames)
+    kept = next((b for a, b in p.renames if a == p.target_db), None)
+    return [
+        "",
+        f"About to restore backup {p.backup_id} ({p.kind}, taken "
+        f"{short_time(m.started_at)} UTC, {ago(m.started_at)}) into {p.target}.",
+        f"It is restored beside the live database first, then renamed: {renames}.",
+        "Nothing has changed yet." + (
+            f" The live database is kept as {kept}; 'prefect-dr rollback' undoes the restore."
+            if kept else " There is no live database to keep."),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -16,6 +17,8 @@ from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
     AllowUnsignedFlag,
+    AnyKindFlag,
+    BackupArg,
     KindFlag,
     confirm,
     json_mode,
@@ -38,7 +41,7 @@ logger = logging.getLogger("prefect_dr")
 
 @command()
 def restore(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     kind: KindFlag = None,
@@ -100,7 +103,6 @@ def restore(
     Every precondition (schema, history loss, signature, identity, connected clients, client
     programs, staging space) is checked first; --dry-run prints the same plan and exits with
     the code the restore would be refused with."""
-    started = time.monotonic()  # serving_after_s counts from here, manifest and plan included
     from prefect_dr import catalog, pipeline, restore_plan
     from prefect_dr import restore as restore_mod
 
@@ -120,6 +122,8 @@ def restore(
         raise errors.UsageError("--resume takes no backup id, --latest or --dry-run: it "
                                 "finishes the backfill the target database records")
     current = settings()
+    current.require("repository", "age_identity_file",
+                    *(() if target_url else ("database_url",)))
     repo = storage()
     trusted_by = trust(repo, allow_unsigned)
     if resume:
@@ -160,7 +164,11 @@ def restore(
         raise restore_plan.RestoreRefusedError(refusal)
     if dry_run:
         return
+    if not json_mode() and not yes and sys.stdin.isatty():  # a person is about to be asked
+        for text in render.before_restore(plan, manifest):
+            console.paragraph(text)
     confirm(plan.target_db, yes, f"restore backup {plan.backup_id} over {plan.target}")
+    started = time.monotonic()  # serving_after_s counts from the confirmation
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=manifest.payload_size or None) as listener:
         result = restore_mod.execute(current, repo, manifest, plan, target_url=target_url,
@@ -168,7 +176,7 @@ def restore(
                                      progress=pipeline.Progress(listener),
                                      on_step=lambda s: logger.info(s),
                                      jobs=jobs, staging_dir=current.staging_dir,
-                                     started=started)
+                                     started=started, on_serving=console.highlight)
     next_steps = restore_mod.next_steps(manifest, result)
     if json_mode():
         console.print_json({"ok": result.safety_error is None and result.flush_error is None,
@@ -241,11 +249,11 @@ def _resume(current: Settings, repo: Storage, target_url: str | None,
 
 @command(name="restore-config")
 def restore_config(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (or --latest).")] = None,
+    backup_id: BackupArg = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: either kind; both "
         "carry the configuration export).")] = False,
-    kind: KindFlag = None,
+    kind: AnyKindFlag = None,
     only: Annotated[str | None, typer.Option(
         "--only", help="Comma-separated: blocks,variables,work-pools,deployments,automations,"
         "concurrency-limits (default: all).")] = None,
@@ -274,7 +282,7 @@ def restore_config(
                                 f"not {on_conflict!r}")
     sections = ci.parse_only(only)
     current = settings()
-    current.require("prefect_api_url", "age_identity_file")
+    current.require("repository", "prefect_api_url", "age_identity_file")
     repo = storage()
     trusted_by = trust(repo, allow_unsigned)
     manifest = catalog.require_complete(select(backup_id, latest, kind, default_kind=None,

@@ -11,11 +11,18 @@ import typer
 from prefect_dr import console, crypto, errors, interrupt
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, config_app, k8s_app, state
-from prefect_dr.cli.common import WideFlag, json_mode, parse_labels, settings
+from prefect_dr.cli.common import (
+    OutputFlag,
+    WideFlag,
+    json_mode,
+    parse_labels,
+    settings,
+    wide_wanted,
+)
 
 
 @command(config_app, "show")
-def config_show(wide: WideFlag = False) -> None:
+def config_show(wide: WideFlag = False, output: OutputFlag = None) -> None:
     """Print the effective settings, where each came from, with secrets redacted, and where
     the repository's credentials come from."""
     from prefect_dr.storage import factory
@@ -38,7 +45,7 @@ def config_show(wide: WideFlag = False) -> None:
             body["aws_credentials"] = source  # the name before issue 16, kept for scripts
         console.print_json(body)
         return
-    render.settings(rows, wide=wide)
+    render.settings(rows, wide=wide_wanted(wide, output))
     console.line(f"Repository: {repository or '(none)'}; credentials: {source}")
 
 
@@ -127,11 +134,15 @@ def doctor_cmd() -> None:
 
 @command(k8s_app, "render")
 def k8s_render(
-    schedule: Annotated[str, typer.Option("--schedule", help="Backup CronJob schedule.")
-                        ] = "0 2 * * *",
-    verify_schedule: Annotated[str, typer.Option("--verify-schedule")] = "0 4 * * *",
-    prune_schedule: Annotated[str, typer.Option("--prune-schedule")] = "0 6 * * *",
-    namespace: Annotated[str, typer.Option("--namespace")] = "prefect-dr",
+    schedule: Annotated[str, typer.Option("--schedule", metavar="CRON",
+                                          help="Backup CronJob schedule.")] = "0 2 * * *",
+    verify_schedule: Annotated[str, typer.Option(
+        "--verify-schedule", metavar="CRON", help="Verify CronJob schedule.")] = "0 4 * * *",
+    prune_schedule: Annotated[str, typer.Option(
+        "--prune-schedule", metavar="CRON", help="Prune CronJob schedule.")] = "0 6 * * *",
+    namespace: Annotated[str, typer.Option(
+        "--namespace", help="Namespace of every object (created by you, not by the "
+        "manifests).")] = "prefect-dr",
     image: Annotated[str | None, typer.Option("--image", help="Container image.")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File (default stdout).")
                       ] = None,

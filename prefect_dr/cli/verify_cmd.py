@@ -12,6 +12,7 @@ from prefect_dr import console, errors
 from prefect_dr.cli import render
 from prefect_dr.cli.application import command, state
 from prefect_dr.cli.common import (
+    BACKUP_HELP,
     AllowUnsignedFlag,
     KindFlag,
     json_mode,
@@ -26,7 +27,8 @@ from prefect_dr.cli.common import (
 
 @command()
 def verify(
-    backup_id: Annotated[str | None, typer.Argument(help="Backup id (default: --latest).")] = None,
+    backup_id: Annotated[str | None, typer.Argument(
+        metavar="BACKUP", help=BACKUP_HELP + " (default: --latest).")] = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
     all_: Annotated[bool, typer.Option("--all", help="Every complete backup (of --kind).")
@@ -63,7 +65,7 @@ def verify(
     except ValueError as exc:
         raise errors.UsageError(f"--since: {exc}") from None
     current = settings()
-    current.require("age_identity_file")
+    current.require(*verify_mod.NEEDS, *(() if scratch_url else ("database_url",)))
     repo = storage()
     trusted_by = trust(repo, allow_unsigned)
     trusted_by.require_keys()
@@ -79,9 +81,8 @@ def verify(
                                  prefect_smoke=prefect_smoke, prefect_python=prefect_python)
     reports = []
     for entry in entries:
-        dump = entry.manifest.artifact("dump")
         with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
-                                       total=dump.size if dump else None) as listener:
+                                       total=entry.manifest.payload_size or None) as listener:
             reports.append(verify_mod.verify_one(current, repo, entry.manifest, options,
                                                  env=os.environ, trust=trusted_by,
                                                  progress=pipeline.Progress(listener)))

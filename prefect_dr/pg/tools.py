@@ -174,9 +174,18 @@ def _listing(clients: list[Client]) -> str:
     return ", ".join(c.describe() for c in clients) or "none"
 
 
+#: The PostgreSQL major each Debian release ships itself; any other major's client package
+#: comes from the PostgreSQL project's apt repository (as the Dockerfile installs them).
+DEBIAN_OWN_MAJOR = {"bookworm (12)": 15, "trixie (13)": 17}
+
+
 def _install_hint(major: int) -> str:
-    return (f"install the PostgreSQL {major} client (Debian: postgresql-client-{major}) or add "
-            "its bin folder to PREFECT_DR_PG_BIN_DIR")
+    own = [release for release, m in DEBIAN_OWN_MAJOR.items() if m == major]
+    where = (f"Debian {own[0]}: apt-get install postgresql-client-{major}" if own else
+             f"Debian/Ubuntu: postgresql-client-{major} from the PostgreSQL apt repository, "
+             "https://wiki.postgresql.org/wiki/Apt")
+    return (f"install the PostgreSQL {major} client ({where}) or add its bin folder to "
+            "PREFECT_DR_PG_BIN_DIR")
 
 
 def pick_dump(bin_dirs: str | None, server_major: int, server_text: str = "") -> Client:

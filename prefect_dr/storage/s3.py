@@ -155,7 +155,7 @@ class S3Storage(Storage):
         its value is returned. Raises StorageError (NotFoundError for a missing bucket) for
         every other error."""
         try:
-            return retry.call(lambda: fn(**kwargs), transient=is_transient, what=what,
+            return retry.call(lambda: fn(**kwargs), transient=is_transient, what=f"S3 {what}",
                               deadline_s=self.retry_deadline_s if deadline_s is None
                               else deadline_s)
         except bce.ClientError as exc:
@@ -416,7 +416,7 @@ class S3Writer(Writer):
                 lambda: self._s3.client.upload_part(
                     Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
                     PartNumber=number, Body=body, ChecksumSHA256=checksum),
-                transient=is_transient, what=f"upload part {number}",
+                transient=is_transient, what=f"S3 upload part {number}",
                 deadline_s=self._s3.retry_deadline_s)
         except BaseException as exc:
             self._failed = exc

@@ -258,7 +258,8 @@ def forge_record(chaos: Chaos, repo: Repo, rng: random.Random) -> tuple:
     put(chaos.stack, _art(repo, "dump"), bytes(body))
     listed = listing(repo.env)[repo.ids[0]].verification
     shown = cli(["list", "--json"], repo.env)
-    result = next(b for b in shown.json["backups"] if b["id"] == repo.ids[0])["verification"]
+    result = next(b for b in shown.json["backups"]
+                  if b["backup_id"] == repo.ids[0])["verification"]
     expected = "forged" if how == "copied from the other backup" else "unsigned"
     assert listed is not None and result["result"] == expected, (how, result)
     return f"verification record forged ({how}; list shows {result['result']})", 13, \
