@@ -228,7 +228,7 @@ def test_cron_jobs_never_overlap_and_give_up_in_time(options):
         first = spec["podFailurePolicy"]["rules"][0]
         assert first["action"] == "FailJob"
         assert first["onExitCodes"] == {"containerName": role, "operator": "In",
-                                        "values": [2, 10, 11, 12, 13, 14]}
+                                        "values": [2, 10, 11, 12, 13, 14, 15, 16]}
     # an evicted restore is not retried behind the operator's back
     assert len(specs["restore"]["podFailurePolicy"]["rules"]) == 1
 

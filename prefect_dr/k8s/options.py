@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from prefect_dr import __version__, cron, crypto, layout, retention
+from prefect_dr import __version__, cron, crypto, errors, layout, retention
 from prefect_dr.errors import CryptoKeyError
 from prefect_dr.storage import url as repo_url
 
@@ -25,9 +25,9 @@ BLOCK_KEY_DIR = "/etc/prefect-dr/block-key"
 PLACEHOLDER = "REPLACE-ME"
 DEFAULT_IMAGE = f"ghcr.io/prefect-dr/prefect-dr:{__version__}"
 
-# Exit codes a retry cannot fix (docs/exit-codes.md): usage, not found, lock held, key error,
-# verification failed, schema refused. The Job fails at once instead of retrying.
-NO_RETRY_EXIT_CODES = (2, 10, 11, 12, 13, 14)
+# Exit codes a retry cannot fix (errors.EXIT_CODES, docs/exit-codes.md): the Job fails at once
+# instead of retrying.
+NO_RETRY_EXIT_CODES = errors.NO_RETRY_EXIT_CODES
 
 # Settings render() manages itself; extra_env must not set them.
 _MANAGED_ENV = frozenset({
