@@ -2,10 +2,12 @@
 
 Every command records its result, duration and last success; backup adds bytes per stage and
 rows, verify its result, prune its counts. Every sample of a command that opens the repository
-carries a ``repository`` label (its URL). Backups carry a ``kind`` label (full, config-only),
-so frequent config-only backups never stand in for a failing full backup. The textfile is
-shared by all commands: samples of other commands (and kinds) already in the file are kept, and
-a failed run keeps the previous ``last_success`` of its command. The file is written
+carries a ``repository`` label (its URL); it is no part of the Pushgateway's grouping key nor of
+a textfile sample's identity, so a success replaces a failure that came before the repository
+was opened (one instance per repository: ``--metrics-instance``). Backups carry a ``kind``
+label (full, config-only), so frequent config-only backups never stand in for a failing full
+backup. The textfile is shared by all commands: samples of other commands (and kinds) already
+in the file are kept, and a failed run keeps the previous ``last_success`` of its command. The file is written
 atomically (temp file + rename).
 """
 
@@ -111,10 +113,26 @@ def _read_existing(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     return out
 
 
+#: Labels that say where a run got to, not which job it was: a run that fails before it opens
+#: the repository has no ``repository`` label. They are never part of a sample's identity (a
+#: Pushgateway group, a textfile series), so the next run of the same command replaces it.
+PROGRESS_LABELS = frozenset({"repository"})
+
+
+def _identity(key: tuple[str, tuple[tuple[str, str], ...]]
+              ) -> tuple[str, tuple[tuple[str, str], ...]]:
+    name, labels = key
+    return name, tuple((k, v) for k, v in labels if k not in PROGRESS_LABELS)
+
+
 def write_textfile(path: Path, run: RunMetrics) -> None:
-    """Merge this run's samples into the textfile at ``path`` atomically. Raises DRError."""
-    merged = _read_existing(path)
-    merged.update(run.samples())
+    """Merge this run's samples into the textfile at ``path`` atomically: each replaces the
+    sample of the same name and labels but for :data:`PROGRESS_LABELS`. Raises DRError."""
+    new = run.samples()
+    replaced = {_identity(key) for key in new}
+    merged = {key: value for key, value in _read_existing(path).items()
+              if _identity(key) not in replaced}
+    merged.update(new)
     data = generate_latest(_registry(merged))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".prefect-dr-", suffix=".prom.tmp",
@@ -128,13 +146,15 @@ def write_textfile(path: Path, run: RunMetrics) -> None:
 
 
 def push(url: str, run: RunMetrics, *, instance: str | None = None) -> None:
-    """Push this run's samples to a Pushgateway, grouped by job, instance, command (and kind).
+    """Push this run's samples to a Pushgateway, grouped by job, instance, command (and kind,
+    copy target): never by how far the run got (:data:`PROGRESS_LABELS`), so a success
+    replaces the failure of a run that stopped before it opened the repository.
 
     POST semantics: a failed run does not erase the group's last_success. Raises DRError.
     """
     registry = _registry(run.samples())
     grouping = {"instance": instance or socket.gethostname(), "command": run.command,
-                **run.labels}  # one group per repository and kind: a push replaces its group
+                **{k: v for k, v in run.labels.items() if k not in PROGRESS_LABELS}}
     try:
         pushadd_to_gateway(url, job="prefect-dr", registry=registry, grouping_key=grouping,
                            timeout=10)
