@@ -7,8 +7,8 @@ a textfile sample's identity, so a success replaces a failure that came before t
 was opened (one instance per repository: ``--metrics-instance``). Backups carry a ``kind``
 label (full, config-only), so frequent config-only backups never stand in for a failing full
 backup. The textfile is shared by all commands: samples of other commands (and kinds) already
-in the file are kept, and a failed run keeps the previous ``last_success`` of its command. The file is written
-atomically (temp file + rename).
+in the file are kept, and a failed run keeps the previous ``last_success`` of its command. The
+file is written atomically (temp file + rename).
 """
 
 from __future__ import annotations
