@@ -28,7 +28,7 @@ def test_the_documented_no_retry_codes_are_errors_own() -> None:
 
 
 def test_every_rendered_job_fails_at_once_on_exactly_those_codes() -> None:
-    options = k8s.RenderOptions()
+    options = k8s.RenderOptions(restore_backup_id="20260101T020000Z-abcdef")
     jobs = [o["spec"]["jobTemplate"]["spec"] for o in k8s.render(options)
             if o["kind"] == "CronJob"]
     jobs += [k8s.restore_job(options)["spec"], k8s.pre_upgrade_hook(options)["spec"]]
