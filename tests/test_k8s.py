@@ -30,6 +30,7 @@ from k8s_objects import (
 
 from prefect_dr import __version__, config, crypto, k8s
 from prefect_dr.errors import CryptoKeyError
+from prefect_dr.k8s.monitoring import kube_alert_group
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -592,8 +593,9 @@ def test_prometheus_rule_holds_the_tested_alert_rules(tmp_path):
     packaged = ROOT / "prefect_dr" / "k8s" / "alerts.yml"
     assert packaged.read_text() == (prometheus / "alerts.yml").read_text(), \
         "copy deploy/prometheus/alerts.yml to prefect_dr/k8s/alerts.yml"
-    assert rule["spec"]["groups"] == yaml.safe_load(
-        (prometheus / "alerts.yml").read_text())["groups"]
+    assert rule["spec"]["groups"] == [*yaml.safe_load(
+        (prometheus / "alerts.yml").read_text())["groups"],
+        kube_alert_group(full_options())]
     import shutil
 
     promtool = shutil.which("promtool")
