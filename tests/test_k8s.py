@@ -644,3 +644,46 @@ def test_cli_renders_the_hook_and_the_monitoring_objects():
     assert {d["metadata"]["namespace"] for d in docs} == {"prefect"}
     assert docs[1]["metadata"]["labels"]["release"] == "kps"
     assert_valid(docs[0])
+
+
+def test_a_password_only_secret_under_any_key_from_the_settings():
+    """prefect-helm's externalDatabase password Secret: --database-password-secret NAME:KEY;
+    the URL (user, host, database) goes into the ConfigMap without its password."""
+    settings = config.load(env={
+        "PREFECT_DR_S3_BUCKET": "acme-backups", "PREFECT_DR_AGE_RECIPIENTS": RECIPIENT,
+        "PREFECT_DR_DATABASE_URL": "postgresql://dr@db.internal:5432/prefect"})
+    options = k8s.options_from_settings(settings, database_password_secret="prefect-db:password")
+    objects = everything(options)
+    backup = pods(objects)["backup"]
+    [env] = [e for e in backup["containers"][0]["env"] if e["name"] == "PGPASSWORD"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "prefect-db", "key": "password"}
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in env_names(backup)
+    [cm] = by_kind(objects, "ConfigMap")
+    assert cm["data"]["PREFECT_DR_DATABASE_URL"] == "postgresql://dr@db.internal:5432/prefect"
+    [template] = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "prefect-db"]
+    assert set(template["stringData"]) == {"password"}
+    with pytest.raises(ValueError, match="NAME:KEY"):
+        k8s.options_from_settings(settings, database_password_secret="prefect-db")
+    with pytest.raises(ValueError, match="database_url"):
+        everything(k8s.RenderOptions(database_secret="x", database_secret_key="password",
+                                     database_secret_is_password=True))
+
+
+def test_cli_secret_templates_and_one_line_usage_errors():
+    def render(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "prefect_dr", "k8s", "render", *args],
+                              capture_output=True, text=True, env=_clean_env())
+
+    templates = render("--secret-templates")
+    assert templates.returncode == 0, templates.stderr
+    docs = list(yaml.safe_load_all(templates.stdout))
+    assert {d["kind"] for d in docs} == {"Secret"} and templates.stdout.startswith("# Secret")
+    bundle = render()
+    assert bundle.returncode == 0 and "kind: Secret" not in bundle.stdout
+    for args, fragment in ((["--yes"], "go with --restore-job"),
+                           (["--staging-storage-class", "ssd"], "go with --restore-job"),
+                           (["--database-password-secret", "db"], "NAME:KEY")):
+        bad = render(*args)
+        assert bad.returncode == 2, bad.stderr
+        assert fragment in bad.stderr and "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
