@@ -425,12 +425,7 @@ def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATAB
                               "database_secret_key": key or "connection-string",
                               "database_secret_is_password": password}
     if (password or values["database_secret_key"] == PASSWORD_KEY) and settings.database_url:
-        parts = urlsplit(settings.database_url)
-        if parts.password:  # the password comes from the Secret, never from a ConfigMap
-            netloc = parts.netloc.rsplit("@", 1)
-            user = netloc[0].split(":", 1)[0]
-            parts = parts._replace(netloc=f"{user}@{netloc[1]}")
-        values["database_url"] = parts.geturl()
+        values["database_url"] = settings.database_url  # check() refuses one with a password
     for field_name, setting in FROM_SETTINGS:
         value = getattr(settings, setting)
         if value:
