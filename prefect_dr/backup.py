@@ -89,6 +89,7 @@ def take_lock(lock: BackupLock, wait: float, *, clock: Callable[[], float] = tim
             return
         except LockHeldError as exc:
             lock.release()
+            interrupt.raise_if_noted()  # a stop while trying: no more waiting
             left = deadline - clock()
             if left <= 0:
                 if wait > 0:
