@@ -265,10 +265,12 @@ def run_pod(ns: Namespace, spec: Mapping[str, Any], workdir: Path, *,
         argv += ["--remount-ro", "/"]
     argv += ["--chdir", "/tmp", "--", sys.executable, "-m", "prefect_dr",
              *container.get("args", [])]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    # the container's log, as files a test may follow while the pod runs (workdir/stderr)
+    with (workdir / "stdout").open("w") as out, (workdir / "stderr").open("w") as err:
+        proc = subprocess.run(argv, env=env, stdout=out, stderr=err, timeout=timeout,
+                              check=False)
     return PodRun(proc.returncode, "Completed" if proc.returncode == 0 else "Error",
-                  proc.stdout, proc.stderr)
+                  (workdir / "stdout").read_text(), (workdir / "stderr").read_text())
 
 
 def run_job(ns: Namespace, obj: Mapping[str, Any], workdir: Path, **kwargs: Any) -> JobRun:

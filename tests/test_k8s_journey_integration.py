@@ -214,25 +214,31 @@ def test_the_operators_journey_on_kubernetes(clone: dict[str, str], identity: tu
     assert restored.status == "Complete", restored.last.stderr
     assert len(restored.pods) == 1
 
-    # 7. the pre-upgrade hook while a backup holds the lock: it waits, then backs up
+    # 7. the pre-upgrade hook while a backup holds the lock: it waits (its log says so), the
+    # lock is let go, and the hook backs up, in one pod
     hook = _one(_render(["--pre-upgrade-hook"], host), "Job", "prefect-dr-pre-upgrade")
     holder = psycopg.connect(db_url, password=password, autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_KEY,))
-    released = threading.Event()
-
-    def release() -> None:
-        holder.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
-        released.set()
-
-    timer = threading.Timer(3.0, release)
-    timer.start()
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: result.append(
+        run_job(ns, hook, pods / "hook", image_env=image_env)))
+    runner.start()
+    log = pods / "hook" / "pod-0" / "stderr"
     try:
-        waited = run_job(ns, hook, pods / "hook", image_env=image_env)
+        for _ in range(1200):  # until the hook says it waits for the lock (bounded)
+            if log.exists() and "waiting up to" in log.read_text():
+                break
+            assert runner.is_alive(), "the hook ended without waiting for the lock"
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the hook never waited for the lock")
     finally:
-        timer.cancel()
+        holder.execute("SELECT pg_advisory_unlock(%s)", (ADVISORY_KEY,))
         holder.close()
-    assert released.is_set() and waited.status == "Complete", waited.last.stderr
-    assert len(waited.pods) == 1 and "waiting" in waited.last.stderr
+        runner.join(timeout=600)
+    [waited] = result
+    assert waited.status == "Complete" and len(waited.pods) == 1, waited.last.stderr
+    assert "backup lock held; waiting up to" in waited.last.stderr
 
     # 8. a broken database Secret (pointing at a PostgreSQL newer than the image's clients):
     # exit 16, a set-up error the Job does not retry; the failure reaches Prometheus
