@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # prefect-dr container image: the CLI and the PostgreSQL 14-18 client tools, run as uid 10001.
 #
+#   scripts/build-image            (docker or buildah; tags prefect-dr:<package version>)
 #   docker build -t prefect-dr:dev --build-arg VERSION="$(python3 -c 'import prefect_dr; print(prefect_dr.__version__)')" .
 #   docker run --rm prefect-dr:dev --version
 #
@@ -14,13 +15,17 @@
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
-# ---- builder: the project's wheel and wheels of every dependency --------------------------
+# ---- builder: wheels of the locked dependencies and of the project ---------------------------
+# requirements.lock (scripts/lock-requirements) pins every dependency with its hashes: nothing
+# is resolved here, and a file that changed on the index fails the build. Compilers and build
+# backends an sdist may need stay in this stage.
 FROM ${PYTHON_IMAGE} AS builder
 WORKDIR /src
+COPY requirements.lock ./
+RUN pip wheel --no-cache-dir --require-hashes --wheel-dir /wheels -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY prefect_dr ./prefect_dr
-# One resolution, here; the runtime stage installs from these wheels only (--no-index).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- runtime ---------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
@@ -49,8 +54,12 @@ RUN groupadd --system --gid 10001 prefect-dr \
     && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
        --shell /usr/sbin/nologin prefect-dr
 
+# The wheels only (no index, no resolution: the lock decided), then the packaging tools the
+# base image ships go: the running image installs nothing.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels /wheels/prefect_dr-*.whl
+    pip install --no-cache-dir --no-index --no-deps /wheels/*.whl \
+    && pip uninstall --no-cache-dir -y setuptools wheel \
+    && pip uninstall --no-cache-dir -y pip
 
 # HOME=/tmp: with readOnlyRootFilesystem the only writable place is the /tmp emptyDir; nothing
 # is staged on disk (backups stream), but libraries that cache in $HOME find somewhere to go.

@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -46,7 +47,7 @@ from prefect_dr import log as runlog
 from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import FAILED, status_record
 from prefect_dr.config import Settings
-from prefect_dr.errors import DatabaseError, DRError
+from prefect_dr.errors import DatabaseError, DRError, LockHeldError
 from prefect_dr.kinds import BACKFILL_UNFINISHED, KINDS, LABEL_BACKFILL, Kind
 from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
@@ -73,6 +74,37 @@ class Request:
     kind: str = Kind.FULL
     labels: dict[str, str] = field(default_factory=dict)
     allow_undecryptable_blocks: bool = False
+    lock_wait: float = 0.0  # seconds to wait for a held lock before exit 11
+
+
+#: How often a backup waiting for the lock (``--lock-wait``) tries again.
+LOCK_POLL_SECONDS = 5.0
+
+
+def take_lock(lock: BackupLock, wait: float, *, clock: Callable[[], float] = time.monotonic,
+              sleep: Callable[[float], None] = time.sleep) -> None:
+    """Acquire ``lock``, trying again every :data:`LOCK_POLL_SECONDS` for up to ``wait``
+    seconds while another run holds it (a Helm hook waiting out a scheduled backup). Raises
+    LockHeldError (exit 11) once the wait is over, Interrupted on a stop signal."""
+    deadline = clock() + max(wait, 0.0)
+    while True:
+        try:
+            lock.acquire()
+            return
+        except LockHeldError as exc:
+            lock.release()
+            interrupt.raise_if_noted()  # a stop while trying: no more waiting
+            left = deadline - clock()
+            if left <= 0:
+                if wait > 0:
+                    raise LockHeldError(f"{exc.message} (waited {wait:.0f}s, --lock-wait)"
+                                        ) from None
+                raise
+            log.info("backup lock held; waiting up to %.0fs more: %s", left, exc.message)
+            sleep(min(LOCK_POLL_SECONDS, left))
+        except BaseException:
+            lock.release()
+            raise
 
 
 def new_backup_id(now: dt.datetime) -> str:
@@ -166,10 +198,13 @@ def run(settings: Settings, storage: Storage, request: Request, *,
         lock = BackupLock(conn, storage, repo.lock(f"backup-{_database_fingerprint(conn)}"),
                           runlog.RUN_ID,
                           stale_after=dt.timedelta(hours=settings.lock_stale_hours or 12))
-        with lock:
+        take_lock(lock, request.lock_wait)
+        try:
             return _run_locked(settings, storage, request, conn, repo, env, progress, clock,
                                recipients, fingerprints, pg_dump, dump_version, pg_version,
                                signer, on_start)
+        finally:
+            lock.release()
     finally:
         conn.close()
 

@@ -107,6 +107,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("staging_dir", "PREFECT_DR_STAGING_DIR", "restore.staging_dir", "path",
          help="folder where restore stages the decrypted dump for parallel pg_restore "
               "(default: the system temp folder; needs the dump's plaintext size)"),
+    Spec("staging_limit", "PREFECT_DR_STAGING_LIMIT", "restore.staging_limit", "int",
+         help="bytes the staging folder may hold, when its file system does not tell "
+              "(a Kubernetes emptyDir's sizeLimit; the rendered restore Job sets it)"),
     Spec("backup_cron", "PREFECT_DR_BACKUP_CRON", "schedule.backup_cron",
          help="backup schedule (cron), for 'status'"),
     Spec("verify_cron", "PREFECT_DR_VERIFY_CRON", "schedule.verify_cron",

@@ -19,6 +19,32 @@ STALE = 15
 SETUP = 16
 INTERRUPTED = 130
 
+#: The one table of exit codes: code -> (name, whether a retry of the same run can help).
+#: docs/exit-codes.md, notifications (notify.py), the Kubernetes Jobs' podFailurePolicy
+#: (k8s) and the tests all read it; tests/test_exit_codes.py checks the docs against it.
+EXIT_CODES: dict[int, tuple[str, bool]] = {
+    OK: ("ok", False),
+    FAILURE: ("failure", True),
+    USAGE: ("usage / configuration", False),
+    PARTIAL: ("partial", True),
+    NOT_FOUND: ("not found", False),
+    LOCK_HELD: ("lock held", False),
+    KEY_ERROR: ("key error", False),
+    VERIFICATION_FAILED: ("verification failed", False),
+    SCHEMA_REFUSED: ("schema refused", False),
+    STALE: ("stale", False),
+    SETUP: ("set-up", False),
+    INTERRUPTED: ("interrupted", True),
+}
+#: Failures a retry of the same run cannot fix: a Kubernetes Job fails at once on them.
+NO_RETRY_EXIT_CODES: tuple[int, ...] = tuple(
+    code for code, (_, retry) in EXIT_CODES.items() if code != OK and not retry)
+
+
+def exit_name(code: int) -> str:
+    """The name of exit code ``code`` (``failure`` for a code the table does not know)."""
+    return EXIT_CODES.get(code, EXIT_CODES[FAILURE])[0]
+
 
 class DRError(Exception):
     """Base class of every expected failure; ``exit_code`` is what the CLI exits with.

@@ -2,11 +2,13 @@
 
 Every command records its result, duration and last success; backup adds bytes per stage and
 rows, verify its result, prune its counts. Every sample of a command that opens the repository
-carries a ``repository`` label (its URL). Backups carry a ``kind`` label (full, config-only),
-so frequent config-only backups never stand in for a failing full backup. The textfile is
-shared by all commands: samples of other commands (and kinds) already in the file are kept, and
-a failed run keeps the previous ``last_success`` of its command. The file is written
-atomically (temp file + rename).
+carries a ``repository`` label (its URL; one Pushgateway group per repository); a success
+also removes the same job's samples without it, so it replaces a failure that came before the
+repository was opened. Backups carry a ``kind`` label (full, config-only), so frequent
+config-only backups never stand in for a failing full backup. The textfile is shared by all
+commands: samples of other commands (and kinds) already in the file are kept, and a failed run
+keeps the previous ``last_success`` of its command. The file is written atomically (temp file
++ rename).
 """
 
 from __future__ import annotations
@@ -18,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.exposition import generate_latest, pushadd_to_gateway
+from prometheus_client.exposition import (
+    delete_from_gateway,
+    generate_latest,
+    pushadd_to_gateway,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from prefect_dr.errors import DRError
@@ -111,10 +117,35 @@ def _read_existing(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], 
     return out
 
 
+#: Labels that say how far a run got: a run that fails before it opens the repository has no
+#: ``repository`` label. A success removes the same job's samples (and Pushgateway group) that
+#: lack them, so it replaces a failure whatever that failure reached; samples that carry them
+#: (other repositories of the same instance) stay.
+PROGRESS_LABELS = frozenset({"repository"})
+
+
+def _identity(key: tuple[str, tuple[tuple[str, str], ...]]
+              ) -> tuple[str, tuple[tuple[str, str], ...]]:
+    name, labels = key
+    return name, tuple((k, v) for k, v in labels if k not in PROGRESS_LABELS)
+
+
+def _short_of(key: tuple[str, tuple[tuple[str, str], ...]]) -> bool:
+    """Whether a sample lacks a progress label (its run stopped before it knew it)."""
+    return not PROGRESS_LABELS & {k for k, _ in key[1]}
+
+
 def write_textfile(path: Path, run: RunMetrics) -> None:
-    """Merge this run's samples into the textfile at ``path`` atomically. Raises DRError."""
+    """Merge this run's samples into the textfile at ``path`` atomically. A success also
+    removes the samples of the same names and labels that lack :data:`PROGRESS_LABELS` (a
+    failure that stopped before it opened the repository). Raises DRError."""
+    new = run.samples()
     merged = _read_existing(path)
-    merged.update(run.samples())
+    if run.success:
+        replaced = {_identity(key) for key in new}
+        merged = {key: value for key, value in merged.items()
+                  if not (_short_of(key) and _identity(key) in replaced)}
+    merged.update(new)
     data = generate_latest(_registry(merged))
     try:
         fd, tmp = tempfile.mkstemp(prefix=".prefect-dr-", suffix=".prom.tmp",
@@ -128,15 +159,21 @@ def write_textfile(path: Path, run: RunMetrics) -> None:
 
 
 def push(url: str, run: RunMetrics, *, instance: str | None = None) -> None:
-    """Push this run's samples to a Pushgateway, grouped by job, instance, command (and kind).
+    """Push this run's samples to a Pushgateway, grouped by job, instance, command (and
+    repository, kind, copy target). A success also deletes the group of the same job that
+    lacks :data:`PROGRESS_LABELS` (a run that failed before it opened the repository), so the
+    success replaces that failure too.
 
     POST semantics: a failed run does not erase the group's last_success. Raises DRError.
     """
     registry = _registry(run.samples())
     grouping = {"instance": instance or socket.gethostname(), "command": run.command,
                 **run.labels}  # one group per repository and kind: a push replaces its group
+    short = {k: v for k, v in grouping.items() if k not in PROGRESS_LABELS}
     try:
         pushadd_to_gateway(url, job="prefect-dr", registry=registry, grouping_key=grouping,
                            timeout=10)
+        if run.success and short != grouping:
+            delete_from_gateway(url, job="prefect-dr", grouping_key=short, timeout=10)
     except OSError as exc:
         raise DRError(f"cannot push metrics to {url}: {exc}") from None

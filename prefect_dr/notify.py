@@ -34,13 +34,6 @@ ON_CHOICES = (ON_FAILURE, ON_ALWAYS)
 #: Commands that notify by themselves when targets are configured; ``status`` only when asked.
 COMMANDS = frozenset({"backup", "verify", "restore", "prune"})
 _SPLIT = re.compile(r"[\s,]+(?=[A-Za-z][A-Za-z0-9+.\-]*://)|^\s+|\s+$")
-_EXIT_NAMES = {
-    errors.FAILURE: "failure", errors.USAGE: "usage or configuration error",
-    errors.PARTIAL: "partial", errors.NOT_FOUND: "not found", errors.LOCK_HELD: "lock held",
-    errors.KEY_ERROR: "key error", errors.VERIFICATION_FAILED: "verification failed",
-    errors.SCHEMA_REFUSED: "schema refused", errors.STALE: "stale",
-    errors.INTERRUPTED: "interrupted",
-}
 
 
 def split_urls(text: str | None) -> list[str]:
@@ -113,7 +106,7 @@ def message(outcome: Outcome) -> tuple[str, str, str]:
     title = f"prefect-dr {what} {_verb(outcome)} on {outcome.instance or outcome.host}"
     code = outcome.exit_code
     lines = [f"{what} {_verb(outcome)}"
-             + ("" if outcome.ok else f" (exit {code}: {_EXIT_NAMES.get(code, 'failure')})")]
+             + ("" if outcome.ok else f" (exit {code}: {errors.exit_name(code)})")]
     if outcome.backup_id:
         lines.append(f"backup: {outcome.backup_id}"
                      + (f" ({outcome.kind})" if outcome.kind else ""))

@@ -163,7 +163,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                 raise VerificationError(f"backup {plan.backup_id} has no dump artifact")
             as_role = role if role and role != me else None
             folder = staging_dir or tempfile.gettempdir()
-            staged, how = staging_choice(manifest, jobs, folder)
+            staged, how = staging_choice(manifest, jobs, folder, settings.staging_limit)
             choice = plan.restore_client or restore_stream.choose_for(settings, manifest,
                                                                        admin_url)
             if jobs >= 2 and not staged:

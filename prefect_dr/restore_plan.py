@@ -44,12 +44,14 @@ aside (nobody uses it), so no restore waits for it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import logging
-import shutil
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -206,20 +208,78 @@ def staging_need(manifest: Manifest) -> int | None:
     return int(dump_artifact.plaintext_size * (1 + STAGING_MARGIN)) + STAGING_HEADROOM
 
 
-def staging_choice(manifest: Manifest, jobs: int, staging_dir: str) -> tuple[bool, str]:
-    """Whether to stage the dump for a parallel restore, and why (or why not)."""
+def _tmpfs(folder: str) -> bool:
+    """Whether ``folder`` lies on a tmpfs (its pages count against the memory cgroup)."""
+    best, fstype = "", ""
+    try:
+        lines = Path("/proc/self/mountinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return False
+    real = os.path.realpath(folder)
+    for line in lines:
+        fields = line.split(" - ")
+        point = fields[0].split()[4] if len(fields[0].split()) > 4 else ""
+        if (real == point or real.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+            best, fstype = point, fields[-1].split()[0] if len(fields) > 1 else ""
+    return fstype == "tmpfs"
+
+
+def _cgroup_memory_room() -> int | None:
+    """Bytes the memory cgroup (v2) may still charge: memory.max - memory.current."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="ascii").strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+    if limit == "max" or not (limit.isdigit() and used.isdigit()):
+        return None
+    return max(int(limit) - int(used), 0)
+
+
+def _used(folder: str) -> int:
+    total = 0
+    for root, _, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+    return total
+
+
+def staging_room(folder: str, limit: int | None = None) -> tuple[int, str]:
+    """Bytes ``folder`` can really take, and what bounds it: the file system's free space
+    (statvfs), for a tmpfs also the memory cgroup's room, and ``limit`` (a Kubernetes emptyDir's
+    sizeLimit, which statvfs of a disk-backed emptyDir does not show) minus what the folder
+    already holds. Raises OSError when the folder is not usable."""
+    stats = os.statvfs(folder)
+    room, why = stats.f_bavail * stats.f_frsize, "free"
+    if _tmpfs(folder):
+        memory = _cgroup_memory_room()
+        if memory is not None and memory < room:
+            room, why = memory, "left in the memory limit (tmpfs)"
+    if limit is not None:
+        left = max(limit - _used(folder), 0)
+        if left < room:
+            room, why = left, f"left of its {_mib(limit)} limit"
+    return room, why
+
+
+def staging_choice(manifest: Manifest, jobs: int, staging_dir: str,
+                   limit: int | None = None) -> tuple[bool, str]:
+    """Whether to stage the dump for a parallel restore, and why (or why not): only when the
+    folder's real room (:func:`staging_room`) holds it."""
     need = staging_need(manifest)
     if jobs < 2 or need is None:
         return False, "streamed into pg_restore (one job)"
     try:
-        free = shutil.disk_usage(staging_dir).free
+        free, why = staging_room(staging_dir, limit)
     except OSError:
         return False, (f"streaming with one job: staging folder {staging_dir} is not usable "
                        "(set PREFECT_DR_STAGING_DIR)")
     if free < need:
-        return False, (f"streaming with one job: {staging_dir} has {_mib(free)} free, staging "
+        return False, (f"streaming with one job: {staging_dir} has {_mib(free)} {why}, staging "
                        f"needs {_mib(need)} (set PREFECT_DR_STAGING_DIR to a larger folder)")
-    return True, f"staged in {staging_dir} ({_mib(need)} needed, {_mib(free)} free), {jobs} jobs"
+    return True, (f"staged in {staging_dir} ({_mib(need)} needed, {_mib(free)} {why}), "
+                  f"{jobs} jobs")
 
 
 def _mib(n: int) -> str:
@@ -298,7 +358,8 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
     target = _target_prefect(settings, options, url, target_revision)
     verdict = schema_gate.judge(manifest.alembic_revision, target)
     staged, how = staging_choice(manifest, options.jobs,
-                                 options.staging_dir or _default_staging())
+                                 options.staging_dir or _default_staging(),
+                                 settings.staging_limit)
     plan = Plan(
         backup_id=manifest.backup_id, kind=manifest.kind,
         prefect_version=manifest.prefect_version, backup_revision=manifest.alembic_revision,

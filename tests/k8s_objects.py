@@ -19,6 +19,8 @@ MODELS = {
     ("v1", "Secret"): "V1Secret",
     ("batch/v1", "CronJob"): "V1CronJob",
     ("batch/v1", "Job"): "V1Job",
+    ("v1", "PersistentVolume"): "V1PersistentVolume",
+    ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
 }
 API = client.ApiClient()
 
@@ -77,3 +79,17 @@ def secret_names(pod: dict[str, Any]) -> set[str]:
 def env_names(pod: dict[str, Any]) -> set[str]:
     """The names of a pod's env entries."""
     return {e["name"] for e in pod["containers"][0].get("env", ())}
+
+
+def everything(options: Any = None) -> list[dict[str, Any]]:
+    """The bundle, the Secret templates and the restore Job (of an example backup id when the
+    options name none): every object the tests check, in one list."""
+    import dataclasses
+
+    from prefect_dr import k8s
+    from prefect_dr.k8s.bundle import EXAMPLE_BACKUP_ID
+
+    options = options or k8s.RenderOptions()
+    if options.restore_backup_id is None:
+        options = dataclasses.replace(options, restore_backup_id=EXAMPLE_BACKUP_ID)
+    return [*k8s.render(options), *k8s.secret_templates(options), k8s.restore_job(options)]

@@ -160,7 +160,10 @@ def test_dockerfile_shape():
     for major in range(14, 19):  # every client the selection may pick (docs/deploy.md)
         assert f"postgresql-client-{major}={major}.*" in runs
     assert "--uid 10001" in runs and "--gid 10001" in runs
-    assert "pip install --no-cache-dir" in runs
+    assert "pip install --no-cache-dir --no-index --no-deps" in runs
+    builder = " ".join(args for word, args in instructions[:runtime_start] if word == "RUN")
+    assert "--require-hashes" in builder and "-r requirements.lock" in builder
+    assert "pip uninstall" in runs  # no packaging tools in the running image
     assert ("USER", f"{k8s.UID}:{k8s.UID}") in final  # numeric: runAsNonRoot can check it
     assert ("HEALTHCHECK", "NONE") in final
     assert ("ENTRYPOINT", '["prefect-dr"]') in final
@@ -191,7 +194,7 @@ def test_build_context_holds_what_the_build_needs_and_nothing_else():
     for word, args in _instructions():
         if word == "COPY" and "--from" not in args:
             sources += args.split()[:-1]
-    assert sources == ["pyproject.toml", "README.md", "prefect_dr"]
+    assert sources == ["requirements.lock", "pyproject.toml", "README.md", "prefect_dr"]
     for source in sources:
         assert (ROOT / source).exists(), source
         assert not _ignored(source, patterns), f"{source} is excluded by .dockerignore"
@@ -221,3 +224,25 @@ def test_iam_policies_in_the_docs_are_valid_json():
     deletes = [s["Resource"] for s in backup["Statement"]
                if "s3:DeleteObject" in s["Action"]]
     assert deletes == ["arn:aws:s3:::acme-prefect-backups/prod/v1/locks/*"]  # never backups
+
+
+def test_the_image_lock_pins_every_dependency_with_hashes():
+    """requirements.lock (scripts/lock-requirements) holds every runtime dependency of
+    pyproject.toml at a version its range admits, each with at least one sha256."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    text = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    blocks = re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}"
+                        r"(?: \\)?\n)+)", text, re.MULTILINE)
+    pins = {canonicalize_name(name): version for name, version, _ in blocks}
+    assert len(pins) == text.count("=="), "a pin without a hash"
+    assert not re.search(r"^--(find-links|index-url|extra-index-url)", text, re.MULTILINE)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    for line in project["dependencies"]:
+        requirement = Requirement(line)
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not in requirements.lock"
+        assert requirement.specifier.contains(pins[name]), f"{name}=={pins[name]}: {line}"

@@ -7,6 +7,7 @@ through the typed model must give back exactly the original dict).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from k8s_objects import (
     assert_valid,
     by_kind,
     env_names,
+    everything,
     job_specs,
     pods,
     roundtrip,
@@ -28,6 +30,7 @@ from k8s_objects import (
 
 from prefect_dr import __version__, config, crypto, k8s
 from prefect_dr.errors import CryptoKeyError
+from prefect_dr.k8s.monitoring import kube_alert_group
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "kubernetes"
@@ -65,19 +68,19 @@ IDS = ["defaults", "everything"]
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_every_object_is_a_valid_kubernetes_object(options):
-    objects = k8s.render(options)
+    objects = everything(options)
     assert [o["kind"] for o in objects] == (
-        ["ServiceAccount"] * 4 + ["ConfigMap"]
+        ["ServiceAccount"] * 4 + ["ConfigMap"] + ["CronJob"] * 3
         + ["Secret"] * (len(options.s3_secrets) + 1 + bool(options.signing_key_secret)
                         + bool(options.block_key_secret) + bool(options.notify_secret)
                         + (options.database_secret_key == "PGPASSWORD"))
-        + ["CronJob"] * 3 + ["Job"])
+        + ["Job"])
     for obj in objects:
         assert_valid(obj)
 
 
 def test_the_round_trip_detects_misspelled_and_misplaced_fields():
-    cron = next(o for o in k8s.render() if o["kind"] == "CronJob")
+    cron = next(o for o in everything() if o["kind"] == "CronJob")
     assert_valid(cron)
     typo = copy.deepcopy(cron)
     pod = typo["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -90,7 +93,7 @@ def test_the_round_trip_detects_misspelled_and_misplaced_fields():
 
 
 def test_the_models_reject_wrong_types_and_missing_required_fields():
-    cron = next(o for o in k8s.render() if o["kind"] == "CronJob")
+    cron = next(o for o in everything() if o["kind"] == "CronJob")
     wrong = copy.deepcopy(cron)
     wrong["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0][
         "resources"]["limits"]["cpu"] = 2  # quantities are strings
@@ -106,7 +109,7 @@ def test_the_models_reject_wrong_types_and_missing_required_fields():
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_every_pod_is_hardened(options):
-    objects = k8s.render(options)
+    objects = everything(options)
     found = pods(objects)
     assert set(found) == {"backup", "prune", "verify", "restore"}
     for role, pod in found.items():
@@ -138,7 +141,7 @@ def test_every_pod_is_hardened(options):
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_only_verify_and_restore_hold_the_age_identity(options):
-    objects = k8s.render(options)
+    objects = everything(options)
     found = pods(objects)
     for role in ("backup", "prune"):
         assert options.identity_secret not in secret_names(found[role]), role
@@ -162,7 +165,7 @@ def test_only_verify_and_restore_hold_the_age_identity(options):
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_each_job_gets_only_its_own_secrets(options):
-    found = pods(k8s.render(options))
+    found = pods(everything(options))
     for role, pod in found.items():
         expected = {options.s3_secrets[role]} if role in options.s3_secrets else set()
         if role != "prune":
@@ -180,7 +183,7 @@ def test_each_job_gets_only_its_own_secrets(options):
 
 def test_example_secrets_hold_placeholders_only(tmp_path):
     for options in OPTIONS:
-        secrets = by_kind(k8s.render(options), "Secret")
+        secrets = by_kind(everything(options), "Secret")
         assert secrets
         for secret in secrets:
             assert "data" not in secret
@@ -197,7 +200,7 @@ def test_example_secrets_hold_placeholders_only(tmp_path):
 
 def test_no_s3_secrets_for_workload_identity():
     options = k8s.RenderOptions(s3_secrets={})
-    objects = k8s.render(options)
+    objects = everything(options)
     assert not [s for s in by_kind(objects, "Secret") if "AWS_ACCESS_KEY_ID" in s["stringData"]]
     for pod in pods(objects).values():
         assert [e for e in pod["containers"][0]["envFrom"] if "secretRef" in e] == []
@@ -207,7 +210,7 @@ def test_no_s3_secrets_for_workload_identity():
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_cron_jobs_never_overlap_and_give_up_in_time(options):
-    objects = k8s.render(options)
+    objects = everything(options)
     crons = {o["metadata"]["name"]: o["spec"] for o in by_kind(objects, "CronJob")}
     assert set(crons) == {f"{options.name}-{r}" for r in ("backup", "prune", "verify")}
     assert crons[f"{options.name}-backup"]["schedule"] == options.backup_schedule
@@ -228,34 +231,71 @@ def test_cron_jobs_never_overlap_and_give_up_in_time(options):
         first = spec["podFailurePolicy"]["rules"][0]
         assert first["action"] == "FailJob"
         assert first["onExitCodes"] == {"containerName": role, "operator": "In",
-                                        "values": [2, 10, 11, 12, 13, 14]}
+                                        "values": [2, 10, 11, 12, 13, 14, 15, 16]}
     # an evicted restore is not retried behind the operator's back
     assert len(specs["restore"]["podFailurePolicy"]["rules"]) == 1
 
 
 def test_commands_of_each_job():
-    found = pods(k8s.render())
+    found = pods(everything())
     # every job that selects or takes a backup names its kind (a config-only backup must
     # never stand in for a full one)
     assert found["backup"]["containers"][0]["args"] == ["backup", "--kind", "full"]
     assert found["prune"]["containers"][0]["args"] == ["prune"]
     assert found["verify"]["containers"][0]["args"] == ["verify", "--latest", "--kind", "full"]
-    assert found["restore"]["containers"][0]["args"] == ["restore", "--latest", "--kind", "full",
-                                                         "--dry-run"]
-    full = pods(k8s.render(full_options()))
+    assert found["restore"]["containers"][0]["args"] == [
+        "restore", "20260101T020000Z-abcdef", "--dry-run", "--jobs", "1"]
+    full = pods(everything(full_options()))
     assert full["verify"]["containers"][0]["args"] == [
         "verify", "--latest", "--kind", "full", "--scratch-url",
         "postgresql://verify@scratch.internal:5432/postgres"]
     assert full["restore"]["containers"][0]["args"] == [
-        "restore", "20261126T153000Z-a1b2c3", "--yes"]
+        "restore", "20261126T153000Z-a1b2c3", "--yes", "--jobs", "1"]
 
 
-def test_restore_is_a_one_shot_job_created_by_hand():
-    [job] = by_kind(k8s.render(), "Job")
-    assert job["metadata"]["generateName"] == "prefect-dr-restore-"
-    assert "name" not in job["metadata"]
+def test_restore_is_a_one_shot_job_created_by_hand_named_after_its_backup():
+    [job] = by_kind(everything(), "Job")
+    assert job["metadata"]["name"] == "prefect-dr-plan-20260101t020000z-abcdef"
+    assert "generateName" not in job["metadata"]
     assert "kubectl create" in job["metadata"]["annotations"]["prefect-dr/description"]
     assert job["spec"]["ttlSecondsAfterFinished"] == 7 * 24 * 3600
+    [real] = by_kind(everything(full_options()), "Job")
+    assert real["metadata"]["name"] == "prod-dr-restore-20261126t153000z-a1b2c3"
+    with pytest.raises(ValueError, match="names its backup"):
+        k8s.restore_job(k8s.RenderOptions())
+    with pytest.raises(ValueError, match="longer than 63"):
+        k8s.restore_job(k8s.RenderOptions(name="a" * 40,
+                                          restore_backup_id="20260101T020000Z-abcdef"))
+
+
+def test_the_bundle_holds_only_what_apply_may_own():
+    """No Secret (applying would overwrite the real credentials with placeholders), no
+    generateName (kubectl apply refuses it), no restore Job: applying it twice is a no-op."""
+    for options in OPTIONS:
+        bundle = k8s.render(options)
+        assert {o["kind"] for o in bundle} == {"ServiceAccount", "ConfigMap", "CronJob"}
+        for obj in bundle:
+            assert "generateName" not in obj["metadata"] and obj["metadata"]["name"]
+        assert "REPLACE-ME" not in k8s.to_yaml(bundle)
+
+
+def test_a_restore_job_streams_unless_a_staging_class_is_named():
+    options = k8s.RenderOptions(restore_backup_id="20260101T020000Z-abcdef")
+    pod = k8s.restore_job(options)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["args"][-2:] == ["--jobs", "1"]
+    assert {"name": "PREFECT_DR_STAGING_LIMIT", "value": str(1024 ** 3)} in container["env"]
+    assert [v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if "emptyDir" in v] == ["1Gi"]
+    staged = k8s.restore_job(dataclasses.replace(
+        options, restore_staging_class="fast-ssd", restore_staging_bytes=3 * 1024 ** 3 + 1))
+    assert_valid(staged)
+    pod = staged["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"][-2:] == ["--jobs", "0"]
+    [volume] = [v for v in pod["volumes"] if v["name"] == "staging"]
+    claim = volume["ephemeral"]["volumeClaimTemplate"]["spec"]
+    assert claim["storageClassName"] == "fast-ssd"
+    assert claim["resources"]["requests"]["storage"] == "3073Mi"
+    assert {"name": "PREFECT_DR_STAGING_DIR", "value": "/staging"} in pod["containers"][0]["env"]
 
 
 @pytest.mark.parametrize(("schedule", "normalized"), [
@@ -266,7 +306,7 @@ def test_restore_is_a_one_shot_job_created_by_hand():
 ])
 def test_good_schedules(schedule, normalized):
     assert k8s.validate_schedule(schedule) == normalized
-    [cron] = [o for o in k8s.render(k8s.RenderOptions(backup_schedule=schedule))
+    [cron] = [o for o in everything(k8s.RenderOptions(backup_schedule=schedule))
               if o["kind"] == "CronJob" and o["metadata"]["name"] == "prefect-dr-backup"]
     assert cron["spec"]["schedule"] == normalized
 
@@ -278,7 +318,7 @@ def test_good_schedules(schedule, normalized):
 def test_bad_schedules_raise_a_one_line_value_error(schedule):
     for field in ("backup_schedule", "verify_schedule", "prune_schedule"):
         with pytest.raises(ValueError) as info:
-            k8s.render(k8s.RenderOptions(**{field: schedule}))
+            everything(k8s.RenderOptions(**{field: schedule}))
         message = str(info.value)
         assert "\n" not in message
         assert repr(schedule) in message
@@ -315,7 +355,7 @@ def test_bad_schedules_raise_a_one_line_value_error(schedule):
 ])
 def test_bad_options_raise_value_error(changes, fragment):
     with pytest.raises(ValueError, match=fragment) as info:
-        k8s.render(k8s.RenderOptions(**changes))
+        everything(k8s.RenderOptions(**changes))
     assert "\n" not in str(info.value)
     assert "hunter2" not in str(info.value)
 
@@ -328,7 +368,7 @@ def _db_env(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def test_by_default_the_jobs_read_the_url_from_prefect_helms_secret():
-    objects = k8s.render()
+    objects = everything()
     for role, pod in pods(objects).items():
         expected = [] if role == "prune" else [{
             "name": "PREFECT_API_DATABASE_CONNECTION_URL", "valueFrom": {"secretKeyRef": {
@@ -343,11 +383,11 @@ def test_by_default_the_jobs_read_the_url_from_prefect_helms_secret():
 
 
 def test_a_secret_of_ones_own_and_the_password_only_mode():
-    own = k8s.render(k8s.RenderOptions(database_secret="prefect-db", database_secret_key="url"))
+    own = everything(k8s.RenderOptions(database_secret="prefect-db", database_secret_key="url"))
     assert _db_env(pods(own)["backup"]) == [{
         "name": "PREFECT_API_DATABASE_CONNECTION_URL",
         "valueFrom": {"secretKeyRef": {"name": "prefect-db", "key": "url"}}}]
-    pw = k8s.render(k8s.RenderOptions(database_secret="prefect-dr-database",
+    pw = everything(k8s.RenderOptions(database_secret="prefect-dr-database",
                                       database_secret_key="PGPASSWORD",
                                       database_url="postgresql://dr@db:5432/prefect"))
     assert _db_env(pods(pw)["verify"]) == [{
@@ -364,7 +404,7 @@ def test_a_secret_of_ones_own_and_the_password_only_mode():
 
 def test_the_url_the_secret_holds_is_what_the_tool_reads():
     """A pod's environment as Kubernetes would build it (ConfigMap + the Secret's value)."""
-    [cm] = by_kind(k8s.render(), "ConfigMap")
+    [cm] = by_kind(everything(), "ConfigMap")
     helm_value = "postgresql+asyncpg://prefect:Helm-Pw-91@prefect-server-postgresql.prefect:5432/server"
     settings = config.load(env={**cm["data"], "PREFECT_API_DATABASE_CONNECTION_URL": helm_value})
     assert settings.database_url == (
@@ -380,7 +420,7 @@ CLI_ENV = {"PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE"}
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_configmap_holds_settings_the_tool_accepts(options):
-    [cm] = by_kind(k8s.render(options), "ConfigMap")
+    [cm] = by_kind(everything(options), "ConfigMap")
     data = cm["data"]
     known = {spec.env for spec in config.SPECS} | CLI_ENV
     assert set(data) <= known
@@ -392,7 +432,7 @@ def test_configmap_holds_settings_the_tool_accepts(options):
     assert settings.s3_bucket == options.bucket
     assert settings.database_url == options.database_url
     assert "PGPASSWORD" not in data and not any(k.startswith("AWS_") for k in data)
-    for pod in pods(k8s.render(options)).values():
+    for pod in pods(everything(options)).values():
         assert env_names(pod) <= known | {"PGPASSWORD", "PREFECT_API_DATABASE_CONNECTION_URL"}
 
 
@@ -421,10 +461,10 @@ def test_default_image_is_this_version():
 # ---- YAML and the committed examples -----------------------------------------------------
 
 def test_to_yaml_round_trips_and_is_stable():
-    objects = k8s.render(full_options())
+    objects = everything(full_options())
     text = k8s.to_yaml(objects)
     assert list(yaml.safe_load_all(text)) == objects
-    assert k8s.to_yaml(k8s.render(full_options())) == text
+    assert k8s.to_yaml(everything(full_options())) == text
     assert text.startswith("---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n")
     header = k8s.to_yaml(objects[:1], header="line one\nline two")
     assert header.startswith("# line one\n# line two\n---\n")
@@ -465,7 +505,8 @@ def test_pre_upgrade_hook_is_a_valid_helm_hook_before_the_migration(options):
     spec = hook["spec"]
     pod = spec["template"]["spec"]
     [container] = pod["containers"]
-    assert container["args"] == ["backup", "--kind", "full", "--label", "trigger=pre-upgrade"]
+    assert container["args"] == ["backup", "--kind", "full", "--label", "trigger=pre-upgrade",
+                                 "--lock-wait", "10m"]
     # a failed backup fails the Job (and so the upgrade): no endless retries, no retry at all
     # for what a retry cannot fix
     assert spec["backoffLimit"] <= 1 and spec["activeDeadlineSeconds"] > 0
@@ -482,7 +523,7 @@ def test_pre_upgrade_hook_is_a_valid_helm_hook_before_the_migration(options):
     assert ref["valueFrom"]["secretKeyRef"] == {"name": options.database_secret,
                                                 "key": options.database_secret_key}
     # what it reuses is what render() creates in the same namespace
-    objects = k8s.render(options)
+    objects = everything(options)
     names = {(o["kind"], o["metadata"].get("name")) for o in objects}
     assert ("ServiceAccount", pod["serviceAccountName"]) in names
     for source in container["envFrom"]:
@@ -503,7 +544,7 @@ def test_default_database_secret_is_prefect_helms():
 
 
 def test_every_object_carries_the_recommended_labels():
-    for obj in [*k8s.render(full_options()), k8s.pre_upgrade_hook(),
+    for obj in [*everything(full_options()), k8s.pre_upgrade_hook(),
                 *k8s.monitoring(full_options())]:
         labels = obj["metadata"]["labels"]
         assert {"app.kubernetes.io/name", "app.kubernetes.io/instance",
@@ -513,7 +554,7 @@ def test_every_object_carries_the_recommended_labels():
 
 def test_notifications_come_from_a_secret():
     options = full_options()
-    for pod in pods(k8s.render(options)).values():
+    for pod in pods(everything(options)).values():
         [container] = pod["containers"]
         [env] = [e for e in container["env"] if e["name"] == "PREFECT_DR_NOTIFY"]
         assert env["valueFrom"]["secretKeyRef"] == {"name": "prefect-dr-notify", "key": "urls"}
@@ -522,9 +563,9 @@ def test_notifications_come_from_a_secret():
                  if s["metadata"]["name"] == "prefect-dr-notify"]
     assert k8s.PLACEHOLDER in example["stringData"]["urls"]
     with pytest.raises(ValueError, match="is a secret"):
-        k8s.render(k8s.RenderOptions(extra_env={"PREFECT_DR_NOTIFY": "json://x/y"}))
+        everything(k8s.RenderOptions(extra_env={"PREFECT_DR_NOTIFY": "json://x/y"}))
     with pytest.raises(ValueError, match="notify_on"):
-        k8s.render(k8s.RenderOptions(notify_on="sometimes"))
+        everything(k8s.RenderOptions(notify_on="sometimes"))
 
 
 # ---- Prometheus Operator -------------------------------------------------------------------
@@ -552,8 +593,9 @@ def test_prometheus_rule_holds_the_tested_alert_rules(tmp_path):
     packaged = ROOT / "prefect_dr" / "k8s" / "alerts.yml"
     assert packaged.read_text() == (prometheus / "alerts.yml").read_text(), \
         "copy deploy/prometheus/alerts.yml to prefect_dr/k8s/alerts.yml"
-    assert rule["spec"]["groups"] == yaml.safe_load(
-        (prometheus / "alerts.yml").read_text())["groups"]
+    assert rule["spec"]["groups"] == [*yaml.safe_load(
+        (prometheus / "alerts.yml").read_text())["groups"],
+        kube_alert_group(full_options())]
     import shutil
 
     promtool = shutil.which("promtool")
@@ -602,3 +644,46 @@ def test_cli_renders_the_hook_and_the_monitoring_objects():
     assert {d["metadata"]["namespace"] for d in docs} == {"prefect"}
     assert docs[1]["metadata"]["labels"]["release"] == "kps"
     assert_valid(docs[0])
+
+
+def test_a_password_only_secret_under_any_key_from_the_settings():
+    """prefect-helm's externalDatabase password Secret: --database-password-secret NAME:KEY;
+    the URL (user, host, database) goes into the ConfigMap without its password."""
+    settings = config.load(env={
+        "PREFECT_DR_S3_BUCKET": "acme-backups", "PREFECT_DR_AGE_RECIPIENTS": RECIPIENT,
+        "PREFECT_DR_DATABASE_URL": "postgresql://dr@db.internal:5432/prefect"})
+    options = k8s.options_from_settings(settings, database_password_secret="prefect-db:password")
+    objects = everything(options)
+    backup = pods(objects)["backup"]
+    [env] = [e for e in backup["containers"][0]["env"] if e["name"] == "PGPASSWORD"]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "prefect-db", "key": "password"}
+    assert "PREFECT_API_DATABASE_CONNECTION_URL" not in env_names(backup)
+    [cm] = by_kind(objects, "ConfigMap")
+    assert cm["data"]["PREFECT_DR_DATABASE_URL"] == "postgresql://dr@db.internal:5432/prefect"
+    [template] = [s for s in by_kind(objects, "Secret") if s["metadata"]["name"] == "prefect-db"]
+    assert set(template["stringData"]) == {"password"}
+    with pytest.raises(ValueError, match="NAME:KEY"):
+        k8s.options_from_settings(settings, database_password_secret="prefect-db")
+    with pytest.raises(ValueError, match="database_url"):
+        everything(k8s.RenderOptions(database_secret="x", database_secret_key="password",
+                                     database_secret_is_password=True))
+
+
+def test_cli_secret_templates_and_one_line_usage_errors():
+    def render(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "prefect_dr", "k8s", "render", *args],
+                              capture_output=True, text=True, env=_clean_env())
+
+    templates = render("--secret-templates")
+    assert templates.returncode == 0, templates.stderr
+    docs = list(yaml.safe_load_all(templates.stdout))
+    assert {d["kind"] for d in docs} == {"Secret"} and templates.stdout.startswith("# Secret")
+    bundle = render()
+    assert bundle.returncode == 0 and "kind: Secret" not in bundle.stdout
+    for args, fragment in ((["--yes"], "go with --restore-job"),
+                           (["--staging-storage-class", "ssd"], "go with --restore-job"),
+                           (["--database-password-secret", "db"], "NAME:KEY")):
+        bad = render(*args)
+        assert bad.returncode == 2, bad.stderr
+        assert fragment in bad.stderr and "Traceback" not in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from k8s_objects import assert_valid, by_kind, env_names, secret_names
+from k8s_objects import assert_valid, by_kind, env_names, everything, secret_names
 
 from prefect_dr import config, crypto, k8s
 
@@ -50,7 +50,7 @@ CASES: dict[str, k8s.RenderOptions] = {
 
 def objects_of(options: k8s.RenderOptions) -> list[dict[str, Any]]:
     """What k8s render prints, and the pre-upgrade hook Job."""
-    return [*k8s.render(options), k8s.pre_upgrade_hook(options)]
+    return [*everything(options), k8s.pre_upgrade_hook(options)]
 
 
 def service_accounts(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
@@ -102,7 +102,7 @@ def test_every_object_is_valid_and_the_configmap_names_the_repository(case: str)
 
 
 def test_an_s3_repository_keeps_keys_or_uses_irsa() -> None:
-    keys = k8s.render(k8s.RenderOptions(repository="s3://acme-prefect-backups/prod"))
+    keys = everything(k8s.RenderOptions(repository="s3://acme-prefect-backups/prod"))
     for role, pod in pods(keys).items():
         assert {"secretRef": {"name": f"prefect-dr-s3-{role}"}} in pod["containers"][0]["envFrom"]
     objects = objects_of(CASES["s3-irsa"])
@@ -151,10 +151,10 @@ def test_azure_workload_identity_annotates_the_account_and_labels_the_pod() -> N
     [cm] = by_kind(objects, "ConfigMap")
     assert cm["data"]["PREFECT_DR_AZURE_ACCOUNT_URL"] == ACCOUNT_URL
     # the account URL may come with the repository URL instead
-    k8s.render(k8s.RenderOptions(repository=f"{AZURE}?account_url={ACCOUNT_URL}",
+    everything(k8s.RenderOptions(repository=f"{AZURE}?account_url={ACCOUNT_URL}",
                                  workload_identities={"backup": CLIENT_ID}))
     with pytest.raises(ValueError, match="needs the account URL"):
-        k8s.render(k8s.RenderOptions(repository=AZURE, workload_identities={"backup": CLIENT_ID}))
+        everything(k8s.RenderOptions(repository=AZURE, workload_identities={"backup": CLIENT_ID}))
 
 
 def test_gcs_jobs_mount_their_own_key_file() -> None:
@@ -185,7 +185,7 @@ def test_gke_workload_identity_annotates_each_account_and_mounts_no_key() -> Non
 
 @pytest.mark.parametrize(("case", "source"), [
     ("file-claim", {"persistentVolumeClaim": {"claimName": "dr-share"}}),
-    ("file-nfs", {"nfs": {"server": "nfs.internal", "path": "/exports/prefect-dr"}}),
+    ("file-nfs", {"persistentVolumeClaim": {"claimName": "prefect-dr-repository"}}),
 ])
 def test_a_file_repository_is_a_volume_mounted_at_its_path_in_every_job(
         case: str, source: dict[str, Any]) -> None:
@@ -202,7 +202,14 @@ def test_a_file_repository_is_a_volume_mounted_at_its_path_in_every_job(
     # no credentials of any cloud: only the age identity is an example Secret
     assert [s["metadata"]["name"] for s in by_kind(objects, "Secret")] == [
         options.identity_secret]
-    default = k8s.render(k8s.RenderOptions(repository="file:///backups"))
+    if case == "file-nfs":  # Pod Security "restricted" admits no nfs volume: a PV + claim
+        [pv] = by_kind(objects, "PersistentVolume")
+        [pvc] = by_kind(objects, "PersistentVolumeClaim")
+        assert pv["spec"]["nfs"] == {"server": "nfs.internal", "path": "/exports/prefect-dr"}
+        assert pvc["spec"]["volumeName"] == pv["metadata"]["name"]
+        assert pv["spec"]["claimRef"]["name"] == pvc["metadata"]["name"]
+        assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
+    default = everything(k8s.RenderOptions(repository="file:///backups"))
     [volume] = [v for v in pods(default)["backup"]["volumes"] if v["name"] == "repository"]
     assert volume["persistentVolumeClaim"]["claimName"] == k8s.DEFAULT_VOLUME_CLAIM
 
@@ -234,18 +241,18 @@ def test_a_file_repository_is_a_volume_mounted_at_its_path_in_every_job(
 def test_bad_repository_options_raise_value_error(changes: dict[str, Any],
                                                   fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment) as info:
-        k8s.render(k8s.RenderOptions(**changes))
+        everything(k8s.RenderOptions(**changes))
     assert "\n" not in str(info.value)
 
 
 def test_options_from_settings_take_the_repository() -> None:
     settings = config.load(env={"PREFECT_DR_REPOSITORY": f"{AZURE}?account_url={ACCOUNT_URL}"})
     options = k8s.options_from_settings(settings, workload_identities={"backup": CLIENT_ID})
-    [cm] = by_kind(k8s.render(options), "ConfigMap")
+    [cm] = by_kind(everything(options), "ConfigMap")
     assert config.load(env=cm["data"]).repository_url == settings.repository_url
     # an s3:// URL is rendered as the URL, not as the example bucket
     settings = config.load(env={"PREFECT_DR_REPOSITORY": "s3://acme-dr/prod"})
-    [cm] = by_kind(k8s.render(k8s.options_from_settings(settings)), "ConfigMap")
+    [cm] = by_kind(everything(k8s.options_from_settings(settings)), "ConfigMap")
     assert cm["data"]["PREFECT_DR_REPOSITORY"] == "s3://acme-dr/prod"
     assert "PREFECT_DR_S3_BUCKET" not in cm["data"]
 

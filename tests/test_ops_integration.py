@@ -113,3 +113,27 @@ def test_metrics_textfile_passes_promtool_and_reaches_pushgateway(
         f'kind="full",{repo}}} 1' in pushed
     assert 'prefect_dr_verification_success{command="verify",instance="test-host",' \
         f'job="prefect-dr",{repo}}} 1' in pushed
+
+
+def test_a_success_replaces_a_settings_failure_in_pushgateway_and_textfile(
+        env: dict[str, str], tmp_path: Path, pushgateway: str) -> None:
+    """A backup that fails on its settings (before the repository is opened, so without a
+    repository label), then a good one: the Pushgateway and the textfile hold one
+    last_run_success of the backup, 1 (issue 22: it stayed 0 for ever)."""
+    prom = tmp_path / "prefect-dr.prom"
+    common = ["--metrics-file", str(prom), "--pushgateway", pushgateway,
+              "--metrics-instance", "ns/prefect-dr"]
+    broken = dict(env, PREFECT_DR_AGE_RECIPIENTS="not-a-recipient")
+    assert run_cli([*common, "backup"], broken).returncode == 2
+    pushed = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    failed = [line for line in pushed.splitlines()
+              if line.startswith("prefect_dr_last_run_success{")]
+    assert len(failed) == 1 and failed[0].endswith(" 0") and "repository=" not in failed[0]
+    assert run_cli([*common, "backup"], env).returncode == 0
+    pushed = urllib.request.urlopen(pushgateway + "/metrics", timeout=5).read().decode()
+    runs = [line for line in pushed.splitlines()
+            if line.startswith("prefect_dr_last_run_success{")]
+    assert len(runs) == 1 and runs[0].endswith(" 1") and "repository=" in runs[0], runs
+    text = [line for line in prom.read_text().splitlines()
+            if line.startswith("prefect_dr_last_run_success{")]
+    assert len(text) == 1 and text[0].endswith(" 1.0"), text

@@ -45,17 +45,26 @@ def backup(
     copy_to: Annotated[list[str] | None, typer.Option(
         "--copy-to", metavar="URL", help="After a successful backup, copy it to this "
         "repository too (repeatable; also PREFECT_DR_COPY_TO).")] = None,
+    lock_wait: Annotated[str, typer.Option(
+        "--lock-wait", metavar="DURATION",
+        help="While another backup of this database holds the lock, try again for up to this "
+             "long (e.g. 10m) before exit 11 (default 0s: at once).")] = "0s",
 ) -> None:
     """Back up the Prefect database and configuration, encrypted, to the repository (and
     copy it to --copy-to repositories)."""
     from prefect_dr import backup as backup_mod
-    from prefect_dr import pipeline
+    from prefect_dr import durations, pipeline
 
     state.run.labels["kind"] = kind.value
+    try:
+        wait = durations.parse(lock_wait).total_seconds()
+    except ValueError as exc:
+        raise errors.UsageError(f"--lock-wait: {exc}") from None
     current = settings()
     current.require(*backup_mod.NEEDS)  # every missing setting at once, the repository too
     request = backup_mod.Request(kind=kind.value, labels=parse_labels(label or []),
-                                 allow_undecryptable_blocks=allow_undecryptable_blocks)
+                                 allow_undecryptable_blocks=allow_undecryptable_blocks,
+                                 lock_wait=wait)
     repo = storage()
     with console.transfer_progress(enabled=not json_mode(), primary="dumped") as listener:
         progress = pipeline.Progress(listener)

@@ -152,6 +152,29 @@ def k8s_render(
              " default: prefect-helm's). With KEY PGPASSWORD it holds only the password and "
              "the database URL setting goes into the ConfigMap.")
     ] = "prefect-server-postgresql-connection:connection-string",  # noqa: S107 - a name
+    database_password_secret: Annotated[str | None, typer.Option(
+        "--database-password-secret", metavar="NAME:KEY",
+        help="Instead: a Secret whose KEY holds only the database password (prefect-helm's "
+             "externalDatabase existingSecret); the jobs get it as PGPASSWORD and the database "
+             "URL setting (user, host, database) goes into the ConfigMap.")
+    ] = None,
+    secret_templates: Annotated[bool, typer.Option(
+        "--secret-templates", help="Only the Secret templates (placeholder values): fill "
+        "in and create them once; never part of the bundle you apply.")] = False,
+    restore_job: Annotated[str | None, typer.Option(
+        "--restore-job", metavar="ID|latest",
+        help="Only the restore Job of this backup (latest: the newest complete full one, "
+             "read from the repository), named after it; --dry-run unless --yes.")
+    ] = None,
+    yes: Annotated[bool, typer.Option(
+        "--yes", help="With --restore-job: a real restore (restore ID --yes), not a plan.")
+    ] = False,
+    staging_storage_class: Annotated[str | None, typer.Option(
+        "--staging-storage-class", metavar="CLASS",
+        help="With --restore-job: stage the dump on a generic ephemeral volume of this "
+             "StorageClass sized from the manifest (plaintext + 10%), pg_restore in parallel; "
+             "without, the restore streams with one job.")
+    ] = None,
     notify_secret: Annotated[str | None, typer.Option(
         "--notify-secret", metavar="NAME",
         help="Secret holding the apprise URLs (key urls) every job gets as PREFECT_DR_NOTIFY.")
@@ -185,15 +208,21 @@ def k8s_render(
              "of a claim.")
     ] = None,
 ) -> None:
-    """Print CronJobs (backup, prune, verify), a restore Job template, ConfigMap and example
-    Secrets for the current settings and repository (s3://, azure://, gs:// or file://;
-    multi-document YAML; schedules validated); or only the pre-upgrade hook and/or the
-    Prometheus Operator objects."""
+    """Print what 'kubectl apply -f' may own: ServiceAccounts, ConfigMap and CronJobs (backup,
+    prune, verify) for the current settings and repository (s3://, azure://, gs:// or file://;
+    schedules validated), never a Secret; or only the Secret templates, a restore Job, the
+    pre-upgrade hook and/or the Prometheus Operator objects."""
     from prefect_dr import k8s
 
+    if (yes or staging_storage_class) and not restore_job:
+        raise errors.UsageError("--yes and --staging-storage-class go with --restore-job")
+    restore: dict[str, object] = {}
+    if restore_job:
+        restore = _restore_target(restore_job, staging_storage_class, dry_run=not yes)
     try:
         options = k8s.options_from_settings(
-            settings(), database_secret=database_secret, namespace=namespace,
+            settings(), database_secret=database_secret,
+            database_password_secret=database_password_secret, namespace=namespace,
             backup_schedule=schedule,
             verify_schedule=verify_schedule, prune_schedule=prune_schedule, image=image,
             pushgateway_url=state.pushgateway, metrics_instance=state.metrics_instance,
@@ -201,9 +230,11 @@ def k8s_render(
             prometheus_labels=parse_labels(prometheus_label or [], "--prometheus-label") or None,
             workload_identities=parse_labels(workload_identity or [],
                                              "--workload-identity") or None,
-            volume_claim=volume_claim, nfs=nfs)
+            volume_claim=volume_claim, nfs=nfs, **restore)
         objects, header = k8s.select(options, pre_upgrade_hook=pre_upgrade_hook,
-                                     prometheus_rule=prometheus_rule)
+                                     prometheus_rule=prometheus_rule,
+                                     secret_templates=secret_templates,
+                                     restore=bool(restore_job))
         text = k8s.to_yaml(objects, header=header)
     except ValueError as exc:
         raise errors.UsageError(str(exc)) from None
@@ -212,3 +243,18 @@ def k8s_render(
         console.info(f"wrote {output}")
     else:
         sys.stdout.write(text)
+
+
+def _restore_target(ref: str, staging_class: str | None, *, dry_run: bool) -> dict[str, object]:
+    """The restore Job's options: the backup ``ref`` names (``latest`` resolved in the
+    repository) and, with a staging StorageClass, the room its manifest says staging needs."""
+    from prefect_dr import catalog, restore_plan
+    from prefect_dr.cli.common import select
+
+    manifest = catalog.require_complete(select(ref, False, None))
+    out: dict[str, object] = {"restore_backup_id": manifest.backup_id,
+                              "restore_dry_run": dry_run}
+    if staging_class:
+        out["restore_staging_class"] = staging_class
+        out["restore_staging_bytes"] = restore_plan.staging_need(manifest) or 1
+    return out

@@ -15,12 +15,14 @@ settings), ``repository`` (how the jobs reach an ``s3://``, ``azure://``, ``gs:/
   Identity; ``workload_identities`` renders the binding annotation); no Kubernetes API token
   is mounted;
 - a ConfigMap ``<name>`` with the non-secret ``PREFECT_DR_*`` settings;
-- example Secrets holding placeholders only (the repository's credentials per job, unless a
-  job has a workload identity; the age identity; optionally PGPASSWORD, the signing key and
-  Prefect's block key);
 - CronJobs ``<name>-backup``, ``<name>-prune`` and ``<name>-verify``;
-- a restore Job (``generateName: <name>-restore-``, created by hand, ``--dry-run`` unless
-  asked otherwise).
+- for an NFS export, a PersistentVolume and its claim.
+
+Nothing else: ``kubectl apply -f`` of it again and again never touches a Secret and never meets
+a ``generateName``. ``secret_templates(options)`` gives the Secrets with placeholders (the
+repository's credentials per job, unless a job has a workload identity; the age identity;
+optionally the database password, the signing key and Prefect's block key), created once by
+hand; ``restore_job(options)`` the restore Job of one backup, named after it.
 
 Design choices (docs/deploy.md explains them for operators):
 
@@ -43,17 +45,23 @@ Design choices (docs/deploy.md explains them for operators):
   public recipients; the pod that runs every day next to the live database cannot decrypt a
   single backup.
 - **Restore is a Job created by hand** (``kubectl create -f``), never applied with the rest:
-  ``generateName`` gives every run a fresh Job (a Job's pod template is immutable), and the
-  default arguments are ``restore --latest --dry-run``, so creating it by mistake prints the
-  plan and changes nothing. A real restore names the backup and passes ``--yes`` (the tool
-  refuses to restore without a terminal and without ``--yes``); ``restore_backup_id`` and
-  ``restore_dry_run=False`` render exactly that. ``backoffLimit: 0``: never retried
-  automatically.
+  ``k8s render --restore-job ID|latest`` renders it with a fixed name naming the backup
+  (``<name>-plan-<id>`` for the default ``--dry-run``, ``<name>-restore-<id>`` with ``--yes``).
+  It streams the dump (``--jobs 1``) so it never outgrows its pod, unless a staging
+  StorageClass is named: then a generic ephemeral volume sized from the manifest holds the
+  staged dump. ``backoffLimit: 0``: never retried automatically.
 """
 
 from __future__ import annotations
 
-from prefect_dr.k8s.bundle import EXAMPLE_FILES, example_files, render, select, to_yaml
+from prefect_dr.k8s.bundle import (
+    EXAMPLE_FILES,
+    example_files,
+    render,
+    secret_templates,
+    select,
+    to_yaml,
+)
 from prefect_dr.k8s.helm import HOOK_WEIGHT, MIGRATION_HOOK_WEIGHT, pre_upgrade_hook
 from prefect_dr.k8s.monitoring import NOTE as MONITORING_NOTE
 from prefect_dr.k8s.monitoring import monitoring
@@ -77,5 +85,6 @@ __all__ = [
     "FROM_SETTINGS", "HOOK_WEIGHT", "MIGRATION_HOOK_WEIGHT", "MONITORING_NOTE",
     "NO_RETRY_EXIT_CODES", "PLACEHOLDER", "ROLES", "UID", "RenderOptions", "config_env",
     "example_files", "example_secrets", "monitoring", "options_from_settings",
-    "pre_upgrade_hook", "render", "restore_job", "select", "to_yaml", "validate_schedule",
+    "pre_upgrade_hook", "render", "restore_job", "secret_templates", "select", "to_yaml",
+    "validate_schedule",
 ]

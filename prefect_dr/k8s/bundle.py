@@ -4,6 +4,7 @@ example files of deploy/kubernetes/ (:func:`example_files`)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from prefect_dr import __version__
@@ -14,8 +15,11 @@ from prefect_dr.kinds import Kind
 
 
 def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
-    """All Kubernetes objects, in apply order: ServiceAccounts (annotated with their workload
-    identities), ConfigMap, example Secrets, CronJobs (backup, prune, verify), restore Job.
+    """What ``kubectl apply -f`` may own, in apply order: ServiceAccounts (annotated with their
+    workload identities), ConfigMap, an NFS repository's PersistentVolume and claim, CronJobs
+    (backup, prune, verify). Never a Secret (the real ones are created beside it:
+    :func:`secret_templates`) nor the restore Job (:func:`restore_job`, created by hand):
+    applying the bundle again and again changes nothing else.
 
     Raises ValueError (one line) for a bad option, e.g. a cron expression Kubernetes would
     refuse or a URL carrying a password.
@@ -33,7 +37,7 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
                     "metadata": metadata(options, options.name, "config",
                                           "Non-secret prefect-dr settings (PREFECT_DR_*)"),
                     "data": config_env(options)})
-    objects += example_secrets(options)
+    objects += repository.nfs_objects(options)
     verify_args = ["verify", "--latest", "--kind", Kind.FULL.value]
     if options.verify_scratch_url:
         verify_args += ["--scratch-url", options.verify_scratch_url]
@@ -48,19 +52,43 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
                   deadline=options.verify_deadline_seconds, backoff=1,
                   description="Test-restores the newest full backup into a scratch database"),
     ]
-    objects.append(restore_job(options))
     return objects
 
 
+def secret_templates(options: RenderOptions | None = None) -> list[dict[str, Any]]:
+    """The Secrets the jobs read, with placeholder values: fill them in and create them
+    (``kubectl create secret``, docs/deploy.md) before applying the bundle; never apply them
+    over real ones. Raises ValueError (one line) for a bad option."""
+    options = options or RenderOptions()
+    check(options)
+    return example_secrets(options)
+
+
+SECRETS_NOTE = ("Secret TEMPLATES: placeholder values. Fill them in and create them once "
+                "(kubectl create -f, or the\n'kubectl create secret' lines of docs/deploy.md); "
+                "they are never part of the bundle you apply.")
+RESTORE_NOTE = ("Restore Job: kubectl create -f (not apply). Its name names the backup: "
+                "delete the finished Job\nbefore creating it again.")
+
+
 def select(options: RenderOptions, *, pre_upgrade_hook: bool = False,
-           prometheus_rule: bool = False) -> tuple[list[dict[str, Any]], str | None]:
+           prometheus_rule: bool = False, secret_templates: bool = False,
+           restore: bool = False) -> tuple[list[dict[str, Any]], str | None]:
     """What ``k8s render`` prints: every object of :func:`render`, or only the pre-upgrade
-    hook Job and/or the Prometheus Operator objects; with the YAML header they need (None for
-    none). Raises ValueError (one line) for a bad option."""
-    if not (pre_upgrade_hook or prometheus_rule):
+    hook Job, the Prometheus Operator objects, the Secret templates and/or the restore Job;
+    with the YAML header they need (None for none). Raises ValueError (one line) for a bad
+    option."""
+    if not (pre_upgrade_hook or prometheus_rule or secret_templates or restore):
         return render(options), None
+    check(options)
     objects: list[dict[str, Any]] = []
     notes: list[str] = []
+    if secret_templates:
+        objects += example_secrets(options)
+        notes.append(SECRETS_NOTE)
+    if restore:
+        objects.append(restore_job(options))
+        notes.append(RESTORE_NOTE)
     if pre_upgrade_hook:
         objects.append(helm.pre_upgrade_hook(options))
         notes.append(helm.NOTE)
@@ -102,22 +130,23 @@ EXAMPLE_FILES: dict[str, str] = {
                        "Apply: kubectl apply -f prefect-dr.yaml",
     "secrets.example.yaml": "EXAMPLE Secrets: names and keys the jobs read, PLACEHOLDER values.\n"
                             "Never apply as is; create the real ones (docs/deploy.md).",
-    "restore-job.yaml": "Restore Job: kubectl create -f restore-job.yaml (not apply).\n"
-                        "As rendered it only prints the plan (--dry-run).",
+    "restore-job.yaml": "Restore Job of an EXAMPLE backup id: render yours with\n"
+                        "'prefect-dr k8s render --restore-job ID|latest [--yes]', then\n"
+                        "kubectl create -f (not apply). As rendered it only prints the plan.",
 }
+
+
+EXAMPLE_BACKUP_ID = "20260101T020000Z-abcdef"
 
 
 def example_files(options: RenderOptions | None = None) -> dict[str, str]:
     """The committed example files of deploy/kubernetes/: file name -> YAML text."""
-    objects = render(options)
-    groups: dict[str, list[dict[str, Any]]] = {name: [] for name in EXAMPLE_FILES}
-    for obj in objects:
-        if obj["kind"] == "Secret":
-            groups["secrets.example.yaml"].append(obj)
-        elif obj["kind"] == "Job":
-            groups["restore-job.yaml"].append(obj)
-        else:
-            groups["prefect-dr.yaml"].append(obj)
+    options = options or RenderOptions()
+    if options.restore_backup_id is None:
+        options = replace(options, restore_backup_id=EXAMPLE_BACKUP_ID)
+    groups: dict[str, list[dict[str, Any]]] = {
+        "prefect-dr.yaml": render(options), "secrets.example.yaml": secret_templates(options),
+        "restore-job.yaml": [restore_job(options)]}
     header = _FILE_HEADER.format(version=__version__)
     return {name: to_yaml(objs, header=f"{EXAMPLE_FILES[name]}\n{header}")
             for name, objs in groups.items()}

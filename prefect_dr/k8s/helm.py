@@ -1,9 +1,11 @@
 """A Helm ``pre-upgrade`` hook that takes a full backup before prefect-helm migrates the
 database.
 
-The prefect-helm ``prefect-server`` chart runs its migration Job as a ``post-install,
-pre-upgrade`` hook with weight -5, and Prefect's docs advise a backup before every upgrade
-(a migration over a large database can fail part-way). :func:`pre_upgrade_hook` renders a Job
+With ``backgroundServices.runAsSeparateDeployment: true`` the prefect-helm ``prefect-server``
+chart runs a migration Job as a ``post-install, pre-upgrade`` hook with weight -5 (by default
+there is no such Job: the server migrates the database when it starts, after every hook), and
+Prefect's docs advise a backup before every upgrade (a migration over a large database can fail
+part-way). :func:`pre_upgrade_hook` renders a Job
 with a lower weight, so Helm runs it first and waits for it; when the backup fails (after its
 retries, or at once on an exit code a retry cannot fix) the Job fails, and Helm fails the
 upgrade before any migration has touched the database.
@@ -39,7 +41,9 @@ NOTE = (
 
 
 def pre_upgrade_hook(options: RenderOptions | None = None) -> dict[str, Any]:
-    """The hook Job ``<name>-pre-upgrade``: ``backup --kind full --label trigger=pre-upgrade``.
+    """The hook Job ``<name>-pre-upgrade``: ``backup --kind full --label trigger=pre-upgrade
+    --lock-wait 10m``: a scheduled backup holding the lock is waited for (up to
+    ``hook_lock_wait``) instead of failing the upgrade at once with exit 11.
 
     One retry for a transient failure (none for the exit codes a retry cannot fix), the
     backup's deadline, and ``before-hook-creation``: the last hook Job and its logs stay until
@@ -47,7 +51,8 @@ def pre_upgrade_hook(options: RenderOptions | None = None) -> dict[str, Any]:
     """
     options = options or RenderOptions()
     check(options)
-    args = ["backup", "--kind", Kind.FULL.value, "--label", HOOK_LABEL]
+    args = ["backup", "--kind", Kind.FULL.value, "--label", HOOK_LABEL,
+            "--lock-wait", options.hook_lock_wait]
     spec = job_spec(options, "backup", args, deadline=options.backup_deadline_seconds,
                     backoff=1)
     # its own component; the pod's other labels (Azure workload identity) stay

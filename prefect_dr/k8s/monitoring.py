@@ -28,7 +28,9 @@ NOTE = (
     "- The jobs push to the Pushgateway (render the jobs with a Pushgateway URL); the\n"
     "  ServiceMonitor scrapes it with honorLabels. If the Pushgateway chart's own ServiceMonitor\n"
     "  is enabled (serviceMonitor.enabled, with honorLabels: true), leave this one out.\n"
-    "- Thresholds fit daily schedules: see the header of deploy/prometheus/alerts.yml."
+    "- Thresholds fit daily schedules: see the header of deploy/prometheus/alerts.yml.\n"
+    "- The prefect-dr-kubernetes group reads kube-state-metrics (kube_job_*, kube_cronjob_*):\n"
+    "  a Job that failed however its pod died, a CronJob that missed its schedule."
 )
 
 
@@ -47,12 +49,83 @@ def _meta(options: RenderOptions, name: str, component: str, description: str
     return meta
 
 
+KUBE_GROUP = "prefect-dr-kubernetes"
+#: Beyond a CronJob's startingDeadlineSeconds, a missed run is reported after this margin.
+MISSED_MARGIN_SECONDS = 15 * 60
+
+
+def _owned(options: RenderOptions, state: str) -> str:
+    """Start time of each finished Job of our CronJobs in ``state`` (failed, complete), per
+    CronJob (owner_name): the newest such Job's start time."""
+    ns = f'namespace="{options.namespace}"'
+    crons = f'owner_name=~"{options.name}-(backup|prune|verify)"'
+    return (f"max by (namespace, owner_name) (\n"
+            f"  kube_job_status_start_time{{{ns}}}\n"
+            f"  * on (namespace, job_name) group_left (owner_name)\n"
+            f'    kube_job_owner{{{ns}, owner_kind="CronJob", {crons}}}\n'
+            f"  * on (namespace, job_name) group_left ()\n"
+            f'    (kube_job_{state}{{{ns}, condition="true"}} == 1)\n'
+            f")")
+
+
+def kube_alert_group(options: RenderOptions) -> dict[str, Any]:
+    """Alerts on kube-state-metrics for what no pushed metric can tell: a pod that died without
+    pushing (OOM-killed, evicted, an image that cannot be pulled, a missing Secret), a restore
+    or hook Job that failed, a CronJob that missed its schedule. Selected by the rendered
+    namespace and names."""
+    ns, name = options.namespace, options.name
+    failed, complete = _owned(options, "failed"), _owned(options, "complete")
+    missed = options.starting_deadline_seconds + MISSED_MARGIN_SECONDS
+    crons = f'namespace="{ns}", cronjob=~"{name}-(backup|prune|verify)"'
+    return {"name": KUBE_GROUP, "interval": "1m", "rules": [
+        {"alert": "PrefectDRCronJobFailed",
+         # the newest finished Job of the CronJob failed (no later one completed)
+         "expr": f"{failed}\n> on (namespace, owner_name)\n(\n{complete}\n"
+                 f"or on (namespace, owner_name)\n0 * {failed}\n)\n",
+         "for": "1m", "labels": {"severity": "critical"},
+         "annotations": {
+             "summary": "prefect-dr: the last Job of {{ $labels.namespace }}/"
+                        "{{ $labels.owner_name }} failed",
+             "description": "The newest Job of CronJob {{ $labels.owner_name }} failed, "
+                            "whatever its pod died of (exit code, OOM kill, eviction, image "
+                            "pull, missing Secret): a pod that dies without pushing metrics "
+                            "is seen here. kubectl -n {{ $labels.namespace }} get jobs; "
+                            "kubectl logs job/<job>. The alert clears when a later Job of it "
+                            "completes."}},
+        {"alert": "PrefectDRJobFailed",
+         "expr": f'kube_job_failed{{namespace="{ns}", condition="true", '
+                 f'job_name=~"{name}-(restore|plan)-.+|{name}-pre-upgrade"}} == 1\n',
+         "for": "1m", "labels": {"severity": "critical"},
+         "annotations": {
+             "summary": "prefect-dr: Job {{ $labels.namespace }}/{{ $labels.job_name }} "
+                        "failed",
+             "description": "A restore (or restore plan) or pre-upgrade backup Job failed; "
+                            "it is never retried by itself. Read its logs (kubectl logs "
+                            "job/{{ $labels.job_name }}), fix, delete the Job and create it "
+                            "again."}},
+        {"alert": "PrefectDRCronJobMissedSchedule",
+         "expr": f"(time() - kube_cronjob_next_schedule_time{{{crons}}} > {missed})\n"
+                 f"and on (namespace, cronjob) (kube_cronjob_spec_suspend{{{crons}}} == 0)\n",
+         "for": "5m", "labels": {"severity": "warning"},
+         "annotations": {
+             "summary": "prefect-dr: CronJob {{ $labels.namespace }}/{{ $labels.cronjob }} "
+                        "missed its schedule",
+             "description": "The CronJob's next run is overdue by more than its "
+                            "startingDeadlineSeconds plus 15m: the controller did not start "
+                            "it (a previous Job still running under concurrencyPolicy Forbid, "
+                            "the controller down, a quota). kubectl -n {{ $labels.namespace }} "
+                            "describe cronjob {{ $labels.cronjob }}."}},
+    ]}
+
+
 def prometheus_rule(options: RenderOptions) -> dict[str, Any]:
-    """The PrometheusRule ``<name>`` with every alert of deploy/prometheus/alerts.yml."""
+    """The PrometheusRule ``<name>`` with every alert of deploy/prometheus/alerts.yml and the
+    kube-state-metrics alerts of the rendered Jobs (:func:`kube_alert_group`)."""
     return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
             "metadata": _meta(options, options.name, "alerts",
-                              "prefect-dr alerts (deploy/prometheus/alerts.yml)"),
-            "spec": {"groups": alert_groups()}}
+                              "prefect-dr alerts (deploy/prometheus/alerts.yml) and "
+                              "kube-state-metrics alerts of its Jobs"),
+            "spec": {"groups": [*alert_groups(), kube_alert_group(options)]}}
 
 
 def pushgateway_namespace(options: RenderOptions) -> str:

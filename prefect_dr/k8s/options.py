@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from prefect_dr import __version__, cron, crypto, layout, retention
+from prefect_dr import __version__, cron, crypto, errors, layout, retention
 from prefect_dr.errors import CryptoKeyError
 from prefect_dr.storage import url as repo_url
 
@@ -25,9 +25,9 @@ BLOCK_KEY_DIR = "/etc/prefect-dr/block-key"
 PLACEHOLDER = "REPLACE-ME"
 DEFAULT_IMAGE = f"ghcr.io/prefect-dr/prefect-dr:{__version__}"
 
-# Exit codes a retry cannot fix (docs/exit-codes.md): usage, not found, lock held, key error,
-# verification failed, schema refused. The Job fails at once instead of retrying.
-NO_RETRY_EXIT_CODES = (2, 10, 11, 12, 13, 14)
+# Exit codes a retry cannot fix (errors.EXIT_CODES, docs/exit-codes.md): the Job fails at once
+# instead of retrying.
+NO_RETRY_EXIT_CODES = errors.NO_RETRY_EXIT_CODES
 
 # Settings render() manages itself; extra_env must not set them.
 _MANAGED_ENV = frozenset({
@@ -38,6 +38,7 @@ _MANAGED_ENV = frozenset({
     "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE", "PREFECT_DR_BACKUP_CRON", "PREFECT_DR_VERIFY_CRON",
     "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE", "PREFECT_DR_NOTIFY_ON",
     "PREFECT_DR_REPOSITORY", "PREFECT_DR_AZURE_ACCOUNT_URL", "GOOGLE_APPLICATION_CREDENTIALS",
+    "PREFECT_DR_STAGING_DIR", "PREFECT_DR_STAGING_LIMIT",
 })
 UTC_ZONES = frozenset({"Etc/UTC", "UTC"})
 # Secrets never go into a ConfigMap.
@@ -125,6 +126,10 @@ class RenderOptions:
     # Secret names
     database_secret: str = "prefect-server-postgresql-connection"  # noqa: S105 - a name
     database_secret_key: str = "connection-string"  # noqa: S105 - or PGPASSWORD (+ database_url)
+    # True: the Secret's key holds only the password (any key name: prefect-helm's
+    # externalDatabase existingSecret), the jobs get it as PGPASSWORD and database_url (user,
+    # host, database; no password) goes into the ConfigMap
+    database_secret_is_password: bool = False
     identity_secret: str = "prefect-dr-age-identity"  # noqa: S105 - key identity.txt
     # role -> Secret with AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY; a role left out gets no
     # credential Secret (IRSA, EKS Pod Identity, node role): annotate its ServiceAccount.
@@ -152,9 +157,17 @@ class RenderOptions:
     # every job, and PREFECT_DR_NOTIFY_ON (failure or always) in the ConfigMap
     notify_secret: str | None = None
     notify_on: str | None = None
-    # Restore Job
-    restore_backup_id: str | None = None  # None: --latest
+    # Restore Job (k8s render --restore-job): the backup it restores, by id (its name names it)
+    restore_backup_id: str | None = None
     restore_dry_run: bool = True  # False: --yes (a real restore)
+    # None: the restore streams the dump into pg_restore (--jobs 1, nothing staged: it fits
+    # any pod). A StorageClass: the dump is staged on a generic ephemeral volume of that class
+    # sized restore_staging_bytes (the manifest's plaintext + 10%), pg_restore --jobs per CPU.
+    restore_staging_class: str | None = None
+    restore_staging_bytes: int | None = None
+    # Helm pre-upgrade hook: how long it waits for a backup holding the lock (backup
+    # --lock-wait) before it fails the upgrade with exit 11
+    hook_lock_wait: str = "10m"
     # Timing
     starting_deadline_seconds: int = 3600
     backup_deadline_seconds: int = 6 * 3600
@@ -167,6 +180,27 @@ class RenderOptions:
     cpu_limit: str = "2"
     memory_request: str = "256Mi"
     memory_limit: str = "512Mi"
+
+
+def password_only(options: RenderOptions) -> bool:
+    """Whether the database Secret holds only the password (then database_url is set)."""
+    return options.database_secret_is_password or options.database_secret_key == PASSWORD_KEY
+
+
+MAX_NAME = 63  # a Job's name becomes its pods' job-name label: at most 63 characters
+
+
+def restore_job_name(options: RenderOptions) -> str:
+    """The restore Job's fixed name, naming its backup: ``<name>-restore-<id>`` (a real
+    restore) or ``<name>-plan-<id>`` (--dry-run). Raises ValueError without a backup id."""
+    if not options.restore_backup_id:
+        raise ValueError("the restore Job names its backup: give a backup id or latest")
+    what = "plan" if options.restore_dry_run else "restore"
+    name = f"{options.name}-{what}-{options.restore_backup_id.lower()}"
+    if len(name) > MAX_NAME:
+        raise ValueError(f"restore Job name {name} is longer than {MAX_NAME} characters; "
+                         "render with a shorter --name")
+    return name
 
 
 def validate_schedule(expression: str, what: str = "schedule") -> str:
@@ -291,10 +325,11 @@ def check(options: RenderOptions) -> None:
     if not _SECRET_KEY.match(options.database_secret_key):
         raise ValueError(f"database secret key {options.database_secret_key!r} is not a valid "
                          "Secret key (letters, digits, '-', '_', '.')")
-    if options.database_secret_key == PASSWORD_KEY and not options.database_url:
-        raise ValueError("a PGPASSWORD database Secret holds only the password: database_url "
-                         "(PREFECT_DR_DATABASE_URL) is required")
-    if options.database_secret_key != PASSWORD_KEY and options.database_url:
+    if password_only(options) and not options.database_url:
+        raise ValueError("a password-only database Secret holds only the password: "
+                         "database_url (PREFECT_DR_DATABASE_URL: user, host, database) is "
+                         "required")
+    if not password_only(options) and options.database_url:
         raise ValueError(f"database_url goes with a PGPASSWORD database Secret; the Secret "
                          f"{options.database_secret} (key {options.database_secret_key}) "
                          "holds the URL itself")
@@ -335,6 +370,17 @@ def check(options: RenderOptions) -> None:
     if options.volume_claim is not None and (not _DNS_SUBDOMAIN.match(options.volume_claim)
                                              or len(options.volume_claim) > 253):
         raise ValueError(f"volume claim {options.volume_claim!r} is not a valid Kubernetes name")
+    if options.restore_staging_class is not None and (
+            not _DNS_SUBDOMAIN.match(options.restore_staging_class)
+            or not options.restore_staging_bytes or options.restore_staging_bytes < 1):
+        raise ValueError("restore_staging_class needs a valid StorageClass name and "
+                         "restore_staging_bytes (from the backup's manifest)")
+    try:
+        from prefect_dr import durations
+
+        durations.parse(options.hook_lock_wait)
+    except ValueError as exc:
+        raise ValueError(f"hook lock wait: {exc}") from None
     if (options.restore_backup_id is not None
             and not layout.BACKUP_ID_RE.match(options.restore_backup_id)):
         raise ValueError(f"restore_backup_id {options.restore_backup_id!r} is not a backup id "
@@ -362,17 +408,24 @@ DEFAULT_DATABASE_SECRET = "prefect-server-postgresql-connection:connection-strin
 
 
 def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATABASE_SECRET,
+                          database_password_secret: str | None = None,
                           **overrides: Any) -> RenderOptions:
     """RenderOptions for the effective settings (values that are set), the database Secret
-    (``NAME[:KEY]``; with KEY PGPASSWORD it holds only the password and the database URL
-    setting goes into the ConfigMap), then ``overrides`` (those not None). Raises ValueError
-    (one line) for a bad value."""
-    name, _, key = database_secret.partition(":")
+    (``NAME[:KEY]``: a connection string; with KEY PGPASSWORD, or given as
+    ``database_password_secret`` ``NAME:KEY``, it holds only the password and the database URL
+    setting, without its password, goes into the ConfigMap), then ``overrides`` (those not
+    None). Raises ValueError (one line) for a bad value."""
+    password = database_password_secret is not None
+    name, _, key = (database_password_secret or database_secret).partition(":")
+    if password and not key:
+        raise ValueError("the database password Secret is NAME:KEY (e.g. "
+                         "prefect-db-password:password)")
     values: dict[str, Any] = {"age_recipients": tuple(settings.recipients),
                               "database_secret": name,
-                              "database_secret_key": key or "connection-string"}
-    if values["database_secret_key"] == PASSWORD_KEY and settings.database_url:
-        values["database_url"] = settings.database_url
+                              "database_secret_key": key or "connection-string",
+                              "database_secret_is_password": password}
+    if (password or values["database_secret_key"] == PASSWORD_KEY) and settings.database_url:
+        values["database_url"] = settings.database_url  # check() refuses one with a password
     for field_name, setting in FROM_SETTINGS:
         value = getattr(settings, setting)
         if value:

@@ -22,9 +22,14 @@ from prefect_dr.k8s.options import (
     UID,
     UTC_ZONES,
     RenderOptions,
+    password_only,
+    restore_job_name,
     validate_schedule,
 )
-from prefect_dr.kinds import Kind
+
+STAGING_DIR = "/staging"
+TMP_SIZE_LIMIT = "1Gi"  # every pod's /tmp emptyDir
+TMP_SIZE_BYTES = 1024 ** 3
 
 
 def labels(options: RenderOptions, component: str) -> dict[str, str]:
@@ -39,10 +44,11 @@ def labels(options: RenderOptions, component: str) -> dict[str, str]:
     }
 
 
-def metadata(options: RenderOptions, name: str, component: str, description: str,
-              *, generate: bool = False) -> dict[str, Any]:
-    meta: dict[str, Any] = {"generateName": f"{name}-"} if generate else {"name": name}
-    meta["namespace"] = options.namespace
+def metadata(options: RenderOptions, name: str, component: str, description: str
+             ) -> dict[str, Any]:
+    """A fixed name (never generateName: ``kubectl apply`` refuses it), namespace, the
+    recommended labels and a description."""
+    meta: dict[str, Any] = {"name": name, "namespace": options.namespace}
     meta["labels"] = labels(options, component)
     meta["annotations"] = {"prefect-dr/description": description}
     return meta
@@ -89,9 +95,9 @@ def pod_spec(options: RenderOptions, role: str, args: list[str]) -> dict[str, An
     """The pod of one job: hardened, the tool as PID 1, only the secrets this role needs."""
     env: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]  # noqa: S108
-    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE_LIMIT}}]
     if role != "prune":  # prune only talks to the repository
-        name = PASSWORD_KEY if options.database_secret_key == PASSWORD_KEY else DATABASE_URL_ENV
+        name = PASSWORD_KEY if password_only(options) else DATABASE_URL_ENV
         env.append({"name": name, "valueFrom": {"secretKeyRef": {
             "name": options.database_secret, "key": options.database_secret_key}}})
     if role in ("verify", "restore"):
@@ -210,10 +216,10 @@ def example_secrets(options: RenderOptions) -> list[dict[str, Any]]:
     """Example Secrets: the names and keys the jobs read, with placeholder values only."""
     out = [_secret(options, name, role, description, data)
            for role, name, description, data in repository.example_secrets(options)]
-    if options.database_secret_key == PASSWORD_KEY:  # a connection-string Secret is Prefect's
+    if password_only(options):  # a connection-string Secret is Prefect's
         out.append(_secret(options, options.database_secret, "database",
                            "Password of the role in PREFECT_DR_DATABASE_URL (libpq PGPASSWORD)",
-                           {PASSWORD_KEY: PLACEHOLDER}))
+                           {options.database_secret_key: PLACEHOLDER}))
     out.append(_secret(options, options.identity_secret, "age-identity",
                        "age identity (private key); mounted into verify and restore only, "
                        "never into backup",
@@ -236,18 +242,41 @@ def example_secrets(options: RenderOptions) -> list[dict[str, Any]]:
 
 
 def restore_job(options: RenderOptions) -> dict[str, Any]:
-    """The restore Job: create it by hand; ``--dry-run`` unless ``restore_dry_run`` is False."""
-    args = (["restore", options.restore_backup_id] if options.restore_backup_id
-            else ["restore", "--latest", "--kind", Kind.FULL.value])
-    args.append("--dry-run" if options.restore_dry_run else "--yes")
+    """The restore Job of ``restore_backup_id``, named after it (:func:`restore_job_name`):
+    ``kubectl create -f`` it; ``--dry-run`` unless ``restore_dry_run`` is False.
+
+    It never outgrows its pod: without ``restore_staging_class`` it streams the dump into
+    pg_restore (``--jobs 1``, nothing staged in the 1 GiB /tmp); with one, the dump is staged
+    on a generic ephemeral volume of that StorageClass sized from the manifest and restored
+    with one pg_restore job per CPU of the pod. Raises ValueError without a backup id."""
+    name = restore_job_name(options)
+    assert options.restore_backup_id is not None  # restore_job_name checked it
+    staged = options.restore_staging_class is not None
+    args = ["restore", options.restore_backup_id,
+            "--dry-run" if options.restore_dry_run else "--yes",
+            "--jobs", "0" if staged else "1"]
     what = ("prints the restore plan and changes nothing" if options.restore_dry_run
             else "RESTORES the backup over the live database (the old one is kept)")
     # Kept a week after it finishes, logs included: the restore's record for the post-mortem.
     spec = job_spec(options, "restore", args, deadline=options.restore_deadline_seconds,
                      backoff=0, ttl=7 * 24 * 3600)
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    env = container.setdefault("env", [])
+    if staged:
+        env.append({"name": "PREFECT_DR_STAGING_DIR", "value": STAGING_DIR})
+        container["volumeMounts"].append({"name": "staging", "mountPath": STAGING_DIR})
+        mib = -(-int(options.restore_staging_bytes or 0) // (1024 * 1024))
+        pod["volumes"].append({"name": "staging", "ephemeral": {"volumeClaimTemplate": {
+            "metadata": {"labels": labels(options, "restore")},
+            "spec": {"accessModes": ["ReadWriteOnce"],
+                     "storageClassName": options.restore_staging_class,
+                     "resources": {"requests": {"storage": f"{mib}Mi"}}}}}})
+    else:  # if someone raises --jobs, the space check knows the emptyDir's sizeLimit
+        env.append({"name": "PREFECT_DR_STAGING_LIMIT", "value": str(TMP_SIZE_BYTES)})
     return {"apiVersion": "batch/v1", "kind": "Job",
-            "metadata": metadata(options, f"{options.name}-restore", "restore",
-                                  f"Run with 'kubectl create -f' (never apply); {what}",
-                                  generate=True),
+            "metadata": metadata(options, name, "restore",
+                                  f"Backup {options.restore_backup_id}: run with 'kubectl "
+                                  f"create -f' (its name is fixed: delete it to run it "
+                                  f"again); {what}"),
             "spec": spec}
-

@@ -103,12 +103,10 @@ def add_to_pod(options: RenderOptions, role: str, *, env: list[dict[str, Any]],
     url = repository_url(options)
     secret = credential_secrets(options).get(role)
     if url.scheme == "file":
-        nfs = nfs_export(options)
-        source: dict[str, Any] = (
-            {"nfs": {"server": nfs[0], "path": nfs[1]}} if nfs else
-            {"persistentVolumeClaim": {"claimName": options.volume_claim
-                                       or DEFAULT_VOLUME_CLAIM}})
-        volumes.append({"name": REPOSITORY_VOLUME, **source})
+        # Always a claim: Pod Security "restricted" rejects an nfs volume in a pod; an NFS
+        # export is mounted through the PersistentVolume nfs_objects renders for it.
+        volumes.append({"name": REPOSITORY_VOLUME, "persistentVolumeClaim": {
+            "claimName": claim_name(options)}})
         mounts.append({"name": REPOSITORY_VOLUME, "mountPath": url.path})
     elif secret is None:
         return  # a workload, managed or node identity
@@ -121,6 +119,42 @@ def add_to_pod(options: RenderOptions, role: str, *, env: list[dict[str, Any]],
             "items": [{"key": GCS_KEY, "path": GCS_KEY}]}})
     else:
         env_from.append({"secretRef": {"name": secret}})
+
+
+def claim_name(options: RenderOptions) -> str:
+    """The PersistentVolumeClaim every job mounts a file:// repository from."""
+    if options.nfs:
+        return f"{options.name}-repository"
+    return options.volume_claim or DEFAULT_VOLUME_CLAIM
+
+
+def nfs_objects(options: RenderOptions) -> list[dict[str, Any]]:
+    """For ``nfs``: a PersistentVolume of the export (cluster-wide: its name carries the
+    namespace) and the claim bound to it, so the pods mount a claim, which Pod Security
+    "restricted" admits (an inline nfs volume it rejects). None otherwise."""
+    nfs = nfs_export(options)
+    if nfs is None:
+        return []
+    from prefect_dr.k8s.pods import labels
+
+    volume = f"{options.namespace}-{options.name}-repository"
+    meta = {"labels": labels(options, "repository"),
+            "annotations": {"prefect-dr/description": f"NFS export {nfs[0]}:{nfs[1]} holding "
+                                                      "the file:// repository"}}
+    size = {"storage": "1Gi"}  # NFS ignores it; the API requires one
+    return [
+        {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": volume, **meta},
+         "spec": {"capacity": size, "accessModes": ["ReadWriteMany"],
+                  "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "",
+                  "mountOptions": ["hard", "nfsvers=4.1"],
+                  "nfs": {"server": nfs[0], "path": nfs[1]},
+                  "claimRef": {"namespace": options.namespace,
+                               "name": claim_name(options)}}},
+        {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+         "metadata": {"name": claim_name(options), "namespace": options.namespace, **meta},
+         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "",
+                  "volumeName": volume, "resources": {"requests": size}}},
+    ]
 
 
 def example_secrets(options: RenderOptions) -> list[tuple[str, str, str, dict[str, str]]]:
