@@ -147,6 +147,9 @@ def test_the_operators_journey_on_kubernetes(clone: dict[str, str], identity: tu
         name, keys = template["metadata"]["name"], set(template["stringData"])
         if keys == {"identity.txt"}:
             ns.create_secret(name, {"identity.txt": identity_text})
+        elif keys == {"signing-key.pem"}:  # backups are signed by default
+            ns.create_secret(name, {"signing-key.pem": Path(
+                clone["PREFECT_DR_SIGNING_KEY_FILE"]).read_text()})
         else:
             assert keys == set(credentials), template
             ns.create_secret(name, credentials)

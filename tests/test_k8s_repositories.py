@@ -199,9 +199,9 @@ def test_a_file_repository_is_a_volume_mounted_at_its_path_in_every_job(
         assert volume == {"name": "repository", **source}
         [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "repository"]
         assert mount == {"name": "repository", "mountPath": path}  # read-write: all jobs write
-    # no credentials of any cloud: only the age identity is an example Secret
+    # no credentials of any cloud: only the age identity and the signing key are Secrets
     assert [s["metadata"]["name"] for s in by_kind(objects, "Secret")] == [
-        options.identity_secret]
+        options.identity_secret, options.signing_key_secret]
     if case == "file-nfs":  # Pod Security "restricted" admits no nfs volume: a PV + claim
         [pv] = by_kind(objects, "PersistentVolume")
         [pvc] = by_kind(objects, "PersistentVolumeClaim")

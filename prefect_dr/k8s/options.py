@@ -151,7 +151,9 @@ class RenderOptions:
     # (ReadWriteMany; default prefect-dr-repository), or an NFS export SERVER:/EXPORT.
     volume_claim: str | None = None
     nfs: str | None = None
-    signing_key_secret: str | None = None  # key signing-key.pem (backup, verify, restore)
+    #: key signing-key.pem (backup, verify, restore): backups are signed by default (issue
+    #: 27); None only when the settings say signing.required = false
+    signing_key_secret: str | None = "prefect-dr-signing-key"  # noqa: S105
     block_key_secret: str | None = None  # key encryption-key (backup, restore's safety backup)
     # Notifications: the Secret holding the apprise URLs (key urls) as PREFECT_DR_NOTIFY in
     # every job, and PREFECT_DR_NOTIFY_ON (failure or always) in the ConfigMap
@@ -430,6 +432,8 @@ def options_from_settings(settings: Any, *, database_secret: str = DEFAULT_DATAB
         value = getattr(settings, setting)
         if value:
             values[field_name] = value
+    if getattr(settings, "signing_required", None) is False:
+        values["signing_key_secret"] = None  # unsigned by the operator's explicit choice
     if overrides.get("notify_secret"):
         values["notify_on"] = settings.notify_on or None
     values.update({k: v for k, v in overrides.items() if v is not None})
