@@ -210,7 +210,6 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             if plan.target_exists and not force_disconnect:
                 pgswap.refuse_clients(admin, db)
             on_step("swapping databases")
-            pgswap.await_closed(admin, plan.restore_db)  # our own connections, just closed
             stamp = plan.restore_db.rsplit("_", 1)[1]
             restored_note = f"prefect-dr: restored backup {plan.backup_id} at {stamp}"
             if plan.target_exists:

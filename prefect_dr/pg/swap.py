@@ -136,17 +136,6 @@ def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool) -> None
         time.sleep(0.1)
 
 
-def await_closed(admin: psycopg.Connection, name: str, seconds: float = 10.0) -> None:
-    """Wait until no session is connected to ``name``, a database only this run knows (the one
-    it restored): a connection it has just closed lingers in pg_stat_activity until its server
-    process exits, which under load takes a moment, and the swap would count it as a client.
-    Returns at once when there is none; gives up quietly after ``seconds`` (the swap then
-    reports what is still connected)."""
-    deadline = time.monotonic() + seconds
-    while sessions(admin, name) and time.monotonic() < deadline:
-        time.sleep(0.05)
-
-
 def swap(admin: psycopg.Connection, live: str, replacement: str, aside: str, *,
          force_disconnect: bool, comments: Mapping[str, str] | None = None,
          attempts: int = 3) -> None:
