@@ -108,20 +108,22 @@ def refuse_clients(admin: psycopg.Connection, name: str) -> None:
 OWN_SESSIONS_WAIT_S = 3.0
 
 
-def _settled(admin: psycopg.Connection, name: str) -> list[Session]:
+def _settled(admin: psycopg.Connection, name: str, *, ours: bool = False) -> list[Session]:
     """Sessions of ``name``, after waiting (briefly) for those of prefect-dr's own closed
-    connections to go; anyone else's are returned at once."""
+    connections to go; anyone else's are returned at once. ``ours``: ``name`` is a database
+    only this run knows (the one it restored, pg_restore's sessions included): wait for any."""
     deadline = time.monotonic() + OWN_SESSIONS_WAIT_S
     others = sessions(admin, name)
-    while others and all(s.application.startswith("prefect-dr") for s in others) \
+    while others and (ours or all(s.application.startswith("prefect-dr") for s in others)) \
             and time.monotonic() < deadline:
         time.sleep(0.1)
         others = sessions(admin, name)
     return others
 
 
-def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool) -> None:
-    others = _settled(admin, name)
+def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool, *,
+           ours: bool = False) -> None:
+    others = _settled(admin, name, ours=ours)
     if not others:
         return
     if not force_disconnect:
@@ -148,7 +150,7 @@ def swap(admin: psycopg.Connection, live: str, replacement: str, aside: str, *,
     """
     for attempt in range(1, attempts + 1):
         _clear(admin, live, force_disconnect)
-        _clear(admin, replacement, force_disconnect)
+        _clear(admin, replacement, force_disconnect, ours=True)
         try:
             with admin.transaction():
                 rename(admin, live, aside)
