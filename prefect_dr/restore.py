@@ -221,6 +221,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                                                "'prefect-dr rollback'",
                                 db: restored_note})
             else:
+                pgswap.settled(admin, plan.restore_db, ours=True)  # our just-closed sessions
                 with admin.transaction():
                     pgswap.rename(admin, plan.restore_db, db)
                     pgswap.comment(admin, db, restored_note)

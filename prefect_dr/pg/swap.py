@@ -98,7 +98,7 @@ def describe_clients(name: str, others: list[Session]) -> str:
 
 def refuse_clients(admin: psycopg.Connection, name: str) -> None:
     """Raise ConnectedClientsError when clients are connected to ``name``."""
-    others = _settled(admin, name)
+    others = settled(admin, name)
     if others:
         raise ConnectedClientsError(describe_clients(name, others))
 
@@ -108,7 +108,7 @@ def refuse_clients(admin: psycopg.Connection, name: str) -> None:
 OWN_SESSIONS_WAIT_S = 3.0
 
 
-def _settled(admin: psycopg.Connection, name: str, *, ours: bool = False) -> list[Session]:
+def settled(admin: psycopg.Connection, name: str, *, ours: bool = False) -> list[Session]:
     """Sessions of ``name``, after waiting (briefly) for those of prefect-dr's own closed
     connections to go; anyone else's are returned at once. ``ours``: ``name`` is a database
     only this run knows (the one it restored, pg_restore's sessions included): wait for any."""
@@ -123,7 +123,7 @@ def _settled(admin: psycopg.Connection, name: str, *, ours: bool = False) -> lis
 
 def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool, *,
            ours: bool = False) -> None:
-    others = _settled(admin, name, ours=ours)
+    others = settled(admin, name, ours=ours)
     if not others:
         return
     if not force_disconnect:
