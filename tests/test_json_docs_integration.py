@@ -73,8 +73,9 @@ def test_every_tested_document_has_the_documented_keys(env: dict[str, str],
         doc = json.loads(proc.stdout)
         keys, items, _ = table[command]
         assert doc["schema_version"] == 1 and isinstance(doc["ok"], bool), command
-        if command == "show":  # a manifest: 'signature' only when signed
-            assert keys <= set(doc) <= keys | {"signature"}, (command, sorted(doc))
+        if command == "show":  # a manifest: its optional fields only when present
+            optional = {"signature", "repository", "runtime", "privileges"}
+            assert keys <= set(doc) <= keys | optional, (command, sorted(doc))
         elif command == "restore --dry-run" and "error" in doc:
             assert set(doc) == keys | {"error", "exit_code"}, (command, sorted(doc))
         else:
