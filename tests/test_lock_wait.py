@@ -7,6 +7,7 @@ import pytest
 
 from prefect_dr.backup import LOCK_POLL_SECONDS, take_lock
 from prefect_dr.errors import LockHeldError
+from tests.test_retry import FakeClock as _Clock  # the clock that moves only when told
 
 
 class _Lock:
@@ -22,15 +23,6 @@ class _Lock:
         self.released += 1
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_a_lock_freed_within_the_wait_is_taken() -> None:
