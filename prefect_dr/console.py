@@ -297,9 +297,10 @@ def _rate(n: float) -> str:
 
 
 def describe_progress(counters: dict[str, int], elapsed_s: float, primary: str,
-                      total: int | None) -> str:
-    """One line of figures for a log: every stage's bytes, the primary stage's rate, percent
-    and ETA (when its total is known), and the elapsed time, each labelled."""
+                      total: int | None, label: str | None = None) -> str:
+    """One line of figures for a log: the phase's ``label`` (when the operation has phases),
+    every stage's bytes, the primary stage's rate, percent and ETA (when its total is known),
+    and the elapsed time, each labelled."""
     done = counters.get(primary, 0)
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     parts = [f"{k} {human_bytes(v)}" + (f" of {human_bytes(total)}" if k == primary and total
@@ -310,21 +311,24 @@ def describe_progress(counters: dict[str, int], elapsed_s: float, primary: str,
         if rate > 0 and done < total:
             parts.append(f"ETA {clock((total - done) / rate)}")
     parts.append(f"elapsed {clock(elapsed_s)}")
-    return ", ".join(parts)
+    return (f"{label}: " if label else "") + ", ".join(parts)
 
 
 _BAR_MIN, _BAR_MAX = 10, 30
 
 
 def progress_line(counters: dict[str, int], elapsed_s: float, primary: str,
-                  total: int | None, width: int, retrying: str | None = None) -> str:
-    """The live progress line, never wider than ``width``: the primary stage's bytes (of the
-    operation's total), a bar when the total is known and there is room, percent, rate,
-    labelled elapsed time and ETA; a retry in progress replaces the rate and ETA; other
-    stages' bytes when there is room. IEC units throughout."""
+                  total: int | None, width: int, retrying: str | None = None,
+                  label: str | None = None) -> str:
+    """The live progress line, never wider than ``width``: the phase's ``label`` (when the
+    operation has phases), the primary stage's bytes (of the phase's total), a bar when the
+    total is known and there is room, percent, rate, labelled elapsed time and ETA; a retry in
+    progress replaces the rate and ETA; other stages' bytes when there is room. IEC units
+    throughout."""
     done = counters.get(primary, 0)
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
-    head = f"{primary} {human_bytes(done)}" + (f" of {human_bytes(total)}" if total else "")
+    head = ((f"{label}: " if label else "") + f"{primary} {human_bytes(done)}"
+            + (f" of {human_bytes(total)}" if total else ""))
     figures = []
     if total:
         figures.append(f"{min(100.0, 100.0 * done / total):.0f}%")
@@ -353,61 +357,87 @@ def progress_line(counters: dict[str, int], elapsed_s: float, primary: str,
     return line[:width]
 
 
+class ProgressDisplay:
+    """What :func:`transfer_progress` yields: called with the counters of the running
+    transfer; :meth:`phase` starts a new phase (its label, primary stage and total; the
+    elapsed time starts again). Thread-safe enough for one writer thread and one drawer."""
+
+    def __init__(self, primary: str, total: int | None, draw: Callable[[], None]) -> None:
+        self.primary, self.total, self.label = primary, total, None
+        self.start = time.monotonic()
+        self.latest: dict[str, int] = {}
+        self._draw = draw
+
+    def __call__(self, counters: dict[str, int]) -> None:
+        self.latest = dict(counters)
+        self._draw()
+
+    def phase(self, label: str, primary: str, total: int | None = None) -> None:
+        """Count ``primary`` of ``total`` bytes from now on, under ``label``."""
+        self.label, self.primary, self.total = label, primary, total
+        self.start = time.monotonic()
+        self.latest = {}
+        self._draw()
+
+    def describe(self) -> str:
+        """The figures as one log line."""
+        return describe_progress(self.latest, time.monotonic() - self.start, self.primary,
+                                 self.total, self.label)
+
+
 @contextlib.contextmanager
 def transfer_progress(enabled: bool = True, *, primary: str = "dumped",
                       total: int | None = None, interval_s: float = 5.0
-                      ) -> Iterator[Callable[[dict[str, int]], None]]:
-    """Yield a progress listener. On a terminal: a live line (:func:`progress_line`, redrawn
-    ten times a second so that elapsed time and a retry show even while no byte moves) on the
-    console of the log lines, so the two never collide. Otherwise: a log line with the figures
-    every ``interval_s`` seconds (and one at the end). ``total`` is every byte of the
-    ``primary`` stage the whole operation expects."""
+                      ) -> Iterator[ProgressDisplay]:
+    """Yield a progress display (:class:`ProgressDisplay`). On a terminal: a live line
+    (:func:`progress_line`, redrawn ten times a second so that elapsed time and a retry show
+    even while no byte moves) on the console of the log lines, so the two never collide.
+    Otherwise: a log line with the figures every ``interval_s`` seconds and one at the end.
+    ``total`` is every byte of the ``primary`` stage the operation (its first phase)
+    expects."""
     from prefect_dr import retry
 
     logger = logging.getLogger("prefect_dr.progress")
-    start = time.monotonic()
     last = [0.0]
-    latest: dict[str, int] = {}
     retrying: list[str | None] = [None]
     if enabled and sys.stderr.isatty():
         console = err_console()
+        display = ProgressDisplay(primary, total, lambda: None)
 
         class _Line(ProgressColumn):
             def render(self, task: Task) -> Text:
-                return Text(progress_line(dict(latest), time.monotonic() - start, primary,
-                                          total, max(20, console.width - 1), retrying[0]),
+                return Text(progress_line(display.latest, time.monotonic() - display.start,
+                                          display.primary, display.total,
+                                          max(20, console.width - 1), retrying[0],
+                                          display.label),
                             no_wrap=True, overflow="crop")
 
         progress = Progress(_Line(), console=console, transient=True)
-
-        def show(counters: dict[str, int]) -> None:
-            latest.clear()
-            latest.update(counters)
 
         def note(state: str | None) -> None:
             retrying[0] = state
 
         with progress, retry.observed(note):
             progress.add_task(primary, total=None)
-            yield show
+            yield display
         return
 
-    def log_line(counters: dict[str, int]) -> None:
-        latest.clear()
-        latest.update(counters)
+    def log_line() -> None:
         now = time.monotonic()
         if now - last[0] < interval_s:
             return
         last[0] = now
-        _log_progress(logger, counters, now - start, primary, total)
+        if display.latest:
+            _log_progress(logger, display)
 
-    yield log_line
-    if latest and enabled:
-        _log_progress(logger, latest, time.monotonic() - start, primary, total)
+    display = ProgressDisplay(primary, total, log_line if enabled else (lambda: None))
+    yield display
+    if display.latest and enabled:
+        _log_progress(logger, display)
 
 
-def _log_progress(logger: logging.Logger, counters: dict[str, int], elapsed: float,
-                  primary: str, total: int | None) -> None:
-    logger.info("progress: %s", describe_progress(counters, elapsed, primary, total),
-                extra={"bytes": dict(counters), "elapsed_s": round(elapsed, 1),
-                       "total_bytes": total})
+def _log_progress(logger: logging.Logger, display: ProgressDisplay) -> None:
+    logger.info("progress: %s", display.describe(),
+                extra={"bytes": dict(display.latest),
+                       "elapsed_s": round(time.monotonic() - display.start, 1),
+                       "total_bytes": display.total, "phase": display.label})

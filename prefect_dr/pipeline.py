@@ -49,10 +49,21 @@ def zstd_threads() -> int:
 class Progress:
     """Thread-safe byte counters of a running transfer, with an optional listener."""
 
-    def __init__(self, listener: Callable[[dict[str, int]], None] | None = None) -> None:
+    def __init__(self, listener: Callable[[dict[str, int]], None] | None = None, *,
+                 on_phase: Callable[[str, str, int | None], None] | None = None) -> None:
         self._lock = threading.Lock()
         self.counters: dict[str, int] = {}
         self._listener = listener
+        self._on_phase = on_phase
+
+    def begin(self, label: str, primary: str, total: int | None = None) -> None:
+        """Start a new phase of the operation (a restore's safety backup after its download):
+        the counters start again from zero, and the display (``on_phase``) names the phase
+        ``label`` and counts its ``primary`` stage, of ``total`` bytes when known."""
+        with self._lock:
+            self.counters = {}
+        if self._on_phase is not None:
+            self._on_phase(label, primary, total)
 
     def add(self, name: str, n: int) -> None:
         """Add ``n`` bytes to counter ``name`` and tell the listener."""

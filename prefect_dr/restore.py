@@ -270,7 +270,8 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
     def safety() -> None:
         if plan.safety_backup and plan.aside_db:
             result.safety_backup_id, result.safety_error = _safety_backup(
-                settings, storage, plan, with_database(url, plan.aside_db), env, on_step)
+                settings, storage, plan, with_database(url, plan.aside_db), env, on_step,
+                progress)
 
     try:
         if deferred:
@@ -317,18 +318,23 @@ def finish_backfill(url: str, storage: Storage, layout: Layout, manifest: Manife
 
 
 def _safety_backup(settings: Settings, storage: Storage, plan: Plan, kept_url: str,
-                   env: Mapping[str, str], on_step: Callable[[str], None]
+                   env: Mapping[str, str], on_step: Callable[[str], None],
+                   progress: pipeline.Progress | None = None
                    ) -> tuple[str | None, str | None]:
-    """Back up the database the swap kept aside (nobody uses it, so nothing waits for it).
-    Returns (backup id, None) or (None, why it failed): the restore itself is done."""
+    """Back up the database the swap kept aside (nobody uses it, so nothing waits for it),
+    as a new phase of ``progress`` (its bytes dumped, no total: the dump's size is known only
+    at its end). Returns (backup id, None) or (None, why it failed): the restore itself is
+    done."""
     on_step(f"safety backup of the previous database, kept as {plan.aside_db}")
+    if progress is not None:
+        progress.begin(f"safety backup of {plan.aside_db}", "dumped")
     safety_settings = dataclasses.replace(
         settings, values={**settings.values, "database_url": kept_url})
     try:
         safety = backup_mod.run(safety_settings, storage, backup_mod.Request(
             kind=Kind.FULL, labels={LABEL_SAFETY: "pre-restore", "restore-of": plan.backup_id,
                                     "database": plan.target_db},
-            allow_undecryptable_blocks=True), env=env)
+            allow_undecryptable_blocks=True), env=env, progress=progress)
     except DRError as exc:
         interrupt.raise_if_noted()
         if isinstance(exc, Interrupted):

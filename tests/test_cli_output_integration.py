@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import clean_cli_env, clone_prefect_db, drop_db, run_cli
+from conftest import clean_cli_env, clone_prefect_db, databases, drop_db, run_cli
 from terminal import in_terminal
 
 pytestmark = pytest.mark.integration
@@ -150,3 +150,32 @@ def test_the_restore_prompt_stands_on_its_own(repo: dict[str, str], width: int) 
     assert f"The live database is kept as {name}_pre_restore_" in above
     assert "not confirmed; nothing changed" in screen
     assert all(len(line) <= width for line in lines[prompt - 6:prompt]), screen
+
+
+def test_restore_progress_names_the_safety_backup(repo: dict[str, str]) -> None:
+    """Issue 23: once the download was done the line froze near 100% while the safety backup
+    of the kept database ran. That backup is now a phase of its own, with its bytes, at a
+    terminal (within 80 columns) and in the log lines of a pipe."""
+    full = repo["_IDS"].split(",")[0]
+    name = f"dr_phase_{uuid.uuid4().hex[:8]}"
+    try:
+        target = clone_prefect_db(repo, name)
+        code, screen = in_terminal(["restore", full, "--target-url", target, "--yes"], repo,
+                                   80, timeout=300)
+        assert code == 0, screen
+        frames = [line for line in screen.splitlines() if "safety backup of " in line
+                  and "dumped" in line]
+        assert frames, screen
+        assert all(len(line) <= 80 for line in frames), frames
+        assert any(re.search(r"dumped [1-9][\d.]* [KM]iB", line) for line in frames), frames
+
+        piped = run_cli(["restore", full, "--target-url", target, "--yes"], repo, timeout=300)
+        assert piped.returncode == 0, piped.stderr
+        records = [json.loads(line) for line in piped.stderr.splitlines()
+                   if line.startswith("{")]
+        last = [r for r in records if r["logger"] == "prefect_dr.progress"][-1]
+        assert last["phase"].startswith(f"safety backup of {name}_pre_restore_"), last
+        assert last["bytes"]["dumped"] > 0 and last["msg"].startswith("progress: safety backup of ")
+    finally:
+        for db in databases(repo, name):
+            drop_db(repo, db)

@@ -118,3 +118,23 @@ def test_off_a_terminal_tables_are_whole_rows_one_per_line(
     finally:
         console.show_headers(True)
     assert capsys.readouterr().out == "x   y z\n"
+
+
+def test_a_new_phase_names_itself_and_counts_from_zero() -> None:
+    """Issue 23: a restore's safety backup ran under the download's frozen 100%."""
+    from prefect_dr import pipeline
+
+    with console.transfer_progress(enabled=False, primary="downloaded", total=100) as display:
+        progress = pipeline.Progress(display, on_phase=display.phase)
+        progress.add("downloaded", 100)
+        assert display.describe().startswith("downloaded 100 B of 100 B")
+        progress.begin("safety backup of db_pre_restore_1", "dumped")
+        assert progress.counters == {} and display.latest == {}
+        progress.add("dumped", 2048)
+        text = display.describe()
+    assert text.startswith("safety backup of db_pre_restore_1: dumped 2.0 KiB, ")
+    assert "%" not in text and "of 100 B" not in text
+    line = console.progress_line({"dumped": 2048}, 3.0, "dumped", None, 79,
+                                 label="safety backup of db_pre_restore_1")
+    assert line.startswith("safety backup of db_pre_restore_1: dumped 2.0 KiB  ")
+    assert "elapsed 0:03" in line and len(line) <= 79

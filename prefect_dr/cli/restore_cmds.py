@@ -173,7 +173,8 @@ def restore(
                                    total=manifest.payload_size or None) as listener:
         result = restore_mod.execute(current, repo, manifest, plan, target_url=target_url,
                                      force_disconnect=force_disconnect, env=os.environ,
-                                     progress=pipeline.Progress(listener),
+                                     progress=pipeline.Progress(listener,
+                                                                on_phase=listener.phase),
                                      on_step=lambda s: logger.info(s),
                                      jobs=jobs, staging_dir=current.staging_dir,
                                      started=started, on_serving=console.highlight)
