@@ -2,7 +2,7 @@
 
 Prefect migrates its database when a newer server starts; on large databases (millions of
 events) that can take 30 minutes or more and fail with timeouts (Prefect issues 17844, 18263).
-A rehearsal restores the backup into a scratch database, runs
+A rehearsal restores the backup, history included, into a scratch database, runs
 ``prefect server database upgrade -y`` of the Prefect installed at the interpreter given, and
 reports each migration's time (Prefect commits one transaction per migration; the rehearsal
 watches the ``alembic_version`` row), the total, the database size before and after, and
@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from prefect_dr import crypto, pipeline, restore_stream, schema_gate, smoke
+from prefect_dr import backfill, crypto, pipeline, restore_stream, schema_gate, smoke
 from prefect_dr.checks import Checks, Report
 from prefect_dr.config import Settings
 from prefect_dr.errors import DRError, VerificationError
@@ -67,6 +67,8 @@ class Rehearsal:
     to_revision: str | None = None
     steps: list[Step] = field(default_factory=list)
     restore_seconds: float = 0.0
+    #: rows of each history table loaded before the upgrade (format 2 backups)
+    history_rows: dict[str, int] = field(default_factory=dict)
     total_seconds: float = 0.0
     size_before: int | None = None
     size_after: int | None = None
@@ -156,7 +158,8 @@ def rehearse(settings: Settings, storage: Storage, manifest: Manifest, *, prefec
              scratch_url: str | None = None, timeout_s: int = DEFAULT_DATABASE_TIMEOUT_S,
              progress: pipeline.Progress | None = None,
              env: Mapping[str, str] | None = None) -> Rehearsal:
-    """Restore ``manifest`` into a scratch database, run the upgrade of the Prefect at
+    """Restore ``manifest`` (its dump, then its history tables' rows, so the migrations meet
+    the real tables) into a scratch database, run the upgrade of the Prefect at
     ``prefect_python`` and report. Raises SetupError (no Prefect there, no suitable client;
     before any work), DatabaseError, StorageError, CryptoKeyError, VerificationError (the
     backup cannot be restored). A failed upgrade is a report with ``ok`` false."""
@@ -176,8 +179,15 @@ def rehearse(settings: Settings, storage: Storage, manifest: Manifest, *, prefec
     with ScratchDatabase(admin_url) as scratch:
         result.scratch_database = scratch.name
         start = time.monotonic()
+        checks = Checks(report)
         restore_stream.restore_dump(storage, dump, identities, scratch.url, choice, progress,
-                                    Checks(report))
+                                    checks)
+        if manifest.history:  # format 2: the migrations must meet the real history tables
+            with scratch.connect() as conn:
+                backfill.prepare(conn, manifest, None)
+            loaded = backfill.run(scratch.url, storage, manifest, identities,
+                                  progress=progress)
+            result.history_rows = {item.table: item.rows for item in loaded}
         result.restore_seconds = round(time.monotonic() - start, 3)
         with scratch.connect() as conn:
             result.from_revision = pgc.alembic_revision(conn)

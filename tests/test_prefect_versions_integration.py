@@ -165,6 +165,10 @@ def test_rehearse_upgrade_of_a_34_backup_with_391(
     assert result["steps"] and result["steps"][-1]["revision"] == HEADS["3.9.1"]
     assert all(s["seconds"] >= 0 for s in result["steps"])
     assert result["total_seconds"] > 0 and result["size_before"] and result["size_after"]
+    shown = json.loads(run_cli(["--json", "show", backup_id], env).stdout)
+    history = {a["table"]: shown["row_counts"][a["table"]]["rows"]
+               for a in shown["artifacts"] if a.get("table")}
+    assert history and result["history_rows"] == history  # the migrations met the history
     with _admin(env) as conn:  # the scratch database is gone
         assert conn.execute("SELECT count(*) FROM pg_database WHERE datname = %s",
                             (result["scratch_database"],)).fetchone() == (0,)

@@ -54,9 +54,8 @@ def rehearse_upgrade(
     trusted_by = trust(repo, allow_unsigned)
     manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
                                         trust=trusted_by)
-    dump = manifest.artifact("dump")
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
-                                   total=dump.size if dump else None) as listener:
+                                   total=manifest.payload_size or None) as listener:
         result = rehearse.rehearse(current, repo, manifest, prefect_python=prefect_python,
                                    scratch_url=scratch_url, timeout_s=database_timeout,
                                    progress=pipeline.Progress(listener))

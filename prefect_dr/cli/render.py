@@ -185,7 +185,9 @@ def rehearsal(r: Any) -> None:
         "", truncate=True)], [
         ("prefect", f"{r.prefect_version} ({r.prefect_python})"),
         ("revision", f"{r.from_revision} -> {r.to_revision}"),
-        ("restore", f"{r.restore_seconds:.1f} s into {r.scratch_database} (dropped)"),
+        ("restore", f"{r.restore_seconds:.1f} s into {r.scratch_database} (dropped)"
+         + (", history " + ", ".join(f"{t} {n:,} rows" for t, n in r.history_rows.items())
+            if r.history_rows else "")),
         ("migrations", f"{len(r.steps)} in {r.total_seconds:.1f} s"),
         ("size", f"{human_bytes(r.size_before or 0)} -> {human_bytes(r.size_after or 0)}"),
         ("result", "ok" if r.ok else f"FAILED: {r.error}"),
