@@ -68,6 +68,10 @@ def parse_recipient(text: str) -> Recipient:
     try:
         return x25519.Recipient.from_str(value)
     except pyrage.RecipientError:
+        if "\n" in value:  # `keygen`'s whole output: the recipient, then the verify key
+            raise CryptoKeyError("an age recipient is one line, this value has several (keygen "
+                                 "prints the recipient on its first line and the verify key "
+                                 "on its second)") from None
         shown = value if len(value) <= 24 else value[:20] + "..."
         raise CryptoKeyError(f"not an age recipient: {shown!r} (expected age1...)") from None
 

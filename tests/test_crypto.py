@@ -89,3 +89,10 @@ def test_stream_errors_propagate_with_their_type(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="upload refused"):
         crypto.encrypt_stream(io.BytesIO(b"x" * 200_000), Failing(),
                               [crypto.parse_recipient(recipient)])
+
+
+def test_keygen_output_pasted_whole_as_a_recipient_says_so() -> None:
+    recipient = crypto.generate_identity()[1]
+    with pytest.raises(CryptoKeyError, match="one line, this value has several"):
+        crypto.parse_recipient(recipient + "\nMCowBQYDK2VwAyEA0000")
+    assert crypto.parse_recipient(recipient + "\n") is not None
