@@ -51,7 +51,14 @@ from prefect_dr.errors import DatabaseError, DRError, LockHeldError
 from prefect_dr.kinds import BACKFILL_UNFINISHED, KINDS, LABEL_BACKFILL, Kind
 from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
-from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.manifest import (
+    ARTIFACT_BLOCK_KEY,
+    ARTIFACT_CONFIG,
+    ARTIFACT_DUMP,
+    Artifact,
+    Manifest,
+    history_artifact,
+)
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import dump, privileges, tools
 from prefect_dr.storage.base import Storage
@@ -291,7 +298,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
                                     progress=progress)
         proc.wait()  # a failed dump raises here, and the upload is aborted, never completed
         writer.close()
-    artifacts.append(_artifact("dump", dump_key, "pg_dump-custom", stats, "zstd", fingerprints))
+    artifacts.append(_artifact(ARTIFACT_DUMP, dump_key, "pg_dump-custom", stats, "zstd",
+                               fingerprints))
     log.info("dump uploaded: %s (from %s)", human_bytes(stats.size),
              human_bytes(stats.plaintext_size),
              extra={"backup_id": backup_id, "bytes": stats.size})
@@ -312,13 +320,13 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     export_key = repo.artifact(backup_id, layout.CONFIG_EXPORT)
     stats = _put_small(storage, export_key, json.dumps(body, default=str).encode(), recipients,
                        level, request.labels)
-    artifacts.append(_artifact("config", export_key, "prefect-config-export+json", stats,
+    artifacts.append(_artifact(ARTIFACT_CONFIG, export_key, "prefect-config-export+json", stats,
                                "zstd", fingerprints))
     if key is not None and not key.in_database:
         key_key = repo.artifact(backup_id, layout.BLOCK_KEY)
         stats = _put_small(storage, key_key, json.dumps({"fernet_key": key.key}).encode(),
                            recipients, None, request.labels)
-        artifacts.append(_artifact("block-key", key_key, "fernet-key+json", stats, "none",
+        artifacts.append(_artifact(ARTIFACT_BLOCK_KEY, key_key, "fernet-key+json", stats, "none",
                                    fingerprints))
     artifacts.extend(history)
 
@@ -364,7 +372,7 @@ def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
              human_bytes(stats.size), human_bytes(stats.plaintext_size),
              extra={"bytes": stats.size})
     return dataclasses.replace(
-        _artifact(f"history-{table}", key, "pg-copy-text", stats, "zstd", fingerprints),
+        _artifact(history_artifact(table), key, "pg-copy-text", stats, "zstd", fingerprints),
         table=table, columns=columns, rows=reader.rows)
 
 

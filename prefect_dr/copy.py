@@ -26,6 +26,7 @@ from prefect_dr import catalog, interrupt
 from prefect_dr import layout as lay
 from prefect_dr.catalog import BackupEntry
 from prefect_dr.errors import (
+    PARTIAL,
     DRError,
     NotFoundError,
     StorageError,
@@ -249,4 +250,4 @@ def failed(result: CopyResult) -> DRError | None:
     if len(result.backups) == 1:
         return VerificationError(bad[0].detail)
     return DRError(f"{len(bad)} of {len(result.backups)} backups not copied to "
-                   f"{result.target}: first: {bad[0].detail}", exit_code=3)
+                   f"{result.target}: first: {bad[0].detail}", exit_code=PARTIAL)

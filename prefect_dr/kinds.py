@@ -31,6 +31,19 @@ class Status(enum.StrEnum):
     CORRUPT = "corrupt"  # a manifest is present but unreadable or not this backup's
 
 
+class Result(enum.StrEnum):
+    """What a verification record says of its backup (docs/format.md, "Verification records").
+
+    ``passed``/``failed`` are what verify writes; ``forged``/``unsigned`` are what a reader
+    (catalog) puts in place of a claimed result whose signature does not check out.
+    """
+
+    PASSED = "passed"
+    FAILED = "failed"
+    FORGED = "forged"  # signed, but not by a trusted verify key (or not this backup's)
+    UNSIGNED = "unsigned"  # no signature where the reader requires one
+
+
 KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
 #: The kind ``--latest`` means when a command restores or proves history (restore, verify,
 #: show, status): a config-only backup must never stand in for a full one by accident.

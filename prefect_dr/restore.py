@@ -48,7 +48,7 @@ from prefect_dr.errors import (
 )
 from prefect_dr.kinds import LABEL_SAFETY, Kind
 from prefect_dr.layout import Layout
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg.scratch import drop_database, with_database
@@ -158,7 +158,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             on_step(f"restoring backup {plan.backup_id} into {plan.restore_db}")
             export_doc, escrowed = restore_stream.read_small_artifacts(
                 storage, manifest, identities, checks)
-            dump = manifest.artifact("dump")
+            dump = manifest.artifact(ARTIFACT_DUMP)
             if dump is None:
                 raise VerificationError(f"backup {plan.backup_id} has no dump artifact")
             as_role = role if role and role != me else None

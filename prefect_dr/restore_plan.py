@@ -73,7 +73,7 @@ from prefect_dr.errors import (
     DRError,
 )
 from prefect_dr.kinds import Kind
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import privileges, tools
 from prefect_dr.pg import swap as pgswap
@@ -202,7 +202,7 @@ def target_of(settings: Settings, target_url: str | None) -> tuple[str, str, str
 
 def staging_need(manifest: Manifest) -> int | None:
     """Free bytes staging the dump needs: plaintext size + 10% + 64 MiB (None: no dump)."""
-    dump_artifact = manifest.artifact("dump")
+    dump_artifact = manifest.artifact(ARTIFACT_DUMP)
     if dump_artifact is None:
         return None
     return int(dump_artifact.plaintext_size * (1 + STAGING_MARGIN)) + STAGING_HEADROOM

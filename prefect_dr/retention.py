@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_dr import durations
 from prefect_dr import layout as lay
 from prefect_dr.errors import USAGE, DRError
-from prefect_dr.kinds import KINDS, Kind, Standing, Status, standing
+from prefect_dr.kinds import KINDS, Kind, Result, Standing, Status, standing
 
 if TYPE_CHECKING:
     from prefect_dr.catalog import BackupEntry
@@ -312,7 +312,7 @@ class Candidate:
         started = started or id_time(entry.backup_id) or dt.datetime.min.replace(tzinfo=dt.UTC)
         activity = max([started, *(_utc(o.last_modified) for o in entry.objects)])
         result = (entry.verification or {}).get("result")
-        verified = True if result == "passed" else False if result == "failed" else None
+        verified = True if result == Result.PASSED else False if result == Result.FAILED else None
         return cls(id=entry.backup_id, kind=entry.kind, status=entry.status,
                    started_at=started, verified=verified, labels=dict(entry.labels),
                    last_activity=activity, size=entry.size)

@@ -20,6 +20,7 @@ from prefect_dr.cli.common import (
     trust,
     url_flag,
 )
+from prefect_dr.manifest import ARTIFACT_DUMP
 
 
 @command(name="rehearse-upgrade")
@@ -54,7 +55,7 @@ def rehearse_upgrade(
     trusted_by = trust(repo, allow_unsigned)
     manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
                                         trust=trusted_by)
-    dump = manifest.artifact("dump")
+    dump = manifest.artifact(ARTIFACT_DUMP)
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=dump.size if dump else None) as listener:
         result = rehearse.rehearse(current, repo, manifest, prefect_python=prefect_python,
