@@ -48,7 +48,7 @@ from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import FAILED, status_record
 from prefect_dr.config import Settings
 from prefect_dr.errors import DatabaseError, DRError, LockHeldError
-from prefect_dr.kinds import BACKFILL_UNFINISHED, KINDS, LABEL_BACKFILL, Kind
+from prefect_dr.kinds import BACKFILL_UNFINISHED, LABEL_BACKFILL, Kind, holds_history, parse
 from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
 from prefect_dr.manifest import (
@@ -187,8 +187,10 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     """
     env = os.environ if env is None else env
     settings.require(*NEEDS)
-    if request.kind not in KINDS:
-        raise DRError(f"unknown backup kind {request.kind!r} (full or config-only)")
+    try:
+        parse(request.kind)
+    except ValueError as exc:
+        raise DRError(str(exc)) from None
     recipient_texts = settings.recipients
     recipients = [crypto.parse_recipient(r) for r in recipient_texts]
     fingerprints = tuple(crypto.fingerprint(r) for r in recipient_texts)
@@ -274,8 +276,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     key, key_record = _block_key(conn, env, request.allow_undecryptable_blocks
                                  or bool(settings.allow_undecryptable_blocks))
     tables = ps.user_tables(conn)
-    dumped = set(tables) if request.kind == Kind.FULL else {t for t in tables
-                                                          if t in ps.CONFIG_TABLES}
+    dumped = set(tables) if holds_history(request.kind) else {t for t in tables
+                                                              if t in ps.CONFIG_TABLES}
     # Format 2: the deferred history tables' data goes into artifacts of its own (below).
     deferred = [t for t in ps.DEFERRED_TABLES if t in dumped]
     exclude = sorted(set(tables) - dumped | set(deferred))
@@ -313,7 +315,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
     grants = privileges.record(conn)
     runtime = reconcile.count(conn, started.isoformat(),
-                              runs=request.kind == Kind.FULL).to_dict()
+                              runs=holds_history(request.kind)).to_dict()
     body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
                         alembic_revision=revision)
     conn.execute("COMMIT")

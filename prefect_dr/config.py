@@ -17,6 +17,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from prefect_dr import cron, crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
+from prefect_dr.kinds import KIND_TABLE
 from prefect_dr.storage import url as repo_url
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
@@ -99,11 +100,9 @@ SPECS: tuple[Spec, ...] = (
               "(as --allow-undecryptable-blocks; doctor then warns instead of failing)"),
     Spec("lock_stale_hours", "PREFECT_DR_LOCK_STALE_HOURS", "backup.lock_stale_hours", "int",
          default=12, help="age after which another host's backup lock counts as stale"),
-    Spec("retention_full", "PREFECT_DR_RETENTION_FULL", "retention.full",
-         help="retention policy of full backups for `prune`, e.g. "
-              "keep-daily=7,keep-weekly=4,keep-monthly=12,min-verified=1"),
-    Spec("retention_config_only", "PREFECT_DR_RETENTION_CONFIG_ONLY", "retention.config_only",
-         help="retention policy of config-only backups for `prune`, e.g. keep-last=48"),
+    *(Spec(row.retention_setting, row.retention_env, row.retention_toml,
+           help=f"retention policy of {kind} backups for `prune`, e.g. {row.retention_example}")
+      for kind, row in KIND_TABLE.items()),
     Spec("staging_dir", "PREFECT_DR_STAGING_DIR", "restore.staging_dir", "path",
          help="folder where restore stages the decrypted dump for parallel pg_restore "
               "(default: the system temp folder; needs the dump's plaintext size)"),

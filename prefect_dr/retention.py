@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from prefect_dr import durations
 from prefect_dr import layout as lay
 from prefect_dr.errors import USAGE, DRError
-from prefect_dr.kinds import KINDS, Kind, Result, Standing, Status, standing
+from prefect_dr.kinds import KIND_TABLE, KINDS, Result, Standing, Status, parse, standing
 
 if TYPE_CHECKING:
     from prefect_dr.catalog import BackupEntry
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 COMPLETE, FAILED, INCOMPLETE, CORRUPT = (Status.COMPLETE, Status.FAILED, Status.INCOMPLETE,
                                        Status.CORRUPT)
 #: Setting that holds the policy of each kind (config.SPECS).
-SETTING_OF_KIND = {Kind.FULL: "retention_full", Kind.CONFIG_ONLY: "retention_config_only"}
+SETTING_OF_KIND = {kind: row.retention_setting for kind, row in KIND_TABLE.items()}
 
 _COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
            "keep_yearly")
@@ -256,8 +256,11 @@ def policies_for(settings: Settings, kind: str | None = None, **options: Any
     given without ``kind`` apply to both kinds. Raises PolicyError when ``kind`` has no policy,
     when no kind has one, or when a policy is malformed.
     """
-    if kind is not None and kind not in KINDS:
-        raise PolicyError(f"unknown backup kind {kind!r} (full or config-only)")
+    if kind is not None:
+        try:
+            parse(kind)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
     flags = any(options.get(n) not in (None, (), []) for n in _KEEP_RULES)
     out: dict[str, Policy] = {}
     for k in [kind] if kind else list(KINDS):
@@ -266,9 +269,9 @@ def policies_for(settings: Settings, kind: str | None = None, **options: Any
             continue  # this kind is not managed by retention
         out[k] = resolve_policy(configured, what=f"{k} backups", **options)
     if not out:
-        raise PolicyError("no retention policy: set retention.full / PREFECT_DR_RETENTION_FULL "
-                          "(and retention.config_only / PREFECT_DR_RETENTION_CONFIG_ONLY) or "
-                          "pass --keep-* options")
+        first, *rest = (f"{r.retention_toml} / {r.retention_env}" for r in KIND_TABLE.values())
+        also = f"(and {', '.join(rest)}) " if rest else ""
+        raise PolicyError(f"no retention policy: set {first} {also}or pass --keep-* options")
     return out
 
 

@@ -4,10 +4,14 @@ exit codes come from one place, and the places that used to spell them out ask i
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from pathlib import Path
 
-from prefect_dr import console, errors, verify
+import pytest
+
+from prefect_dr import config, console, errors, k8s, kinds, retention, verify
 from prefect_dr.checks import Check
+from prefect_dr.k8s import options as k8s_options
 from prefect_dr.kinds import Result
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prefect_dr"
@@ -53,3 +57,35 @@ def test_artifact_names_and_results_are_not_spelled_out_elsewhere() -> None:
                          r"get\(\"result\"\) == \"", line):
                 offenders.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
     assert offenders == []
+
+
+def test_every_kind_has_one_row_that_settings_prune_and_k8s_ask() -> None:
+    assert set(kinds.KIND_TABLE) == set(kinds.Kind)
+    render_fields = {f.name for f in fields(k8s.RenderOptions)}
+    for kind, row in kinds.KIND_TABLE.items():
+        spec = config.SPEC_BY_NAME[row.retention_setting]
+        assert (spec.env, spec.toml) == (row.retention_env, row.retention_toml)
+        assert retention.SETTING_OF_KIND[kind] == row.retention_setting
+        assert row.retention_setting in render_fields
+        assert dict(k8s_options.FROM_SETTINGS)[row.retention_setting] == row.retention_setting
+        assert row.retention_env in k8s_options._MANAGED_ENV
+        retention.parse_policy(row.retention_example)
+        assert row.loses_history is not row.history
+    assert kinds.holds_history("full") and not kinds.holds_history("config-only")
+    assert kinds.loses_history("config-only") and not kinds.loses_history("full")
+    assert not kinds.holds_history("from-the-future") and not kinds.loses_history(None)
+
+
+def test_a_policy_for_every_kind_reaches_the_configmap() -> None:
+    options = k8s.RenderOptions(**{row.retention_setting: "keep-last=3"
+                                   for row in kinds.KIND_TABLE.values()})
+    env = k8s.config_env(options)
+    for row in kinds.KIND_TABLE.values():
+        assert env[row.retention_env] == "keep-last=3"
+
+
+def test_unknown_kinds_are_named_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"unknown backup kind 'weekly' \(full or config-only\)"):
+        kinds.parse("weekly")
+    with pytest.raises(retention.PolicyError, match="full or config-only"):
+        retention.policies_for(None, "weekly")  # type: ignore[arg-type]

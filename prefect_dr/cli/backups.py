@@ -29,12 +29,12 @@ from prefect_dr.cli.common import (
     verify_key,
     wide_wanted,
 )
-from prefect_dr.kinds import Kind
+from prefect_dr.kinds import KINDS_TEXT, Kind
 
 
 @command()
 def backup(
-    kind: Annotated[Kind, typer.Option("--kind", help="full or config-only.")] = Kind.FULL,
+    kind: Annotated[Kind, typer.Option("--kind", help=f"{KINDS_TEXT}.")] = Kind.FULL,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="KEY=VALUE label (repeatable).")] = None,
     allow_undecryptable_blocks: Annotated[bool, typer.Option(
