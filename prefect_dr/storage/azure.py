@@ -38,6 +38,7 @@ from prefect_dr.storage.base import (
     Storage,
     Writer,
     check_written,
+    put_if_absent_retried,
 )
 
 log = logging.getLogger(__name__)
@@ -204,21 +205,14 @@ class AzureStorage(Storage):
 
     def put_if_absent(self, key: str, data: bytes,
                       content_type: str = "application/json") -> bool:
-        attempts = 0
         blob = self.client.get_blob_client(key)
-
-        def put() -> Any:
-            nonlocal attempts
-            attempts += 1
-            return blob.upload_blob(data, overwrite=False, validate_content=True,
-                                    content_settings=ContentSettings(content_type=content_type))
-
         taken = object()
-        if self._call("write", key, put, answers={"BlobAlreadyExists": taken, "409": taken}) \
-                is not taken:
-            return True
-        # A retried upload may find its own first attempt, whose answer was lost.
-        return attempts > 1 and self.get_bytes(key) == data
+        return put_if_absent_retried(
+            lambda: blob.upload_blob(data, overwrite=False, validate_content=True,
+                                     content_settings=ContentSettings(content_type=content_type)),
+            lambda attempt: self._call("write", key, attempt, answers={
+                "BlobAlreadyExists": taken, "409": taken}) is not taken,
+            lambda: self.get_bytes(key) == data)
 
     def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         committed = {info.key for info in self.list(prefix)}

@@ -28,6 +28,7 @@ from prefect_dr.storage.base import (
     Storage,
     Writer,
     check_written,
+    put_if_absent_retried,
 )
 
 log = logging.getLogger(__name__)
@@ -205,22 +206,14 @@ class S3Storage(Storage):
 
     def put_if_absent(self, key: str, data: bytes,
                       content_type: str = "application/json") -> bool:
-        attempts = 0
-
-        def put() -> Any:
-            nonlocal attempts
-            attempts += 1
-            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                          ContentType=content_type, IfNoneMatch="*",
-                                          **self.options.put_args())
-
         taken = object()
-        if self._call("write", key, put, answers=dict.fromkeys(_PRECONDITION, taken)) \
-                is not taken:
-            return True
-        # After a retry the object may be our own first attempt, which landed before its
-        # answer was lost: it is ours when it holds exactly these bytes.
-        return attempts > 1 and self._holds(key, data)
+        return put_if_absent_retried(
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                           ContentType=content_type, IfNoneMatch="*",
+                                           **self.options.put_args()),
+            lambda attempt: self._call("write", key, attempt, answers=dict.fromkeys(
+                _PRECONDITION, taken)) is not taken,
+            lambda: self._holds(key, data))
 
     def _holds(self, key: str, data: bytes) -> bool:
         body = self._call("read", key, self.client.get_object, answers=_NO_OBJECT,
@@ -457,6 +450,8 @@ class S3Writer(Writer):
             self._pool.shutdown(wait=True, cancel_futures=True)
 
     def abort(self) -> None:
+        if self._done:
+            return  # closed (or aborted) already: nothing is open
         self._done = True
         self._cur = None
         self._shutdown()
