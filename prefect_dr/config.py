@@ -18,6 +18,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 from prefect_dr import cron, crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
 from prefect_dr.kinds import KIND_TABLE
+from prefect_dr.storage import registry
 from prefect_dr.storage import url as repo_url
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
@@ -47,8 +48,8 @@ SPECS: tuple[Spec, ...] = (
          help="':'-separated folders holding pg_dump/pg_restore/psql, searched before "
               "/usr/lib/postgresql/*/bin and PATH; the right client is picked per operation"),
     Spec("repository", "PREFECT_DR_REPOSITORY", "repository.url",
-         help="where backups live: s3://BUCKET/PREFIX, file:///ABS/PATH, "
-              "azure://CONTAINER/PREFIX or gs://BUCKET/PREFIX (default: the s3 settings)"),
+         help="where backups live: " + registry.either([b.form for b in registry.backends()])
+              + " (default: the s3 settings)"),
     Spec("copy_to", "PREFECT_DR_COPY_TO", "backup.copy_to", "list", default=(),
          help="comma-separated repository URLs each successful backup is copied to"),
     Spec("azure_account_url", "PREFECT_DR_AZURE_ACCOUNT_URL", "azure.account_url", "url",
@@ -128,8 +129,9 @@ SPECS: tuple[Spec, ...] = (
               "backup, verify, restore and prune)"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
-_NO_REPOSITORY = ("no repository: set PREFECT_DR_REPOSITORY (s3://, file://, azure:// or gs://) "
-                  "or PREFECT_DR_S3_BUCKET")
+_NO_REPOSITORY = ("no repository: set PREFECT_DR_REPOSITORY ("
+                  + registry.either([f"{s}://" for s in registry.schemes()])
+                  + ") or PREFECT_DR_S3_BUCKET")
 _TOML_KEYS = {s.toml: s for s in SPECS}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 

@@ -15,6 +15,7 @@ from conftest import azure_storage, clean, gcs_storage
 from urllib3.exceptions import ProtocolError
 
 from prefect_dr.errors import NotFoundError, StorageError
+from prefect_dr.storage import registry
 from prefect_dr.storage.base import Storage
 from prefect_dr.storage.file import FileStorage
 from prefect_dr.storage.memory import MemoryStorage
@@ -29,8 +30,9 @@ def _s3(stack_env: dict[str, str]) -> S3Storage:
                      region=stack_env["PREFECT_DR_S3_REGION"])
 
 
-BACKENDS = ("memory", "file", "s3", "azure", "gcs")
-REMOTE = ("s3", "azure", "gcs")  # reached over HTTP: answers can be lost, signals arrive
+#: memory, and every backend of storage.registry by its scheme (test_every_backend_is_here)
+BACKENDS = ("memory", "file", "s3", "azure", "gs")
+REMOTE = ("s3", "azure", "gs")  # reached over HTTP: answers can be lost, signals arrive
 
 
 def _open(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
@@ -39,7 +41,7 @@ def _open(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
     if name == "file":
         return FileStorage(tmp_path)
     stack_env = request.getfixturevalue("stack_env")
-    return {"s3": _s3, "azure": azure_storage, "gcs": gcs_storage}[name](stack_env)
+    return {"s3": _s3, "azure": azure_storage, "gs": gcs_storage}[name](stack_env)
 
 
 def _stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Storage, str]]:
@@ -59,6 +61,12 @@ def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Sto
     """The backends behind a network: the contract's tests of lost answers and stop signals
     (memory and files have no request whose answer can be lost)."""
     yield from _stored(request, tmp_path)
+
+
+def test_every_backend_is_here() -> None:
+    """A backend registered in prefect_dr (storage.registry) runs this suite: add it to
+    BACKENDS and ``_open`` (tests/test_backend_registry.py runs it on a toy backend)."""
+    assert set(registry.schemes()) <= set(BACKENDS)
 
 
 def test_put_get_stat_delete(store: tuple[Storage, str]) -> None:

@@ -441,3 +441,11 @@ class AzureWriter(Writer):
         except DRError as exc:  # clean-up of a failing write: prune removes what is left
             log.warning("could not discard the staged blocks of %s: %s", self._key,
                         exc.message)
+
+
+def build(url: Any, settings: Any, retry_deadline_s: float) -> AzureStorage:
+    """The AzureStorage of repository ``url`` (storage.registry): the account URL from the
+    URL, else the settings; credentials from the environment (module docstring)."""
+    return AzureStorage(url.container,
+                        account_url=url.params.get("account_url") or settings.azure_account_url,
+                        retry_deadline_s=retry_deadline_s)

@@ -434,3 +434,8 @@ class GCSWriter(Writer):
             self._drop_marker()
         except DRError:  # clean-up of a failing write: prune removes a marker left behind
             return
+
+
+def build(url: Any, settings: Any, retry_deadline_s: float) -> GCSStorage:
+    """The GCSStorage of repository ``url`` (storage.registry)."""
+    return GCSStorage(url.container, retry_deadline_s=retry_deadline_s)

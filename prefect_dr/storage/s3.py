@@ -541,3 +541,16 @@ def credentials_source() -> str:
     shown = f"{key[:4]}...{key[-2:]}" if len(key) > 8 else "***"
     return f"{creds.method} (access key {shown})"
 
+
+def build(url: Any, settings: Any, retry_deadline_s: float) -> S3Storage:
+    """The S3Storage of repository ``url`` (storage.registry): the endpoint and region from
+    the URL, else the settings; the upload options from the settings."""
+    options = S3Options(
+        storage_class=settings.s3_storage_class or None, sse=settings.s3_sse or None,
+        sse_kms_key_id=settings.s3_sse_kms_key_id or None,
+        object_lock_mode=settings.s3_object_lock_mode or None,
+        object_lock_days=settings.s3_object_lock_days or None)
+    return S3Storage(url.container,
+                     endpoint_url=url.params.get("endpoint") or settings.s3_endpoint_url,
+                     region=url.params.get("region") or settings.s3_region, options=options,
+                     retry_deadline_s=retry_deadline_s)
