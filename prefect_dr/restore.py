@@ -427,6 +427,18 @@ class Kept:
         made = dt.datetime.strptime(self.stamp, STAMP_FORMAT).replace(tzinfo=dt.UTC)
         return dt.datetime.now(dt.UTC) - made
 
+    @property
+    def database(self) -> str:
+        """The database it was kept beside (its name before ``_<kind>_<stamp>``)."""
+        return self.name[:-len(f"_{self.kind}_{self.stamp}")]
+
+
+def resumes(pending: list[backfill.TableState], backup_id: str, *, dry_run: bool = False) -> bool:
+    """Whether a restore of ``backup_id`` finishes the target's unfinished history backfill
+    (``pending``) instead of restoring again: the backfill is that backup's, and the run is no
+    dry run."""
+    return bool(pending) and pending[0].backup_id == backup_id and not dry_run
+
 
 def kept(settings: Settings, target_url: str | None = None) -> list[Kept]:
     """Databases kept beside the target, newest first; kind ``restore``: half-restored, left by

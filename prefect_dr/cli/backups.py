@@ -86,11 +86,11 @@ def backup(
                             "finished_at": manifest.finished_at,
                             "artifacts": [a.name for a in manifest.artifacts],
                             "copies": [r.to_dict() for r in results]})
-    bad = [r for r in results if r.refused]
-    if bad:
-        raise errors.DRError(f"backup {manifest.backup_id} is complete, but its copy to "
-                             f"{bad[0].target} failed: {bad[0].refused[0].detail}",
-                             exit_code=errors.PARTIAL)
+    from prefect_dr import copy as copy_mod
+
+    failure = copy_mod.after_backup_failed(manifest.backup_id, results)
+    if failure is not None:
+        raise failure
 
 
 def _copy(source: Any, target: Any, backup_id: str) -> Any:
