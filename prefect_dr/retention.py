@@ -36,7 +36,6 @@ from prefect_dr.kinds import KIND_TABLE, KINDS, Result, Standing, Status, parse,
 
 if TYPE_CHECKING:
     from prefect_dr.catalog import BackupEntry
-    from prefect_dr.config import Settings
 
 COMPLETE, FAILED, INCOMPLETE, CORRUPT = (Status.COMPLETE, Status.FAILED, Status.INCOMPLETE,
                                        Status.CORRUPT)
@@ -230,27 +229,26 @@ def resolve_policy(configured: Policy | None, *, keep_last: int | None = None,
     return policy
 
 
-def configured_policy(settings: Settings, kind: str) -> Policy | None:
-    """The policy the settings give backups of ``kind``, or None when none is set.
+def configured_policy(values: Mapping[str, Any], kind: str) -> Policy | None:
+    """The policy the settings' ``values`` (``Settings.values``: setting name -> value) give
+    backups of ``kind`` (its retention setting, kinds.KIND_TABLE), or None when none is set.
 
     Raises PolicyError naming the setting when its text is malformed.
     """
-    from prefect_dr.config import SPEC_BY_NAME
-
-    name = SETTING_OF_KIND[kind]
-    text = settings.values.get(name)
+    row = KIND_TABLE[kind]
+    text = values.get(row.retention_setting)
     if not text:
         return None
     try:
         return parse_policy(text)
     except PolicyError as exc:
-        spec = SPEC_BY_NAME[name]
-        raise PolicyError(f"{spec.env} / {spec.toml}: {exc.message}") from None
+        raise PolicyError(f"{row.retention_env} / {row.retention_toml}: {exc.message}") from None
 
 
-def policies_for(settings: Settings, kind: str | None = None, **options: Any
+def policies_for(values: Mapping[str, Any], kind: str | None = None, **options: Any
                  ) -> dict[str, Policy]:
-    """The policy of each kind to prune: ``kind`` alone, or every kind that has a policy.
+    """The policy of each kind to prune: ``kind`` alone, or every kind that has a policy in the
+    settings' ``values`` (``Settings.values``).
 
     ``options`` are ``resolve_policy``'s keyword options (the command-line flags); keep options
     given without ``kind`` apply to both kinds. Raises PolicyError when ``kind`` has no policy,
@@ -264,7 +262,7 @@ def policies_for(settings: Settings, kind: str | None = None, **options: Any
     flags = any(options.get(n) not in (None, (), []) for n in _KEEP_RULES)
     out: dict[str, Policy] = {}
     for k in [kind] if kind else list(KINDS):
-        configured = configured_policy(settings, k)
+        configured = configured_policy(values, k)
         if configured is None and not flags and kind is None:
             continue  # this kind is not managed by retention
         out[k] = resolve_policy(configured, what=f"{k} backups", **options)

@@ -88,4 +88,4 @@ def test_unknown_kinds_are_named_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"unknown backup kind 'weekly' \(full or config-only\)"):
         kinds.parse("weekly")
     with pytest.raises(retention.PolicyError, match="full or config-only"):
-        retention.policies_for(None, "weekly")  # type: ignore[arg-type]
+        retention.policies_for({}, "weekly")
