@@ -29,12 +29,16 @@ from prefect_dr.cli.common import (
     verify_key,
     wide_wanted,
 )
-from prefect_dr.kinds import KINDS_TEXT, Kind
+from prefect_dr.kinds import KIND_TABLE, Kind
+from prefect_dr.storage import registry
+
+#: backup --kind: each kind and what it holds (kinds.KIND_TABLE)
+KIND_HELP = "; ".join(f"{kind}: {row.help}" for kind, row in KIND_TABLE.items()) + "."
 
 
 @command()
 def backup(
-    kind: Annotated[Kind, typer.Option("--kind", help=f"{KINDS_TEXT}.")] = Kind.FULL,
+    kind: Annotated[Kind, typer.Option("--kind", help=KIND_HELP)] = Kind.FULL,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="KEY=VALUE label (repeatable).")] = None,
     allow_undecryptable_blocks: Annotated[bool, typer.Option(
@@ -112,7 +116,8 @@ def _copy(source: Any, target: Any, backup_id: str) -> Any:
 def copy_cmd(
     backup_id: BackupArg = None,
     to: Annotated[str | None, typer.Option(
-        "--to", metavar="URL", help="Target repository: s3://, file://, azure:// or gs://.")
+        "--to", metavar="URL", help="Target repository: "
+        + registry.either([f"{s}://" for s in registry.schemes()]) + ".")
     ] = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,
