@@ -89,3 +89,18 @@ def test_unknown_kinds_are_named_with_the_known_ones() -> None:
         kinds.parse("weekly")
     with pytest.raises(retention.PolicyError, match="full or config-only"):
         retention.policies_for({}, "weekly")
+
+
+FORMAT = (PACKAGE.parent / "docs" / "format.md").read_text(encoding="utf-8")
+
+
+def test_the_format_documents_every_result_and_artifact_name() -> None:
+    from prefect_dr import manifest
+
+    record = FORMAT[FORMAT.index("## Verification records"):]
+    assert f'"result": "{Result.PASSED}" | "{Result.FAILED}"' in record
+    for shown in (Result.UNSIGNED, Result.FORGED):
+        assert f"`{shown}`" in record
+    for name in (manifest.ARTIFACT_DUMP, manifest.ARTIFACT_CONFIG, manifest.ARTIFACT_BLOCK_KEY,
+                 manifest.history_artifact("events")):
+        assert f'"name": "{name}"' in FORMAT
