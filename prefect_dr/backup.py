@@ -48,10 +48,17 @@ from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import FAILED, status_record
 from prefect_dr.config import Settings
 from prefect_dr.errors import DatabaseError, DRError, LockHeldError
-from prefect_dr.kinds import BACKFILL_UNFINISHED, KINDS, LABEL_BACKFILL, Kind
+from prefect_dr.kinds import BACKFILL_UNFINISHED, LABEL_BACKFILL, Kind, holds_history, parse
 from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
-from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.manifest import (
+    ARTIFACT_BLOCK_KEY,
+    ARTIFACT_CONFIG,
+    ARTIFACT_DUMP,
+    Artifact,
+    Manifest,
+    history_artifact,
+)
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import dump, privileges, tools
 from prefect_dr.storage.base import Storage
@@ -180,8 +187,10 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     """
     env = os.environ if env is None else env
     settings.require(*NEEDS)
-    if request.kind not in KINDS:
-        raise DRError(f"unknown backup kind {request.kind!r} (full or config-only)")
+    try:
+        parse(request.kind)
+    except ValueError as exc:
+        raise DRError(str(exc)) from None
     recipient_texts = settings.recipients
     recipients = [crypto.parse_recipient(r) for r in recipient_texts]
     fingerprints = tuple(crypto.fingerprint(r) for r in recipient_texts)
@@ -267,8 +276,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     key, key_record = _block_key(conn, env, request.allow_undecryptable_blocks
                                  or bool(settings.allow_undecryptable_blocks))
     tables = ps.user_tables(conn)
-    dumped = set(tables) if request.kind == Kind.FULL else {t for t in tables
-                                                          if t in ps.CONFIG_TABLES}
+    dumped = set(tables) if holds_history(request.kind) else {t for t in tables
+                                                              if t in ps.CONFIG_TABLES}
     # Format 2: the deferred history tables' data goes into artifacts of its own (below).
     deferred = [t for t in ps.DEFERRED_TABLES if t in dumped]
     exclude = sorted(set(tables) - dumped | set(deferred))
@@ -291,7 +300,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
                                     progress=progress)
         proc.wait()  # a failed dump raises here, and the upload is aborted, never completed
         writer.close()
-    artifacts.append(_artifact("dump", dump_key, "pg_dump-custom", stats, "zstd", fingerprints))
+    artifacts.append(_artifact(ARTIFACT_DUMP, dump_key, "pg_dump-custom", stats, "zstd",
+                               fingerprints))
     log.info("dump uploaded: %s (from %s)", human_bytes(stats.size),
              human_bytes(stats.plaintext_size),
              extra={"backup_id": backup_id, "bytes": stats.size})
@@ -305,20 +315,20 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
     grants = privileges.record(conn)
     runtime = reconcile.count(conn, started.isoformat(),
-                              runs=request.kind == Kind.FULL).to_dict()
+                              runs=holds_history(request.kind)).to_dict()
     body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
                         alembic_revision=revision)
     conn.execute("COMMIT")
     export_key = repo.artifact(backup_id, layout.CONFIG_EXPORT)
     stats = _put_small(storage, export_key, json.dumps(body, default=str).encode(), recipients,
                        level, request.labels)
-    artifacts.append(_artifact("config", export_key, "prefect-config-export+json", stats,
+    artifacts.append(_artifact(ARTIFACT_CONFIG, export_key, "prefect-config-export+json", stats,
                                "zstd", fingerprints))
     if key is not None and not key.in_database:
         key_key = repo.artifact(backup_id, layout.BLOCK_KEY)
         stats = _put_small(storage, key_key, json.dumps({"fernet_key": key.key}).encode(),
                            recipients, None, request.labels)
-        artifacts.append(_artifact("block-key", key_key, "fernet-key+json", stats, "none",
+        artifacts.append(_artifact(ARTIFACT_BLOCK_KEY, key_key, "fernet-key+json", stats, "none",
                                    fingerprints))
     artifacts.extend(history)
 
@@ -364,7 +374,7 @@ def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
              human_bytes(stats.size), human_bytes(stats.plaintext_size),
              extra={"bytes": stats.size})
     return dataclasses.replace(
-        _artifact(f"history-{table}", key, "pg-copy-text", stats, "zstd", fingerprints),
+        _artifact(history_artifact(table), key, "pg-copy-text", stats, "zstd", fingerprints),
         table=table, columns=columns, rows=reader.rows)
 
 

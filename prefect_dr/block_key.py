@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from prefect_dr import crypto, interrupt, pipeline, redact, restore_stream
 from prefect_dr.errors import DRError, Interrupted, NotFoundError, StorageError
-from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.manifest import ARTIFACT_BLOCK_KEY, ARTIFACT_DUMP, Artifact, Manifest
 from prefect_dr.pg import tools
 from prefect_dr.pg.dump import ClientProcess
 from prefect_dr.storage.base import Storage
@@ -49,14 +49,14 @@ def recover(storage: Storage, manifest: Manifest, identities: list[crypto.Identi
     was not given to prefect-dr), CryptoKeyError when the identity does not decrypt,
     VerificationError for damaged artifacts, StorageError, DRError when pg_restore fails.
     """
-    escrow = manifest.artifact("block-key")
+    escrow = manifest.artifact(ARTIFACT_BLOCK_KEY)
     if escrow is not None:
         key = str(json.loads(restore_stream.decrypt_small(storage, escrow,
                                                           identities))["fernet_key"])
         redact.register(key)
         return RecoveredKey(key, "escrowed")
     source = manifest.block_key.get("source")
-    dump = manifest.artifact("dump")
+    dump = manifest.artifact(ARTIFACT_DUMP)
     if source != "database" or dump is None:
         raise NotFoundError(f"backup {manifest.backup_id} holds no block encryption key "
                             f"(its manifest says the key came from {source or 'nowhere'}, "

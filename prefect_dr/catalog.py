@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prefect_dr import layout as lay
 from prefect_dr import signing
 from prefect_dr.errors import NotFoundError, UsageError, VerificationError
-from prefect_dr.kinds import DEFAULT_LATEST_KIND, Standing, Status, standing
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, Result, Standing, Status, standing
 from prefect_dr.layout import Layout
 from prefect_dr.manifest import Manifest, ManifestError, parse
 from prefect_dr.storage.base import ObjectInfo, Storage
@@ -146,9 +146,9 @@ def _checked_record(record: dict[str, Any] | None, backup_id: str,
     if record is None:
         return None
     if record.get("backup_id") != backup_id:
-        return {**record, "claimed_result": record.get("result"), "result": "forged"}
+        return {**record, "claimed_result": record.get("result"), "result": Result.FORGED.value}
     if verify_key is not None and not _trusted(record, verify_key):
-        return {**record, "claimed_result": record.get("result"), "result": "unsigned"}
+        return {**record, "claimed_result": record.get("result"), "result": Result.UNSIGNED.value}
     return record
 
 

@@ -17,6 +17,8 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from prefect_dr import cron, crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
+from prefect_dr.kinds import KIND_TABLE
+from prefect_dr.storage import registry
 from prefect_dr.storage import url as repo_url
 
 CONFIG_ENV = "PREFECT_DR_CONFIG"
@@ -46,8 +48,8 @@ SPECS: tuple[Spec, ...] = (
          help="':'-separated folders holding pg_dump/pg_restore/psql, searched before "
               "/usr/lib/postgresql/*/bin and PATH; the right client is picked per operation"),
     Spec("repository", "PREFECT_DR_REPOSITORY", "repository.url",
-         help="where backups live: s3://BUCKET/PREFIX, file:///ABS/PATH, "
-              "azure://CONTAINER/PREFIX or gs://BUCKET/PREFIX (default: the s3 settings)"),
+         help="where backups live: " + registry.either([b.form for b in registry.backends()])
+              + " (default: the s3 settings)"),
     Spec("copy_to", "PREFECT_DR_COPY_TO", "backup.copy_to", "list", default=(),
          help="comma-separated repository URLs each successful backup is copied to"),
     Spec("azure_account_url", "PREFECT_DR_AZURE_ACCOUNT_URL", "azure.account_url", "url",
@@ -99,11 +101,9 @@ SPECS: tuple[Spec, ...] = (
               "(as --allow-undecryptable-blocks; doctor then warns instead of failing)"),
     Spec("lock_stale_hours", "PREFECT_DR_LOCK_STALE_HOURS", "backup.lock_stale_hours", "int",
          default=12, help="age after which another host's backup lock counts as stale"),
-    Spec("retention_full", "PREFECT_DR_RETENTION_FULL", "retention.full",
-         help="retention policy of full backups for `prune`, e.g. "
-              "keep-daily=7,keep-weekly=4,keep-monthly=12,min-verified=1"),
-    Spec("retention_config_only", "PREFECT_DR_RETENTION_CONFIG_ONLY", "retention.config_only",
-         help="retention policy of config-only backups for `prune`, e.g. keep-last=48"),
+    *(Spec(row.retention_setting, row.retention_env, row.retention_toml,
+           help=f"retention policy of {kind} backups for `prune`, e.g. {row.retention_example}")
+      for kind, row in KIND_TABLE.items()),
     Spec("staging_dir", "PREFECT_DR_STAGING_DIR", "restore.staging_dir", "path",
          help="folder where restore stages the decrypted dump for parallel pg_restore "
               "(default: the system temp folder; needs the dump's plaintext size)"),
@@ -129,8 +129,9 @@ SPECS: tuple[Spec, ...] = (
               "backup, verify, restore and prune)"),
 )
 SPEC_BY_NAME = {s.name: s for s in SPECS}
-_NO_REPOSITORY = ("no repository: set PREFECT_DR_REPOSITORY (s3://, file://, azure:// or gs://) "
-                  "or PREFECT_DR_S3_BUCKET")
+_NO_REPOSITORY = ("no repository: set PREFECT_DR_REPOSITORY ("
+                  + registry.either([f"{s}://" for s in registry.schemes()])
+                  + ") or PREFECT_DR_S3_BUCKET")
 _TOML_KEYS = {s.toml: s for s in SPECS}
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 

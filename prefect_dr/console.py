@@ -27,7 +27,7 @@ from prefect_dr.units import clock, human_bytes
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                 "complete": "green", "failed": "bold red", "incomplete": "yellow",
                 "passed": "green", "keep": "green", "remove": "yellow", "locked": "cyan",
-                "REFUSED": "bold red", "corrupt": "bold red"}
+                "refused": "bold red", "corrupt": "bold red"}
 
 
 class _StdoutConsole(Console):

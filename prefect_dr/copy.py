@@ -26,6 +26,7 @@ from prefect_dr import catalog, interrupt
 from prefect_dr import layout as lay
 from prefect_dr.catalog import BackupEntry
 from prefect_dr.errors import (
+    PARTIAL,
     DRError,
     NotFoundError,
     StorageError,
@@ -238,6 +239,16 @@ def _sha256_of(storage: Storage, key: str) -> str:
     return digest.hexdigest()
 
 
+def after_backup_failed(backup_id: str, results: list[CopyResult]) -> DRError | None:
+    """The error a backup with ``--copy-to`` ends with when a copy was refused: exit 3
+    (partial: the backup itself is complete); None when every copy went well."""
+    bad = [r for r in results if r.refused]
+    if not bad:
+        return None
+    return DRError(f"backup {backup_id} is complete, but its copy to {bad[0].target} failed: "
+                   f"{bad[0].refused[0].detail}", exit_code=PARTIAL)
+
+
 def failed(result: CopyResult) -> DRError | None:
     """The error a run with refused backups ends with: exit 13 when the only backup asked for
     did not match its manifest, 3 (partial) when some of several were refused; None when all
@@ -249,4 +260,4 @@ def failed(result: CopyResult) -> DRError | None:
     if len(result.backups) == 1:
         return VerificationError(bad[0].detail)
     return DRError(f"{len(bad)} of {len(result.backups)} backups not copied to "
-                   f"{result.target}: first: {bad[0].detail}", exit_code=3)
+                   f"{result.target}: first: {bad[0].detail}", exit_code=PARTIAL)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 
 class Kind(enum.StrEnum):
@@ -31,7 +32,67 @@ class Status(enum.StrEnum):
     CORRUPT = "corrupt"  # a manifest is present but unreadable or not this backup's
 
 
+class Result(enum.StrEnum):
+    """What a verification record says of its backup (docs/format.md, "Verification records").
+
+    ``passed``/``failed`` are what verify writes; ``forged``/``unsigned`` are what a reader
+    (catalog) puts in place of a claimed result whose signature does not check out.
+    """
+
+    PASSED = "passed"
+    FAILED = "failed"
+    FORGED = "forged"  # signed, but not by a trusted verify key (or not this backup's)
+    UNSIGNED = "unsigned"  # no signature where the reader requires one
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    """Everything the package knows of one backup kind: the one row each module asks.
+
+    A new kind is a ``Kind`` member and one row of ``KIND_TABLE`` (and, for ``k8s render``, a
+    ``RenderOptions`` field named after its retention setting).
+    """
+
+    kind: Kind
+    #: what ``--kind`` help and the docs say it holds
+    help: str
+    #: its dump holds every table's rows, run history included (backup); False: the schema of
+    #: every table and the data of the configuration tables only
+    history: bool
+    #: the setting (config.SPECS) holding its retention policy for ``prune``
+    retention_setting: str
+    #: an example policy, for that setting's help
+    retention_example: str
+
+    @property
+    def loses_history(self) -> bool:
+        """Restoring it over a database that holds run history deletes that history: restore's
+        history-loss guard refuses it without ``--allow-history-loss``."""
+        return not self.history
+
+    @property
+    def retention_env(self) -> str:
+        """The environment variable of its retention setting."""
+        return f"PREFECT_DR_{self.retention_setting.upper()}"
+
+    @property
+    def retention_toml(self) -> str:
+        """The TOML key of its retention setting."""
+        return "retention." + self.retention_setting.removeprefix("retention_")
+
+
+KIND_TABLE: Mapping[str, KindInfo] = {info.kind: info for info in (
+    KindInfo(Kind.FULL, "the whole database (schema and every table's data, run history "
+             "included)", history=True, retention_setting="retention_full",
+             retention_example="keep-daily=7,keep-weekly=4,keep-monthly=12,min-verified=1"),
+    KindInfo(Kind.CONFIG_ONLY, "the schema of every table plus the data of the configuration "
+             "tables", history=False, retention_setting="retention_config_only",
+             retention_example="keep-last=48"),
+)}
+
 KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
+#: The kinds as a reader names them: "full or config-only".
+KINDS_TEXT = (", ".join(KINDS[:-1]) + " or " + KINDS[-1]) if len(KINDS) > 1 else KINDS[0]
 #: The kind ``--latest`` means when a command restores or proves history (restore, verify,
 #: show, status): a config-only backup must never stand in for a full one by accident.
 DEFAULT_LATEST_KIND = Kind.FULL
@@ -42,7 +103,26 @@ def parse(text: str) -> Kind:
     try:
         return Kind(text)
     except ValueError:
-        raise ValueError(f"unknown backup kind {text!r} (full or config-only)") from None
+        raise ValueError(f"unknown backup kind {text!r} ({KINDS_TEXT})") from None
+
+
+def info(kind: str) -> KindInfo:
+    """The row of kind ``kind``. Raises ValueError (one line) for an unknown one."""
+    return KIND_TABLE[parse(kind)]
+
+
+def holds_history(kind: str | None) -> bool:
+    """Whether a backup of ``kind`` holds the run history's rows (False for an unknown kind,
+    e.g. one a newer prefect-dr wrote)."""
+    row = KIND_TABLE.get(kind or "")
+    return row is not None and row.history
+
+
+def loses_history(kind: str | None) -> bool:
+    """Whether restoring a backup of ``kind`` over a database holding run history deletes
+    that history (False for an unknown kind, which the manifest check refuses anyway)."""
+    row = KIND_TABLE.get(kind or "")
+    return row is not None and row.loses_history
 
 
 #: Labels prefect-dr sets itself. ``safety=pre-restore``: a restore's backup of the database it

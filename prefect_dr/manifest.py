@@ -26,6 +26,17 @@ class ManifestError(VerificationError):
     """A manifest is malformed, of an unknown version, or its signature does not match."""
 
 
+#: The names of a backup's artifacts in its manifest (docs/format.md): the one definition.
+ARTIFACT_DUMP = "dump"
+ARTIFACT_CONFIG = "config"
+ARTIFACT_BLOCK_KEY = "block-key"
+
+
+def history_artifact(table: str) -> str:
+    """The artifact name of one history table's rows."""
+    return f"history-{table}"
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One encrypted object of a backup."""
@@ -108,7 +119,7 @@ class Manifest:
     @property
     def payload_size(self) -> int:
         """Ciphertext bytes of the dump and history artifacts (what a restore downloads)."""
-        return sum(a.size for a in self.artifacts if a.name == "dump" or a.table)
+        return sum(a.size for a in self.artifacts if a.name == ARTIFACT_DUMP or a.table)
 
     def to_dict(self, *, signed: bool = True) -> dict[str, Any]:
         """JSON-ready form; ``signed=False`` leaves the signature out (what gets signed)."""

@@ -1,6 +1,6 @@
 """What prefect-dr knows of Prefect's database: table groups, the block key, block decryption.
 
-See ../shared/guide/prefect-notes.md. Prefect encrypts ``block_document.data`` with a Fernet
+See docs/break-glass.md for the block key. Prefect encrypts ``block_document.data`` with a Fernet
 key from ``PREFECT_SERVER_ENCRYPTION_KEY`` (else the ``configuration`` row ``ENCRYPTION_KEY``).
 """
 

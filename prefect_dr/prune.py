@@ -31,7 +31,7 @@ from prefect_dr import catalog, pins, retention
 from prefect_dr import layout as lay
 from prefect_dr.catalog import BackupEntry
 from prefect_dr.errors import DRError, StorageError
-from prefect_dr.kinds import Standing, standing
+from prefect_dr.kinds import Standing, parse, standing
 from prefect_dr.layout import Layout
 from prefect_dr.retention import Candidate, Decision, Plan, Policy, PolicyError
 from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Storage
@@ -204,9 +204,11 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
     """
     if not policies:
         raise PolicyError("no retention policy given")
-    unknown = [k for k in policies if k not in retention.KINDS]
-    if unknown:
-        raise PolicyError(f"unknown backup kind {unknown[0]!r} (full or config-only)")
+    for name in policies:
+        try:
+            parse(name)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
 
     entries = catalog.list_backups(storage, layout, verify_key=verify_key)

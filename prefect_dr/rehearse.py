@@ -29,7 +29,7 @@ from prefect_dr import backfill, crypto, pipeline, restore_stream, schema_gate, 
 from prefect_dr.checks import Checks, Report
 from prefect_dr.config import Settings
 from prefect_dr.errors import DRError, VerificationError
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg.scratch import ScratchDatabase
 from prefect_dr.storage.base import Storage
@@ -171,7 +171,7 @@ def rehearse(settings: Settings, storage: Storage, manifest: Manifest, *, prefec
     choice = restore_stream.choose_for(settings, manifest, admin_url)  # SetupError
     program = smoke.prefect_program(prefect_python)
     identities = crypto.load_identities(Path(settings.age_identity_file))
-    dump = manifest.artifact("dump")
+    dump = manifest.artifact(ARTIFACT_DUMP)
     if dump is None:
         raise VerificationError(f"backup {manifest.backup_id} has no dump artifact")
     result = Rehearsal(manifest.backup_id, version, prefect_python)

@@ -48,7 +48,7 @@ from prefect_dr.errors import (
 )
 from prefect_dr.kinds import LABEL_SAFETY, Kind
 from prefect_dr.layout import Layout
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg.scratch import drop_database, with_database
@@ -158,7 +158,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             on_step(f"restoring backup {plan.backup_id} into {plan.restore_db}")
             export_doc, escrowed = restore_stream.read_small_artifacts(
                 storage, manifest, identities, checks)
-            dump = manifest.artifact("dump")
+            dump = manifest.artifact(ARTIFACT_DUMP)
             if dump is None:
                 raise VerificationError(f"backup {plan.backup_id} has no dump artifact")
             as_role = role if role and role != me else None
@@ -432,6 +432,18 @@ class Kept:
         """Time since it was set aside."""
         made = dt.datetime.strptime(self.stamp, STAMP_FORMAT).replace(tzinfo=dt.UTC)
         return dt.datetime.now(dt.UTC) - made
+
+    @property
+    def database(self) -> str:
+        """The database it was kept beside (its name before ``_<kind>_<stamp>``)."""
+        return self.name[:-len(f"_{self.kind}_{self.stamp}")]
+
+
+def resumes(pending: list[backfill.TableState], backup_id: str, *, dry_run: bool = False) -> bool:
+    """Whether a restore of ``backup_id`` finishes the target's unfinished history backfill
+    (``pending``) instead of restoring again: the backfill is that backup's, and the run is no
+    dry run."""
+    return bool(pending) and pending[0].backup_id == backup_id and not dry_run
 
 
 def kept(settings: Settings, target_url: str | None = None) -> list[Kept]:

@@ -28,7 +28,7 @@ from prefect_dr.errors import (
     DRError,
 )
 from prefect_dr.kinds import BACKFILL_UNFINISHED, LABEL_BACKFILL, Standing, standing
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg import swap as pgswap
 from prefect_dr.pg import tools
 from prefect_dr.storage.base import Storage
@@ -57,7 +57,7 @@ class Finding:
 
 def contents_finding(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan,
                       allowed: bool) -> Finding:
-    dump = manifest.artifact("dump")
+    dump = manifest.artifact(ARTIFACT_DUMP)
     if dump is None or plan.restore_client is None:
         return Finding("contents", False, "no dump to read the contents of")
     try:

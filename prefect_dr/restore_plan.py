@@ -72,8 +72,8 @@ from prefect_dr.errors import (
     USAGE,
     DRError,
 )
-from prefect_dr.kinds import Kind
-from prefect_dr.manifest import Manifest
+from prefect_dr.kinds import holds_history, loses_history
+from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import privileges, tools
 from prefect_dr.pg import swap as pgswap
@@ -202,7 +202,7 @@ def target_of(settings: Settings, target_url: str | None) -> tuple[str, str, str
 
 def staging_need(manifest: Manifest) -> int | None:
     """Free bytes staging the dump needs: plaintext size + 10% + 64 MiB (None: no dump)."""
-    dump_artifact = manifest.artifact("dump")
+    dump_artifact = manifest.artifact(ARTIFACT_DUMP)
     if dump_artifact is None:
         return None
     return int(dump_artifact.plaintext_size * (1 + STAGING_MARGIN)) + STAGING_HEADROOM
@@ -390,7 +390,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                "change": entry["rows"] - now_rows,
                "exact": bool(entry.get("exact")) and exact}
         (plan.config_diff if table in ps.CONFIG_TABLES else plan.history_diff).append(row)
-    if manifest.kind == Kind.CONFIG_ONLY:
+    if loses_history(manifest.kind):
         plan.history_loss = {t: current[t][0] for t in ps.HISTORY_TABLES
                              if current.get(t, (0, True))[0] > 0}
     plan.preflight = [  # the signature first: nothing else may trust a tampered manifest
@@ -419,7 +419,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
             "backfill", False, f"{db} holds an {plan.unfinished_backfill}: finish it with "
             "'prefect-dr restore --resume', or undo that restore with 'prefect-dr rollback' "
             "first", USAGE))
-    if options.tiered and not manifest.history and manifest.kind == Kind.FULL:
+    if options.tiered and not manifest.history and holds_history(manifest.kind):
         plan.preflight.append(Finding(
             "tiered", False, f"backup {manifest.backup_id} (format "
             f"{manifest.format_version}) holds its history inside its one dump: it is "

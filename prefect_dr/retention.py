@@ -32,16 +32,15 @@ from typing import TYPE_CHECKING, Any
 from prefect_dr import durations
 from prefect_dr import layout as lay
 from prefect_dr.errors import USAGE, DRError
-from prefect_dr.kinds import KINDS, Kind, Standing, Status, standing
+from prefect_dr.kinds import KIND_TABLE, KINDS, Result, Standing, Status, parse, standing
 
 if TYPE_CHECKING:
     from prefect_dr.catalog import BackupEntry
-    from prefect_dr.config import Settings
 
 COMPLETE, FAILED, INCOMPLETE, CORRUPT = (Status.COMPLETE, Status.FAILED, Status.INCOMPLETE,
                                        Status.CORRUPT)
 #: Setting that holds the policy of each kind (config.SPECS).
-SETTING_OF_KIND = {Kind.FULL: "retention_full", Kind.CONFIG_ONLY: "retention_config_only"}
+SETTING_OF_KIND = {kind: row.retention_setting for kind, row in KIND_TABLE.items()}
 
 _COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
            "keep_yearly")
@@ -230,45 +229,47 @@ def resolve_policy(configured: Policy | None, *, keep_last: int | None = None,
     return policy
 
 
-def configured_policy(settings: Settings, kind: str) -> Policy | None:
-    """The policy the settings give backups of ``kind``, or None when none is set.
+def configured_policy(values: Mapping[str, Any], kind: str) -> Policy | None:
+    """The policy the settings' ``values`` (``Settings.values``: setting name -> value) give
+    backups of ``kind`` (its retention setting, kinds.KIND_TABLE), or None when none is set.
 
     Raises PolicyError naming the setting when its text is malformed.
     """
-    from prefect_dr.config import SPEC_BY_NAME
-
-    name = SETTING_OF_KIND[kind]
-    text = settings.values.get(name)
+    row = KIND_TABLE[kind]
+    text = values.get(row.retention_setting)
     if not text:
         return None
     try:
         return parse_policy(text)
     except PolicyError as exc:
-        spec = SPEC_BY_NAME[name]
-        raise PolicyError(f"{spec.env} / {spec.toml}: {exc.message}") from None
+        raise PolicyError(f"{row.retention_env} / {row.retention_toml}: {exc.message}") from None
 
 
-def policies_for(settings: Settings, kind: str | None = None, **options: Any
+def policies_for(values: Mapping[str, Any], kind: str | None = None, **options: Any
                  ) -> dict[str, Policy]:
-    """The policy of each kind to prune: ``kind`` alone, or every kind that has a policy.
+    """The policy of each kind to prune: ``kind`` alone, or every kind that has a policy in the
+    settings' ``values`` (``Settings.values``).
 
     ``options`` are ``resolve_policy``'s keyword options (the command-line flags); keep options
     given without ``kind`` apply to both kinds. Raises PolicyError when ``kind`` has no policy,
     when no kind has one, or when a policy is malformed.
     """
-    if kind is not None and kind not in KINDS:
-        raise PolicyError(f"unknown backup kind {kind!r} (full or config-only)")
+    if kind is not None:
+        try:
+            parse(kind)
+        except ValueError as exc:
+            raise PolicyError(str(exc)) from None
     flags = any(options.get(n) not in (None, (), []) for n in _KEEP_RULES)
     out: dict[str, Policy] = {}
     for k in [kind] if kind else list(KINDS):
-        configured = configured_policy(settings, k)
+        configured = configured_policy(values, k)
         if configured is None and not flags and kind is None:
             continue  # this kind is not managed by retention
         out[k] = resolve_policy(configured, what=f"{k} backups", **options)
     if not out:
-        raise PolicyError("no retention policy: set retention.full / PREFECT_DR_RETENTION_FULL "
-                          "(and retention.config_only / PREFECT_DR_RETENTION_CONFIG_ONLY) or "
-                          "pass --keep-* options")
+        first, *rest = (f"{r.retention_toml} / {r.retention_env}" for r in KIND_TABLE.values())
+        also = f"(and {', '.join(rest)}) " if rest else ""
+        raise PolicyError(f"no retention policy: set {first} {also}or pass --keep-* options")
     return out
 
 
@@ -312,7 +313,7 @@ class Candidate:
         started = started or id_time(entry.backup_id) or dt.datetime.min.replace(tzinfo=dt.UTC)
         activity = max([started, *(_utc(o.last_modified) for o in entry.objects)])
         result = (entry.verification or {}).get("result")
-        verified = True if result == "passed" else False if result == "failed" else None
+        verified = True if result == Result.PASSED else False if result == Result.FAILED else None
         return cls(id=entry.backup_id, kind=entry.kind, status=entry.status,
                    started_at=started, verified=verified, labels=dict(entry.labels),
                    last_activity=activity, size=entry.size)

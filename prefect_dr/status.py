@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect_dr import cron
 from prefect_dr.catalog import BackupEntry, whole
-from prefect_dr.kinds import DEFAULT_LATEST_KIND
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, Result
 
 SKEW = dt.timedelta(minutes=1)
 #: How old the newest backup may be when no backup schedule is known (``status --max-age``).
@@ -115,7 +115,7 @@ def evaluate(entries: list[BackupEntry], *, backup_cron: str | None, verify_cron
     latest = max(records, key=lambda r: str(r[1].get("finished_at", "")), default=None)
     if verify_cron or latest:
         finished = _time(str(latest[1].get("finished_at"))) if latest else None
-        passed = bool(latest and latest[1].get("result") == "passed")
+        passed = bool(latest and latest[1].get("result") == Result.PASSED)
         due_v = due_since(verify_cron, grace, now) if verify_cron else None
         fresh = finished is not None and (due_v is None or finished >= due_v - SKEW)
         if latest is None:

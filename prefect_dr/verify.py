@@ -24,6 +24,7 @@ from prefect_dr import (
     __version__,
     backfill,
     crypto,
+    errors,
     pipeline,
     reconcile,
     restore_stream,
@@ -49,9 +50,9 @@ from prefect_dr.errors import (
     SetupError,
     StorageError,
 )
-from prefect_dr.kinds import Standing, standing
+from prefect_dr.kinds import Result, Standing, standing
 from prefect_dr.layout import Layout
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg.scratch import ScratchDatabase
 from prefect_dr.pg.tools import RestoreChoice
 from prefect_dr.storage.base import Storage
@@ -73,18 +74,41 @@ class VerificationReport(Report):
     #: whole, partial or safety (kinds.Standing): a verified partial backup is still partial
     standing: str = Standing.WHOLE
 
+    @property
+    def result(self) -> Result:
+        """``passed`` when every check passed, else ``failed``."""
+        return Result.PASSED if self.ok else Result.FAILED
+
     def to_record(self) -> dict[str, Any]:
         """The verification record stored in the bucket (and printed by --json)."""
         failed = self.failed_check
         return {
             "format": RECORD_FORMAT, "format_version": 1, "backup_id": self.backup_id,
             "tool_version": __version__, "started_at": self.started_at,
-            "finished_at": self.finished_at, "result": "passed" if self.ok else "failed",
+            "finished_at": self.finished_at, "result": self.result.value,
             "failed_check": (f"{failed.name}" + (f" ({failed.artifact})" if failed.artifact
                                                  else "")) if failed else None,
             "scratch_database": self.scratch_database, "standing": self.standing,
             "checks": [asdict(c) for c in self.checks],
         }
+
+
+def exit_code(reports: list[VerificationReport]) -> int:
+    """The exit code of a verify run that produced ``reports`` (docs/exit-codes.md): 0 when
+    every backup passed; 12 when a key could not decrypt one (the key is at fault, not the
+    backup); else 13."""
+    if all(r.ok for r in reports):
+        return errors.OK
+    if any(r.key_error for r in reports):
+        return errors.KEY_ERROR
+    return errors.VERIFICATION_FAILED
+
+
+def recovered(previous: Mapping[str, Any] | None, reports: list[VerificationReport]) -> bool:
+    """Whether this run passed where the ``previous`` verification record (of the same kind)
+    had failed: what a notification announces as a recovery."""
+    return (all(r.ok for r in reports) and previous is not None
+            and previous.get("result") == Result.FAILED)
 
 
 @dataclass(frozen=True)
@@ -179,9 +203,9 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
 
     export_doc, escrowed = restore_stream.read_small_artifacts(storage, manifest, identities,
                                                                checks)
-    dump_artifact = manifest.artifact("dump")
+    dump_artifact = manifest.artifact(ARTIFACT_DUMP)
     if dump_artifact is None:
-        checks.fail("integrity", "the manifest lists no dump artifact", "dump")
+        checks.fail("integrity", "the manifest lists no dump artifact", ARTIFACT_DUMP)
         return
     admin_url = options.scratch_url or settings.database_url
     with ScratchDatabase(admin_url, keep=options.keep_scratch) as scratch:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -215,3 +217,21 @@ def clean(store: object, prefix: str) -> None:
         store.delete(info.key)
     for up in store.list_incomplete_uploads(prefix):
         store.abort_incomplete_upload(up)
+
+
+def require_program(program: str) -> str:
+    """The path of ``program``; a test without it is skipped (failed when the stack is
+    required: scripts/bootstrap installs it)."""
+    path = shutil.which(program)
+    if path is None:
+        if os.environ.get("PREFECT_DR_REQUIRE_STACK") == "1":
+            pytest.fail(f"{program} is not installed (scripts/bootstrap installs it)")
+        pytest.skip(f"{program} is not installed")
+    return path
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -23,6 +23,10 @@ class SlowProxy:
         self._listener.listen(64)
         self.port = self._listener.getsockname()[1]
         self._stop = threading.Event()
+        self._count = threading.Lock()
+        #: bytes forwarded so far, both directions: a test waits for a transfer to be under
+        #: way by watching it grow, not by sleeping
+        self.forwarded = 0
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -52,6 +56,8 @@ class SlowProxy:
                 if not data:
                     break
                 dst.sendall(data)
+                with self._count:
+                    self.forwarded += len(data)
                 time.sleep(len(data) / self.rate)
         except OSError:
             pass

@@ -7,10 +7,7 @@ repositories (an S3 bucket and a file:// second copy), which the panels show apa
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -20,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_cli
+from conftest import free_port, require_program, run_cli
 
 from prefect_dr import metrics
 from prefect_dr.storage import url as repo_url
@@ -132,21 +129,6 @@ def test_every_panel_filters_and_groups_by_repository() -> None:
 
 # ---- real Prometheus ---------------------------------------------------------------------
 
-def _require(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("PREFECT_DR_REQUIRE_STACK") == "1":
-            pytest.fail(f"{program} is not installed (scripts/bootstrap installs it)")
-        pytest.skip(f"{program} is not installed")
-    return path
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -168,7 +150,7 @@ class Servers:
         self.textfile_dir = tmp / "textfile"
         self.textfile_dir.mkdir()
         self.procs: list[subprocess.Popen[bytes]] = []
-        ports = {name: _free_port() for name in ("pushgateway", "node", "prometheus")}
+        ports = {name: free_port() for name in ("pushgateway", "node", "prometheus")}
         self.pushgateway = f"http://127.0.0.1:{ports['pushgateway']}"
         self.prometheus = f"http://127.0.0.1:{ports['prometheus']}"
         node = f"127.0.0.1:{ports['node']}"
@@ -181,14 +163,14 @@ class Servers:
             f"    static_configs: [{{targets: ['127.0.0.1:{ports['pushgateway']}']}}]\n")
         # in memory: Debian's build persists to /var/lib/prometheus/pushgateway.data by
         # default, which would bring every earlier run's groups (and their data) back
-        self._start([_require("prometheus-pushgateway"), "--persistence.file=",
+        self._start([require_program("prometheus-pushgateway"), "--persistence.file=",
                      f"--web.listen-address=127.0.0.1:{ports['pushgateway']}"],
                     self.pushgateway + "/-/ready")
-        self._start([_require("prometheus-node-exporter"), f"--web.listen-address={node}",
+        self._start([require_program("prometheus-node-exporter"), f"--web.listen-address={node}",
                      "--collector.disable-defaults", "--collector.textfile",
                      f"--collector.textfile.directory={self.textfile_dir}"],
                     f"http://{node}/metrics")
-        self._start([_require("prometheus"), f"--config.file={config}",
+        self._start([require_program("prometheus"), f"--config.file={config}",
                      f"--storage.tsdb.path={tmp / 'tsdb'}",
                      f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
                     self.prometheus + "/-/ready")

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -142,14 +141,16 @@ def _interrupted(env: dict[str, str], tmp: Path) -> subprocess.CompletedProcess[
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)
+        silent.settimeout(60)
         port = silent.getsockname()[1]
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect_dr", "list"], text=True,
             env=dict(env, PREFECT_DR_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        time.sleep(3)
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        waiting, _ = silent.accept()  # the run is waiting on the endpoint now
+        with waiting:
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

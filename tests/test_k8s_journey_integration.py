@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -27,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import free_port, run_cli
 from k8s_pod import ApplyError, Namespace, run_job
 
 from prefect_dr.lock import ADVISORY_KEY
@@ -35,12 +34,6 @@ from prefect_dr.lock import ADVISORY_KEY
 pytestmark = pytest.mark.integration
 NS = "prefect-dr"
 INSTANCE = "journey"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
@@ -65,7 +58,7 @@ def _program(name: str) -> str:
 def monitoring(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A Pushgateway and a Prometheus scraping it every second (honor_labels, as the rendered
     ServiceMonitor), loaded with rules the test writes later (reloaded by /-/reload)."""
-    gw_port, prom_port = _free_port(), _free_port()
+    gw_port, prom_port = free_port(), free_port()
     gateway = subprocess.Popen([_program("prometheus-pushgateway"),
                                 f"--web.listen-address=127.0.0.1:{gw_port}",
                                 "--persistence.file="],

@@ -4,8 +4,6 @@ on loopback receives it."""
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -14,26 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, s3_client
+from conftest import free_port, require_program, run_cli, s3_client
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _require(program: str) -> str:
-    import os
-
-    path = shutil.which(program)
-    if path is None:
-        if os.environ.get("PREFECT_DR_REQUIRE_STACK") == "1":
-            pytest.fail(f"{program} is not installed (scripts/bootstrap installs it)")
-        pytest.skip(f"{program} is not installed")
-    return path
 
 
 @pytest.fixture()
@@ -43,8 +24,8 @@ def env(cli_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture()
 def pushgateway() -> Iterator[str]:
-    program = _require("prometheus-pushgateway")
-    port = _free_port()
+    program = require_program("prometheus-pushgateway")
+    port = free_port()
     proc = subprocess.Popen([program, f"--web.listen-address=127.0.0.1:{port}",
                              "--persistence.file="],  # Debian's default file is shared
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -88,7 +69,7 @@ def test_status_is_stale_until_a_backup_is_taken(env: dict[str, str]) -> None:
 
 def test_metrics_textfile_passes_promtool_and_reaches_pushgateway(
         env: dict[str, str], tmp_path: Path, pushgateway: str) -> None:
-    promtool = _require("promtool")
+    promtool = require_program("promtool")
     prom = tmp_path / "prefect-dr.prom"
     common = ["--metrics-file", str(prom), "--pushgateway", pushgateway,
               "--metrics-instance", "test-host"]

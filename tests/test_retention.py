@@ -243,26 +243,31 @@ def test_resolve_policy_flags_replace_keep_rules_and_override_safety_one_by_one(
         resolve_policy(configured, keep_last=0)
 
 
+def test_retention_reads_no_settings_object() -> None:
+    """Pure: the settings' values (a mapping) are all it is given."""
+    assert policies_for({"retention_full": "keep-last=3"}) == {"full": Policy(keep_last=3)}
+
+
 def test_policies_from_settings_per_kind(tmp_path: Path) -> None:
     cfg = tmp_path / "prefect-dr.toml"
     cfg.write_text('[retention]\nfull = "keep-daily=7,keep-monthly=12"\n', encoding="utf-8")
     env = {"PREFECT_DR_RETENTION_CONFIG_ONLY": "keep-last=48,grace=2h"}
     settings = config.load(config_file=cfg, env=env)
-    assert configured_policy(settings, "full") == Policy(keep_daily=7, keep_monthly=12)
-    both = policies_for(settings)
+    assert configured_policy(settings.values, "full") == Policy(keep_daily=7, keep_monthly=12)
+    both = policies_for(settings.values)
     assert both["config-only"] == Policy(keep_last=48, grace=dt.timedelta(hours=2))
-    assert policies_for(settings, "full", keep_last=2) == {"full": Policy(keep_last=2)}
+    assert policies_for(settings.values, "full", keep_last=2) == {"full": Policy(keep_last=2)}
     only_full = config.load(config_file=cfg, env={})
-    assert list(policies_for(only_full)) == ["full"]  # config-only is not managed
+    assert list(policies_for(only_full.values)) == ["full"]  # config-only is not managed
     with pytest.raises(PolicyError, match="no retention policy for config-only"):
-        policies_for(only_full, "config-only")
-    assert set(policies_for(config.load(env={}), keep_last=1)) == {"full", "config-only"}
+        policies_for(only_full.values, "config-only")
+    assert set(policies_for(config.load(env={}).values, keep_last=1)) == {"full", "config-only"}
     with pytest.raises(PolicyError, match="no retention policy"):
-        policies_for(config.load(env={}))
+        policies_for(config.load(env={}).values)
     bad = config.load(env={"PREFECT_DR_RETENTION_FULL": "keep-daly=7"})
     with pytest.raises(PolicyError, match=r"PREFECT_DR_RETENTION_FULL / retention.full: .*"
                                           "keep-daily"):
-        policies_for(bad)
+        policies_for(bad.values)
 
 
 def test_format_duration() -> None:

@@ -3,15 +3,19 @@ S3 (SeaweedFS), Azure Blob (Azurite) and Google Cloud Storage (fake-gcs-server).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import azure_storage, clean, gcs_storage
+from urllib3.exceptions import ProtocolError
 
 from prefect_dr.errors import NotFoundError, StorageError
+from prefect_dr.storage import registry
 from prefect_dr.storage.base import Storage
 from prefect_dr.storage.file import FileStorage
 from prefect_dr.storage.memory import MemoryStorage
@@ -26,28 +30,43 @@ def _s3(stack_env: dict[str, str]) -> S3Storage:
                      region=stack_env["PREFECT_DR_S3_REGION"])
 
 
-@pytest.fixture(params=["memory", "s3", "file", "azure", "gcs"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Storage, str]]:
+#: memory, and every backend of storage.registry by its scheme (test_every_backend_is_here)
+BACKENDS = ("memory", "file", "s3", "azure", "gs")
+REMOTE = ("s3", "azure", "gs")  # reached over HTTP: answers can be lost, signals arrive
+
+
+def _open(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if name == "memory":
+        return MemoryStorage()
+    if name == "file":
+        return FileStorage(tmp_path)
+    stack_env = request.getfixturevalue("stack_env")
+    return {"s3": _s3, "azure": azure_storage, "gs": gcs_storage}[name](stack_env)
+
+
+def _stored(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Storage, str]]:
     prefix = f"contract-{uuid.uuid4().hex[:8]}/"
-    if request.param == "memory":
-        yield MemoryStorage(), prefix
-        return
-    if request.param == "file":
-        yield FileStorage(tmp_path), prefix
-        return
-    if request.param in ("azure", "gcs"):
-        stack_env = request.getfixturevalue("stack_env")
-        store = (azure_storage(stack_env) if request.param == "azure"
-                 else gcs_storage(stack_env))
-        yield store, prefix
-        clean(store, prefix)
-        return
-    s3 = _s3(request.getfixturevalue("stack_env"))
-    yield s3, prefix
-    for info in list(s3.list(prefix)):
-        s3.delete(info.key)
-    for up in s3.list_incomplete_uploads(prefix):
-        s3.abort_incomplete_upload(up)
+    backend = _open(request.param, request, tmp_path)
+    yield backend, prefix
+    clean(backend, prefix)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Storage, str]]:
+    yield from _stored(request, tmp_path)
+
+
+@pytest.fixture(params=REMOTE)
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Storage, str]]:
+    """The backends behind a network: the contract's tests of lost answers and stop signals
+    (memory and files have no request whose answer can be lost)."""
+    yield from _stored(request, tmp_path)
+
+
+def test_every_backend_is_here() -> None:
+    """A backend registered in prefect_dr (storage.registry) runs this suite: add it to
+    BACKENDS and ``_open`` (tests/test_backend_registry.py runs it on a toy backend)."""
+    assert set(registry.schemes()) <= set(BACKENDS)
 
 
 def test_put_get_stat_delete(store: tuple[Storage, str]) -> None:
@@ -80,18 +99,34 @@ def test_list_is_ordered_and_prefix_scoped(store: tuple[Storage, str]) -> None:
 
 
 def test_streaming_write_invisible_until_close(store: tuple[Storage, str]) -> None:
+    """Random data over several parts (three on S3, Azure and GCS: two full, one short), in
+    writes of random sizes; the whole object read back is the same, part order and tail too."""
     s, p = store
-    chunk = os.urandom(1 << 20)
+    rng = random.Random(24)
+    data = rng.randbytes(MIN_PART * 2 + 123)
     writer = s.open_writer(p + "big")
-    total = 0
-    while total < MIN_PART * 2 + 123:  # three parts on S3: two full, one short
-        total += writer.write(chunk[: min(len(chunk), MIN_PART * 2 + 123 - total)])
+    offset = 0
+    while offset < len(data):
+        step = min(rng.randint(1, 3 << 20), len(data) - offset)
+        assert writer.write(memoryview(data)[offset:offset + step]) == step
+        offset += step
     assert s.stat(p + "big") is None
     info = writer.close()
-    assert info.size == total == writer.bytes_written
+    assert info.size == len(data) == writer.bytes_written
     with s.open_reader(p + "big") as reader:
-        got = reader.read(len(chunk))
-    assert got == chunk
+        got = reader.read()
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
+    assert s.list_incomplete_uploads(p) == []
+
+
+def test_abort_after_close_keeps_the_object(store: tuple[Storage, str]) -> None:
+    s, p = store
+    data = os.urandom(MIN_PART + 5)
+    writer = s.open_writer(p + "kept")
+    writer.write(data)
+    writer.close()
+    writer.abort()  # already done: nothing to abort, nothing deleted
+    assert s.get_bytes(p + "kept") == data
     assert s.list_incomplete_uploads(p) == []
 
 
@@ -143,97 +178,89 @@ def test_wrong_credentials_are_rejected(stack_env: dict[str, str]) -> None:
     assert "not-the-secret-key" not in info.value.message
 
 
-class _LostAnswer:
-    """A real S3 client whose first put_object is carried out but answered with a dropped
-    connection (or, with ``land=False``, dropped before it reaches S3)."""
+class _Network:
+    """The HTTP layer under every remote backend (botocore, requests under Azure's and GCS's
+    clients all send through urllib3): the next write request (PUT or POST) is carried out
+    and its answer lost, dropped before it is sent, or interrupted by a stop signal."""
 
-    def __init__(self, client: object, *, land: bool) -> None:
-        self._client, self._land, self.puts = client, land, 0
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import urllib3.connectionpool
 
-    def put_object(self, **kwargs: object) -> object:
-        import botocore.exceptions as bce
+        self.fault: str | None = None
+        self.writes = 0
+        real = urllib3.connectionpool.HTTPConnectionPool.urlopen
 
-        self.puts += 1
-        if self.puts == 1:
-            if self._land:
-                self._client.put_object(**kwargs)
-            raise bce.EndpointConnectionError(endpoint_url="http://s3")
-        return self._client.put_object(**kwargs)
+        def urlopen(pool: object, method: str, url: str, *args: object,
+                    **kwargs: object) -> object:
+            if method in ("PUT", "POST"):
+                self.writes += 1
+                fault, self.fault = self.fault, None
+                if fault == "signal":
+                    from prefect_dr import interrupt
 
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._client, name)
+                    raise interrupt.note("SIGTERM")
+                if fault in ("lost", "signal-after"):
+                    real(pool, method, url, *args, **kwargs)
+                if fault in ("lost", "dropped"):
+                    raise ProtocolError("Connection aborted.", ConnectionResetError(104))
+                if fault == "signal-after":
+                    from prefect_dr import interrupt
+
+                    raise interrupt.note("SIGTERM")
+            return real(pool, method, url, *args, **kwargs)
+
+        monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", urlopen)
 
 
-def test_put_if_absent_retried_after_a_lost_answer(stack_env: dict[str, str]) -> None:
-    s3 = _s3(stack_env)
-    p = f"contract-{uuid.uuid4().hex[:8]}/"
-    real = s3.client
-    try:
-        s3.client = flaky = _LostAnswer(real, land=True)  # our write landed, its answer lost
-        assert s3.put_if_absent(p + "lock", b"mine") is True and flaky.puts == 2
-        s3.client = flaky = _LostAnswer(real, land=False)  # someone else's object is there
-        assert s3.put_if_absent(p + "lock", b"other") is False and flaky.puts == 2
-        assert s3.get_bytes(p + "lock") == b"mine"
-    finally:
-        s3.client = real
-        s3.delete(p + "lock")
+@pytest.fixture
+def network(monkeypatch: pytest.MonkeyPatch) -> _Network:
+    from prefect_dr import interrupt
+
+    monkeypatch.setattr(interrupt, "_noted", None)
+    return _Network(monkeypatch)
+
+
+def test_put_if_absent_retried_after_a_lost_answer(remote: tuple[Storage, str],
+                                                   network: _Network) -> None:
+    s, p = remote
+    network.fault = "lost"  # our write landed, its answer was lost: the retry finds it ours
+    network.writes = 0
+    assert s.put_if_absent(p + "lock", b"mine") is True and network.writes == 2
+    network.fault = "dropped"  # dropped before it was sent: the retry finds another's object
+    network.writes = 0
+    assert s.put_if_absent(p + "lock", b"other") is False and network.writes == 2
+    assert s.get_bytes(p + "lock") == b"mine"
 
 
 def test_signal_inside_a_request_is_interrupted_not_a_storage_error(
-        stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    """botocore wraps any exception raised inside an HTTP request (our SIGTERM handler's
-    too) as HTTPClientError; the run must still end as Interrupted, without retries."""
-    import urllib3.connectionpool
-
+        remote: tuple[Storage, str], network: _Network) -> None:
+    """Client libraries may wrap any exception raised inside an HTTP request (botocore does:
+    HTTPClientError), our SIGTERM handler's too; the run must still end as Interrupted,
+    without retries."""
     from prefect_dr import interrupt
     from prefect_dr.errors import Interrupted
 
-    s3 = _s3(stack_env)
-    s3.stat("warm-up")  # the connection pool exists before the signal arrives
-    monkeypatch.setattr(interrupt, "_noted", None)
-    sent = []
-
-    def signal_arrives(*args: object, **kwargs: object) -> object:
-        sent.append(1)
-        raise interrupt.note("SIGTERM")
-
-    monkeypatch.setattr(urllib3.connectionpool.HTTPConnectionPool, "urlopen", signal_arrives)
-    for action in (lambda: s3.stat("k"), lambda: s3.put_bytes("k", b"x"),
-                   lambda: s3.put_if_absent("k", b"x")):
-        sent.clear()
+    s, p = remote
+    for action in (lambda: s.put_bytes(p + "k", b"x"), lambda: s.put_if_absent(p + "k", b"x")):
+        interrupt._noted = None
+        network.fault, network.writes = "signal", 0
         with pytest.raises(Interrupted, match=r"^stopped by signal SIGTERM$"):
             action()
-        assert sent == [1]  # no retry after the signal
-
-
-class _StartAnsweredTooLate:
-    """A real S3 client whose create_multipart_upload reaches S3 but whose answer never
-    reaches the caller, as when SIGTERM arrives while the answer is on its way."""
-
-    def __init__(self, client: object) -> None:
-        self._client = client
-
-    def create_multipart_upload(self, **kwargs: object) -> object:
-        from prefect_dr import interrupt
-
-        self._client.create_multipart_upload(**kwargs)
-        raise interrupt.note("SIGTERM")
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._client, name)
+        assert network.writes == 1  # no retry after the signal
+    interrupt._noted = None
+    assert s.stat(p + "k") is None
 
 
 def test_stopped_while_starting_an_upload_leaves_no_open_upload(
-        stack_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    from prefect_dr import interrupt
+        remote: tuple[Storage, str], network: _Network) -> None:
+    """The request that starts a large upload (S3's multipart start, Azure's first block,
+    GCS's resumable session) reaches the store, and the signal arrives before its answer."""
     from prefect_dr.errors import Interrupted
 
-    s3 = _s3(stack_env)
-    monkeypatch.setattr(interrupt, "_noted", None)
-    key = f"contract-{uuid.uuid4().hex[:8]}/dump"
-    s3.client = _StartAnsweredTooLate(s3.client)
-    with pytest.raises(Interrupted), s3.open_writer(key) as writer:
+    s, p = remote
+    network.fault = "signal-after"
+    with pytest.raises(Interrupted), s.open_writer(p + "dump") as writer:
         writer.write(b"\0" * (MIN_PART + 1))  # a full part: the upload starts
-    assert [u.key for u in s3.list_incomplete_uploads(key)] == []
-    assert s3.stat(key) is None
-
+        writer.close()
+    assert [u.key for u in s.list_incomplete_uploads(p)] == []
+    assert s.stat(p + "dump") is None

@@ -169,7 +169,10 @@ def test_sigint_mid_restore_drops_scratch_and_next_verify_cleans_a_killed_one(
             deadline = time.monotonic() + 60
             while not _scratch_dbs(env) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(0.5)  # inside the streamed restore
+            # inside the streamed restore: the dump is flowing into the scratch database
+            start = proxy.forwarded
+            while proxy.forwarded < start + 256 * 1024 and time.monotonic() < deadline:
+                time.sleep(0.05)
             assert proc.poll() is None
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=60)

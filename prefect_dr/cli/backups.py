@@ -29,12 +29,16 @@ from prefect_dr.cli.common import (
     verify_key,
     wide_wanted,
 )
-from prefect_dr.kinds import Kind
+from prefect_dr.kinds import KIND_TABLE, Kind
+from prefect_dr.storage import registry
+
+#: backup --kind: each kind and what it holds (kinds.KIND_TABLE)
+KIND_HELP = "; ".join(f"{kind}: {row.help}" for kind, row in KIND_TABLE.items()) + "."
 
 
 @command()
 def backup(
-    kind: Annotated[Kind, typer.Option("--kind", help="full or config-only.")] = Kind.FULL,
+    kind: Annotated[Kind, typer.Option("--kind", help=KIND_HELP)] = Kind.FULL,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="KEY=VALUE label (repeatable).")] = None,
     allow_undecryptable_blocks: Annotated[bool, typer.Option(
@@ -86,11 +90,11 @@ def backup(
                             "finished_at": manifest.finished_at,
                             "artifacts": [a.name for a in manifest.artifacts],
                             "copies": [r.to_dict() for r in results]})
-    bad = [r for r in results if r.refused]
-    if bad:
-        raise errors.DRError(f"backup {manifest.backup_id} is complete, but its copy to "
-                             f"{bad[0].target} failed: {bad[0].refused[0].detail}",
-                             exit_code=errors.PARTIAL)
+    from prefect_dr import copy as copy_mod
+
+    failure = copy_mod.after_backup_failed(manifest.backup_id, results)
+    if failure is not None:
+        raise failure
 
 
 def _copy(source: Any, target: Any, backup_id: str) -> Any:
@@ -112,7 +116,8 @@ def _copy(source: Any, target: Any, backup_id: str) -> Any:
 def copy_cmd(
     backup_id: BackupArg = None,
     to: Annotated[str | None, typer.Option(
-        "--to", metavar="URL", help="Target repository: s3://, file://, azure:// or gs://.")
+        "--to", metavar="URL", help="Target repository: "
+        + registry.either([f"{s}://" for s in registry.schemes()]) + ".")
     ] = None,
     latest: Annotated[bool, typer.Option(
         "--latest", help="The newest complete backup of --kind (default: full).")] = False,

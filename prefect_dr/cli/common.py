@@ -9,15 +9,15 @@ import typer
 
 from prefect_dr import config, errors, interrupt
 from prefect_dr.cli.application import state
-from prefect_dr.kinds import DEFAULT_LATEST_KIND, Kind
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, KINDS_TEXT, Kind
 
 BACKUP_HELP = ("A backup id, its first 8 or more characters (20261126T15) or its random "
                "suffix (a1b2c3)")
 BackupArg = Annotated[str | None, typer.Argument(
     metavar="BACKUP", help=BACKUP_HELP + "; or 'latest' (--latest).")]
 KindFlag = Annotated[Kind | None, typer.Option(
-    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
-    "default is full).")]
+    "--kind", help=f"Only backups of this kind: {KINDS_TEXT} (with --latest, the "
+    f"default is {DEFAULT_LATEST_KIND}).")]
 WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column, even past the "
                                                        "terminal's width.")]
 AllowUnsignedFlag = Annotated[bool, typer.Option(
@@ -25,7 +25,7 @@ AllowUnsignedFlag = Annotated[bool, typer.Option(
     "PREFECT_DR_VERIFY_KEY (unauthenticated: anyone who can write to the repository could "
     "have made it). A signature that does not match is refused even so.")]
 AnyKindFlag = Annotated[Kind | None, typer.Option(
-    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
+    "--kind", help=f"Only backups of this kind: {KINDS_TEXT} (with --latest, the "
     "default is either kind).")]
 WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column whole, even past "
                                                        "the terminal's width.")]

@@ -70,9 +70,9 @@ def prune(
     except ValueError as exc:
         raise errors.UsageError(str(exc)) from None
     policies = retention.policies_for(
-        settings(), kind.value if kind else None, keep_last=keep_last, keep_hourly=keep_hourly,
-        keep_daily=keep_daily, keep_weekly=keep_weekly, keep_monthly=keep_monthly,
-        keep_yearly=keep_yearly, keep_within=within,
+        settings().values, kind.value if kind else None, keep_last=keep_last,
+        keep_hourly=keep_hourly, keep_daily=keep_daily, keep_weekly=keep_weekly,
+        keep_monthly=keep_monthly, keep_yearly=keep_yearly, keep_within=within,
         keep_labels=tuple(keep_label) if keep_label else None, min_verified=min_verified,
         grace=grace_d, keep_safety_within=safety_d)
     try:

@@ -8,6 +8,7 @@ from typing import Any
 
 from prefect_dr import console
 from prefect_dr.console import Column, ago, human_bytes, short_time
+from prefect_dr.kinds import Standing
 
 UTC_NOTE = "times UTC"
 
@@ -76,8 +77,8 @@ def verification(report: Any) -> None:
     """`verify`: one row per check."""
     rows = [(c.name, c.artifact or "", "ok" if c.ok else "fail", f"{c.duration_s:.2f}s",
              c.detail) for c in report.checks]
-    result = "passed" if report.ok else "FAILED"
-    if report.standing != "whole":  # a verified partial backup is still partial (I2)
+    result = report.result.value if report.ok else report.result.value.upper()
+    if report.standing != Standing.WHOLE:  # a verified partial backup is still partial (I2)
         result += f" ({report.standing} backup)"
     console.table(f"Verification of {report.backup_id}: {result}", [
         Column("check"), Column("artifact", priority=2), Column("result"),

@@ -133,7 +133,7 @@ def restore(
                                         trust=trusted_by)
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
     pending = restore_mod.unfinished(current, target_url)
-    if pending and pending[0].backup_id == manifest.backup_id and not dry_run:
+    if restore_mod.resumes(pending, manifest.backup_id, dry_run=dry_run):
         logger.info("the history backfill of backup %s is unfinished: resuming it",
                     manifest.backup_id)
         _resume(current, repo, target_url, manifest, trusted_by, pending)
@@ -381,7 +381,7 @@ def rollback(
             console.line(f"dropped {drop}")
         return
     chosen, aside = restore_mod.rollback_target(current, target_url)
-    db = chosen.name.split("_pre_restore_")[0]
+    db = chosen.database
     if pending:
         logger.warning("%s holds an %s; rolling back sets it aside as it is", db, pending)
     confirm(db, yes, f"roll {db} back to {chosen.name} (the current one is kept as {aside})")

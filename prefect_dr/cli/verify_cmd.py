@@ -88,8 +88,9 @@ def verify(
                                                  progress=pipeline.Progress(listener)))
         if not json_mode():
             render.verification(reports[-1])
-    ok = all(r.ok for r in reports)
-    if ok and previous is not None and previous.get("result") == "failed":
+    code = verify_mod.exit_code(reports)
+    ok = code == errors.OK
+    if verify_mod.recovered(previous, reports):
         state.notes["recovered"] = "yes"
     state.run.set("verification_success", 1 if ok else 0)
     state.run.set("verification_timestamp_seconds", time.time())
@@ -103,6 +104,4 @@ def verify(
             state.notes.setdefault("error", f"backup {report.backup_id}: {failed.name}{where}: "
                                             f"{failed.detail}")
     if not ok:
-        code = errors.KEY_ERROR if any(r.key_error for r in reports) else \
-            errors.VERIFICATION_FAILED
         raise typer.Exit(code)

@@ -11,7 +11,7 @@ from prefect_dr import crypto, export, redact
 from prefect_dr.checks import Checks, Report
 from prefect_dr.config_import.model import ConfigImportError
 from prefect_dr.errors import NotFoundError
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import ARTIFACT_CONFIG, Manifest
 from prefect_dr.restore_stream import read_small_artifacts
 from prefect_dr.storage.base import Storage
 
@@ -26,7 +26,7 @@ def read_export(storage: Storage, manifest: Manifest,
     decrypts it, VerificationError/StorageError when it is damaged or unreadable, and
     ConfigImportError when it is not a configuration export this version understands.
     """
-    if manifest.artifact("config") is None:
+    if manifest.artifact(ARTIFACT_CONFIG) is None:
         raise NotFoundError(f"backup {manifest.backup_id} holds no configuration export")
     doc, _ = read_small_artifacts(storage, manifest, identities,
                                   Checks(Report(manifest.backup_id, "")))

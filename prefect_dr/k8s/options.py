@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect_dr import __version__, cron, crypto, errors, layout, retention
 from prefect_dr.errors import CryptoKeyError
+from prefect_dr.kinds import KIND_TABLE
 from prefect_dr.storage import url as repo_url
 
 UID = 10001  # the image's user and group (Dockerfile)
@@ -33,7 +34,7 @@ NO_RETRY_EXIT_CODES = errors.NO_RETRY_EXIT_CODES
 _MANAGED_ENV = frozenset({
     "PREFECT_DR_DATABASE_URL", "PREFECT_DR_S3_BUCKET", "PREFECT_DR_S3_PREFIX",
     "PREFECT_DR_S3_ENDPOINT_URL", "PREFECT_DR_S3_REGION", "PREFECT_DR_AGE_RECIPIENTS",
-    "PREFECT_API_URL", "PREFECT_DR_RETENTION_FULL", "PREFECT_DR_RETENTION_CONFIG_ONLY",
+    "PREFECT_API_URL", *(row.retention_env for row in KIND_TABLE.values()),
     "PREFECT_DR_VERIFY_KEY", "PREFECT_DR_AGE_IDENTITY_FILE", "PREFECT_DR_SIGNING_KEY_FILE",
     "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE", "PREFECT_DR_BACKUP_CRON", "PREFECT_DR_VERIFY_CRON",
     "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE", "PREFECT_DR_NOTIFY_ON",
@@ -344,7 +345,7 @@ def check(options: RenderOptions) -> None:
             crypto.parse_recipient(recipient)
         except CryptoKeyError as exc:
             raise ValueError(exc.message) from None
-    for what in ("retention_full", "retention_config_only"):
+    for what in (row.retention_setting for row in KIND_TABLE.values()):
         text = getattr(options, what)
         if text is not None:
             try:
@@ -403,8 +404,8 @@ FROM_SETTINGS = (("repository", "repository"), ("azure_account_url", "azure_acco
                  ("bucket", "s3_bucket"), ("prefix", "s3_prefix"),
                  ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
                  ("prefect_api_url", "prefect_api_url"),
-                 ("retention_full", "retention_full"),
-                 ("retention_config_only", "retention_config_only"),
+                 *((row.retention_setting, row.retention_setting)
+                   for row in KIND_TABLE.values()),
                  ("verify_key", "verify_key"))
 DEFAULT_DATABASE_SECRET = "prefect-server-postgresql-connection:connection-string"  # noqa: S105
 

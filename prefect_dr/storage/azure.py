@@ -18,9 +18,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
-import queue
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
@@ -37,8 +35,9 @@ from prefect_dr.storage.base import (
     ObjectRetention,
     Storage,
     Writer,
-    check_written,
+    put_if_absent_retried,
 )
+from prefect_dr.storage.parts import PartWriter
 
 log = logging.getLogger(__name__)
 
@@ -204,21 +203,14 @@ class AzureStorage(Storage):
 
     def put_if_absent(self, key: str, data: bytes,
                       content_type: str = "application/json") -> bool:
-        attempts = 0
         blob = self.client.get_blob_client(key)
-
-        def put() -> Any:
-            nonlocal attempts
-            attempts += 1
-            return blob.upload_blob(data, overwrite=False, validate_content=True,
-                                    content_settings=ContentSettings(content_type=content_type))
-
         taken = object()
-        if self._call("write", key, put, answers={"BlobAlreadyExists": taken, "409": taken}) \
-                is not taken:
-            return True
-        # A retried upload may find its own first attempt, whose answer was lost.
-        return attempts > 1 and self.get_bytes(key) == data
+        return put_if_absent_retried(
+            lambda: blob.upload_blob(data, overwrite=False, validate_content=True,
+                                     content_settings=ContentSettings(content_type=content_type)),
+            lambda attempt: self._call("write", key, attempt, answers={
+                "BlobAlreadyExists": taken, "409": taken}) is not taken,
+            lambda: self.get_bytes(key) == data)
 
     def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         committed = {info.key for info in self.list(prefix)}
@@ -315,130 +307,59 @@ def _pages(store: AzureStorage, pages: Any, prefix: str) -> Iterator[list[Any]]:
         yield [p for p in page if p is not None]
 
 
-class AzureWriter(Writer):
-    """Stages blocks from a pool while the caller keeps writing; commits on ``close``.
-
-    Memory is (max_in_flight + 1) block buffers, reused: the caller fills one while the others
-    upload. Each block carries its MD5 (checked by Azure), and the committed blob the MD5 of the
-    whole object (checked by our reader). Small objects are one upload.
+class AzureWriter(PartWriter):
+    """Stages blocks from a pool while the caller keeps writing; commits on ``close``
+    (storage.parts.PartWriter: block buffers reused). Each block carries its MD5 (checked by
+    Azure), and the committed blob the MD5 of the whole object (checked by our reader). Small
+    objects are one upload.
     """
 
+    part_word = "block"
+    max_parts = MAX_BLOCKS
+    thread_name = "azure-block"
+    client_errors = (ae.AzureError,)
+    wait_for_first = True  # the upload exists (and is listed) once write returns, as on S3
+
     def __init__(self, store: AzureStorage, key: str, content_type: str) -> None:
-        self._store, self._key, self._content_type = store, key, content_type
+        super().__init__(store, key)
+        self._content_type = content_type
         self._blob = store.client.get_blob_client(key)
         self._md5 = hashlib.md5(usedforsecurity=False)
-        self._cur: bytearray | None = None
-        self._fill = 0
-        self._number = 1
-        self._futures: list[Future[str]] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._allocated = 0
-        self._done = False
-        self._failed: BaseException | None = None
 
-    def _buffer(self, size: int) -> bytearray:
-        if self._allocated <= self._store.max_in_flight:
-            self._allocated += 1
-            return bytearray(size)
-        buf = self._free.get()
-        return buf if len(buf) == size else bytearray(size)
+    def _part_size(self, number: int) -> int:
+        return block_size_for(number)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._done:
-            raise StorageError(f"write after close/abort of {self._key}")
-        view = memoryview(data).cast("B")
-        n = len(view)
-        self._md5.update(view)
-        while view:
-            if self._failed is not None:
-                raise self._store.wrap_error(self._failed, "upload", self._key)
-            if self._cur is None:
-                self._cur, self._fill = self._buffer(block_size_for(self._number)), 0
-            take = min(len(view), len(self._cur) - self._fill)
-            self._cur[self._fill:self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == len(self._cur):
-                buf, self._cur = self._cur, None
-                self._submit(buf, len(buf))
-        self.bytes_written += n
-        return n
+    def _seen(self, data: memoryview) -> None:
+        self._md5.update(data)
 
-    def _submit(self, buf: bytearray, length: int) -> None:
-        if self._number > MAX_BLOCKS:
-            raise StorageError(f"upload {self._key}: more than {MAX_BLOCKS} blocks")
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self._store.max_in_flight,
-                                            thread_name_prefix="azure-block")
-        number = self._number
-        self._number += 1
-        fut = self._pool.submit(self._stage, number, buf, length)
-        fut.add_done_callback(lambda f: self._free.put(buf))
-        self._futures.append(fut)
-        if number == 1:  # the upload exists (and is listed) once write returns, as on S3
-            try:
-                fut.result()
-            except ae.AzureError as exc:
-                raise self._store.wrap_error(exc, "upload", self._key) from None
+    def _content_settings(self) -> ContentSettings:
+        return ContentSettings(content_type=self._content_type,
+                               content_md5=bytearray(self._md5.digest()))
 
-    def _stage(self, number: int, buf: bytearray, length: int) -> str:
+    def _upload_part(self, number: int, body: bytearray) -> str:
         block_id = _block_id(number)
-        # The buffer itself (no copy) when it is full, with its MD5 as Content-MD5 (Azure
-        # checks it); the SDK's validate_content would want a bytes copy.
-        body = buf if length == len(buf) else bytes(memoryview(buf)[:length])
+        # The buffer itself (no copy), with its MD5 as Content-MD5 (Azure checks it); the
+        # SDK's validate_content would want a bytes copy.
         md5 = hashlib.md5(body, usedforsecurity=False).digest()
-        try:
-            retry.call(lambda: self._blob.stage_block(block_id, body, length=length,
-                                                      transactional_content_md5=md5),
-                       transient=is_transient, what=f"stage block {number}",
-                       deadline_s=self._store.retry_deadline_s)
-        except BaseException as exc:
-            self._failed = exc
-            raise
+        retry.call(lambda: self._blob.stage_block(block_id, body, length=len(body),
+                                                  transactional_content_md5=md5),
+                   transient=is_transient, what=f"stage block {number}",
+                   deadline_s=self._store.retry_deadline_s)
         return block_id
 
-    def close(self) -> ObjectInfo:
-        if self._done:
-            raise StorageError(f"{self._key} already closed")
-        tail = bytes(self._cur[:self._fill]) if self._cur is not None else b""
-        self._cur = None
-        settings = ContentSettings(content_type=self._content_type,
-                                   content_md5=bytearray(self._md5.digest()))
-        try:
-            if self._pool is None:
-                self._store._call("write", self._key, lambda: self._blob.upload_blob(
-                    tail, overwrite=True, validate_content=True, content_settings=settings))
-            else:
-                if tail:
-                    self._submit(bytearray(tail), len(tail))
-                ids = []
-                for fut in self._futures:
-                    try:
-                        ids.append(fut.result())
-                    except ae.AzureError as exc:
-                        raise self._store.wrap_error(exc, "upload", self._key) from None
-                from azure.storage.blob import BlobBlock
+    def _put_whole(self, data: bytes) -> None:
+        settings = self._content_settings()
+        self._store._call("write", self._key, lambda: self._blob.upload_blob(
+            data, overwrite=True, validate_content=True, content_settings=settings))
 
-                self._store._call("commit blocks", self._key, lambda: self._blob.commit_block_list(
-                    [BlobBlock(block_id=i) for i in ids], content_settings=settings))
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        self._shutdown()
-        return check_written(self._store, self._key, self.bytes_written)
+    def _complete(self, parts: list[Any]) -> None:
+        from azure.storage.blob import BlobBlock
 
-    def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        settings = self._content_settings()
+        self._store._call("commit blocks", self._key, lambda: self._blob.commit_block_list(
+            [BlobBlock(block_id=i) for i in parts], content_settings=settings))
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._cur = None
-        self._shutdown()
+    def _discard(self) -> None:
         if self._pool is None:
             return
         try:
@@ -447,3 +368,11 @@ class AzureWriter(Writer):
         except DRError as exc:  # clean-up of a failing write: prune removes what is left
             log.warning("could not discard the staged blocks of %s: %s", self._key,
                         exc.message)
+
+
+def build(url: Any, settings: Any, retry_deadline_s: float) -> AzureStorage:
+    """The AzureStorage of repository ``url`` (storage.registry): the account URL from the
+    URL, else the settings; credentials from the environment (module docstring)."""
+    return AzureStorage(url.container,
+                        account_url=url.params.get("account_url") or settings.azure_account_url,
+                        retry_deadline_s=retry_deadline_s)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import BinaryIO
@@ -116,6 +116,26 @@ def check_written(storage: Storage, key: str, written: int) -> ObjectInfo:
         raise StorageError(f"upload {key}: store reports "
                            f"{info.size if info else 'no object'} bytes, wrote {written}")
     return info
+
+
+def put_if_absent_retried(put: Callable[[], object],
+                          written: Callable[[Callable[[], object]], bool],
+                          holds: Callable[[], bool]) -> bool:
+    """``put_if_absent`` for a store reached over a network, where a write's answer can be
+    lost. ``written(attempt)`` runs ``attempt`` (which calls ``put``) with the backend's
+    retries and says whether the store took the write (False: its answer was "the key is
+    taken"). Taken after a retry, the object may be our own first attempt, which landed before
+    its answer was lost: it is ours when ``holds()`` (it holds exactly our bytes)."""
+    attempts = 0
+
+    def attempt() -> object:
+        nonlocal attempts
+        attempts += 1
+        return put()
+
+    if written(attempt):
+        return True
+    return attempts > 1 and holds()
 
 
 class Storage(abc.ABC):

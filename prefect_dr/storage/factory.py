@@ -1,7 +1,8 @@
 """The one place a repository URL becomes a Storage backend.
 
-``s3://`` -> ``s3.S3Storage``, ``file://`` -> ``file.FileStorage``, ``azure://`` ->
-``azure.AzureStorage``, ``gs://`` -> ``gcs.GCSStorage``. Each backend's library is imported only
+The scheme picks the backend in ``storage.registry`` (``s3://`` -> ``s3.S3Storage``,
+``file://`` -> ``file.FileStorage``, ``azure://`` -> ``azure.AzureStorage``, ``gs://`` ->
+``gcs.GCSStorage``), whose module's ``build`` makes it. Each backend's library is imported only
 when a repository of its kind is opened, so a command never pays for the clouds it does not use.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from prefect_dr.config import Settings
 from prefect_dr.errors import ConfigError
+from prefect_dr.storage import registry
 from prefect_dr.storage import url as repo_url
 from prefect_dr.storage.base import Storage
 
@@ -51,7 +53,7 @@ def open_url(url: repo_url.RepositoryURL | str, settings: Settings, *,
     if retry_deadline_s is None:
         retry_deadline_s = deadline(settings, read_only=read_only)
     try:
-        storage = _BUILDERS[url.scheme](url, settings, retry_deadline_s)
+        storage = _backend(url).build(url, settings, retry_deadline_s)
     except ValueError as exc:  # a client library refusing a setting (e.g. a region's format)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError([f"{url.scheme}:// repository: {first[:300]}"]) from None
@@ -59,38 +61,8 @@ def open_url(url: repo_url.RepositoryURL | str, settings: Settings, *,
     return storage
 
 
-def _s3(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
-    from prefect_dr.storage.s3 import S3Options, S3Storage
-
-    options = S3Options(
-        storage_class=settings.s3_storage_class or None, sse=settings.s3_sse or None,
-        sse_kms_key_id=settings.s3_sse_kms_key_id or None,
-        object_lock_mode=settings.s3_object_lock_mode or None,
-        object_lock_days=settings.s3_object_lock_days or None)
-    return S3Storage(url.container,
-                     endpoint_url=url.params.get("endpoint") or settings.s3_endpoint_url,
-                     region=url.params.get("region") or settings.s3_region, options=options,
-                     retry_deadline_s=retry_deadline_s)
-
-
-def _file(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
-    from prefect_dr.storage.file import FileStorage
-
-    return FileStorage(url.path)
-
-
-def _azure(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
-    from prefect_dr.storage.azure import AzureStorage
-
-    return AzureStorage(url.container,
-                        account_url=url.params.get("account_url") or settings.azure_account_url,
-                        retry_deadline_s=retry_deadline_s)
-
-
-def _gcs(url: repo_url.RepositoryURL, settings: Settings, retry_deadline_s: float) -> Storage:
-    from prefect_dr.storage.gcs import GCSStorage
-
-    return GCSStorage(url.container, retry_deadline_s=retry_deadline_s)
-
-
-_BUILDERS = {"s3": _s3, "file": _file, "azure": _azure, "gs": _gcs}
+def _backend(url: repo_url.RepositoryURL) -> registry.Backend:
+    backend = registry.get(url.scheme)
+    if backend is None:  # a URL object made by hand for a backend since unregistered
+        raise ConfigError([f"{url.scheme}:// repository: no such backend"])
+    return backend

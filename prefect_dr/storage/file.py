@@ -21,7 +21,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from prefect_dr.errors import NotFoundError, StorageError
 from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, Storage, Writer
@@ -320,3 +320,8 @@ class FileWriter(Writer):
             self._fd = None
         with contextlib.suppress(OSError):
             self._tmp.unlink()
+
+
+def build(url: Any, settings: Any, retry_deadline_s: float) -> FileStorage:
+    """The FileStorage of repository ``url`` (storage.registry)."""
+    return FileStorage(url.path)

@@ -42,6 +42,7 @@ from prefect_dr.storage.base import (
     Storage,
     Writer,
     check_written,
+    put_if_absent_retried,
 )
 
 MiB = 1024 * 1024
@@ -201,20 +202,15 @@ class GCSStorage(Storage):
 
     def put_if_absent(self, key: str, data: bytes,
                       content_type: str = "application/json") -> bool:
-        attempts = 0
         blob = self._blob(key)
-
-        def put() -> None:
-            nonlocal attempts
-            attempts += 1
-            blob.upload_from_string(data, content_type=content_type, if_generation_match=0,
-                                    checksum="crc32c", retry=None, timeout=self.timeout)
-
         taken = object()
-        if self._call("write", key, put, answers={gexc.PreconditionFailed: taken}) \
-                is not taken:
-            return True
-        return attempts > 1 and self.get_bytes(key) == data
+        return put_if_absent_retried(
+            lambda: blob.upload_from_string(data, content_type=content_type,
+                                            if_generation_match=0, checksum="crc32c",
+                                            retry=None, timeout=self.timeout),
+            lambda attempt: self._call("write", key, attempt, answers={
+                gexc.PreconditionFailed: taken}) is not taken,
+            lambda: self.get_bytes(key) == data)
 
     def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         out = []
@@ -438,3 +434,8 @@ class GCSWriter(Writer):
             self._drop_marker()
         except DRError:  # clean-up of a failing write: prune removes a marker left behind
             return
+
+
+def build(url: Any, settings: Any, retry_deadline_s: float) -> GCSStorage:
+    """The GCSStorage of repository ``url`` (storage.registry)."""
+    return GCSStorage(url.container, retry_deadline_s=retry_deadline_s)

@@ -7,9 +7,7 @@ import datetime as dt
 import hashlib
 import io
 import logging
-import queue
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, BinaryIO
@@ -27,8 +25,9 @@ from prefect_dr.storage.base import (
     ObjectRetention,
     Storage,
     Writer,
-    check_written,
+    put_if_absent_retried,
 )
+from prefect_dr.storage.parts import PartWriter
 
 log = logging.getLogger(__name__)
 
@@ -205,22 +204,14 @@ class S3Storage(Storage):
 
     def put_if_absent(self, key: str, data: bytes,
                       content_type: str = "application/json") -> bool:
-        attempts = 0
-
-        def put() -> Any:
-            nonlocal attempts
-            attempts += 1
-            return self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                          ContentType=content_type, IfNoneMatch="*",
-                                          **self.options.put_args())
-
         taken = object()
-        if self._call("write", key, put, answers=dict.fromkeys(_PRECONDITION, taken)) \
-                is not taken:
-            return True
-        # After a retry the object may be our own first attempt, which landed before its
-        # answer was lost: it is ours when it holds exactly these bytes.
-        return attempts > 1 and self._holds(key, data)
+        return put_if_absent_retried(
+            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                           ContentType=content_type, IfNoneMatch="*",
+                                           **self.options.put_args()),
+            lambda attempt: self._call("write", key, attempt, answers=dict.fromkeys(
+                _PRECONDITION, taken)) is not taken,
+            lambda: self._holds(key, data))
 
     def _holds(self, key: str, data: bytes) -> bool:
         body = self._call("read", key, self.client.get_object, answers=_NO_OBJECT,
@@ -330,29 +321,22 @@ _NO_OBJECT = dict.fromkeys(("404", "NoSuchKey", "NotFound"), _MISSING)
 _PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
-class S3Writer(Writer):
-    """Multipart upload: parts are uploaded by a small pool while the caller keeps writing.
-
-    Memory is (max_in_flight + 1) part buffers, allocated once and reused: the caller fills one
-    while the others upload, and ``write`` waits for a free buffer. Each part carries a SHA-256
-    checksum, so buckets with Object Lock (which require one) accept it. Small objects use one
-    PUT.
+class S3Writer(PartWriter):
+    """Multipart upload (storage.parts.PartWriter: parts uploaded by a small pool while the
+    caller keeps writing, buffers reused). Each part carries a SHA-256 checksum, so buckets
+    with Object Lock (which require one) accept it. Small objects use one PUT.
     """
 
+    part_word = "part"
+    max_parts = MAX_PARTS
+    thread_name = "s3-part"
+    client_errors = (bce.BotoCoreError, bce.ClientError)
+
     def __init__(self, s3: S3Storage, key: str, content_type: str, tags: dict[str, str]) -> None:
-        self._s3, self._key, self._content_type = s3, key, content_type
-        self._tags = tags
-        self._cur: bytearray | None = None
-        self._fill = 0
-        self._part_number = 1
+        super().__init__(s3, key)
+        self._s3, self._content_type, self._tags = s3, content_type, tags
         self._upload_id: str | None = None
-        self._futures: list[Future[dict[str, Any]]] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
-        self._allocated = 0
-        self._done = False
         self._starting = False  # a start was sent; its answer (the upload id) may be lost
-        self._failed: BaseException | None = None
 
     def _create_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"Bucket": self._s3.bucket, "Key": self._key,
@@ -362,104 +346,35 @@ class S3Writer(Writer):
                                        for k, v in self._tags.items())
         return args
 
-    def _buffer(self, size: int) -> bytearray:
-        """A part buffer of ``size`` bytes: a new one while fewer than max_in_flight + 1 exist,
-        else the next one an upload gives back (waiting for it)."""
-        if self._allocated <= self._s3.max_in_flight:
-            self._allocated += 1
-            return bytearray(size)
-        buf = self._free.get()
-        return buf if len(buf) == size else bytearray(size)
+    def _part_size(self, number: int) -> int:
+        return part_size_for(number)
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._done:
-            raise StorageError(f"write after close/abort of {self._key}")
-        view = memoryview(data).cast("B")
-        n = len(view)
-        while view:
-            if self._failed is not None:
-                raise self._s3.wrap_error(self._failed, "upload", self._key)
-            if self._cur is None:
-                self._cur, self._fill = self._buffer(part_size_for(self._part_number)), 0
-            take = min(len(view), len(self._cur) - self._fill)
-            self._cur[self._fill:self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == len(self._cur):
-                buf, self._cur = self._cur, None
-                self._submit(buf)
-        self.bytes_written += n
-        return n
+    def _start(self) -> None:
+        self._starting = True
+        resp = self._s3._call("start upload", self._key, self._s3.client.create_multipart_upload,
+                              ChecksumAlgorithm="SHA256", **self._create_args())
+        self._upload_id = resp["UploadId"]
 
-    def _submit(self, buf: bytearray) -> None:
-        if self._part_number > MAX_PARTS:
-            raise StorageError(f"upload {self._key}: more than {MAX_PARTS} parts")
-        if self._upload_id is None:
-            self._starting = True
-            resp = self._s3._call("start upload", self._key,
-                                  self._s3.client.create_multipart_upload,
-                                  ChecksumAlgorithm="SHA256", **self._create_args())
-            self._upload_id = resp["UploadId"]
-            self._pool = ThreadPoolExecutor(self._s3.max_in_flight,
-                                            thread_name_prefix="s3-part")
-        number = self._part_number
-        self._part_number += 1
-        assert self._pool is not None
-        fut = self._pool.submit(self._upload_part, number, buf)
-        fut.add_done_callback(lambda f: self._free.put(buf))
-        self._futures.append(fut)
-
-    def _upload_part(self, number: int, body: bytes | bytearray) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray) -> dict[str, Any]:
         checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
-        try:
-            resp = retry.call(
-                lambda: self._s3.client.upload_part(
-                    Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
-                    PartNumber=number, Body=body, ChecksumSHA256=checksum),
-                transient=is_transient, what=f"S3 upload part {number}",
-                deadline_s=self._s3.retry_deadline_s)
-        except BaseException as exc:
-            self._failed = exc
-            raise
+        resp = retry.call(
+            lambda: self._s3.client.upload_part(
+                Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
+                PartNumber=number, Body=body, ChecksumSHA256=checksum),
+            transient=is_transient, what=f"S3 upload part {number}",
+            deadline_s=self._s3.retry_deadline_s)
         return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
 
-    def close(self) -> ObjectInfo:
-        if self._done:
-            raise StorageError(f"{self._key} already closed")
-        tail = bytes(self._cur[:self._fill]) if self._cur is not None else b""
-        self._cur = None
-        try:
-            if self._upload_id is None:
-                self._s3._call("write", self._key, self._s3.client.put_object,
-                               Body=tail, **self._create_args())
-            else:
-                if tail:
-                    self._submit(bytearray(tail))
-                parts = []
-                for fut in self._futures:
-                    try:
-                        parts.append(fut.result())
-                    except (bce.BotoCoreError, bce.ClientError) as exc:
-                        raise self._s3.wrap_error(exc, "upload", self._key) from None
-                self._s3._call("complete upload", self._key,
-                               self._s3.client.complete_multipart_upload,
-                               Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
-                               MultipartUpload={"Parts": parts})
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        self._shutdown()
-        return check_written(self._s3, self._key, self.bytes_written)
+    def _put_whole(self, data: bytes) -> None:
+        self._s3._call("write", self._key, self._s3.client.put_object, Body=data,
+                       **self._create_args())
 
-    def _shutdown(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+    def _complete(self, parts: list[Any]) -> None:
+        self._s3._call("complete upload", self._key, self._s3.client.complete_multipart_upload,
+                       Bucket=self._s3.bucket, Key=self._key, UploadId=self._upload_id,
+                       MultipartUpload={"Parts": parts})
 
-    def abort(self) -> None:
-        self._done = True
-        self._cur = None
-        self._shutdown()
+    def _discard(self) -> None:
         upload_ids = [self._upload_id] if self._upload_id is not None else []
         self._upload_id = None
         # Clean-up runs on the failure path, often with S3 in trouble: a short deadline keeps
@@ -546,3 +461,16 @@ def credentials_source() -> str:
     shown = f"{key[:4]}...{key[-2:]}" if len(key) > 8 else "***"
     return f"{creds.method} (access key {shown})"
 
+
+def build(url: Any, settings: Any, retry_deadline_s: float) -> S3Storage:
+    """The S3Storage of repository ``url`` (storage.registry): the endpoint and region from
+    the URL, else the settings; the upload options from the settings."""
+    options = S3Options(
+        storage_class=settings.s3_storage_class or None, sse=settings.s3_sse or None,
+        sse_kms_key_id=settings.s3_sse_kms_key_id or None,
+        object_lock_mode=settings.s3_object_lock_mode or None,
+        object_lock_days=settings.s3_object_lock_days or None)
+    return S3Storage(url.container,
+                     endpoint_url=url.params.get("endpoint") or settings.s3_endpoint_url,
+                     region=url.params.get("region") or settings.s3_region, options=options,
+                     retry_deadline_s=retry_deadline_s)

@@ -1,26 +1,18 @@
 """Repository URLs: which backend holds a repository, and where inside it.
 
 ``s3://BUCKET/PREFIX``, ``file:///ABS/PATH``, ``azure://CONTAINER/PREFIX`` and
-``gs://BUCKET/PREFIX``. Object stores take two optional query parameters that name the service
-rather than the repository (``s3://b/p?endpoint=http://127.0.0.1:8333&region=eu-west-1``,
+``gs://BUCKET/PREFIX``: the backends ``storage.registry`` holds. Object stores take optional
+query parameters that name the service rather than the repository (``s3://b/p?endpoint=http://127.0.0.1:8333&region=eu-west-1``,
 ``azure://c/p?account_url=https://acct.blob.core.windows.net``); credentials never go in a URL
 (they come from each backend's usual environment), so a URL is safe to log and to show.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-SCHEMES = ("s3", "file", "azure", "gs")
-#: Query parameters each scheme accepts.
-_PARAMS = {"s3": ("endpoint", "region"), "azure": ("account_url",), "gs": (), "file": ()}
-_CONTAINER_RE = {
-    "s3": re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"),
-    "gs": re.compile(r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$"),
-    "azure": re.compile(r"^(?!.*--)[a-z0-9][a-z0-9\-]{1,61}[a-z0-9]$"),
-}
+from prefect_dr.storage import registry
 
 
 class RepositoryURLError(ValueError):
@@ -43,8 +35,8 @@ class RepositoryURL:
     params: dict[str, str] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        if self.scheme == "file":
-            return "file://" + quote(self.path)
+        if self.path:  # a backend addressed by a path (file://)
+            return f"{self.scheme}://" + quote(self.path)
         text = f"{self.scheme}://{self.container}"
         if self.prefix:
             text += "/" + quote(self.prefix)
@@ -70,9 +62,10 @@ def parse(text: str) -> RepositoryURL:
     text = (text or "").strip()
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
-    if scheme not in SCHEMES:
-        raise RepositoryURLError(
-            f"repository URL {text!r} must start with s3://, file://, azure:// or gs://")
+    backend = registry.get(scheme)
+    if backend is None:
+        raise RepositoryURLError(f"repository URL {text!r} must start with "
+                                 + registry.either([f"{s}://" for s in registry.schemes()]))
     if parts.username or parts.password or "@" in parts.netloc:
         raise RepositoryURLError(
             f"repository URL {scheme}://... must not carry credentials; use the backend's "
@@ -80,30 +73,30 @@ def parse(text: str) -> RepositoryURL:
     if parts.fragment:
         raise RepositoryURLError(f"repository URL {text!r} must not have a #fragment")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    unknown = sorted(set(params) - set(_PARAMS[scheme]))
+    unknown = sorted(set(params) - set(backend.params))
     if unknown:
-        allowed = ", ".join(_PARAMS[scheme]) or "none"
+        allowed = ", ".join(backend.params) or "none"
         raise RepositoryURLError(f"repository URL {scheme}://...: unknown parameter "
                                  f"{', '.join(unknown)} (allowed: {allowed})")
-    if scheme == "file":
+    if backend.container is None:
         if parts.netloc not in ("", "localhost"):
             raise RepositoryURLError(
-                f"repository URL {text!r}: write file:///ABSOLUTE/PATH (three slashes)")
+                f"repository URL {text!r}: write {scheme}:///ABSOLUTE/PATH (three slashes)")
         path = parts.path.rstrip("/") or "/"
         if not path.startswith("/") or "/../" in path + "/" or "/./" in path + "/":
             raise RepositoryURLError(
                 f"repository URL {text!r}: the path must be absolute, without . or ..")
-        return RepositoryURL("file", path=path)
+        return RepositoryURL(scheme, path=path)
     container = parts.netloc
-    if not _CONTAINER_RE[scheme].match(container):
-        what = "container" if scheme == "azure" else "bucket"
+    if not backend.container.match(container):
+        what = backend.container_word
         raise RepositoryURLError(f"repository URL {scheme}://{container}: {container!r} is not "
                                  f"a valid {what} name")
     prefix = parts.path.strip("/")
     if "//" in prefix or any(p in (".", "..") for p in prefix.split("/") if prefix):
         raise RepositoryURLError(f"repository URL {text!r}: the prefix must not contain '//', "
                                  "'.' or '..' segments")
-    for name in ("endpoint", "account_url"):
+    for name in (n for n, kind in backend.params.items() if kind == "url"):
         value = params.get(name)
         if value is not None and urlsplit(value).scheme not in ("http", "https"):
             raise RepositoryURLError(f"repository URL parameter {name} must be an http(s) URL")

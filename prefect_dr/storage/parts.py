@@ -1,0 +1,174 @@
+"""The upload writer of the part-based stores: S3 (multipart upload) and Azure Blob (staged
+blocks). The buffers, the write loop, the pool that uploads parts while the caller keeps
+writing, ``close`` and ``abort`` are here once; each backend keeps only its store's calls.
+
+(GCS sends its chunks in order through one resumable session, one buffer at a time: its writer
+is its own.)
+"""
+
+from __future__ import annotations
+
+import abc
+import queue
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from prefect_dr.errors import StorageError
+from prefect_dr.storage.base import ObjectInfo, Writer, check_written
+
+
+class PartWriter(Writer):
+    """A streaming upload in parts, uploaded by a small pool while the caller keeps writing.
+
+    Memory is (max_in_flight + 1) part buffers, allocated once and reused: the caller fills one
+    while the others upload, and ``write`` waits for a free buffer. An object smaller than the
+    first part is one whole write (``_put_whole``); a larger one is started (``_start``), its
+    parts uploaded (``_upload_part``, in the pool) and completed (``_complete``) on ``close``.
+    ``abort`` (also after a failed ``close``) shuts the pool down and lets the backend discard
+    what it started (``_discard``); after ``close`` or ``abort`` it does nothing.
+
+    ``store`` is the backend (its ``max_in_flight`` and ``wrap_error(exc, action, key)``).
+    """
+
+    #: what the store calls a part, for messages
+    part_word = "part"
+    #: the most parts one object may have
+    max_parts = 10_000
+    #: name prefix of the pool's threads
+    thread_name = "part"
+    #: the client library's errors: a part that failed with one is a StorageError on close
+    client_errors: tuple[type[BaseException], ...] = ()
+    #: wait for the first part's upload inside ``write`` (the upload exists, and is listed,
+    #: once ``write`` returns: what S3's start gives at once)
+    wait_for_first = False
+
+    def __init__(self, store: Any, key: str) -> None:
+        self._store, self._key = store, key
+        self._cur: bytearray | None = None
+        self._fill = 0
+        self._number = 1
+        self._futures: list[Future[Any]] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        self._allocated = 0
+        self._done = False
+        self._failed: BaseException | None = None
+
+    # -- the store's calls -------------------------------------------------------------------
+    @abc.abstractmethod
+    def _part_size(self, number: int) -> int:
+        """Size of part ``number`` (1-based)."""
+
+    def _start(self) -> None:
+        """Start the upload, before the first part is submitted. Raises StorageError."""
+
+    @abc.abstractmethod
+    def _upload_part(self, number: int, body: bytearray) -> Any:
+        """Upload part ``number`` (runs in the pool); what ``_complete`` needs of it."""
+
+    @abc.abstractmethod
+    def _put_whole(self, data: bytes) -> None:
+        """Write a whole object smaller than one part. Raises StorageError."""
+
+    @abc.abstractmethod
+    def _complete(self, parts: list[Any]) -> None:
+        """Make the object of the uploaded ``parts`` visible. Raises StorageError."""
+
+    @abc.abstractmethod
+    def _discard(self) -> None:
+        """Clean up what an aborted upload left in the store; never raises (what is left,
+        prune removes)."""
+
+    def _seen(self, data: memoryview) -> None:
+        """Every byte written passes here once, in order (a whole-object digest)."""
+
+    # -- the writer --------------------------------------------------------------------------
+    def _buffer(self, size: int) -> bytearray:
+        """A part buffer of ``size`` bytes: a new one while fewer than max_in_flight + 1 exist,
+        else the next one an upload gives back (waiting for it)."""
+        if self._allocated <= self._store.max_in_flight:
+            self._allocated += 1
+            return bytearray(size)
+        buf = self._free.get()
+        return buf if len(buf) == size else bytearray(size)
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._done:
+            raise StorageError(f"write after close/abort of {self._key}")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        self._seen(view)
+        while view:
+            if self._failed is not None:
+                raise self._store.wrap_error(self._failed, "upload", self._key)
+            if self._cur is None:
+                self._cur, self._fill = self._buffer(self._part_size(self._number)), 0
+            take = min(len(view), len(self._cur) - self._fill)
+            self._cur[self._fill:self._fill + take] = view[:take]
+            self._fill += take
+            view = view[take:]
+            if self._fill == len(self._cur):
+                buf, self._cur = self._cur, None
+                self._submit(buf)
+        self.bytes_written += n
+        return n
+
+    def _submit(self, buf: bytearray) -> None:
+        if self._number > self.max_parts:
+            raise StorageError(f"upload {self._key}: more than {self.max_parts} "
+                               f"{self.part_word}s")
+        if self._pool is None:
+            self._start()
+            self._pool = ThreadPoolExecutor(self._store.max_in_flight,
+                                            thread_name_prefix=self.thread_name)
+        number = self._number
+        self._number += 1
+        fut = self._pool.submit(self._run, number, buf)
+        fut.add_done_callback(lambda f: self._free.put(buf))
+        self._futures.append(fut)
+        if number == 1 and self.wait_for_first:
+            self._result(fut)
+
+    def _run(self, number: int, buf: bytearray) -> Any:
+        try:
+            return self._upload_part(number, buf)
+        except BaseException as exc:
+            self._failed = exc
+            raise
+
+    def _result(self, fut: Future[Any]) -> Any:
+        try:
+            return fut.result()
+        except self.client_errors as exc:
+            raise self._store.wrap_error(exc, "upload", self._key) from None
+
+    def close(self) -> ObjectInfo:
+        if self._done:
+            raise StorageError(f"{self._key} already closed")
+        tail = bytes(self._cur[:self._fill]) if self._cur is not None else b""
+        self._cur = None
+        try:
+            if self._pool is None:
+                self._put_whole(tail)
+            else:
+                if tail:
+                    self._submit(bytearray(tail))
+                self._complete([self._result(fut) for fut in self._futures])
+        except BaseException:
+            self.abort()
+            raise
+        self._done = True
+        self._shutdown()
+        return check_written(self._store, self._key, self.bytes_written)
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def abort(self) -> None:
+        if self._done:
+            return  # closed or aborted already: nothing is open
+        self._done = True
+        self._cur = None
+        self._shutdown()
+        self._discard()

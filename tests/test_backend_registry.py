@@ -1,0 +1,89 @@
+"""A new backend is one module and one registry line: a toy backend (tests/toy_backend.py),
+registered here, gets URL parsing, settings, the factory, doctor and the whole storage
+contract suite without any other change."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import test_storage_contract as contract
+import toy_backend
+from conftest import clean
+
+from prefect_dr import config, doctor
+from prefect_dr.errors import ConfigError
+from prefect_dr.storage import factory, registry
+from prefect_dr.storage import url as repo_url
+from prefect_dr.storage.base import Storage
+
+TOY = registry.Backend("toy", "toy_backend", "toy://BOX/PREFIX",
+                       re.compile(r"^[a-z][a-z0-9]{2,20}$"), "box", {"zone": "text"})
+
+
+@pytest.fixture(autouse=True)
+def toy_registered() -> Iterator[None]:
+    registry.register(TOY)
+    toy_backend.BOXES.clear()
+    yield
+    registry.unregister("toy")
+
+
+def test_urls_of_the_new_scheme_parse_and_are_checked() -> None:
+    url = repo_url.parse("toy://box1/prod/eu?zone=west")
+    assert (url.scheme, url.container, url.prefix, url.params) == (
+        "toy", "box1", "prod/eu", {"zone": "west"})
+    assert str(url) == "toy://box1/prod/eu?zone=west"
+    with pytest.raises(repo_url.RepositoryURLError, match=r"'B!' is not a valid box name"):
+        repo_url.parse("toy://B!/p")
+    with pytest.raises(repo_url.RepositoryURLError, match=r"unknown parameter endpoint "
+                                                          r"\(allowed: zone\)"):
+        repo_url.parse("toy://box1/p?endpoint=http://x")
+    with pytest.raises(repo_url.RepositoryURLError, match=r"or toy://$"):
+        repo_url.parse("ftp://box1/p")
+
+
+def test_settings_and_the_factory_open_it() -> None:
+    settings = config.load(env={"PREFECT_DR_REPOSITORY": "toy://box1/prod?zone=west"})
+    assert settings.repository_url.scheme == "toy" and settings.layout_prefix == "prod"
+    store = factory.from_settings(settings)
+    assert isinstance(store, toy_backend.ToyStorage) and store.zone == "west"
+    assert store.url == "toy://box1/prod?zone=west"
+    with pytest.raises(ConfigError, match="toy://"):
+        config.load(env={"PREFECT_DR_REPOSITORY": "toy://B!/prod"})
+
+
+def test_doctor_checks_it_through_the_interface() -> None:
+    settings = config.load(env={"PREFECT_DR_REPOSITORY": "toy://box1/prod?zone=west"})
+    report = doctor.Report()
+    doctor.check_storage(report, settings, None, uuid.uuid4().hex[:8])
+    got = {c.name: (c.status, c.detail) for c in report.checks}
+    assert got["repository"] == (doctor.OK, "toy://box1 in zone west is reachable")
+    assert got["repository probe"][0] == doctor.OK
+    assert got["toy zone"] == (doctor.OK, "west")
+
+
+def test_an_unregistered_scheme_is_refused() -> None:
+    registry.unregister("toy")
+    with pytest.raises(repo_url.RepositoryURLError, match="must start with s3://"):
+        repo_url.parse("toy://box1/p")
+
+
+# The whole contract suite, on the toy backend: every test of tests/test_storage_contract.py
+# that takes a store runs here again with this module's ``store``.
+@pytest.fixture
+def store() -> Iterator[tuple[Storage, str]]:
+    backend = registry.get("toy")
+    assert backend is not None
+    prefix = f"contract-{uuid.uuid4().hex[:8]}/"
+    built = backend.build(repo_url.parse("toy://box1/"), None, 1.0)
+    yield built, prefix
+    clean(built, prefix)
+
+
+for _name, _test in inspect.getmembers(contract, inspect.isfunction):
+    if _name.startswith("test_") and "store" in inspect.signature(_test).parameters:
+        globals()[f"{_name}_on_toy"] = _test
