@@ -32,7 +32,7 @@ class Options:
     poll_s: float = 10.0  # table poll while the stream is down
     safety_poll_s: float = 20.0  # table poll while the stream is up (0: none)
     retry_s: float = 30.0  # after a failed backup (a held lock too)
-    reconnect_max_s: float = 30.0  # longest wait between stream reconnections
+    reconnect_max_s: float = 10.0  # longest wait between stream reconnections
     initial_backup: bool = True  # one backup at start: changes while watch was not running
 
     def __post_init__(self) -> None:
