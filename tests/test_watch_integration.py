@@ -230,3 +230,49 @@ def test_sigterm_during_a_backup_stops_it_and_frees_the_lock(repo_env, watch):
     assert all(b["status"] in ("complete", "failed") for b in listed.values()), listed
     again = run_cli(["backup", "--kind", "config-only", "--json"], repo_env, timeout=120)
     assert again.returncode == 0, again.stderr  # the lock is free
+
+
+def test_the_poll_sees_configuration_changes_not_runtime_updates(clone, monkeypatch):
+    from prefect_dr.errors import DatabaseError
+    from prefect_dr.watch.poll import ConfigPoller
+
+    monkeypatch.setenv("PGPASSWORD", clone["PGPASSWORD"])
+    url = clone["PREFECT_DR_DATABASE_URL"]
+    poller = ConfigPoller(url)
+    try:
+        assert poller.changed() is False  # the first read only records
+        with psycopg.connect(url, autocommit=True, password=clone.get("PGPASSWORD")) as conn:
+            def run(statement: str) -> bool:
+                conn.execute(statement)
+                return poller.changed()
+
+            # what workers polling and runs taking slots do: not configuration
+            assert not run("UPDATE work_queue SET last_polled = now(), status = 'READY', "
+                           "updated = now()")
+            assert not run("UPDATE work_pool SET status = 'READY', updated = now(), "
+                           "last_transitioned_status_at = now()")
+            assert not run("UPDATE deployment SET last_polled = now(), status = 'READY', "
+                           "updated = now()")
+            assert not run("UPDATE concurrency_limit_v2 SET active_slots = active_slots + 1, "
+                           "denied_slots = denied_slots + 1, avg_slot_occupancy_seconds = 3, "
+                           "updated = now()")
+            assert not poller.changed()
+            # configuration (Prefect sets `updated` on every update): updates, an insert, a delete
+            assert run("UPDATE variable SET value = '\"changed\"'::jsonb, updated = now() "
+                       "WHERE name = 'dr_string'")
+            assert run("UPDATE work_pool SET is_paused = NOT is_paused, updated = now()")
+            assert run("UPDATE concurrency_limit_v2 SET \"limit\" = \"limit\" + 1, "
+                       "updated = now()")
+            assert run("INSERT INTO variable (id, name, value, tags) VALUES "
+                       "(gen_random_uuid(), 'watch_poll', '1'::jsonb, '[]'::jsonb)")
+            assert run("DELETE FROM variable WHERE name = 'watch_poll'")
+            assert not poller.changed()
+            # the session is read-only
+            poller.mark()
+            session = poller._session()
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                session.execute("DELETE FROM variable")
+    finally:
+        poller.close()
+    with pytest.raises(DatabaseError, match="cannot connect"):
+        ConfigPoller(url.replace(clone["_DB"], "no_such_db")).changed()

@@ -3,7 +3,8 @@
 Cheap first: one query reads every configuration table's row count and newest ``updated``
 (unchanged on a quiet server). Only a table whose pair moved is read in full, as a hash of its
 rows without the columns Prefect's runtime rewrites (``updated`` itself, ``last_polled`` and
-``status`` that every worker poll touches on deployments, pools and queues, concurrency slots),
+``status`` that every worker poll touches on deployments, pools and queues, concurrency slots
+and their statistics),
 so workers polling and runs taking slots are not configuration changes; a deleted row shows in
 the count. The session is read-only.
 """
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 #: Columns Prefect rewrites while it runs, without any configuration change.
 RUNTIME_COLUMNS: tuple[str, ...] = (
-    "updated", "last_polled", "status", "active_slots", "denied_slots", "slot_decay_per_second",
+    "updated", "last_polled", "status", "last_transitioned_status_at", "last_status_event_id",
+    "active_slots", "denied_slots", "avg_slot_occupancy_seconds",
 )
 #: The tables read: the configuration tables (alembic_version has no ``updated``; it is hashed).
 TABLES: tuple[str, ...] = ps.CONFIG_TABLES
