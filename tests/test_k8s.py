@@ -641,7 +641,8 @@ def test_cli_renders_the_hook_and_the_monitoring_objects():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# Helm pre-upgrade hook")
     docs = list(yaml.safe_load_all(proc.stdout))
-    assert [d["kind"] for d in docs] == ["Job", "PrometheusRule", "ServiceMonitor"]
+    assert [d["kind"] for d in docs] == ["Job", "PrometheusRule", "ServiceMonitor",
+                                         "PodMonitor"]
     assert {d["metadata"]["namespace"] for d in docs} == {"prefect"}
     assert docs[1]["metadata"]["labels"]["release"] == "kps"
     assert_valid(docs[0])

@@ -63,3 +63,25 @@ def test_k8s_render_no_watch_flag(tmp_path):
     kinds = [[o["kind"] for o in yaml.safe_load_all(p.stdout) if o] for p in (on, off)]
     assert "Deployment" in kinds[0] and "Deployment" not in kinds[1]
     assert len(kinds[0]) == len(kinds[1]) + 1
+
+
+def test_the_prometheus_objects_scrape_and_watch_the_watch_pod():
+    options = k8s.RenderOptions(namespace="ops", prometheus_labels={"release": "kps"})
+    objects, _ = k8s.select(options, prometheus_rule=True)
+    (monitor,) = by_kind(objects, "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    pod_labels = _watch(options)["spec"]["template"]["metadata"]["labels"]
+    assert selector.items() <= pod_labels.items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["ops"]}
+    assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "interval": "30s"}]
+    (rule,) = by_kind(objects, "PrometheusRule")
+    names = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"PrefectDRWatchBehind", "PrefectDRWatchPolling",
+            "PrefectDRWatchUnavailable"} <= names
+    off = dataclasses.replace(options, watch=False)
+    objects, _ = k8s.select(off, prometheus_rule=True)
+    assert by_kind(objects, "PodMonitor") == []
+    (rule,) = by_kind(objects, "PrometheusRule")
+    assert "PrefectDRWatchUnavailable" not in {
+        r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}

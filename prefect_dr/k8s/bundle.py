@@ -97,6 +97,8 @@ def select(options: RenderOptions, *, pre_upgrade_hook: bool = False,
         notes.append(helm.NOTE)
     if prometheus_rule:
         objects += monitoring.monitoring(options)
+        if options.watch:
+            objects.append(watch.pod_monitor(options))
         notes.append(monitoring.NOTE)
     return objects, "\n".join(notes)
 

@@ -18,6 +18,11 @@ from prefect_dr.k8s.pods import labels, metadata, pod_spec
 ROLE = "watch"
 
 
+def _selector(options: RenderOptions) -> dict[str, str]:
+    """The pod's labels but the version (a Deployment's selector never changes)."""
+    return {k: v for k, v in labels(options, ROLE).items() if k != "app.kubernetes.io/version"}
+
+
 def deployment(options: RenderOptions) -> dict[str, Any]:
     """The watch Deployment: ``<name>-watch``, metrics on ``watch_metrics_port``."""
     port = options.watch_metrics_port
@@ -33,8 +38,7 @@ def deployment(options: RenderOptions) -> dict[str, Any]:
     # loop's health is in the metrics (docs/operations.md, "Continuous protection")
     container["readinessProbe"] = {"httpGet": {"path": "/metrics", "port": "metrics"},
                                    "periodSeconds": 30}
-    selector = {k: v for k, v in labels(options, ROLE).items()
-                if k != "app.kubernetes.io/version"}
+    selector = _selector(options)
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": metadata(options, f"{options.name}-{ROLE}", ROLE,
@@ -55,3 +59,33 @@ def deployment(options: RenderOptions) -> dict[str, Any]:
             },
         },
     }
+
+
+def pod_monitor(options: RenderOptions) -> dict[str, Any]:
+    """The Prometheus Operator PodMonitor ``<name>-watch`` scraping the watch pod's metrics
+    port (``k8s render --prometheus-rule``)."""
+    meta = metadata(options, f"{options.name}-{ROLE}", "metrics",
+                    "Scrapes prefect-dr watch's metrics port")
+    meta["labels"].update(options.prometheus_labels)
+    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor", "metadata": meta,
+            "spec": {"selector": {"matchLabels": _selector(options)},
+                     "namespaceSelector": {"matchNames": [options.namespace]},
+                     "podMetricsEndpoints": [{"port": "metrics", "interval": "30s"}]}}
+
+
+def unavailable_rule(options: RenderOptions) -> dict[str, Any]:
+    """The kube-state-metrics alert of a watch Deployment without a ready pod for 10 minutes
+    (it crashes, cannot be scheduled, its image or a Secret is missing)."""
+    return {
+        "alert": "PrefectDRWatchUnavailable",
+        "expr": f'kube_deployment_status_replicas_available{{namespace="{options.namespace}", '
+                f'deployment="{options.name}-{ROLE}"}} < 1\n',
+        "for": "10m", "labels": {"severity": "critical"},
+        "annotations": {
+            "summary": "prefect-dr: {{ $labels.namespace }}/{{ $labels.deployment }} has no "
+                       "ready pod",
+            "description": "The watch Deployment has had no available pod for 10 minutes: "
+                           "configuration changes are not backed up until the next scheduled "
+                           "backup. kubectl -n {{ $labels.namespace }} describe deployment "
+                           "{{ $labels.deployment }}; kubectl logs deployment/"
+                           "{{ $labels.deployment }}."}}
