@@ -92,7 +92,8 @@ def run(options: Options, *, backup: Callable[[], str], poller: Poller,
             if deb.due(clock()):
                 _backup(backup, poller, deb, status, options, clock, wall)
                 continue
-            wake = min(next_poll, deb.due_at() or float("inf"),
+            due_at = deb.due_at()
+            wake = min(next_poll, float("inf") if due_at is None else due_at,
                        reconnect_at if stream is not None and not connected else float("inf"))
             timeout = max(min(wake - clock(), 60.0), 0.0)
             if connected and stream is not None:
@@ -100,7 +101,7 @@ def run(options: Options, *, backup: Callable[[], str], poller: Poller,
                     event = stream.next_change(timeout)
                 except StreamDown as exc:
                     connected = False
-                    status.source = Source.POLL
+                    status.source, status.stream_error = Source.POLL, exc.message
                     delay = backoff.next_delay()
                     reconnect_at = clock() + delay
                     next_poll = clock()
