@@ -276,3 +276,73 @@ def test_the_poll_sees_configuration_changes_not_runtime_updates(clone, monkeypa
         poller.close()
     with pytest.raises(DatabaseError, match="cannot connect"):
         ConfigPoller(url.replace(clone["_DB"], "no_such_db")).changed()
+
+
+@pytest.fixture()
+def auth_server(clone: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """A Prefect server of its own on the clone, requiring PREFECT_SERVER_API_AUTH_STRING:
+    (API URL, auth string)."""
+    import urllib.parse
+
+    auth = f"watch:{uuid.uuid4().hex}"
+    port = _free_port()
+    parts = urllib.parse.urlsplit(clone["PREFECT_DR_DATABASE_URL"])
+    connection = (f"postgresql+asyncpg://{parts.username}:"
+                  f"{urllib.parse.quote(clone['PGPASSWORD'])}@{parts.hostname}:{parts.port}"
+                  f"{parts.path}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"),
+               PREFECT_API_DATABASE_CONNECTION_URL=connection,
+               PREFECT_SERVER_API_AUTH_STRING=auth, PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_UI_ENABLED="false", PREFECT_SERVER_LOGGING_LEVEL="WARNING",
+               PREFECT_SERVER_MEMOIZE_BLOCK_AUTO_REGISTRATION="false")
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    with (tmp_path / "prefect.log").open("wb") as out:
+        proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port",
+                                 str(port)], env=env, stdout=out, stderr=out,
+                                start_new_session=True)
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "prefect.log").read_text()[-2000:]
+            try:
+                prefect_api.request(api, "GET", "/admin/version", auth=auth, timeout=2)
+                break
+            except prefect_api.PrefectAPIError:
+                assert time.monotonic() < deadline, "the Prefect server did not start"
+                time.sleep(0.5)
+        yield api, auth
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_the_stream_authenticates_as_the_prefect_cli(clone, identity, auth_server, tmp_path):
+    """PREFECT_API_AUTH_STRING, as the Prefect CLI sends it: a wrong one is refused (watch
+    polls, and never logs it), the right one follows the stream of a server requiring it."""
+    api, auth = auth_server
+    env = dict(clone, PREFECT_API_URL=api, PREFECT_API_AUTH_STRING="watch:wrong")
+    refused = Watch(env, tmp_path, "--no-initial-backup", *FAST)
+    try:
+        refused.wait("the fallback to polling", lambda: "authentication" in refused.text(), 30)
+        assert refused.source() == "poll"
+        assert "watch:wrong" not in refused.text()
+    finally:
+        refused.proc.kill()
+        refused.proc.wait()
+    w = Watch(dict(env, PREFECT_API_AUTH_STRING=auth), tmp_path, "--no-initial-backup", *FAST)
+    try:
+        w.wait("the event stream", lambda: w.source() == "stream", 30)
+        name = f"watch_auth_{uuid.uuid4().hex[:6]}"
+        prefect_api.request(api, "POST", "/variables/", {"name": name, "value": 1}, auth=auth)
+        w.wait("a backup with the variable", _backed_up(clone, identity, name), 60)
+        assert w.metrics()["changes_total{source=\"stream\"}"] >= 1
+        assert auth.split(":")[1] not in w.text()
+    finally:
+        w.proc.kill()
+        w.proc.wait()

@@ -99,7 +99,7 @@ class EventStream:
 
     def open(self) -> None:
         """Connect, authenticate and subscribe. Raises StreamDown."""
-        from websockets.exceptions import WebSocketException
+        from websockets.exceptions import ConnectionClosed, WebSocketException
         from websockets.sync.client import connect
         from websockets.typing import Subprotocol
 
@@ -114,7 +114,11 @@ class EventStream:
         self._ws = ws
         try:
             ws.send(json.dumps({"type": "auth", "token": token}))
-            answer = json.loads(ws.recv(timeout=CONNECT_TIMEOUT_S))
+            try:
+                answer = json.loads(ws.recv(timeout=CONNECT_TIMEOUT_S))
+            except ConnectionClosed as exc:  # how a server with an auth string refuses
+                rcvd = getattr(exc, "rcvd", None)
+                answer = {"type": "closed", "reason": getattr(rcvd, "reason", "") or ""}
             if not isinstance(answer, dict) or answer.get("type") != "auth_success":
                 reason = answer.get("reason", "") if isinstance(answer, dict) else ""
                 raise StreamDown(f"event stream {self.url} refused authentication"
