@@ -346,3 +346,43 @@ def test_the_stream_authenticates_as_the_prefect_cli(clone, identity, auth_serve
     finally:
         w.proc.kill()
         w.proc.wait()
+
+
+@pytest.mark.parametrize("version", ["3.4.25"])
+def test_an_older_prefect_whose_stream_announces_no_variables(
+        version, repo_env, identity, tmp_path, monkeypatch):
+    """Prefect before 3.7 emits no lifecycle event for a variable: watch connects to its
+    stream (the same handshake) and the safety poll backs the variable up within 60 s. (This
+    server runs without services, so its stream would deliver nothing anyway: the test proves
+    the handshake and the poll, not the absence of the event, which is read off the source.)"""
+    from test_prefect_versions_integration import _admin, _url, venv_python
+
+    from prefect_dr.pg import scratch
+    from prefect_dr.smoke import PrefectServer
+
+    monkeypatch.setenv("PGPASSWORD", repo_env["PGPASSWORD"])
+    name = f"watch_old_{uuid.uuid4().hex[:6]}"
+    with _admin(repo_env) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = _url(repo_env, name)
+    try:
+        with PrefectServer(url, python=venv_python(version)) as server:
+            env = dict(repo_env, PREFECT_DR_DATABASE_URL=url, PREFECT_API_URL=server.api)
+            w = Watch(env, tmp_path, "--no-initial-backup", *FAST[:-3], "5s", "--retry", "3s")
+            try:
+                w.wait("the event stream", lambda: w.source() == "stream", 30)
+                variable = f"watch_{uuid.uuid4().hex[:6]}"
+                start = time.monotonic()
+                prefect_api.request(server.api, "POST", "/variables/",
+                                    {"name": variable, "value": 1})
+                w.wait("a backup with the variable", _backed_up(env, identity, variable), 60)
+                assert time.monotonic() - start < 60
+                m = w.metrics()
+                assert m["changes_total{source=\"poll\"}"] >= 1
+                assert m["changes_total{source=\"stream\"}"] == 0  # found by the poll only
+            finally:
+                w.proc.kill()
+                w.proc.wait()
+    finally:
+        with _admin(repo_env) as conn:
+            scratch.drop_database(conn, name)
