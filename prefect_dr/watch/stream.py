@@ -9,10 +9,11 @@ answered by ``{"type": "auth_success"}``; the second is ``{"type": "filter", "fi
 then the server sends ``{"type": "event", "event": {...}}`` for every matching event.
 
 Which events mean a configuration change: ``prefect.<kind>.created|updated|deleted`` for the
-kinds in :data:`KINDS`. Prefect 3.7 and later announce them for every configuration object
+kinds in :data:`KINDS`. Prefect 3.9.1 announces them for every configuration object
 (variables, blocks, deployments, work pools and queues, automations, concurrency limits,
-flows); earlier releases announce few (deployment and work-pool status changes, which are not
-configuration), which is why ``watch`` keeps polling the tables too (:mod:`.poll`).
+flows; lifecycle events came in the 3.7 series); 3.1.15 and 3.4.25 announce none (only
+deployment, work-pool and work-queue status changes, which are not configuration), which is
+why ``watch`` keeps polling the tables too (:mod:`.poll`).
 """
 
 from __future__ import annotations
