@@ -301,3 +301,33 @@ def test_a_stop_during_a_backup_is_not_retried():
                  stream=FakeStream(clock, [(1, "prefect.variable.created")], end=500),
                  clock=clock, wall=clock, sleep=clock.sleep)
     assert len(taken) == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--metrics-port", "70000"], "--metrics-port"),
+    (["--debounce", "30s", "--max-delay", "10s"], "--max-delay (10s) must be at least"),
+    (["--debounce", "5x"], "--debounce: '5x' is not a duration"),
+    ([], "invalid configuration"),  # no repository, database or recipients
+])
+def test_bad_flags_and_missing_settings_exit_2_with_one_line(args, message, tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli(["watch", *args], {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+                   timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path):
+    import socket
+
+    from prefect_dr.watch import metrics
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        with pytest.raises(DRError, match=f"cannot serve metrics on 127.0.0.1:{port}") as info:
+            metrics.serve(Status(), port)
+    assert info.value.exit_code == 1

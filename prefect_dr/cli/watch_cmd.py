@@ -47,7 +47,7 @@ def watch(
     metrics_port: Annotated[int | None, typer.Option(
         "--metrics-port", metavar="PORT",
         help="Serve Prometheus metrics on this port (also PREFECT_DR_WATCH_METRICS_PORT).",
-        envvar="PREFECT_DR_WATCH_METRICS_PORT")] = None,
+        envvar="PREFECT_DR_WATCH_METRICS_PORT", min=1, max=65535)] = None,
     metrics_address: Annotated[str, typer.Option(
         "--metrics-address", metavar="ADDRESS",
         help="Address the metrics port listens on (0.0.0.0 in a pod).")] = "127.0.0.1",
