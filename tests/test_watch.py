@@ -331,3 +331,24 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_1(tmp_path):
         with pytest.raises(DRError, match=f"cannot serve metrics on 127.0.0.1:{port}") as info:
             metrics.serve(Status(), port)
     assert info.value.exit_code == 1
+
+
+def test_the_metrics_read_the_status_at_each_scrape():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from prefect_dr.watch.metrics import StatusCollector
+
+    status = Status()
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(status))
+    text = generate_latest(registry).decode()
+    assert 'prefect_dr_watch_source{source="poll"} 1.0' in text
+    assert "prefect_dr_watch_last_backup_success_timestamp_seconds 0.0" in text
+    status.source, status.last_backup_success, status.backups = Source.STREAM, 1234.5, 3
+    status.changes["stream"] = 7
+    text = generate_latest(registry).decode()
+    assert 'prefect_dr_watch_source{source="stream"} 1.0' in text
+    assert 'prefect_dr_watch_source{source="poll"} 0.0' in text
+    assert "prefect_dr_watch_last_backup_success_timestamp_seconds 1234.5" in text
+    assert "prefect_dr_watch_backups_total 3.0" in text
+    assert 'prefect_dr_watch_changes_total{source="stream"} 7.0' in text
