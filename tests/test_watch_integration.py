@@ -180,6 +180,7 @@ def test_a_burst_of_fifty_changes_makes_one_or_two_backups(
     time.sleep(12)  # the debounce, the maximum delay and a safety poll more: nothing else
     backups = _watch_backups(repo_env)
     assert 1 <= len(backups) <= 2, [b["backup_id"] for b in backups]
+    print(f"a burst of 50 changes made {len(backups)} backup(s)")
     assert w.metrics()["changes_total{source=\"stream\"}"] >= 50
 
 
