@@ -19,6 +19,7 @@ MODELS = {
     ("v1", "Secret"): "V1Secret",
     ("batch/v1", "CronJob"): "V1CronJob",
     ("batch/v1", "Job"): "V1Job",
+    ("apps/v1", "Deployment"): "V1Deployment",
     ("v1", "PersistentVolume"): "V1PersistentVolume",
     ("v1", "PersistentVolumeClaim"): "V1PersistentVolumeClaim",
 }

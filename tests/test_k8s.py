@@ -70,7 +70,7 @@ IDS = ["defaults", "everything"]
 def test_every_object_is_a_valid_kubernetes_object(options):
     objects = everything(options)
     assert [o["kind"] for o in objects] == (
-        ["ServiceAccount"] * 4 + ["ConfigMap"] + ["CronJob"] * 3
+        ["ServiceAccount"] * 4 + ["ConfigMap"] + ["CronJob"] * 3 + ["Deployment"]
         + ["Secret"] * (len(options.s3_secrets) + 1 + bool(options.signing_key_secret)
                         + bool(options.block_key_secret) + bool(options.notify_secret)
                         + (options.database_secret_key == "PGPASSWORD"))
@@ -273,7 +273,8 @@ def test_the_bundle_holds_only_what_apply_may_own():
     generateName (kubectl apply refuses it), no restore Job: applying it twice is a no-op."""
     for options in OPTIONS:
         bundle = k8s.render(options)
-        assert {o["kind"] for o in bundle} == {"ServiceAccount", "ConfigMap", "CronJob"}
+        assert {o["kind"] for o in bundle} == {"ServiceAccount", "ConfigMap", "CronJob",
+                                               "Deployment"}
         for obj in bundle:
             assert "generateName" not in obj["metadata"] and obj["metadata"]["name"]
         assert "REPLACE-ME" not in k8s.to_yaml(bundle)
@@ -640,7 +641,8 @@ def test_cli_renders_the_hook_and_the_monitoring_objects():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("# Helm pre-upgrade hook")
     docs = list(yaml.safe_load_all(proc.stdout))
-    assert [d["kind"] for d in docs] == ["Job", "PrometheusRule", "ServiceMonitor"]
+    assert [d["kind"] for d in docs] == ["Job", "PrometheusRule", "ServiceMonitor",
+                                         "PodMonitor"]
     assert {d["metadata"]["namespace"] for d in docs} == {"prefect"}
     assert docs[1]["metadata"]["labels"]["release"] == "kps"
     assert_valid(docs[0])

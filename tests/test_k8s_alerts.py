@@ -59,6 +59,11 @@ SERIES = [
     {"series": f'kube_cronjob_next_schedule_time{{{NS},cronjob="prefect-dr-backup"}}',
      "values": "90000x40"},
     {"series": f'kube_cronjob_spec_suspend{{{NS},cronjob="prefect-dr-backup"}}', "values": "0x40"},
+    # the watch Deployment loses its pod at 5m; someone else's Deployment never had one
+    {"series": f'kube_deployment_status_replicas_available{{{NS},deployment="prefect-dr-watch"}}',
+     "values": "1x4 0x36"},
+    {"series": f'kube_deployment_status_replicas_available{{{NS},deployment="other"}}',
+     "values": "0x40"},
 ]
 
 
@@ -80,6 +85,9 @@ TESTS = [{"interval": "1m", "input_series": SERIES, "alert_rule_test": [
          "severity": "critical"}]),
     _alert("PrefectDRCronJobMissedSchedule", "10m", [
         {"cronjob": "prefect-dr-verify", "severity": "warning"}]),
+    _alert("PrefectDRWatchUnavailable", "14m", []),  # pending (for: 10m)
+    _alert("PrefectDRWatchUnavailable", "16m", [
+        {"deployment": "prefect-dr-watch", "severity": "critical"}]),
 ]}]
 
 

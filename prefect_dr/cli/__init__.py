@@ -8,11 +8,19 @@ No logic lives here beyond that; every command calls the core. Layout:
 - one module per command group: ``backups`` (backup, copy, list, show, block-key), ``verify_cmd``,
   ``restore_cmds`` (restore, restore-config, rollback), ``ops`` (prune, status),
   ``setup_cmds`` (keygen, doctor, config show, k8s render), ``rehearse_cmd``
-  (rehearse-upgrade).
+  (rehearse-upgrade), ``watch_cmd`` (watch).
 """
 
-from prefect_dr.cli import backups, ops, rehearse_cmd, restore_cmds, setup_cmds, verify_cmd
+from prefect_dr.cli import (
+    backups,
+    ops,
+    rehearse_cmd,
+    restore_cmds,
+    setup_cmds,
+    verify_cmd,
+    watch_cmd,
+)
 from prefect_dr.cli.application import _after_signal, app, hoist_globals, main, state
 
 __all__ = ["_after_signal", "app", "backups", "hoist_globals", "main", "ops", "rehearse_cmd",
-           "restore_cmds", "setup_cmds", "state", "verify_cmd"]
+           "restore_cmds", "setup_cmds", "state", "verify_cmd", "watch_cmd"]

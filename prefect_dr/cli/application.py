@@ -317,7 +317,8 @@ def _finish_metrics(code: int) -> None:
     from prefect_dr import metrics
 
     run = state.run
-    if run is None or run.command in ("none", "keygen", "config", "k8s") or not (
+    # watch runs until stopped: its metrics are served live (--metrics-port), not per run
+    if run is None or run.command in ("none", "keygen", "config", "k8s", "watch") or not (
             state.metrics_file or state.pushgateway):
         return
     run.finished, run.success = time.time(), code == 0

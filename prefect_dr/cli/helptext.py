@@ -11,7 +11,7 @@ import typer.core
 #: The top-level commands by task, in the order a newcomer meets them.
 TASKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Set up", ("keygen", "doctor", "config", "k8s")),
-    ("Back up", ("backup", "list", "show", "copy")),
+    ("Back up", ("backup", "watch", "list", "show", "copy")),
     ("Prove", ("verify", "rehearse-upgrade")),
     ("Restore", ("restore", "rollback", "restore-config", "block-key")),
     ("Operate", ("status", "prune")),
@@ -44,6 +44,8 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "status": ("prefect-dr status --cron '0 2 * * *'",
                "prefect-dr status --max-age 8d --kind config-only",
                "prefect-dr status --json | jq .ok"),
+    "watch": ("prefect-dr watch --metrics-port 9464",
+              "prefect-dr watch --debounce 10s --max-delay 40s"),
     "prune": ("prefect-dr prune --dry-run",
               "prefect-dr prune --keep-daily 7 --keep-weekly 4 --dry-run"),
 }

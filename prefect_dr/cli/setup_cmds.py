@@ -207,11 +207,15 @@ def k8s_render(
         help="file:// repositories: mount this NFS export at the repository's path instead "
              "of a claim.")
     ] = None,
+    watch: Annotated[bool, typer.Option(
+        "--watch/--no-watch",
+        help="Render the watch Deployment (config-only backup within a minute of a "
+             "configuration change).")] = True,
 ) -> None:
-    """Print what 'kubectl apply -f' may own: ServiceAccounts, ConfigMap and CronJobs (backup,
-    prune, verify) for the current settings and repository (s3://, azure://, gs:// or file://;
-    schedules validated), never a Secret; or only the Secret templates, a restore Job, the
-    pre-upgrade hook and/or the Prometheus Operator objects."""
+    """Print what 'kubectl apply -f' may own: ServiceAccounts, ConfigMap, CronJobs (backup,
+    prune, verify) and the watch Deployment for the current settings and repository (s3://,
+    azure://, gs:// or file://; schedules validated), never a Secret; or only the Secret
+    templates, a restore Job, the pre-upgrade hook and/or the Prometheus Operator objects."""
     from prefect_dr import k8s
 
     if (yes or staging_storage_class) and not restore_job:
@@ -230,7 +234,7 @@ def k8s_render(
             prometheus_labels=parse_labels(prometheus_label or [], "--prometheus-label") or None,
             workload_identities=parse_labels(workload_identity or [],
                                              "--workload-identity") or None,
-            volume_claim=volume_claim, nfs=nfs, **restore)
+            volume_claim=volume_claim, nfs=nfs, watch=watch, **restore)
         objects, header = k8s.select(options, pre_upgrade_hook=pre_upgrade_hook,
                                      prometheus_rule=prometheus_rule,
                                      secret_templates=secret_templates,

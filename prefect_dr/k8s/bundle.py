@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from prefect_dr import __version__
-from prefect_dr.k8s import helm, monitoring, repository
+from prefect_dr.k8s import helm, monitoring, repository, watch
 from prefect_dr.k8s.options import ROLES, RenderOptions, check
 from prefect_dr.k8s.pods import config_env, cron_job, example_secrets, metadata, restore_job
 from prefect_dr.kinds import Kind
@@ -17,9 +17,10 @@ from prefect_dr.kinds import Kind
 def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
     """What ``kubectl apply -f`` may own, in apply order: ServiceAccounts (annotated with their
     workload identities), ConfigMap, an NFS repository's PersistentVolume and claim, CronJobs
-    (backup, prune, verify). Never a Secret (the real ones are created beside it:
-    :func:`secret_templates`) nor the restore Job (:func:`restore_job`, created by hand):
-    applying the bundle again and again changes nothing else.
+    (backup, prune, verify) and, unless ``watch`` is off, the watch Deployment. Never a
+    Secret (the real ones are created beside it: :func:`secret_templates`) nor the restore
+    Job (:func:`restore_job`, created by hand): applying the bundle again and again changes
+    nothing else.
 
     Raises ValueError (one line) for a bad option, e.g. a cron expression Kubernetes would
     refuse or a URL carrying a password.
@@ -52,6 +53,8 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
                   deadline=options.verify_deadline_seconds, backoff=1,
                   description="Test-restores the newest full backup into a scratch database"),
     ]
+    if options.watch:
+        objects.append(watch.deployment(options))
     return objects
 
 
@@ -94,6 +97,8 @@ def select(options: RenderOptions, *, pre_upgrade_hook: bool = False,
         notes.append(helm.NOTE)
     if prometheus_rule:
         objects += monitoring.monitoring(options)
+        if options.watch:
+            objects.append(watch.pod_monitor(options))
         notes.append(monitoring.NOTE)
     return objects, "\n".join(notes)
 
@@ -126,7 +131,8 @@ _FILE_HEADER = (
     "default options. Render your own with 'prefect-dr k8s render'; docs/deploy.md.\n"
 )
 EXAMPLE_FILES: dict[str, str] = {
-    "prefect-dr.yaml": "ServiceAccounts, settings ConfigMap, backup/prune/verify CronJobs.\n"
+    "prefect-dr.yaml": "ServiceAccounts, settings ConfigMap, backup/prune/verify CronJobs, "
+                       "watch Deployment.\n"
                        "Apply: kubectl apply -f prefect-dr.yaml",
     "secrets.example.yaml": "EXAMPLE Secrets: names and keys the jobs read, PLACEHOLDER values.\n"
                             "Never apply as is; create the real ones (docs/deploy.md).",

@@ -14,6 +14,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
+from prefect_dr.k8s import watch
 from prefect_dr.k8s.options import RenderOptions, check
 from prefect_dr.k8s.pods import metadata
 
@@ -115,6 +116,7 @@ def kube_alert_group(options: RenderOptions) -> dict[str, Any]:
                             "it (a previous Job still running under concurrencyPolicy Forbid, "
                             "the controller down, a quota). kubectl -n {{ $labels.namespace }} "
                             "describe cronjob {{ $labels.cronjob }}."}},
+        *([watch.unavailable_rule(options)] if options.watch else []),
     ]}
 
 

@@ -171,6 +171,10 @@ class RenderOptions:
     # Helm pre-upgrade hook: how long it waits for a backup holding the lock (backup
     # --lock-wait) before it fails the upgrade with exit 11
     hook_lock_wait: str = "10m"
+    # watch (issue 26): a Deployment running 'prefect-dr watch' (config-only backups within a
+    # minute of a configuration change), metrics on this port of the pod
+    watch: bool = True
+    watch_metrics_port: int = 9464
     # Timing
     starting_deadline_seconds: int = 3600
     backup_deadline_seconds: int = 6 * 3600
@@ -390,7 +394,8 @@ def check(options: RenderOptions) -> None:
                          "(YYYYMMDDTHHMMSSZ-xxxxxx)")
     for what in ("starting_deadline_seconds", "backup_deadline_seconds",
                  "verify_deadline_seconds", "prune_deadline_seconds",
-                 "restore_deadline_seconds", "termination_grace_seconds"):
+                 "restore_deadline_seconds", "termination_grace_seconds",
+                 "watch_metrics_port"):
         if getattr(options, what) < 1:
             raise ValueError(f"{what} must be positive")
     for what in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
