@@ -63,8 +63,8 @@ def test_a_handler_that_carries_on_checks_for_a_stop_signal_first() -> None:
     import prefect_dr
 
     exempt = {("backup.py", "_run_locked"),  # writing the FAILED record of a failing run
-              ("storage/s3.py", "abort"),  # aborting the upload of a failing run
-              ("storage/azure.py", "abort"),  # discarding the staged blocks of one
+              ("storage/s3.py", "_discard"),  # aborting the upload of a failing run
+              ("storage/azure.py", "_discard"),  # discarding the staged blocks of one
               ("storage/gcs.py", "abort"),  # cancelling the session of a failing write
               # the top level
               ("cli/application.py", "_finish_metrics"), ("cli/application.py", "_main"),
