@@ -32,6 +32,7 @@ import psycopg
 from prefect_dr import (
     __version__,
     backfill,
+    chain,
     crypto,
     export,
     interrupt,
@@ -48,10 +49,10 @@ from prefect_dr import prefect_schema as ps
 from prefect_dr.catalog import FAILED, status_record
 from prefect_dr.config import Settings
 from prefect_dr.errors import DatabaseError, DRError, LockHeldError
-from prefect_dr.kinds import BACKFILL_UNFINISHED, KINDS, LABEL_BACKFILL, Kind
+from prefect_dr.kinds import BACKFILL_UNFINISHED, KINDS, LABEL_BACKFILL, RUN_KINDS, Kind
 from prefect_dr.layout import Layout
 from prefect_dr.lock import BackupLock
-from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.manifest import FORMAT_VERSION, INCREMENT_FORMAT_VERSION, Artifact, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import dump, privileges, tools
 from prefect_dr.storage.base import Storage
@@ -181,7 +182,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
     env = os.environ if env is None else env
     settings.require(*NEEDS)
     if request.kind not in KINDS:
-        raise DRError(f"unknown backup kind {request.kind!r} (full or config-only)")
+        raise DRError(f"unknown backup kind {request.kind!r} ({', '.join(KINDS)})")
     recipient_texts = settings.recipients
     recipients = [crypto.parse_recipient(r) for r in recipient_texts]
     fingerprints = tuple(crypto.fingerprint(r) for r in recipient_texts)
@@ -200,13 +201,27 @@ def run(settings: Settings, storage: Storage, request: Request, *,
                           stale_after=dt.timedelta(hours=settings.lock_stale_hours or 12))
         take_lock(lock, request.lock_wait)
         try:
+            parent = None
+            if request.kind == Kind.INCREMENTAL:  # before any record: refused, nothing written
+                parent = chain.find_parent(storage, repo, database=pgc.describe(url),
+                                           revision=pgc.alembic_revision(conn),
+                                           trust=_parent_trust(settings, storage, signer))
             return _run_locked(settings, storage, request, conn, repo, env, progress, clock,
                                recipients, fingerprints, pg_dump, dump_version, pg_version,
-                               signer, on_start)
+                               signer, on_start, parent)
         finally:
             lock.release()
     finally:
         conn.close()
+
+
+def _parent_trust(settings: Settings, storage: Storage,
+                  signer: signing.Ed25519PrivateKey | None) -> trust.Trust:
+    """Whom an increment trusts its parent from: the verify keys when configured, else its
+    own signing key (anything when it writes unsigned)."""
+    if settings.verify_key:
+        return trust.for_settings(settings, storage, allow_unsigned=signer is None)
+    return trust.own_writes(settings, storage, signer)
 
 
 def _run_locked(settings: Settings, storage: Storage, request: Request,
@@ -215,7 +230,8 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
                 recipients: list[crypto.Recipient], fingerprints: tuple[str, ...],
                 pg_dump: str, dump_version: str, pg_version: str,
                 signer: signing.Ed25519PrivateKey | None,
-                on_start: Callable[[str], None] | None = None) -> Manifest:
+                on_start: Callable[[str], None] | None = None,
+                parent: Manifest | None = None) -> Manifest:
     started = clock()
     backup_id = new_backup_id(started)
     if on_start is not None:
@@ -231,7 +247,7 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
         try:
             return _take(settings, storage, request, conn, repo, env, progress, clock,
                          recipients, fingerprints, pg_dump, dump_version, pg_version, signer,
-                         backup_id, started)
+                         backup_id, started, parent)
         except psycopg.Error as exc:
             raise DatabaseError(f"database error: {pgc.first_line(exc)}") from None
     except BaseException as exc:
@@ -256,7 +272,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
           clock: Callable[[], dt.datetime], recipients: list[crypto.Recipient],
           fingerprints: tuple[str, ...], pg_dump: str, dump_version: str, pg_version: str,
           signer: signing.Ed25519PrivateKey | None, backup_id: str,
-          started: dt.datetime) -> Manifest:
+          started: dt.datetime, parent: Manifest | None = None) -> Manifest:
     level = settings.zstd_level or 2
     prefect_version = _prefect_version(settings)
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -267,8 +283,10 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     key, key_record = _block_key(conn, env, request.allow_undecryptable_blocks
                                  or bool(settings.allow_undecryptable_blocks))
     tables = ps.user_tables(conn)
-    dumped = set(tables) if request.kind == Kind.FULL else {t for t in tables
+    dumped = set(tables) if request.kind in RUN_KINDS else {t for t in tables
                                                           if t in ps.CONFIG_TABLES}
+    watermark = chain.snapshot_watermark(conn) if request.kind in RUN_KINDS else None
+    start = chain.since(parent) if parent is not None else None  # an increment's history
     # Format 2: the deferred history tables' data goes into artifacts of its own (below).
     deferred = [t for t in ps.DEFERRED_TABLES if t in dumped]
     exclude = sorted(set(tables) - dumped | set(deferred))
@@ -300,12 +318,18 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     for table in deferred:
         history.append(_put_table(conn, storage, repo.artifact(
             backup_id, layout.history_object(table)), table, recipients, level, request.labels,
-            fingerprints, progress))
-    counts = _row_counts(conn, tables, dumped - set(deferred))
-    counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
+            fingerprints, progress, start))
+    if start is None:
+        counts = _row_counts(conn, tables, dumped - set(deferred))
+        counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history
+                       if a.table})
+    else:  # an increment's history tables: the whole table's count, what a chain restores
+        counts = _row_counts(conn, tables, dumped)
+    increment = (chain.link(parent, start, chain.floors(conn, deferred))
+                 if parent is not None and start is not None else None)
     grants = privileges.record(conn)
     runtime = reconcile.count(conn, started.isoformat(),
-                              runs=request.kind == Kind.FULL).to_dict()
+                              runs=request.kind in RUN_KINDS).to_dict()
     body = export.build(conn, backup_id=backup_id, key=key, prefect_version=prefect_version,
                         alembic_revision=revision)
     conn.execute("COMMIT")
@@ -331,7 +355,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         database=pgc.describe(settings.database_url), row_counts=counts,
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
         database_size=int(size_row[0]) if size_row else None, runtime=runtime,
-        privileges=grants,
+        privileges=grants, watermark=watermark, increment=increment,
+        format_version=INCREMENT_FORMAT_VERSION if increment else FORMAT_VERSION,
     )
     # Bound to this repository and signed (trust.bind): readers refuse it anywhere else.
     manifest = trust.bind(manifest, trust.writer_repository(settings, storage), signer)
@@ -352,10 +377,13 @@ def _put_small(storage: Storage, key: str, data: bytes, recipients: list[crypto.
 def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
                recipients: list[crypto.Recipient], level: int, tags: dict[str, str],
                fingerprints: tuple[str, ...],
-               progress: pipeline.Progress | None) -> Artifact:
-    """COPY one table out of the backup's snapshot (``conn``'s transaction) into ``key``."""
+               progress: pipeline.Progress | None,
+               start: dt.datetime | None = None) -> Artifact:
+    """COPY one table out of the backup's snapshot (``conn``'s transaction) into ``key``:
+    every row, or (an increment) those created since ``start``."""
     columns = table_copy.columns_of(conn, table)
-    reader = table_copy.CopyOutReader(conn, table, columns)
+    reader = table_copy.CopyOutReader(
+        conn, table, columns, chain.since_query(table, columns, start) if start else None)
     with storage.open_writer(key, tags=tags) as writer:
         stats = pipeline.encrypt_to(reader, writer, recipients, zstd_level=level,
                                     progress=progress)

@@ -15,11 +15,14 @@ class Kind(enum.StrEnum):
     """What a backup holds.
 
     - ``full``: the whole database (schema and every table's data, run history included);
-    - ``config-only``: the schema of every table plus the data of the configuration tables.
+    - ``config-only``: the schema of every table plus the data of the configuration tables;
+    - ``incremental``: every table but the history tables in full, plus the history rows
+      written since its parent's watermark (a link of a chain; docs/format.md, "Increments").
     """
 
     FULL = "full"
     CONFIG_ONLY = "config-only"
+    INCREMENTAL = "incremental"
 
 
 class Status(enum.StrEnum):
@@ -42,7 +45,18 @@ def parse(text: str) -> Kind:
     try:
         return Kind(text)
     except ValueError:
-        raise ValueError(f"unknown backup kind {text!r} (full or config-only)") from None
+        raise ValueError(f"unknown backup kind {text!r} ({', '.join(KINDS)})") from None
+
+
+# --- incremental backups and chains (issue 26) ---------------------------------------------
+#: Kinds an increment can chain on: a full backup (the chain's base) or a previous increment.
+CHAIN_KINDS: tuple[str, ...] = (Kind.FULL, Kind.INCREMENTAL)
+#: Kinds holding the run tables' data (a restore reconciles their runtime state).
+RUN_KINDS: tuple[str, ...] = (Kind.FULL, Kind.INCREMENTAL)
+#: How far an increment reaches back before its parent's watermark, in seconds
+#: (docs/format.md, "Increments"): rows committed late, clock skew between Prefect and the
+#: database. Rows in both links are loaded once (de-duplicated by primary key).
+INCREMENT_OVERLAP_S = 300
 
 
 #: Labels prefect-dr sets itself. ``safety=pre-restore``: a restore's backup of the database it

@@ -33,7 +33,7 @@ import psycopg
 
 from prefect_dr.checks import Checks
 from prefect_dr.errors import VerificationError
-from prefect_dr.kinds import Kind
+from prefect_dr.kinds import RUN_KINDS
 from prefect_dr.manifest import Manifest
 from prefect_dr.pg import connect as pgc
 
@@ -215,7 +215,7 @@ def checked(conn: psycopg.Connection, manifest: Manifest, policy: Policy,
                             "still in flight")
         if policy.concurrency and after.v2_slots:
             leftover.append(f"{after.v2_slots} concurrency slots still held")
-        if manifest.runtime is not None and manifest.kind == Kind.FULL:
+        if manifest.runtime is not None and manifest.kind in RUN_KINDS:
             want = Counts.from_dict(manifest.runtime)
             if policy.in_flight == "crash" and (done.flow_runs, done.task_runs) != (
                     want.flow_runs, want.task_runs):

@@ -34,7 +34,9 @@ from prefect_dr.kinds import Kind
 
 @command()
 def backup(
-    kind: Annotated[Kind, typer.Option("--kind", help="full or config-only.")] = Kind.FULL,
+    kind: Annotated[Kind, typer.Option("--kind", help=(
+        "full, config-only or incremental (the history written since the newest full or "
+        "incremental backup, the rest in full; docs/format.md)."))] = Kind.FULL,
     label: Annotated[list[str] | None, typer.Option(
         "--label", help="KEY=VALUE label (repeatable).")] = None,
     allow_undecryptable_blocks: Annotated[bool, typer.Option(
