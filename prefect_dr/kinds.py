@@ -57,6 +57,9 @@ RUN_KINDS: tuple[str, ...] = (Kind.FULL, Kind.INCREMENTAL)
 #: (docs/format.md, "Increments"): rows committed late, clock skew between Prefect and the
 #: database. Rows in both links are loaded once (de-duplicated by primary key).
 INCREMENT_OVERLAP_S = 300
+#: ``status --kind incremental``: a full backup is as fresh a point of the chain as an increment
+#: (the hour a full backup runs, the increment's schedule is kept by it).
+FRESH_FOR: dict[str, tuple[str, ...]] = {Kind.INCREMENTAL: (Kind.INCREMENTAL, Kind.FULL)}
 
 
 #: Labels prefect-dr sets itself. ``safety=pre-restore``: a restore's backup of the database it

@@ -5,6 +5,12 @@ the live database at the last increment; a damaged or missing middle link is ref
 from __future__ import annotations
 
 import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -197,3 +203,101 @@ def scratch_dbs(env: dict[str, str], prefix: str) -> list[str]:
         return [r[0] for r in conn.execute(
             "SELECT datname FROM pg_database WHERE datname LIKE %s", (prefix + "%",))]
 
+
+
+def _listed(env: dict[str, str]) -> dict[str, dict[str, object]]:
+    proc = run_cli(["list", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    return {r["backup_id"]: r for r in json.loads(proc.stdout)["backups"]}
+
+
+def test_prune_keeps_chains_whole_and_copy_copies_the_chain(clone: dict[str, str],
+                                                            tmp_path: Path) -> None:
+    env, pw = clone, clone["PGPASSWORD"]
+    url = _pw_url(env["PREFECT_DR_DATABASE_URL"], pw)
+    add_history(url, pw, rows=300)
+    age_history(url, pw)
+    old = backup(env, "full")
+    change_things(url, pw, 1)
+    held = run_cli(["backup", "--kind", "incremental", "--label", "hold=1", "--json"], env)
+    assert held.returncode == 0, held.stderr
+    held_id = json.loads(held.stdout)["backup_id"]
+    change_things(url, pw, 2)
+    tail = backup(env, "incremental")["backup_id"]
+    new = backup(env, "full")["backup_id"]
+    change_things(url, pw, 3)
+    head = backup(env, "incremental")["backup_id"]
+
+    # copy of an increment copies its chain (base first); a verify in the copy passes
+    target = f"file://{tmp_path}/offsite"
+    (tmp_path / "offsite").mkdir()
+    copied = run_cli(["copy", head, "--to", target, "--json"], env)
+    assert copied.returncode == 0, copied.stderr
+    assert [b["backup_id"] for b in json.loads(copied.stdout)["backups"]] == [new, head]
+    there = dict(env, PREFECT_DR_REPOSITORY=target)
+    assert {b: r["status"] for b, r in _listed(there).items()} == {new: "complete",
+                                                                   head: "complete"}
+    verified = run_cli(["verify", head], there)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+    # increments have no policy of their own
+    assert run_cli(["prune", "--kind", "incremental", "--keep-last", "1"], env).returncode == 2
+
+    # keep-last 1 with a keep-label on a middle increment: its whole chain stays
+    proc = run_cli(["prune", "--kind", "full", "--keep-last", "1", "--keep-label", "hold",
+                    "--grace", "0s", "--json"], env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["backup_id"]: r for r in json.loads(proc.stdout)["backups"]}
+    assert {b for b, r in rows.items() if r["action"] == "remove"} == set()
+    assert any("chain of" in why for why in rows[old["backup_id"]]["reasons"])
+    assert any("chain of base" in why for why in rows[tail]["reasons"])
+
+    # without it the old chain goes as a unit, increments first; the new chain stays whole
+    proc = run_cli(["prune", "--kind", "full", "--keep-last", "1", "--grace", "0s", "--json"],
+                   env)
+    assert proc.returncode == 0, proc.stderr
+    removed = [r["backup_id"] for r in json.loads(proc.stdout)["removed"]]
+    assert removed == [tail, held_id, old["backup_id"]]
+    assert {b: r["status"] for b, r in _listed(env).items()} == {new: "complete",
+                                                                 head: "complete"}
+    dry = run_cli(["restore", head, "--dry-run"], env)
+    assert dry.returncode == 0, dry.stderr
+
+    # status: the increment keeps its own (hourly) schedule
+    fresh = run_cli(["status", "--kind", "incremental", "--cron", "0 * * * *", "--json"], env)
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert head in fresh.stdout
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_killed_incremental_never_looks_complete(clone: dict[str, str], seed: int) -> None:
+    env, pw = clone, clone["PGPASSWORD"]
+    url = _pw_url(env["PREFECT_DR_DATABASE_URL"], pw)
+    add_history(url, pw, rows=3000, payload=2000)
+    age_history(url, pw)
+    backup(env, "full")
+    rng = random.Random(seed)
+    outcomes = []
+    for attempt in range(4):
+        change_things(url, pw, attempt)
+        before = set(_listed(env))
+        proc = subprocess.Popen([sys.executable, "-m", "prefect_dr", "backup", "--kind",
+                                 "incremental", "--json"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(rng.uniform(0.3, 4.0))
+        sig = signal.SIGKILL if attempt % 2 == 0 else signal.SIGTERM
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert "Traceback" not in err
+        new = {b: r for b, r in _listed(env).items() if b not in before}
+        for bid, row in new.items():
+            if proc.returncode == 0:  # finished before the signal: complete and whole
+                assert row["status"] == "complete" and json.loads(out)["backup_id"] == bid
+            else:
+                assert row["status"] in ("failed", "incomplete"), (sig, row)
+        outcomes.append((sig.name, proc.returncode, sorted(r["status"] for r in new.values())))
+    assert any(rc != 0 for _, rc, _ in outcomes), outcomes  # some were stopped mid-way
+    # the next increment is not locked out and chains on the last complete backup
+    after = backup(env, "incremental")
+    verified = run_cli(["verify", str(after["backup_id"])], env)
+    assert verified.returncode == 0, (outcomes, verified.stdout + verified.stderr)
