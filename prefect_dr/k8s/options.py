@@ -102,6 +102,9 @@ class RenderOptions:
     backup_schedule: str = "0 2 * * *"
     verify_schedule: str = "0 4 * * *"
     prune_schedule: str = "0 6 * * *"
+    #: the incremental backup CronJob (issue 26): hourly, half past (clear of the full one);
+    #: "" renders none
+    incremental_schedule: str = "30 * * * *"
     time_zone: str | None = "Etc/UTC"  # CronJob spec.timeZone (Kubernetes >= 1.27)
     # Non-secret settings (ConfigMap)
     bucket: str = "example-prefect-backups"
@@ -300,6 +303,8 @@ def check(options: RenderOptions) -> None:
         raise ValueError("image_pull_policy must be Always, IfNotPresent or Never")
     for what in ("backup_schedule", "verify_schedule", "prune_schedule"):
         validate_schedule(getattr(options, what), what.replace("_", " "))
+    if options.incremental_schedule:
+        validate_schedule(options.incremental_schedule, "incremental schedule")
     if options.metrics_instance is not None and not options.metrics_instance.strip():
         raise ValueError("metrics_instance must not be empty")
     if options.time_zone is not None:
