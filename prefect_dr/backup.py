@@ -205,6 +205,7 @@ def run(settings: Settings, storage: Storage, request: Request, *,
             if request.kind == Kind.INCREMENTAL:  # before any record: refused, nothing written
                 parent = chain.find_parent(storage, repo, database=pgc.describe(url),
                                            revision=pgc.alembic_revision(conn),
+                                           identity=chain.database_id(conn),
                                            trust=_parent_trust(settings, storage, signer))
             return _run_locked(settings, storage, request, conn, repo, env, progress, clock,
                                recipients, fingerprints, pg_dump, dump_version, pg_version,

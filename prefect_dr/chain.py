@@ -102,10 +102,11 @@ def chain_ids(manifest: Manifest) -> list[str]:
 
 
 def find_parent(storage: Storage, layout: Layout, *, database: str, revision: str | None,
-                trust: Trust | None) -> Manifest:
+                identity: str, trust: Trust | None) -> Manifest:
     """The backup an increment of ``database`` continues, resolved: the newest complete,
     whole full or incremental backup of that database, if it can be a parent (it has
-    history artifacts and a watermark, the same alembic revision, an intact chain).
+    history artifacts and a watermark of the same database ``identity`` (not replaced by a
+    restore since), the same alembic revision, an intact chain).
 
     Raises NoParentError (one line, the fix named) when there is none usable."""
     entries = catalog.whole(catalog.list_backups(storage, layout, with_verification=False,
@@ -123,6 +124,9 @@ def find_parent(storage: Storage, layout: Layout, *, database: str, revision: st
         lacks = "history artifacts" if not parent.history else "watermark"
         raise NoParentError(f"the newest {name} cannot be a parent (written before "
                             f"increments: no {lacks}): {fix}")
+    if parent.watermark["database"] != identity:
+        raise NoParentError(f"the database was replaced since the newest {name} (restored, or "
+                            f"recreated): {fix}")
     if parent.alembic_revision != revision:
         raise NoParentError(f"Prefect's schema changed since the newest {name} (alembic "
                             f"{parent.alembic_revision} -> {revision}): {fix}")
@@ -141,7 +145,7 @@ def find_parent(storage: Storage, layout: Layout, *, database: str, revision: st
 def since(parent: Manifest) -> dt.datetime:
     """Where an increment of ``parent`` starts: its watermark minus the overlap."""
     assert parent.watermark is not None
-    return dt.datetime.fromisoformat(parent.watermark) - dt.timedelta(
+    return dt.datetime.fromisoformat(parent.watermark["at"]) - dt.timedelta(
         seconds=INCREMENT_OVERLAP_S)
 
 
@@ -154,13 +158,24 @@ def link(parent: Manifest, start: dt.datetime, floors: Mapping[str, object]) -> 
             "column": WATERMARK_COLUMN, "floors": dict(floors)}
 
 
-def snapshot_watermark(conn: psycopg.Connection) -> str:
+def snapshot_watermark(conn: psycopg.Connection) -> dict[str, str]:
     """The backup's watermark: its transaction's start on the database's clock (inside the
-    snapshot's transaction; every row the snapshot cannot see was created after it, but for
-    rows committed late, which the overlap covers)."""
-    row = conn.execute("SELECT now()").fetchone()
+    snapshot's transaction: every row the snapshot cannot see was written after it, but for
+    rows committed late, which the overlap covers), and which database it is of (a restore
+    creates a new database: an increment never continues a backup of the one it replaced)."""
+    row = conn.execute("SELECT now(), (SELECT system_identifier::text FROM "
+                       "pg_control_system()) || '/' || (SELECT oid::text FROM pg_database "
+                       "WHERE datname = current_database())").fetchone()
     assert row is not None
-    return row[0].astimezone(dt.UTC).isoformat()
+    return {"at": row[0].astimezone(dt.UTC).isoformat(), "database": str(row[1])}
+
+
+def database_id(conn: psycopg.Connection) -> str:
+    """This database's identity as watermarks record it (system identifier/database oid)."""
+    row = conn.execute("SELECT (SELECT system_identifier::text FROM pg_control_system()) || "
+                       "'/' || (SELECT oid::text FROM pg_database WHERE datname = "
+                       "current_database())").fetchone()
+    return str(row[0]) if row else ""
 
 
 def floors(conn: psycopg.Connection, tables: Iterable[str]) -> dict[str, dict[str, object]]:

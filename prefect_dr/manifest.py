@@ -90,9 +90,10 @@ class Manifest:
     #: comments, storage parameters and grants of the public schema's relations and the
     #: schema's grants, where not the defaults (pg.privileges.record; absent before issue 21)
     privileges: dict[str, Any] | None = None
-    #: the snapshot's transaction time (PostgreSQL's clock), from which the next increment
-    #: reaches back (absent before issue 26; an increment's parent needs it)
-    watermark: str | None = None
+    #: ``{"at": <the snapshot transaction's start, PostgreSQL's clock>, "database": <system
+    #: identifier/database oid>}``: where the next increment starts, and of which database
+    #: (absent before issue 26; an increment's parent needs it)
+    watermark: dict[str, str] | None = None
     #: an increment's link (format 3 only): parent, base, depth, since, overlap_s, column,
     #: floors (docs/format.md, "Increments")
     increment: dict[str, Any] | None = None
@@ -250,9 +251,18 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         repository=_require(data, "repository", str, where) if "repository" in data else None,
         runtime=_runtime(data.get("runtime"), where),
         privileges=_privileges(data.get("privileges"), where),
-        watermark=_require(data, "watermark", str, where) if "watermark" in data else None,
+        watermark=_watermark(data.get("watermark"), where),
         increment=_increment(data, version, where),
     )
+
+
+def _watermark(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("at"), str)
+            and isinstance(value.get("database"), str)):
+        raise ManifestError(f"{where}: watermark is malformed")
+    return dict(value)
 
 
 def _increment(data: dict[str, Any], version: int, where: str) -> dict[str, Any] | None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -183,7 +183,8 @@ def _check_chains(plan: Plan, ancestors: Mapping[str, list[str]]) -> None:
 def _check(plan: Plan, needed: Mapping[str, str]) -> None:
     """Refuse a plan that breaks a safety rule (a bug in the planner, never expected)."""
     complete = [d.candidate for d in plan.decisions if d.candidate.status == retention.COMPLETE
-                and standing(d.candidate.labels) == Standing.WHOLE]
+                and standing(d.candidate.labels) == Standing.WHOLE
+                and d.candidate.kind != Kind.INCREMENTAL]  # chains: _check_chains
     protected = set(needed)
     if complete:
         protected.add(complete[0].id)
@@ -244,10 +245,14 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
     needed = retention.chain_needs(ancestors, needed, [
         c.id for c in increments if any(retention.has_label(c.labels, r) for r in full_labels)])
 
+    # a passed verification of an increment proves its chain: it counts for its base
+    # (min-verified keeps the chain)
+    proven = {bases[c.id] for c in increments if c.verified is True and c.id in bases}
+
     orphan_kind = max(policies, key=lambda k: policies[k].grace)
     plans: dict[str, Plan] = {}
     for kind, policy in policies.items():
-        mine = [Candidate.from_entry(e) for e in entries
+        mine = [_proven(Candidate.from_entry(e), proven) for e in entries
                 if e.kind == kind or (kind == orphan_kind and e.kind not in retention.KINDS
                                       and e.kind != Kind.INCREMENTAL)
                 or (kind == Kind.FULL and e.kind == Kind.INCREMENTAL
@@ -303,6 +308,11 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
                          "prune again)", result) from exc
     result.finished = True
     return result
+
+
+def _proven(cand: Candidate, proven: set[str]) -> Candidate:
+    """``cand``, verified when a verification of an increment of its chain passed."""
+    return replace(cand, verified=True) if cand.id in proven else cand
 
 
 def _order(cand: Candidate) -> float:

@@ -16,7 +16,8 @@ BACKUP_HELP = ("A backup id, its first 8 or more characters (20261126T15) or its
 BackupArg = Annotated[str | None, typer.Argument(
     metavar="BACKUP", help=BACKUP_HELP + "; or 'latest' (--latest).")]
 KindFlag = Annotated[Kind | None, typer.Option(
-    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
+    "--kind", help="Only backups of this kind: full, config-only or incremental (with "
+    "--latest, the "
     "default is full).")]
 WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column, even past the "
                                                        "terminal's width.")]
@@ -25,7 +26,8 @@ AllowUnsignedFlag = Annotated[bool, typer.Option(
     "PREFECT_DR_VERIFY_KEY (unauthenticated: anyone who can write to the repository could "
     "have made it). A signature that does not match is refused even so.")]
 AnyKindFlag = Annotated[Kind | None, typer.Option(
-    "--kind", help="Only backups of this kind: full or config-only (with --latest, the "
+    "--kind", help="Only backups of this kind: full, config-only or incremental (with "
+    "--latest, the "
     "default is either kind).")]
 WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column whole, even past "
                                                        "the terminal's width.")]
