@@ -72,7 +72,8 @@ class Model:
     leftover: bool = False
     steps: list[str] = field(default_factory=list)
     figures: dict[str, int] = field(default_factory=lambda: {
-        "steps": 0, "kills": 0, "sigterms": 0, "prunes": 0, "restores": 0})
+        "steps": 0, "kills": 0, "sigterms": 0, "prunes": 0, "restores": 0,
+        "increments": 0, "no_parent": 0})
 
     def whole_full(self) -> list[Backup]:
         return [b for b in self.backups.values() if b.kind == "full" and b.standing == "whole"]
@@ -178,6 +179,8 @@ class Run:
             if self.model.live:
                 self.model.live = self.live_counts(sorted(self.model.live))
         done = self.cli("backup", "--kind", kind, *labels, expect=expect)
+        if kind == "incremental":
+            self.model.figures["increments" if done.returncode == 0 else "no_parent"] += 1
         if done.returncode == 0:
             self.add(json.loads(done.stdout)["backup_id"])
 
