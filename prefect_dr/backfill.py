@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from prefect_dr import crypto, pipeline, restore_stream, table_copy
+from prefect_dr import chain_merge, crypto, pipeline, table_copy
 from prefect_dr.errors import DatabaseError, DRError, VerificationError
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
@@ -138,10 +138,12 @@ def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None) -> N
                 f"prefect-dr: history backfill of backup {manifest.backup_id} unfinished; "
                 "'prefect-dr restore --resume' finishes it")))
         for artifact in manifest.history:
+            rows = (manifest.row_counts.get(str(artifact.table), {}).get("rows", 0)
+                    if manifest.increment else artifact.rows or 0)
             conn.execute(sql.SQL("INSERT INTO {} (table_name, backup_id, status, rows) "
                                  "VALUES (%s, %s, %s, %s)").format(
                 sql.Identifier(SCHEMA, "state")),
-                (artifact.table, manifest.backup_id, PENDING, artifact.rows or 0))
+                (artifact.table, manifest.backup_id, PENDING, rows))
 
 
 def run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity], *,
@@ -176,18 +178,19 @@ def _run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto
         conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(
             sql.Literal(MAINTENANCE_WORK_MEM)))
         for state in states:
-            artifact = next((a for a in manifest.history if a.table == state.table), None)
-            if artifact is None:
+            segments = manifest.segments(state.table)
+            if not segments or segments[-1] not in manifest.history:
                 raise VerificationError(f"backup {manifest.backup_id} has no history artifact "
                                         f"for {state.table}")
             start = time.monotonic()
             if state.status != READY:
-                on_step(f"backfill: loading {artifact.rows} rows of {state.table}")
-                _load(conn, storage, artifact, identities, role, progress)
+                on_step(f"backfill: loading {state.rows} rows of {state.table}"
+                        + (f" from {len(segments)} links" if len(segments) > 1 else ""))
+                _load(conn, storage, manifest, segments, identities, role, progress)
             on_step(f"backfill: swapping {state.table} in")
             merged = _swap(conn, state.table, role)
-            done.append(Loaded(state.table, artifact.rows or 0, merged,
-                               round(time.monotonic() - start, 3)))
+            rows = state.rows if manifest.increment else segments[-1].rows or 0
+            done.append(Loaded(state.table, rows, merged, round(time.monotonic() - start, 3)))
         with conn.transaction():
             _set_role(conn, role)
             if not state_of(conn):
@@ -201,11 +204,14 @@ def _set_role(conn: psycopg.Connection, role: str | None) -> None:
         conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
 
 
-def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
-          identities: list[crypto.Identity], role: str | None,
+def _load(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
+          segments: tuple[Artifact, ...], identities: list[crypto.Identity], role: str | None,
           progress: pipeline.Progress | None) -> None:
-    """Fill a fresh shadow table from ``artifact``, check its rows, build its indexes and mark
-    it ready, in one transaction."""
+    """Fill a fresh shadow table from the first of ``segments`` (a full backup's history
+    artifact), check its rows, build its indexes, merge the later segments (a chain's
+    increments, de-duplicated by primary key), drop the rows below the increment's floor,
+    check the count and mark it ready, in one transaction."""
+    artifact = segments[0]
     assert artifact.table and artifact.columns is not None
     table, shadow = artifact.table, sql.Identifier(SCHEMA, artifact.table)
     live = sql.Identifier("public", table)
@@ -216,20 +222,16 @@ def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
                      .format(shadow, live))
         # LIKE copies neither the table's comment, storage parameters nor grants
         privileges.copy_table(conn, table, SCHEMA)
-        with conn.cursor() as cur:
-            with cur.copy(table_copy.copy_statement(table, artifact.columns, "in",
-                                                    schema=SCHEMA)) as copy, \
-                    storage.open_reader(artifact.location) as reader:
-                pipeline.decrypt_from(reader, table_copy.CopyInWriter(copy), identities,
-                                      compressed=artifact.compression == "zstd",
-                                      expect=restore_stream.expected_stats(artifact),
-                                      progress=progress)
-            loaded = cur.rowcount
+        loaded = chain_merge.copy_in(conn, storage, manifest, artifact, SCHEMA, table,
+                                     identities, progress)
         if loaded != artifact.rows:
             raise VerificationError(f"table {table}: {loaded} rows loaded from the backup, "
                                     f"its manifest says {artifact.rows}")
         for statement in _index_statements(conn, table):
             conn.execute(statement)
+        if manifest.increment:
+            chain_merge.merge(conn, storage, manifest, segments, identities, progress,
+                              SCHEMA)
         conn.execute(sql.SQL("ANALYZE {}").format(shadow))
         conn.execute(sql.SQL("UPDATE {} SET status = %s, updated = now() WHERE table_name = %s")
                      .format(sql.Identifier(SCHEMA, "state")), (READY, table))

@@ -32,6 +32,7 @@ import psycopg
 from prefect_dr import (
     __version__,
     backfill,
+    chain,
     crypto,
     export,
     interrupt,
@@ -55,6 +56,8 @@ from prefect_dr.manifest import (
     ARTIFACT_BLOCK_KEY,
     ARTIFACT_CONFIG,
     ARTIFACT_DUMP,
+    FORMAT_VERSION,
+    INCREMENT_FORMAT_VERSION,
     Artifact,
     Manifest,
     history_artifact,
@@ -209,13 +212,28 @@ def run(settings: Settings, storage: Storage, request: Request, *,
                           stale_after=dt.timedelta(hours=settings.lock_stale_hours or 12))
         take_lock(lock, request.lock_wait)
         try:
+            parent = None
+            if request.kind == Kind.INCREMENTAL:  # before any record: refused, nothing written
+                parent = chain.find_parent(storage, repo, database=pgc.describe(url),
+                                           revision=pgc.alembic_revision(conn),
+                                           identity=chain.database_id(conn),
+                                           trust=_parent_trust(settings, storage, signer))
             return _run_locked(settings, storage, request, conn, repo, env, progress, clock,
                                recipients, fingerprints, pg_dump, dump_version, pg_version,
-                               signer, on_start)
+                               signer, on_start, parent)
         finally:
             lock.release()
     finally:
         conn.close()
+
+
+def _parent_trust(settings: Settings, storage: Storage,
+                  signer: signing.Ed25519PrivateKey | None) -> trust.Trust:
+    """Whom an increment trusts its parent from: the verify keys when configured, else its
+    own signing key (anything when it writes unsigned)."""
+    if settings.verify_key:
+        return trust.for_settings(settings, storage, allow_unsigned=signer is None)
+    return trust.own_writes(settings, storage, signer)
 
 
 def _run_locked(settings: Settings, storage: Storage, request: Request,
@@ -224,7 +242,8 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
                 recipients: list[crypto.Recipient], fingerprints: tuple[str, ...],
                 pg_dump: str, dump_version: str, pg_version: str,
                 signer: signing.Ed25519PrivateKey | None,
-                on_start: Callable[[str], None] | None = None) -> Manifest:
+                on_start: Callable[[str], None] | None = None,
+                parent: Manifest | None = None) -> Manifest:
     started = clock()
     backup_id = new_backup_id(started)
     if on_start is not None:
@@ -240,7 +259,7 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
         try:
             return _take(settings, storage, request, conn, repo, env, progress, clock,
                          recipients, fingerprints, pg_dump, dump_version, pg_version, signer,
-                         backup_id, started)
+                         backup_id, started, parent)
         except psycopg.Error as exc:
             raise DatabaseError(f"database error: {pgc.first_line(exc)}") from None
     except BaseException as exc:
@@ -265,7 +284,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
           clock: Callable[[], dt.datetime], recipients: list[crypto.Recipient],
           fingerprints: tuple[str, ...], pg_dump: str, dump_version: str, pg_version: str,
           signer: signing.Ed25519PrivateKey | None, backup_id: str,
-          started: dt.datetime) -> Manifest:
+          started: dt.datetime, parent: Manifest | None = None) -> Manifest:
     level = settings.zstd_level or 2
     prefect_version = _prefect_version(settings)
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -277,7 +296,9 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
                                  or bool(settings.allow_undecryptable_blocks))
     tables = ps.user_tables(conn)
     dumped = set(tables) if holds_history(request.kind) else {t for t in tables
-                                                              if t in ps.CONFIG_TABLES}
+                                                          if t in ps.CONFIG_TABLES}
+    watermark = chain.snapshot_watermark(conn) if holds_history(request.kind) else None
+    start = chain.since(parent) if parent is not None else None  # an increment's history
     # Format 2: the deferred history tables' data goes into artifacts of its own (below).
     deferred = [t for t in ps.DEFERRED_TABLES if t in dumped]
     exclude = sorted(set(tables) - dumped | set(deferred))
@@ -310,9 +331,15 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     for table in deferred:
         history.append(_put_table(conn, storage, repo.artifact(
             backup_id, layout.history_object(table)), table, recipients, level, request.labels,
-            fingerprints, progress))
-    counts = _row_counts(conn, tables, dumped - set(deferred))
-    counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history if a.table})
+            fingerprints, progress, start))
+    if start is None:
+        counts = _row_counts(conn, tables, dumped - set(deferred))
+        counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history
+                       if a.table})
+    else:  # an increment's history tables: the whole table's count, what a chain restores
+        counts = _row_counts(conn, tables, dumped)
+    increment = (chain.link(parent, start, chain.floors(conn, deferred))
+                 if parent is not None and start is not None else None)
     grants = privileges.record(conn)
     runtime = reconcile.count(conn, started.isoformat(),
                               runs=holds_history(request.kind)).to_dict()
@@ -341,7 +368,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         database=pgc.describe(settings.database_url), row_counts=counts,
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
         database_size=int(size_row[0]) if size_row else None, runtime=runtime,
-        privileges=grants,
+        privileges=grants, watermark=watermark, increment=increment,
+        format_version=INCREMENT_FORMAT_VERSION if increment else FORMAT_VERSION,
     )
     # Bound to this repository and signed (trust.bind): readers refuse it anywhere else.
     manifest = trust.bind(manifest, trust.writer_repository(settings, storage), signer)
@@ -362,10 +390,13 @@ def _put_small(storage: Storage, key: str, data: bytes, recipients: list[crypto.
 def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
                recipients: list[crypto.Recipient], level: int, tags: dict[str, str],
                fingerprints: tuple[str, ...],
-               progress: pipeline.Progress | None) -> Artifact:
-    """COPY one table out of the backup's snapshot (``conn``'s transaction) into ``key``."""
+               progress: pipeline.Progress | None,
+               start: dt.datetime | None = None) -> Artifact:
+    """COPY one table out of the backup's snapshot (``conn``'s transaction) into ``key``:
+    every row, or (an increment) those created since ``start``."""
     columns = table_copy.columns_of(conn, table)
-    reader = table_copy.CopyOutReader(conn, table, columns)
+    reader = table_copy.CopyOutReader(
+        conn, table, columns, chain.since_query(table, columns, start) if start else None)
     with storage.open_writer(key, tags=tags) as writer:
         stats = pipeline.encrypt_to(reader, writer, recipients, zstd_level=level,
                                     progress=progress)

@@ -74,6 +74,7 @@ class BackupEntry:
             "error": self.error,
             "verification": _summary(self.verification),
             "source_verification": _summary(self.source_verification),
+            "parent": self.manifest.parent if self.manifest else None,
         }
 
 

@@ -17,7 +17,7 @@ from urllib.parse import SplitResult, parse_qsl, quote, unquote, urlsplit
 
 from prefect_dr import cron, crypto, durations, prefect_db, redact
 from prefect_dr.errors import ConfigError, CryptoKeyError
-from prefect_dr.kinds import KIND_TABLE
+from prefect_dr.kinds import POLICY_ROWS
 from prefect_dr.storage import registry
 from prefect_dr.storage import url as repo_url
 
@@ -103,7 +103,7 @@ SPECS: tuple[Spec, ...] = (
          default=12, help="age after which another host's backup lock counts as stale"),
     *(Spec(row.retention_setting, row.retention_env, row.retention_toml,
            help=f"retention policy of {kind} backups for `prune`, e.g. {row.retention_example}")
-      for kind, row in KIND_TABLE.items()),
+      for kind, row in ((row.kind, row) for row in POLICY_ROWS)),
     Spec("staging_dir", "PREFECT_DR_STAGING_DIR", "restore.staging_dir", "path",
          help="folder where restore stages the decrypted dump for parallel pg_restore "
               "(default: the system temp folder; needs the dump's plaintext size)"),

@@ -22,7 +22,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from prefect_dr import catalog, interrupt
+from prefect_dr import catalog, chain, interrupt
 from prefect_dr import layout as lay
 from prefect_dr.catalog import BackupEntry
 from prefect_dr.errors import (
@@ -107,8 +107,20 @@ def select(source: Repository, backup_id: str | None, *, latest: bool, all_backu
         return [e for e in catalog.list_backups(source.storage, source.layout,
                                                 verify_key=verify_key)
                 if kind is None or e.kind == kind]
-    return [catalog.select_one(source.storage, source.layout, backup_id, latest=latest,
-                               kind=kind, verify_key=verify_key)]
+    entry = catalog.select_one(source.storage, source.layout, backup_id, latest=latest,
+                               kind=kind, verify_key=verify_key)
+    return with_chain(source, entry, verify_key)
+
+
+def with_chain(source: Repository, entry: BackupEntry, verify_key: Any = None
+               ) -> list[BackupEntry]:
+    """``entry`` preceded, when it is an increment, by every link of its chain, base first
+    (a chain is copied as a unit). Raises ChainError (exit 13) naming a broken link."""
+    if entry.manifest is None or not entry.manifest.increment:
+        return [entry]
+    resolved = chain.resolve(source.storage, source.layout, entry.manifest, verify_key)
+    return [catalog.resolve(source.storage, source.layout, bid, verify_key=verify_key)
+            for bid in chain.chain_ids(resolved)[:-1]] + [entry]
 
 
 def run(source: Repository, target: Repository, entries: Iterable[BackupEntry], *,
@@ -142,7 +154,8 @@ def after_backup(source: Repository, target: Repository, backup_id: str, *,
     Interrupted after a stop signal."""
     try:
         entry = catalog.resolve(source.storage, source.layout, backup_id, verify_key=trust)
-        return run(source, target, [entry], trust=trust, signer=signer)
+        return run(source, target, with_chain(source, entry, trust), trust=trust,
+                   signer=signer)
     except StorageError as exc:
         interrupt.raise_if_noted()
         return CopyResult(source.name, target.name, [CopiedBackup(
@@ -172,6 +185,11 @@ def copy_backup(source: Repository, target: Repository, entry: BackupEntry, *,
     dst_manifest = target.layout.artifact(bid, lay.MANIFEST)
     if target.storage.stat(dst_manifest) is not None:
         return _already(target, dst_manifest, raw, bid, manifest)
+    parent = manifest.parent  # an increment: never complete in the target without its chain
+    if parent and target.storage.stat(target.layout.artifact(parent, lay.MANIFEST)) is None:
+        return CopiedBackup(bid, REFUSED, entry.kind, detail=(
+            f"its parent {parent} is not in {target.name} (copying the increment copies its "
+            "chain: 'prefect-dr copy ID')"))
     done = CopiedBackup(bid, COPIED, manifest.kind)
     log.info("copying backup %s to %s", bid, target.name, extra={"backup_id": bid})
     for artifact in manifest.artifacts:

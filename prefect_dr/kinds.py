@@ -16,11 +16,14 @@ class Kind(enum.StrEnum):
     """What a backup holds.
 
     - ``full``: the whole database (schema and every table's data, run history included);
-    - ``config-only``: the schema of every table plus the data of the configuration tables.
+    - ``config-only``: the schema of every table plus the data of the configuration tables;
+    - ``incremental``: every table but the history tables in full, plus the history rows
+      written since its parent's watermark (a link of a chain; docs/format.md, "Increments").
     """
 
     FULL = "full"
     CONFIG_ONLY = "config-only"
+    INCREMENTAL = "incremental"
 
 
 class Status(enum.StrEnum):
@@ -56,13 +59,15 @@ class KindInfo:
     kind: Kind
     #: what ``--kind`` help and the docs say it holds
     help: str
-    #: its dump holds every table's rows, run history included (backup); False: the schema of
+    #: it holds every table's rows, run history included (an increment: with its chain), so
+    #: backup dumps every table and records the runs' runtime state; False: the schema of
     #: every table and the data of the configuration tables only
     history: bool
-    #: the setting (config.SPECS) holding its retention policy for ``prune``
-    retention_setting: str
+    #: the setting (config.SPECS) holding its retention policy for ``prune``; None: the kind
+    #: has no policy of its own (an increment is kept or removed with its chain's base)
+    retention_setting: str | None
     #: an example policy, for that setting's help
-    retention_example: str
+    retention_example: str = ""
 
     @property
     def loses_history(self) -> bool:
@@ -72,13 +77,13 @@ class KindInfo:
 
     @property
     def retention_env(self) -> str:
-        """The environment variable of its retention setting."""
-        return f"PREFECT_DR_{self.retention_setting.upper()}"
+        """The environment variable of its retention setting (a kind that has one)."""
+        return f"PREFECT_DR_{(self.retention_setting or '').upper()}"
 
     @property
     def retention_toml(self) -> str:
-        """The TOML key of its retention setting."""
-        return "retention." + self.retention_setting.removeprefix("retention_")
+        """The TOML key of its retention setting (a kind that has one)."""
+        return "retention." + (self.retention_setting or "").removeprefix("retention_")
 
 
 KIND_TABLE: Mapping[str, KindInfo] = {info.kind: info for info in (
@@ -88,7 +93,14 @@ KIND_TABLE: Mapping[str, KindInfo] = {info.kind: info for info in (
     KindInfo(Kind.CONFIG_ONLY, "the schema of every table plus the data of the configuration "
              "tables", history=False, retention_setting="retention_config_only",
              retention_example="keep-last=48"),
+    KindInfo(Kind.INCREMENTAL, "the history written since the newest full or incremental "
+             "backup, the rest in full (a link of a chain on a full backup; docs/format.md)",
+             history=True, retention_setting=None),
 )}
+#: The rows of the kinds with a retention policy of their own (``prune --kind``), in order.
+POLICY_ROWS: tuple[KindInfo, ...] = tuple(row for row in KIND_TABLE.values()
+                                          if row.retention_setting)
+POLICY_KINDS: tuple[str, ...] = tuple(row.kind for row in POLICY_ROWS)
 
 KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
 #: The kinds as a reader names them: "full or config-only".
@@ -123,6 +135,18 @@ def loses_history(kind: str | None) -> bool:
     that history (False for an unknown kind, which the manifest check refuses anyway)."""
     row = KIND_TABLE.get(kind or "")
     return row is not None and row.loses_history
+
+
+# --- incremental backups and chains (issue 26) ---------------------------------------------
+#: Kinds an increment can chain on: a full backup (the chain's base) or a previous increment.
+CHAIN_KINDS: tuple[str, ...] = (Kind.FULL, Kind.INCREMENTAL)
+#: How far an increment reaches back before its parent's watermark, in seconds
+#: (docs/format.md, "Increments"): rows committed late, clock skew between Prefect and the
+#: database. Rows in both links are loaded once (de-duplicated by primary key).
+INCREMENT_OVERLAP_S = 300
+#: ``status --kind incremental``: a full backup is as fresh a point of the chain as an increment
+#: (the hour a full backup runs, the increment's schedule is kept by it).
+FRESH_FOR: dict[str, tuple[str, ...]] = {Kind.INCREMENTAL: (Kind.INCREMENTAL, Kind.FULL)}
 
 
 #: Labels prefect-dr sets itself. ``safety=pre-restore``: a restore's backup of the database it

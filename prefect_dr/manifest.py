@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from prefect_dr.errors import DRError, VerificationError
@@ -17,9 +17,12 @@ from prefect_dr.kinds import KINDS
 
 FORMAT = "prefect-dr-manifest"
 FORMAT_VERSION = 2
-#: Versions this prefect-dr reads: 1 (one dump) and 2 (the history tables' data as separate
-#: artifacts, dumped in the same snapshot; docs/format.md).
-READABLE_VERSIONS = (1, 2)
+#: The version of an increment's manifest (kind incremental, with ``increment``): full and
+#: config-only backups are still written as 2, so older readers keep reading them.
+INCREMENT_FORMAT_VERSION = 3
+#: Versions this prefect-dr reads: 1 (one dump), 2 (the history tables' data as separate
+#: artifacts, dumped in the same snapshot) and 3 (increments; docs/format.md).
+READABLE_VERSIONS = (1, 2, 3)
 
 
 class ManifestError(VerificationError):
@@ -98,9 +101,19 @@ class Manifest:
     #: comments, storage parameters and grants of the public schema's relations and the
     #: schema's grants, where not the defaults (pg.privileges.record; absent before issue 21)
     privileges: dict[str, Any] | None = None
+    #: ``{"at": <the snapshot transaction's start, PostgreSQL's clock>, "database": <system
+    #: identifier/database oid>}``: where the next increment starts, and of which database
+    #: (absent before issue 26; an increment's parent needs it)
+    watermark: dict[str, str] | None = None
+    #: an increment's link (format 3 only): parent, base, depth, since, overlap_s, column,
+    #: floors (docs/format.md, "Increments")
+    increment: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
     signature: dict[str, str] | None = None
+    #: an increment's ancestors, base first, attached by prefect_dr.chain.resolve once each
+    #: was found complete and trusted; never stored nor signed
+    chain: tuple[Manifest, ...] = field(default=(), compare=False, repr=False)
 
     def artifact(self, name: str) -> Artifact | None:
         """The artifact called ``name``, if the backup has one."""
@@ -117,13 +130,28 @@ class Manifest:
         return frozenset(a.table for a in self.history if a.table)
 
     @property
+    def parent(self) -> str | None:
+        """The backup an increment continues (None for every other kind)."""
+        return str(self.increment["parent"]) if self.increment else None
+
+    def segments(self, table: str) -> tuple[Artifact, ...]:
+        """The history artifacts that make up ``table``'s rows, oldest link first: the
+        chain's (attached by prefect_dr.chain.resolve) and this backup's own. Raises
+        VerificationError for an increment whose chain is not attached."""
+        if self.increment and not self.chain:
+            raise VerificationError(f"backup {self.backup_id} is an increment whose chain was "
+                                    "not resolved")
+        return tuple(a for m in (*self.chain, self) for a in m.history if a.table == table)
+
+    @property
     def payload_size(self) -> int:
         """Ciphertext bytes of the dump and history artifacts (what a restore downloads)."""
         return sum(a.size for a in self.artifacts if a.name == ARTIFACT_DUMP or a.table)
 
     def to_dict(self, *, signed: bool = True) -> dict[str, Any]:
         """JSON-ready form; ``signed=False`` leaves the signature out (what gets signed)."""
-        data = asdict(self)
+        data = asdict(replace(self, chain=()))
+        data.pop("chain")
         data["artifacts"] = [_artifact_dict(a) for a in self.artifacts]
         if not signed or self.signature is None:
             data.pop("signature")
@@ -135,6 +163,9 @@ class Manifest:
             data.pop("runtime")
         if self.privileges is None:
             data.pop("privileges")
+        for name in ("watermark", "increment"):  # absent before issue 26: old bytes unchanged
+            if data[name] is None:
+                data.pop(name)
         return data
 
     def signing_bytes(self) -> bytes:
@@ -231,7 +262,37 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         repository=_require(data, "repository", str, where) if "repository" in data else None,
         runtime=_runtime(data.get("runtime"), where),
         privileges=_privileges(data.get("privileges"), where),
+        watermark=_watermark(data.get("watermark"), where),
+        increment=_increment(data, version, where),
     )
+
+
+def _watermark(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not (isinstance(value, dict) and isinstance(value.get("at"), str)
+            and isinstance(value.get("database"), str)):
+        raise ManifestError(f"{where}: watermark is malformed")
+    return dict(value)
+
+
+def _increment(data: dict[str, Any], version: int, where: str) -> dict[str, Any] | None:
+    """An increment's link, checked: present exactly in format-3 manifests of kind
+    incremental, naming its parent, base, depth and since."""
+    value = data.get("increment")
+    wants = data["kind"] == "incremental"
+    if wants != (value is not None) or (version >= 3) != wants:
+        raise ManifestError(f"{where}: an increment (format 3, kind incremental) and its "
+                            "'increment' field go together")
+    if value is None:
+        return None
+    ok = (isinstance(value, dict) and all(isinstance(value.get(k), str) and value.get(k)
+                                          for k in ("parent", "base", "since"))
+          and isinstance(value.get("depth"), int) and value["depth"] >= 1
+          and isinstance(value.get("floors", {}), dict))
+    if not ok:
+        raise ManifestError(f"{where}: increment is malformed")
+    return dict(value)
 
 
 def _history_fields(item: dict[str, Any], spot: str) -> dict[str, Any]:

@@ -22,16 +22,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from prefect_dr import catalog, pins, retention
+from prefect_dr import catalog, chain, pins, retention
 from prefect_dr import layout as lay
 from prefect_dr.catalog import BackupEntry
 from prefect_dr.errors import DRError, StorageError
-from prefect_dr.kinds import Standing, parse, standing
+from prefect_dr.kinds import Kind, Standing, parse, standing
 from prefect_dr.layout import Layout
 from prefect_dr.retention import Candidate, Decision, Plan, Policy, PolicyError
 from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Storage
@@ -157,10 +157,34 @@ def delete_order(layout: Layout, entry: BackupEntry) -> list[ObjectInfo]:
     return sorted(entry.objects, key=rank)
 
 
+def _chains(entries: list[BackupEntry]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Each complete increment's ancestors (parent first, as far as listed) and, when every
+    link up to a complete full backup is listed complete, its base."""
+    ancestors = chain.dependencies(entries)
+    status = {e.backup_id: (e.status, e.kind) for e in entries}
+    bases = {}
+    for bid, up in ancestors.items():
+        links_ok = all(status.get(u, ("", ""))[0] == retention.COMPLETE for u in up)
+        if up and links_ok and status[up[-1]][1] == Kind.FULL:
+            bases[bid] = up[-1]
+    return ancestors, bases
+
+
+def _check_chains(plan: Plan, ancestors: Mapping[str, list[str]]) -> None:
+    """Refuse a plan that keeps an increment and removes a link it needs (a planner bug)."""
+    removed = {d.id for d in plan.remove}
+    for d in plan.keep:
+        broken = removed.intersection(ancestors.get(d.id, []))
+        if broken:
+            raise DRError(f"internal error: the retention plan keeps {d.id} and removes "
+                          f"{broken.pop()} of its chain; nothing was deleted")
+
+
 def _check(plan: Plan, needed: Mapping[str, str]) -> None:
     """Refuse a plan that breaks a safety rule (a bug in the planner, never expected)."""
     complete = [d.candidate for d in plan.decisions if d.candidate.status == retention.COMPLETE
-                and standing(d.candidate.labels) == Standing.WHOLE]
+                and standing(d.candidate.labels) == Standing.WHOLE
+                and d.candidate.kind != Kind.INCREMENTAL]  # chains: _check_chains
     protected = set(needed)
     if complete:
         protected.add(complete[0].id)
@@ -214,20 +238,42 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
     entries = catalog.list_backups(storage, layout, verify_key=verify_key)
     uploads = storage.list_incomplete_uploads(layout.backups_root)
     needed = pins.needed(storage, layout)  # what operations in progress still need (I1)
+    # A chain is a unit (I9): increments go with their base, by the full policy; a needed or
+    # labelled increment keeps every link it needs.
+    ancestors, bases = _chains(entries)
+    increments = [Candidate.from_entry(e) for e in entries
+                  if e.kind == Kind.INCREMENTAL and e.status == retention.COMPLETE]
+    full_labels = policies[Kind.FULL].keep_labels if Kind.FULL in policies else ()
+    needed = retention.chain_needs(ancestors, needed, [
+        c.id for c in increments if any(retention.has_label(c.labels, r) for r in full_labels)])
+
+    # a passed verification of an increment proves its chain: it counts for its base
+    # (min-verified keeps the chain)
+    proven = {bases[c.id] for c in increments if c.verified is True and c.id in bases}
 
     orphan_kind = max(policies, key=lambda k: policies[k].grace)
     plans: dict[str, Plan] = {}
     for kind, policy in policies.items():
-        mine = [Candidate.from_entry(e) for e in entries
-                if e.kind == kind or (kind == orphan_kind and e.kind not in retention.KINDS)]
+        mine = [_proven(Candidate.from_entry(e), proven) for e in entries
+                if e.kind == kind or (kind == orphan_kind and e.kind not in retention.KINDS
+                                      and e.kind != Kind.INCREMENTAL)
+                or (kind == Kind.FULL and e.kind == Kind.INCREMENTAL
+                    and e.status != retention.COMPLETE)]
         plans[kind] = retention.plan(mine, policy, now, needed)
+        if kind == Kind.FULL:
+            plans[kind] = retention.with_chains(plans[kind], increments, ancestors, bases,
+                                                needed)
+            _check_chains(plans[kind], ancestors)
         _check(plans[kind], needed)
 
     by_id = {e.backup_id: e for e in entries}
     result = PruneResult(dry_run=dry_run, now=now, plans=plans)
     removals = []
+    # increments first, newest first: an interrupted prune never leaves a link missing from
+    # a chain it has not finished removing
     for decision in sorted((d for p in plans.values() for d in p.remove),
-                           key=lambda d: (d.candidate.started_at, d.id)):
+                           key=lambda d: (d.candidate.kind != Kind.INCREMENTAL,
+                                          _order(d.candidate))):
         objects = tuple(delete_order(layout, by_id[decision.id]))
         lock = _lock_of(storage, objects, now)  # read before any delete: errors delete nothing
         if lock is None:
@@ -266,6 +312,17 @@ def run(storage: Storage, layout: Layout, policies: Mapping[str, Policy], *,
     return result
 
 
+def _proven(cand: Candidate, proven: set[str]) -> Candidate:
+    """``cand``, verified when a verification of an increment of its chain passed."""
+    return replace(cand, verified=True) if cand.id in proven else cand
+
+
+def _order(cand: Candidate) -> float:
+    """Increments newest first, every other backup oldest first."""
+    stamp = cand.started_at.timestamp()
+    return -stamp if cand.kind == Kind.INCREMENTAL else stamp
+
+
 def _stale_uploads(layout: Layout, uploads: list[IncompleteUpload], plans: dict[str, Plan],
                    by_id: dict[str, BackupEntry], policies: Mapping[str, Policy],
                    orphan_kind: str, now: dt.datetime) -> list[IncompleteUpload]:
@@ -278,6 +335,8 @@ def _stale_uploads(layout: Layout, uploads: list[IncompleteUpload], plans: dict[
         parsed = layout.parse_backup_key(upload.key)
         entry = by_id.get(parsed[0]) if parsed else None
         kind = entry.kind if entry and entry.kind in retention.KINDS else orphan_kind
+        if entry and entry.kind == Kind.INCREMENTAL:
+            kind = Kind.FULL
         if kind not in policies or (parsed and parsed[0] in young):
             continue
         initiated = upload.initiated.astimezone(dt.UTC) if upload.initiated.tzinfo \

@@ -32,7 +32,15 @@ from typing import TYPE_CHECKING, Any
 from prefect_dr import durations
 from prefect_dr import layout as lay
 from prefect_dr.errors import USAGE, DRError
-from prefect_dr.kinds import KIND_TABLE, KINDS, Result, Standing, Status, parse, standing
+from prefect_dr.kinds import (
+    KIND_TABLE,
+    POLICY_KINDS,
+    Result,
+    Standing,
+    Status,
+    parse,
+    standing,
+)
 
 if TYPE_CHECKING:
     from prefect_dr.catalog import BackupEntry
@@ -40,7 +48,11 @@ if TYPE_CHECKING:
 COMPLETE, FAILED, INCOMPLETE, CORRUPT = (Status.COMPLETE, Status.FAILED, Status.INCOMPLETE,
                                        Status.CORRUPT)
 #: Setting that holds the policy of each kind (config.SPECS).
-SETTING_OF_KIND = {kind: row.retention_setting for kind, row in KIND_TABLE.items()}
+SETTING_OF_KIND = {kind: row.retention_setting for kind, row in KIND_TABLE.items()
+                   if row.retention_setting}
+#: The kinds a policy is given for. Increments have none of their own: a chain is kept or
+#: removed as a unit with its base, by the full policy (:func:`with_chains`).
+KINDS: tuple[str, ...] = POLICY_KINDS
 
 _COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
            "keep_yearly")
@@ -256,9 +268,12 @@ def policies_for(values: Mapping[str, Any], kind: str | None = None, **options: 
     """
     if kind is not None:
         try:
-            parse(kind)
+            row = KIND_TABLE[parse(kind)]
         except ValueError as exc:
             raise PolicyError(str(exc)) from None
+        if not row.retention_setting:
+            raise PolicyError("increments are pruned with their chain's base, by the full "
+                              "policy (prune --kind full)")
     flags = any(options.get(n) not in (None, (), []) for n in _KEEP_RULES)
     out: dict[str, Policy] = {}
     for k in [kind] if kind else list(KINDS):
@@ -267,7 +282,8 @@ def policies_for(values: Mapping[str, Any], kind: str | None = None, **options: 
             continue  # this kind is not managed by retention
         out[k] = resolve_policy(configured, what=f"{k} backups", **options)
     if not out:
-        first, *rest = (f"{r.retention_toml} / {r.retention_env}" for r in KIND_TABLE.values())
+        first, *rest = (f"{r.retention_toml} / {r.retention_env}" for r in KIND_TABLE.values()
+                        if r.retention_setting)
         also = f"(and {', '.join(rest)}) " if rest else ""
         raise PolicyError(f"no retention policy: set {first} {also}or pass --keep-* options")
     return out
@@ -383,7 +399,7 @@ _PERIODS: tuple[tuple[str, str, Callable[[dt.datetime], str]], ...] = (
 )
 
 
-def _has_label(labels: Mapping[str, str], rule: str) -> bool:
+def has_label(labels: Mapping[str, str], rule: str) -> bool:
     key, sep, value = rule.partition("=")
     return key in labels and (not sep or labels[key] == value)
 
@@ -415,7 +431,7 @@ def plan(backups: Iterable[Candidate], policy: Policy, now: dt.datetime,
 
     for cand in complete:
         reasons[cand.id] += [f"label {rule}" for rule in policy.keep_labels
-                             if _has_label(cand.labels, rule)]
+                             if has_label(cand.labels, rule)]
     if whole:
         past = [c.started_at for c in whole if c.started_at <= now]
         latest = max(past) if past else whole[0].started_at
@@ -491,3 +507,43 @@ def _unkept(cand: Candidate, safety_within: str) -> str:
     if role == Standing.PARTIAL:
         return "partial (taken during an unfinished history backfill); a whole backup is newer"
     return "no keep rule matches"
+
+
+def chain_needs(ancestors: Mapping[str, list[str]], needed: Mapping[str, str],
+                labelled: Iterable[str]) -> dict[str, str]:
+    """``needed`` plus every ancestor of an increment that is needed or ``labelled`` (kept by
+    a keep-label rule): keeping an increment keeps its whole chain (docs/reliability.md, I9)."""
+    out = dict(needed)
+    for bid in [*needed, *labelled]:
+        for up in ancestors.get(bid, []):
+            out.setdefault(up, f"chain of {bid}")
+    return out
+
+
+def with_chains(full: Plan, increments: Iterable[Candidate], ancestors: Mapping[str, list[str]],
+                bases: Mapping[str, str], needed: Mapping[str, str]) -> Plan:
+    """``full`` (the full backups' plan) with a decision for each complete increment: a chain
+    is a unit, so an increment is kept exactly when its base is (or when it is needed, or has
+    a keep label), and removed with it. An increment whose chain is broken (a link missing or
+    not complete; ``bases`` names no base for it) cannot be restored and is removed unless
+    needed. ``ancestors``: parent first, as far as listed; ``bases``: increment -> its base
+    when every link up to it is listed complete."""
+    kept = {d.id for d in full.keep}
+    keep = list(full.keep)
+    remove = list(full.remove)
+    for cand in _newest_first(increments):
+        why = [f"label {rule}" for rule in full.policy.keep_labels
+               if has_label(cand.labels, rule)]
+        if cand.id in needed:
+            why.append(f"needed: {needed[cand.id]}")
+        base = bases.get(cand.id)
+        if base is not None and base in kept:
+            why.append(f"chain of base {base}")
+        if why:
+            keep.append(Decision(cand, True, tuple(why)))
+        elif base is None:
+            up = ancestors.get(cand.id) or ["its parent"]
+            remove.append(Decision(cand, False, (f"its chain is broken after {up[-1]}",)))
+        else:
+            remove.append(Decision(cand, False, (f"its base {base} is removed",)))
+    return replace(full, keep=tuple(keep), remove=tuple(remove))

@@ -9,7 +9,8 @@ the rule it applied.
 
 Freshness is judged per kind: by default only *full* backups, and only verifications of full
 backups, count, so hourly config-only backups can never keep the probe green while full
-backups (the only ones holding run history) have stopped.
+backups (the only ones holding run history) have stopped. Increments are judged by their own
+schedule (``--kind incremental``), which a full backup also keeps.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from prefect_dr import cron
 from prefect_dr.catalog import BackupEntry, whole
-from prefect_dr.kinds import DEFAULT_LATEST_KIND, Result
+from prefect_dr.kinds import DEFAULT_LATEST_KIND, FRESH_FOR, Result
 
 SKEW = dt.timedelta(minutes=1)
 #: How old the newest backup may be when no backup schedule is known (``status --max-age``).
@@ -85,7 +86,8 @@ def evaluate(entries: list[BackupEntry], *, backup_cron: str | None, verify_cron
     ``max_age`` given) against ``max_age`` (default :data:`DEFAULT_MAX_AGE`). Raises
     ValueError for a bad cron."""
     report = Report()
-    complete = whole(entries, kind)  # partial and safety backups never count (I2)
+    complete = [e for k in FRESH_FOR.get(kind, (kind,)) for e in whole(entries, k)]
+    # (partial and safety backups never count: I2)
     entries = complete
     newest = max(complete, key=lambda e: e.started_at or "", default=None)
     started = _time(newest.started_at) if newest else None

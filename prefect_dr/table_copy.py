@@ -41,13 +41,15 @@ def copy_statement(table: str, columns: tuple[str, ...], direction: str,
 
 class CopyOutReader(io.RawIOBase):
     """A binary file reading ``COPY ... TO STDOUT`` of one table on ``conn`` (inside whatever
-    transaction ``conn`` is in, e.g. one with an exported snapshot). ``rows`` holds the row
+    transaction ``conn`` is in, e.g. one with an exported snapshot), or of ``statement`` (a
+    ``COPY (SELECT ...) TO STDOUT`` of some of its rows). ``rows`` holds the row
     count PostgreSQL reported once the stream is exhausted."""
 
-    def __init__(self, conn: psycopg.Connection, table: str, columns: tuple[str, ...]) -> None:
+    def __init__(self, conn: psycopg.Connection, table: str, columns: tuple[str, ...],
+                 statement: sql.Composable | None = None) -> None:
         super().__init__()
         self._cursor = conn.cursor()
-        self._copy_cm = self._cursor.copy(copy_statement(table, columns, "out"))
+        self._copy_cm = self._cursor.copy(statement or copy_statement(table, columns, "out"))
         self._copy = self._copy_cm.__enter__()
         self._rows: Iterator[Any] = iter(self._copy)
         self._pending = b""

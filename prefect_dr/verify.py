@@ -23,6 +23,7 @@ from typing import Any
 from prefect_dr import (
     __version__,
     backfill,
+    chain,
     crypto,
     errors,
     pipeline,
@@ -198,6 +199,11 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
             trusted_by: Trust) -> None:
     with checks.run("manifest signature") as out:
         out["detail"] = trusted_by.check_manifest(manifest)
+    if manifest.increment:  # every link complete and trusted, before anything is loaded
+        with checks.run("chain") as out:
+            manifest = chain.resolve(storage, Layout(settings.layout_prefix), manifest,
+                                     trusted_by)
+            out["detail"] = " <- ".join(chain.chain_ids(manifest))
     with checks.run("identity"):
         identities = crypto.load_identities(Path(settings.age_identity_file))
 

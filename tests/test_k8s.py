@@ -70,7 +70,7 @@ IDS = ["defaults", "everything"]
 def test_every_object_is_a_valid_kubernetes_object(options):
     objects = everything(options)
     assert [o["kind"] for o in objects] == (
-        ["ServiceAccount"] * 4 + ["ConfigMap"] + ["CronJob"] * 3 + ["Deployment"]
+        ["ServiceAccount"] * 4 + ["ConfigMap"] + ["CronJob"] * 4 + ["Deployment"]
         + ["Secret"] * (len(options.s3_secrets) + 1 + bool(options.signing_key_secret)
                         + bool(options.block_key_secret) + bool(options.notify_secret)
                         + (options.database_secret_key == "PGPASSWORD"))
@@ -107,10 +107,19 @@ def test_the_models_reject_wrong_types_and_missing_required_fields():
 
 # ---- security ----------------------------------------------------------------------------
 
+def by_role(found: dict[str, Any]) -> dict[str, Any]:
+    """``found`` without the incremental backup's pod, once it is checked to be the backup
+    pod but for its arguments (same identity, secrets, hardening)."""
+    incremental = copy.deepcopy(found.pop("backup-incremental"))
+    incremental["containers"][0]["args"] = found["backup"]["containers"][0]["args"]
+    assert incremental == found["backup"]
+    return found
+
+
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_every_pod_is_hardened(options):
     objects = everything(options)
-    found = pods(objects)
+    found = by_role(pods(objects))
     assert set(found) == {"backup", "prune", "verify", "restore"}
     for role, pod in found.items():
         assert pod["securityContext"] == {
@@ -165,7 +174,7 @@ def test_only_verify_and_restore_hold_the_age_identity(options):
 
 @pytest.mark.parametrize("options", OPTIONS, ids=IDS)
 def test_each_job_gets_only_its_own_secrets(options):
-    found = pods(everything(options))
+    found = by_role(pods(everything(options)))
     for role, pod in found.items():
         expected = {options.s3_secrets[role]} if role in options.s3_secrets else set()
         if role != "prune":
@@ -212,8 +221,11 @@ def test_no_s3_secrets_for_workload_identity():
 def test_cron_jobs_never_overlap_and_give_up_in_time(options):
     objects = everything(options)
     crons = {o["metadata"]["name"]: o["spec"] for o in by_kind(objects, "CronJob")}
-    assert set(crons) == {f"{options.name}-{r}" for r in ("backup", "prune", "verify")}
+    assert set(crons) == {f"{options.name}-{r}" for r in ("backup", "backup-incremental",
+                                                           "prune", "verify")}
     assert crons[f"{options.name}-backup"]["schedule"] == options.backup_schedule
+    assert crons[f"{options.name}-backup-incremental"]["schedule"] == \
+        options.incremental_schedule == "30 * * * *"
     assert crons[f"{options.name}-verify"]["schedule"] == options.verify_schedule
     assert crons[f"{options.name}-prune"]["schedule"] == options.prune_schedule
     for spec in crons.values():
@@ -222,12 +234,15 @@ def test_cron_jobs_never_overlap_and_give_up_in_time(options):
         assert spec["timeZone"] == options.time_zone
     specs = job_specs(objects)
     assert specs["backup"]["activeDeadlineSeconds"] == options.backup_deadline_seconds
+    assert specs["backup-incremental"]["activeDeadlineSeconds"] == \
+        options.backup_deadline_seconds
     assert specs["verify"]["activeDeadlineSeconds"] == options.verify_deadline_seconds
     assert specs["prune"]["activeDeadlineSeconds"] == options.prune_deadline_seconds
     assert specs["restore"]["activeDeadlineSeconds"] == options.restore_deadline_seconds
     assert {r: s["backoffLimit"] for r, s in specs.items()} == {
-        "backup": 2, "prune": 1, "verify": 1, "restore": 0}
-    for role, spec in specs.items():
+        "backup": 2, "backup-incremental": 2, "prune": 1, "verify": 1, "restore": 0}
+    for component, spec in specs.items():
+        role = component.removesuffix("-incremental")  # the incremental job is a backup pod
         first = spec["podFailurePolicy"]["rules"][0]
         assert first["action"] == "FailJob"
         assert first["onExitCodes"] == {"containerName": role, "operator": "In",
@@ -241,6 +256,13 @@ def test_commands_of_each_job():
     # every job that selects or takes a backup names its kind (a config-only backup must
     # never stand in for a full one)
     assert found["backup"]["containers"][0]["args"] == ["backup", "--kind", "full"]
+    assert found["backup-incremental"]["containers"][0]["args"] == [
+        "backup", "--kind", "incremental", "--lock-wait", "20m"]
+    assert found["backup-incremental"]["serviceAccountName"] == \
+        found["backup"]["serviceAccountName"]
+    no_increments = pods(everything(dataclasses.replace(k8s.RenderOptions(),
+                                                        incremental_schedule="")))
+    assert "backup-incremental" not in no_increments
     assert found["prune"]["containers"][0]["args"] == ["prune"]
     assert found["verify"]["containers"][0]["args"] == ["verify", "--latest", "--kind", "full"]
     assert found["restore"]["containers"][0]["args"] == [

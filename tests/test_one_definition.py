@@ -62,7 +62,10 @@ def test_artifact_names_and_results_are_not_spelled_out_elsewhere() -> None:
 def test_every_kind_has_one_row_that_settings_prune_and_k8s_ask() -> None:
     assert set(kinds.KIND_TABLE) == set(kinds.Kind)
     render_fields = {f.name for f in fields(k8s.RenderOptions)}
-    for kind, row in kinds.KIND_TABLE.items():
+    assert kinds.POLICY_KINDS == ("full", "config-only")  # an increment goes with its base
+    assert not any("incremental" in name for name in config.SPEC_BY_NAME)
+    for row in kinds.POLICY_ROWS:
+        kind = row.kind
         spec = config.SPEC_BY_NAME[row.retention_setting]
         assert (spec.env, spec.toml) == (row.retention_env, row.retention_toml)
         assert retention.SETTING_OF_KIND[kind] == row.retention_setting
@@ -70,25 +73,30 @@ def test_every_kind_has_one_row_that_settings_prune_and_k8s_ask() -> None:
         assert dict(k8s_options.FROM_SETTINGS)[row.retention_setting] == row.retention_setting
         assert row.retention_env in k8s_options._MANAGED_ENV
         retention.parse_policy(row.retention_example)
+    for row in kinds.KIND_TABLE.values():
         assert row.loses_history is not row.history
     assert kinds.holds_history("full") and not kinds.holds_history("config-only")
+    assert kinds.holds_history("incremental") and not kinds.loses_history("incremental")
     assert kinds.loses_history("config-only") and not kinds.loses_history("full")
     assert not kinds.holds_history("from-the-future") and not kinds.loses_history(None)
 
 
 def test_a_policy_for_every_kind_reaches_the_configmap() -> None:
     options = k8s.RenderOptions(**{row.retention_setting: "keep-last=3"
-                                   for row in kinds.KIND_TABLE.values()})
+                                   for row in kinds.POLICY_ROWS})
     env = k8s.config_env(options)
-    for row in kinds.KIND_TABLE.values():
+    for row in kinds.POLICY_ROWS:
         assert env[row.retention_env] == "keep-last=3"
 
 
 def test_unknown_kinds_are_named_with_the_known_ones() -> None:
-    with pytest.raises(ValueError, match=r"unknown backup kind 'weekly' \(full or config-only\)"):
+    with pytest.raises(ValueError, match=r"unknown backup kind 'weekly' \(full, config-only "
+                       r"or incremental\)"):
         kinds.parse("weekly")
-    with pytest.raises(retention.PolicyError, match="full or config-only"):
+    with pytest.raises(retention.PolicyError, match="full, config-only or incremental"):
         retention.policies_for({}, "weekly")
+    with pytest.raises(retention.PolicyError, match="pruned with their chain's base"):
+        retention.policies_for({}, "incremental")
 
 
 FORMAT = (PACKAGE.parent / "docs" / "format.md").read_text(encoding="utf-8")

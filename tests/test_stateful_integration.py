@@ -72,7 +72,8 @@ class Model:
     leftover: bool = False
     steps: list[str] = field(default_factory=list)
     figures: dict[str, int] = field(default_factory=lambda: {
-        "steps": 0, "kills": 0, "sigterms": 0, "prunes": 0, "restores": 0})
+        "steps": 0, "kills": 0, "sigterms": 0, "prunes": 0, "restores": 0,
+        "increments": 0, "no_parent": 0})
 
     def whole_full(self) -> list[Backup]:
         return [b for b in self.backups.values() if b.kind == "full" and b.standing == "whole"]
@@ -96,7 +97,7 @@ class Run:
         return proc
 
     def killed(self, args: list[str], sig: str, *, failpoint: str | None = None,
-               delay: float = 0.0) -> int:
+               delay: float = 0.0, also: set[int] | None = None) -> int:
         """Run ``args`` and stop it: at ``failpoint`` (by the process itself), or ``delay``
         seconds in. Returns the exit code (-9 for SIGKILL)."""
         env = dict(self.env)
@@ -116,7 +117,7 @@ class Run:
             raise AssertionError(self.where(f"{args} did not end within 20 s of SIG{sig}")
                                  ) from None
         self.model.figures["kills" if sig == "KILL" else "sigterms"] += 1
-        allowed = {0, 130, -9} | ({2} if "restore" in args else set())
+        allowed = {0, 130, -9} | ({2} if "restore" in args else set()) | (also or set())
         self._judge(tuple(args), proc.returncode, out, err, allowed)
         return proc.returncode
 
@@ -158,18 +159,30 @@ class Run:
 
     # -- the commands -----------------------------------------------------------------------
     def backup(self) -> None:
-        kind = self.rng.choice(["full", "full", "config-only"])
+        kind = self.rng.choice(["full", "full", "config-only", "incremental", "incremental"])
         labels = self.rng.choice([[], ["--label", "env=prod"], ["--label", "pin=release"]])
+        # an increment has no parent after a restore replaced the database (or before any
+        # full backup of it): exit 10, nothing written
+        expect = {0, 10} if kind == "incremental" else {0}
         if self.rng.random() < 0.25:
             sig = self.rng.choice(["KILL", "TERM"])
             self.killed(["backup", "--kind", kind, *labels], sig,
-                        delay=self.rng.uniform(0.05, 1.5))
+                        delay=self.rng.uniform(0.05, 1.5), also=expect)
             self.sync_backups()
             self.cli("backup", "--kind", "config-only")  # I3: never locked out
             self.sync_backups()
             return
-        done = json.loads(self.cli("backup", "--kind", kind, *labels).stdout)
-        self.add(done["backup_id"])
+        if kind == "incremental" and not self.model.unfinished:
+            # new history, so that the increment holds some: written by the test, so the
+            # model's live counts follow it
+            add_history(self.url, self.pw, rows=self.rng.randrange(1, 60))
+            if self.model.live:
+                self.model.live = self.live_counts(sorted(self.model.live))
+        done = self.cli("backup", "--kind", kind, *labels, expect=expect)
+        if kind == "incremental":
+            self.model.figures["increments" if done.returncode == 0 else "no_parent"] += 1
+        if done.returncode == 0:
+            self.add(json.loads(done.stdout)["backup_id"])
 
     def sync_backups(self) -> None:
         """Take into the model what the repository lists as complete that it does not know
@@ -187,7 +200,7 @@ class Run:
                                   ["--keep-daily", "1"], ["--keep-within", "1s"],
                                   ["--keep-label", "pin=release"]])
         extra = self.rng.choice([[], ["--grace", "0s"], ["--keep-safety-within", "1s"]])
-        kind = self.rng.choice(["full", "config-only"])
+        kind = self.rng.choice(["full", "config-only"])  # increments: with their base (full)
         doc = json.loads(self.cli("prune", "--kind", kind, *policy, *extra).stdout)
         self.model.figures["prunes"] += 1
         removed = {b["backup_id"] for b in doc["backups"] if b["action"] == "remove"}
@@ -215,7 +228,8 @@ class Run:
             self.cli("copy", "--all", "--to", self.copy_to)
 
     def restore(self) -> None:
-        candidates = sorted(b.id for b in self.model.backups.values() if b.kind == "full")
+        candidates = sorted(b.id for b in self.model.backups.values()
+                            if b.kind in ("full", "incremental"))
         if not candidates:
             return
         bid = self.rng.choice(candidates)
@@ -321,6 +335,13 @@ class Run:
                 f"--latest is {shown['backup_id']}, the newest whole full is {whole[-1]}")
             status = json.loads(self.cli("status").stdout)
             assert status["items"][0]["newest"] == whole[-1], self.where(str(status))
+        listed = self.listed()  # I9: every complete increment's chain is whole
+        for bid, entry in listed.items():
+            parent = entry.get("parent")
+            if entry["status"] == "complete" and parent:
+                assert listed.get(parent, {}).get("status") == "complete", self.where(
+                    f"increment {bid} is listed complete, its parent {parent} is "
+                    f"{listed.get(parent, {}).get('status')}")
         left = databases(self.env, self.env["_DB"] + "_restore_")  # I5
         assert not left or model.leftover, self.where(
             f"half-restored {left} outlived the restore or rollback after the kill")

@@ -148,7 +148,7 @@ def copy_cmd(
     entries = copy_mod.select(source, backup_id, latest=latest, all_backups=all_backups,
                               kind=kind.value if kind else None, verify_key=trusted_by)
     if not all_backups:
-        catalog.require_complete(entries[0], trust=trusted_by)
+        catalog.require_complete(entries[-1], trust=trusted_by)  # a chain: the one named last
     state.run.labels["target"] = target.name  # copies to two targets are two series
     with console.transfer_progress(enabled=not json_mode(), primary="copied") as listener:
         result = copy_mod.run(source, target, entries, trust=trusted_by, signer=signer,

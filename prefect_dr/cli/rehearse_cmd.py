@@ -43,7 +43,8 @@ def rehearse_upgrade(
     each migration's time, the total, the database size before and after, success. The
     scratch database is always dropped. Exit 0 when the upgrade succeeded, 1 when it failed,
     16 when --prefect-python has no Prefect or no PostgreSQL client suits."""
-    from prefect_dr import catalog, errors, pipeline, rehearse
+    from prefect_dr import catalog, chain, errors, pipeline, rehearse
+    from prefect_dr.cli.common import layout
 
     if not prefect_python:
         raise errors.UsageError("--prefect-python PATH is required (the Python of the Prefect "
@@ -54,6 +55,7 @@ def rehearse_upgrade(
     trusted_by = trust(repo, allow_unsigned)
     manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
                                         trust=trusted_by)
+    manifest = chain.resolve(repo, layout(), manifest, trusted_by)  # an increment: its links
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=manifest.payload_size or None) as listener:
         result = rehearse.rehearse(current, repo, manifest, prefect_python=prefect_python,

@@ -26,7 +26,9 @@ def backups(entries: list[Any], *, wide: bool = False) -> None:
         if not verified and e.source_verification:  # copied: never a verification here (I6)
             verified = f"{e.source_verification.get('result', '')} at the source"
         duration = f"{e.duration_s:.0f}s" if e.duration_s is not None else ""
-        rows.append((e.backup_id, e.kind or "", e.status, short_time(e.started_at),
+        parent = e.manifest.parent if e.manifest else None  # an increment: its chain link
+        kind = f"{e.kind} of {parent.rsplit('-', 1)[-1]}" if parent else e.kind or ""
+        rows.append((e.backup_id, kind, e.status, short_time(e.started_at),
                      ago(e.started_at, now), duration, human_bytes(e.size),
                      _labels(e.labels, ", " if console.stdout_is_terminal() else ","),
                      verified or (e.error or "")))
@@ -60,6 +62,9 @@ def manifest(m: Any, *, wide: bool = False) -> None:
         ("block key", ", ".join(f"{k}={v}" for k, v in m.block_key.items())),
         ("signed", f"by key {m.signature.get('key_id')}" if m.signature else "no"),
         ("repository", m.repository or "(not bound: written before issue 27)"),
+        *([("chain", f"increment {m.increment['depth']} of base {m.increment['base']}, "
+                     f"parent {m.increment['parent']}, history since {m.increment['since']}")]
+          if m.increment else []),
     ], wide=wide)
     console.table("Artifacts", [
         Column("name"), Column("size", justify="right"),

@@ -22,6 +22,7 @@ from prefect_dr.cli.common import (
     KindFlag,
     confirm,
     json_mode,
+    layout,
     select,
     settings,
     storage,
@@ -103,7 +104,7 @@ def restore(
     Every precondition (schema, history loss, signature, identity, connected clients, client
     programs, staging space) is checked first; --dry-run prints the same plan and exits with
     the code the restore would be refused with."""
-    from prefect_dr import catalog, pipeline, restore_plan
+    from prefect_dr import catalog, chain, pipeline, restore_plan
     from prefect_dr import restore as restore_mod
 
     url_flag(target_url, "--target-url")
@@ -132,6 +133,7 @@ def restore(
     manifest = catalog.require_complete(select(backup_id, latest, kind, trusted_by=trusted_by),
                                         trust=trusted_by)
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
+    manifest = chain.resolve(repo, layout(), manifest, trusted_by)  # an increment: exit 13
     pending = restore_mod.unfinished(current, target_url)
     if restore_mod.resumes(pending, manifest.backup_id, dry_run=dry_run):
         logger.info("the history backfill of backup %s is unfinished: resuming it",
@@ -217,7 +219,7 @@ def _resume(current: Settings, repo: Storage, target_url: str | None,
             pending: list[TableState] | None = None) -> None:
     """Finish the target's unfinished history backfill (of ``manifest``'s backup, else of the
     one its state names) and report it."""
-    from prefect_dr import catalog, pipeline
+    from prefect_dr import catalog, chain, pipeline
     from prefect_dr import restore as restore_mod
 
     if pending is None:  # --resume; a rerun of the restore passes what it has read
@@ -231,6 +233,7 @@ def _resume(current: Settings, repo: Storage, target_url: str | None,
     if manifest is None:
         manifest = catalog.require_complete(select(pending[0].backup_id, False, None),
                                             trust=trusted_by)
+        manifest = chain.resolve(repo, layout(), manifest, trusted_by)
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
                                    total=sum(a.size for a in manifest.history) or None

@@ -140,6 +140,9 @@ def k8s_render(
         "--verify-schedule", metavar="CRON", help="Verify CronJob schedule.")] = "0 4 * * *",
     prune_schedule: Annotated[str, typer.Option(
         "--prune-schedule", metavar="CRON", help="Prune CronJob schedule.")] = "0 6 * * *",
+    incremental_schedule: Annotated[str, typer.Option(
+        "--incremental-schedule", metavar="CRON", help="Incremental backup CronJob schedule "
+        "(hourly by default; '' renders none).")] = "30 * * * *",
     namespace: Annotated[str, typer.Option(
         "--namespace", help="Namespace of every object (created by you, not by the "
         "manifests).")] = "prefect-dr",
@@ -229,6 +232,7 @@ def k8s_render(
             database_password_secret=database_password_secret, namespace=namespace,
             backup_schedule=schedule,
             verify_schedule=verify_schedule, prune_schedule=prune_schedule, image=image,
+            incremental_schedule=incremental_schedule,
             pushgateway_url=state.pushgateway, metrics_instance=state.metrics_instance,
             notify_secret=notify_secret,
             prometheus_labels=parse_labels(prometheus_label or [], "--prometheus-label") or None,

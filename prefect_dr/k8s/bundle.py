@@ -46,6 +46,7 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
         cron_job(options, "backup", options.backup_schedule, ["backup", "--kind", Kind.FULL.value],
                   deadline=options.backup_deadline_seconds, backoff=2,
                   description="Encrypted backup to the repository; holds the age recipients only"),
+        *incremental_job(options),
         cron_job(options, "prune", options.prune_schedule, ["prune"],
                   deadline=options.prune_deadline_seconds, backoff=1,
                   description="Applies the retention policies; the only job that deletes"),
@@ -56,6 +57,26 @@ def render(options: RenderOptions | None = None) -> list[dict[str, Any]]:
     if options.watch:
         objects.append(watch.deployment(options))
     return objects
+
+
+#: The incremental CronJob's name suffix and component (its pods are the backup role's).
+INCREMENTAL_JOB = "backup-incremental"
+
+
+def incremental_job(options: RenderOptions) -> list[dict[str, Any]]:
+    """The incremental backup CronJob (issue 26), none when its schedule is empty: the backup
+    job's identity and secrets, ``backup --kind incremental``, waiting out a running full
+    backup (``--lock-wait``) instead of failing on its lock."""
+    if not options.incremental_schedule:
+        return []
+    job = cron_job(options, "backup", options.incremental_schedule,
+                   ["backup", "--kind", Kind.INCREMENTAL.value, "--lock-wait", "20m"],
+                   deadline=options.backup_deadline_seconds, backoff=2,
+                   description="Incremental backup: the history since the last backup, the "
+                               "rest in full; chains on the full backup")
+    job["metadata"]["name"] = f"{options.name}-{INCREMENTAL_JOB}"
+    job["metadata"]["labels"]["app.kubernetes.io/component"] = INCREMENTAL_JOB
+    return [job]
 
 
 def secret_templates(options: RenderOptions | None = None) -> list[dict[str, Any]]:

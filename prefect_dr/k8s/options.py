@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from prefect_dr import __version__, cron, crypto, errors, layout, retention
 from prefect_dr.errors import CryptoKeyError
-from prefect_dr.kinds import KIND_TABLE
+from prefect_dr.kinds import POLICY_ROWS
 from prefect_dr.storage import url as repo_url
 
 UID = 10001  # the image's user and group (Dockerfile)
@@ -34,7 +34,7 @@ NO_RETRY_EXIT_CODES = errors.NO_RETRY_EXIT_CODES
 _MANAGED_ENV = frozenset({
     "PREFECT_DR_DATABASE_URL", "PREFECT_DR_S3_BUCKET", "PREFECT_DR_S3_PREFIX",
     "PREFECT_DR_S3_ENDPOINT_URL", "PREFECT_DR_S3_REGION", "PREFECT_DR_AGE_RECIPIENTS",
-    "PREFECT_API_URL", *(row.retention_env for row in KIND_TABLE.values()),
+    "PREFECT_API_URL", *(row.retention_env for row in POLICY_ROWS),
     "PREFECT_DR_VERIFY_KEY", "PREFECT_DR_AGE_IDENTITY_FILE", "PREFECT_DR_SIGNING_KEY_FILE",
     "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE", "PREFECT_DR_BACKUP_CRON", "PREFECT_DR_VERIFY_CRON",
     "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE", "PREFECT_DR_NOTIFY_ON",
@@ -103,6 +103,9 @@ class RenderOptions:
     backup_schedule: str = "0 2 * * *"
     verify_schedule: str = "0 4 * * *"
     prune_schedule: str = "0 6 * * *"
+    #: the incremental backup CronJob (issue 26): hourly, half past (clear of the full one);
+    #: "" renders none
+    incremental_schedule: str = "30 * * * *"
     time_zone: str | None = "Etc/UTC"  # CronJob spec.timeZone (Kubernetes >= 1.27)
     # Non-secret settings (ConfigMap)
     bucket: str = "example-prefect-backups"
@@ -305,6 +308,8 @@ def check(options: RenderOptions) -> None:
         raise ValueError("image_pull_policy must be Always, IfNotPresent or Never")
     for what in ("backup_schedule", "verify_schedule", "prune_schedule"):
         validate_schedule(getattr(options, what), what.replace("_", " "))
+    if options.incremental_schedule:
+        validate_schedule(options.incremental_schedule, "incremental schedule")
     if options.metrics_instance is not None and not options.metrics_instance.strip():
         raise ValueError("metrics_instance must not be empty")
     if options.time_zone is not None:
@@ -349,7 +354,7 @@ def check(options: RenderOptions) -> None:
             crypto.parse_recipient(recipient)
         except CryptoKeyError as exc:
             raise ValueError(exc.message) from None
-    for what in (row.retention_setting for row in KIND_TABLE.values()):
+    for what in (row.retention_setting for row in POLICY_ROWS):
         text = getattr(options, what)
         if text is not None:
             try:
@@ -410,7 +415,7 @@ FROM_SETTINGS = (("repository", "repository"), ("azure_account_url", "azure_acco
                  ("endpoint_url", "s3_endpoint_url"), ("region", "s3_region"),
                  ("prefect_api_url", "prefect_api_url"),
                  *((row.retention_setting, row.retention_setting)
-                   for row in KIND_TABLE.values()),
+                   for row in POLICY_ROWS),
                  ("verify_key", "verify_key"))
 DEFAULT_DATABASE_SECRET = "prefect-server-postgresql-connection:connection-string"  # noqa: S105
 

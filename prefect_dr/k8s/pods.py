@@ -26,7 +26,7 @@ from prefect_dr.k8s.options import (
     restore_job_name,
     validate_schedule,
 )
-from prefect_dr.kinds import KIND_TABLE
+from prefect_dr.kinds import POLICY_ROWS
 
 STAGING_DIR = "/staging"
 TMP_SIZE_LIMIT = "1Gi"  # every pod's /tmp emptyDir
@@ -70,7 +70,7 @@ def config_env(options: RenderOptions) -> dict[str, str]:
         "PREFECT_DR_DATABASE_URL": options.database_url,
         "PREFECT_API_URL": options.prefect_api_url,
         **{row.retention_env: getattr(options, row.retention_setting)
-           for row in KIND_TABLE.values()},
+           for row in POLICY_ROWS},
         "PREFECT_DR_VERIFY_KEY": options.verify_key,
         "PREFECT_DR_PUSHGATEWAY_URL": options.pushgateway_url,
         "PREFECT_DR_NOTIFY_ON": options.notify_on,
