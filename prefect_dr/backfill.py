@@ -12,6 +12,14 @@ then takes the live table's lock for a moment: the rows Prefect wrote since phas
 into the shadow table (a row already there is kept once), the live table is dropped and the
 shadow table moved into ``public`` under the same name, with the same index names.
 
+With ``jobs`` above 1 the tables load at the same time, each on its own connection and in its
+own transaction (the largest first, so that they finish together); their swaps still take turns.
+Every loading session sets what pg_restore's sessions do not (:func:`session_settings`):
+``synchronous_commit`` off, ``maintenance_work_mem`` sized from the table and the server, and
+``max_parallel_maintenance_workers`` from the cores the other loads leave free; the rows are
+copied ``FREEZE`` into the shadow table its own transaction created, so the first vacuum does
+not rewrite them.
+
 Progress is kept in ``prefect_dr_backfill.state`` (one row per table still to do, with the
 backup id and whether its shadow table is ``ready``), written in phase 1 before the database is
 swapped in, so an interrupted backfill is always visible and resumable: a table is either
@@ -21,16 +29,20 @@ transaction as its swap). When the last table is done the schema is dropped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent import futures
+from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
 from prefect_dr import crypto, pipeline, restore_stream, table_copy
-from prefect_dr.errors import DatabaseError, DRError, VerificationError
+from prefect_dr.errors import DatabaseError, DRError, Interrupted, VerificationError
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import privileges
@@ -42,8 +54,12 @@ PENDING, READY = "pending", "ready"
 #: How long the swap waits for a live table's lock before it lets Prefect go on and retries.
 LOCK_TIMEOUT = "1s"
 LOCK_ATTEMPTS = 60
-#: Memory for each index build (pg_restore uses the server's default, often 64 MB).
-MAINTENANCE_WORK_MEM = "256MB"
+#: Bounds of the memory for each table's index builds (pg_restore uses the server's default,
+#: often 64 MB): about half the table's plaintext (the keys of its largest index, sorted in
+#: memory instead of spilled), within a quarter of ``effective_cache_size`` (the operator's
+#: statement of the server's memory) shared by the loads running at once.
+MIN_MAINTENANCE_MEM = 64 << 20
+MAX_MAINTENANCE_MEM = 2 << 30
 
 
 class BackfillError(DRError):
@@ -144,27 +160,72 @@ def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None) -> N
                 (artifact.table, manifest.backup_id, PENDING, artifact.rows or 0))
 
 
+@dataclass
+class Budget:
+    """What the loads running at once share: the cores (for parallel index builds), the swap
+    (one at a time), the stop flag and the connections to cancel when one load fails."""
+
+    cpus: int
+    workers: int
+    loading: int = 0
+    stop: threading.Event = field(default_factory=threading.Event)
+    swap_lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    conns: list[psycopg.Connection] = field(default_factory=list)
+
+    def free_cores(self) -> int:
+        """Cores beyond the one each running load uses (the caller's own included)."""
+        with self.lock:
+            return max(0, self.cpus - self.loading)
+
+    def check(self) -> None:
+        """Raise Interrupted when the other loads were told to stop."""
+        if self.stop.is_set():
+            raise Interrupted("stopped: another history table failed to load")
+
+
+def maintenance_mem(plaintext: int, workers: int, cache: int, current: int) -> int:
+    """Bytes of ``maintenance_work_mem`` for the index builds of a table of ``plaintext`` bytes
+    while ``workers`` tables load at once on a server whose ``effective_cache_size`` is
+    ``cache`` and whose default is ``current``: never below the default."""
+    want = max(MIN_MAINTENANCE_MEM, min(plaintext // 2, MAX_MAINTENANCE_MEM))
+    cap = max(MIN_MAINTENANCE_MEM, cache // (4 * max(1, workers)))
+    return max(current, min(want, cap)) >> 20 << 20
+
+
+def session_settings(conn: psycopg.Connection, artifact: Artifact, workers: int) -> None:
+    """Settings of a loading session the peer's pg_restore does not use (its own session
+    only): no wait for the WAL flush at commit, and index builds sorted in memory."""
+    row = conn.execute("SELECT pg_size_bytes(current_setting('effective_cache_size')), "
+                       "pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()
+    assert row is not None
+    mem = maintenance_mem(artifact.plaintext_size, workers, int(row[0]), int(row[1]))
+    conn.execute("SET synchronous_commit = off")
+    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{mem >> 20}MB")))
+
+
 def run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity], *,
         role: str | None = None, progress: pipeline.Progress | None = None,
-        on_step: Callable[[str], None] = lambda _: None) -> list[Loaded]:
+        on_step: Callable[[str], None] = lambda _: None, jobs: int = 1) -> list[Loaded]:
     """Bring every table of the unfinished backfill in ``url``'s database in from
-    ``manifest``'s history artifacts, one table at a time; drop the state when done.
+    ``manifest``'s history artifacts, ``jobs`` tables at a time (one connection each); drop
+    the state when done.
 
     Safe to run again after any interruption: a ready shadow table is reused, a pending one
     reloaded from scratch, a done one skipped. Raises BackfillError (no backfill, or one of
     another backup), VerificationError (damaged artifact, row count off), DatabaseError,
-    StorageError, CryptoKeyError, Interrupted.
+    StorageError, CryptoKeyError, Interrupted (the first failure of a table stops the others:
+    what they loaded is rolled back, what they swapped stays).
     """
     try:
-        return _run(url, storage, manifest, identities, role, progress, on_step)
+        return _run(url, storage, manifest, identities, role, progress, on_step, jobs)
     except psycopg.Error as exc:
         raise DatabaseError(f"history backfill failed: {pgc.first_line(exc)}") from None
 
 
 def _run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity],
          role: str | None, progress: pipeline.Progress | None,
-         on_step: Callable[[str], None]) -> list[Loaded]:
-    done: list[Loaded] = []
+         on_step: Callable[[str], None], jobs: int) -> list[Loaded]:
     with pgc.connect(url) as conn:
         states = state_of(conn)
         if not states and not _state_exists(conn):
@@ -173,27 +234,86 @@ def _run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto
         if others:
             raise BackfillError(f"the unfinished backfill is of backup {others.pop()}, not "
                                 f"{manifest.backup_id}")
-        conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(
-            sql.Literal(MAINTENANCE_WORK_MEM)))
+        todo: list[tuple[TableState, Artifact]] = []
         for state in states:
             artifact = next((a for a in manifest.history if a.table == state.table), None)
             if artifact is None:
                 raise VerificationError(f"backup {manifest.backup_id} has no history artifact "
                                         f"for {state.table}")
-            start = time.monotonic()
+            todo.append((state, artifact))
+    workers = max(1, min(jobs, len(todo)))
+    budget = Budget(cpus=max(1, jobs), workers=workers)
+
+    def one(item: tuple[TableState, Artifact]) -> Loaded:
+        return _bring_in(url, storage, item[0], item[1], identities, role, progress, on_step,
+                         budget)
+
+    if workers == 1:
+        done = [one(item) for item in todo]
+    else:  # the largest first: the loads end about together
+        todo.sort(key=lambda item: (-item[1].plaintext_size, item[0].table))
+        done = _concurrently(one, todo, budget)
+    with pgc.connect(url) as conn, conn.transaction():
+        _set_role(conn, role)
+        if not state_of(conn):
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                sql.Identifier(SCHEMA)))
+    return done
+
+
+def _concurrently(one: Callable[[Any], Loaded], todo: list[Any], budget: Budget) -> list[Loaded]:
+    """``one`` of every item of ``todo``, ``budget.workers`` at a time. The first failure (or
+    a stop signal in this thread) stops the others, cancels their statements and waits for
+    them; then it is raised."""
+    pool = futures.ThreadPoolExecutor(budget.workers, thread_name_prefix="backfill")
+    try:
+        running = [pool.submit(one, item) for item in todo]
+        futures.wait(running, return_when=futures.FIRST_EXCEPTION)
+        for fut in running:
+            if fut.done() and fut.exception() is not None:
+                raise fut.exception()  # type: ignore[misc]
+        return [fut.result() for fut in running]
+    except BaseException:
+        budget.stop.set()
+        with budget.lock:
+            for conn in budget.conns:
+                with contextlib.suppress(psycopg.Error):  # closed: nothing runs there
+                    conn.cancel()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _bring_in(url: str, storage: Storage, state: TableState, artifact: Artifact,
+              identities: list[crypto.Identity], role: str | None,
+              progress: pipeline.Progress | None, on_step: Callable[[str], None],
+              budget: Budget) -> Loaded:
+    """Load (unless ready) and swap one table, on a connection of its own."""
+    budget.check()
+    start = time.monotonic()
+    with pgc.connect(url) as conn:
+        with budget.lock:
+            budget.conns.append(conn)
+        try:
+            session_settings(conn, artifact, budget.workers)
             if state.status != READY:
                 on_step(f"backfill: loading {artifact.rows} rows of {state.table}")
-                _load(conn, storage, artifact, identities, role, progress)
+                with budget.lock:
+                    budget.loading += 1
+                try:
+                    _load(conn, storage, artifact, identities, role, progress, budget)
+                finally:
+                    with budget.lock:
+                        budget.loading -= 1
+            budget.check()
             on_step(f"backfill: swapping {state.table} in")
-            merged = _swap(conn, state.table, role)
-            done.append(Loaded(state.table, artifact.rows or 0, merged,
-                               round(time.monotonic() - start, 3)))
-        with conn.transaction():
-            _set_role(conn, role)
-            if not state_of(conn):
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
-                    sql.Identifier(SCHEMA)))
-    return done
+            with budget.swap_lock:
+                budget.check()
+                merged = _swap(conn, state.table, role)
+        finally:
+            with budget.lock:
+                budget.conns.remove(conn)
+    return Loaded(state.table, artifact.rows or 0, merged, round(time.monotonic() - start, 3))
 
 
 def _set_role(conn: psycopg.Connection, role: str | None) -> None:
@@ -203,9 +323,10 @@ def _set_role(conn: psycopg.Connection, role: str | None) -> None:
 
 def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
           identities: list[crypto.Identity], role: str | None,
-          progress: pipeline.Progress | None) -> None:
-    """Fill a fresh shadow table from ``artifact``, check its rows, build its indexes and mark
-    it ready, in one transaction."""
+          progress: pipeline.Progress | None, budget: Budget | None = None) -> None:
+    """Fill a fresh shadow table from ``artifact`` (``COPY FREEZE``: the table is this
+    transaction's own), check its rows, build its indexes (with parallel workers on the cores
+    the other loads leave free) and mark it ready, in one transaction."""
     assert artifact.table and artifact.columns is not None
     table, shadow = artifact.table, sql.Identifier(SCHEMA, artifact.table)
     live = sql.Identifier("public", table)
@@ -218,9 +339,10 @@ def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
         privileges.copy_table(conn, table, SCHEMA)
         with conn.cursor() as cur:
             with cur.copy(table_copy.copy_statement(table, artifact.columns, "in",
-                                                    schema=SCHEMA)) as copy, \
+                                                    schema=SCHEMA, freeze=True)) as copy, \
                     storage.open_reader(artifact.location) as reader:
-                pipeline.decrypt_from(reader, table_copy.CopyInWriter(copy), identities,
+                sink = table_copy.CopyInWriter(copy, budget.check if budget else None)
+                pipeline.decrypt_from(reader, sink, identities,
                                       compressed=artifact.compression == "zstd",
                                       expect=restore_stream.expected_stats(artifact),
                                       progress=progress)
@@ -228,11 +350,22 @@ def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
         if loaded != artifact.rows:
             raise VerificationError(f"table {table}: {loaded} rows loaded from the backup, "
                                     f"its manifest says {artifact.rows}")
+        if budget is not None:
+            budget.check()
+            conn.execute(sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(
+                sql.Literal(min(budget.free_cores(), _server_parallel(conn)))))
         for statement in _index_statements(conn, table):
             conn.execute(statement)
         conn.execute(sql.SQL("ANALYZE {}").format(shadow))
         conn.execute(sql.SQL("UPDATE {} SET status = %s, updated = now() WHERE table_name = %s")
                      .format(sql.Identifier(SCHEMA, "state")), (READY, table))
+
+
+def _server_parallel(conn: psycopg.Connection) -> int:
+    """The server's own ``max_parallel_maintenance_workers`` (never raised above it)."""
+    row = conn.execute("SELECT current_setting('max_parallel_maintenance_workers')::int"
+                       ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def _index_statements(conn: psycopg.Connection, table: str) -> list[sql.Composable]:
