@@ -107,6 +107,9 @@ class S3Storage(Storage):
         self.options = options or S3Options()
         self.max_in_flight = max_in_flight
         self.retry_deadline_s = retry_deadline_s
+        #: part buffers a finished writer left for the next one (a backup writes its artifacts
+        #: one after another): at most max_in_flight + 1, so memory stays that of one upload
+        self._spare: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self.description = f"s3://{bucket}" + (f" at {endpoint_url}" if endpoint_url else "")
         if client is None:
             # Our retry.call owns retries (with the deadline); botocore makes one attempt,
@@ -123,6 +126,20 @@ class S3Storage(Storage):
             client = boto3.session.Session().client(
                 "s3", endpoint_url=endpoint_url, region_name=region, config=config)
         self.client = client
+
+    def spare_buffer(self, size: int) -> bytearray:
+        """A part buffer of ``size`` bytes: one a finished writer left, else a new one."""
+        try:
+            buf = self._spare.get_nowait()
+        except queue.Empty:
+            return bytearray(size)
+        return buf if len(buf) == size else bytearray(size)
+
+    def keep_buffers(self, buffers: list[bytearray]) -> None:
+        """Keep a finished writer's full-size part buffers for the next writer."""
+        for buf in buffers:
+            if len(buf) == MIN_PART and self._spare.qsize() <= self.max_in_flight:
+                self._spare.put(buf)
 
     # -- error mapping -------------------------------------------------------------------
     def wrap_error(self, exc: BaseException, action: str, key: str = "") -> DRError:
@@ -334,7 +351,10 @@ class S3Writer(Writer):
     """Multipart upload: parts are uploaded by a small pool while the caller keeps writing.
 
     Memory is (max_in_flight + 1) part buffers, allocated once and reused: the caller fills one
-    while the others upload, and ``write`` waits for a free buffer. Each part carries a SHA-256
+    while the others upload, and ``write`` waits for a free buffer. A closed or aborted writer
+    leaves them to the storage's next writer, and drops its futures (whose callbacks refer to
+    it), so that nothing waits for the cycle collector: the artifacts of a backup, written one
+    after another, share one set of buffers. Each part carries a SHA-256
     checksum, so buckets with Object Lock (which require one) accept it. Small objects use one
     PUT.
     """
@@ -367,7 +387,7 @@ class S3Writer(Writer):
         else the next one an upload gives back (waiting for it)."""
         if self._allocated <= self._s3.max_in_flight:
             self._allocated += 1
-            return bytearray(size)
+            return self._s3.spare_buffer(size)
         buf = self._free.get()
         return buf if len(buf) == size else bytearray(size)
 
@@ -455,6 +475,15 @@ class S3Writer(Writer):
     def _shutdown(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._futures = []  # their done-callbacks refer to this writer: no cycle left
+        buffers = []
+        while True:
+            try:
+                buffers.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        self._s3.keep_buffers(buffers)
 
     def abort(self) -> None:
         self._done = True
