@@ -2,15 +2,15 @@
 already serve Prefect (``restore --tiered``), or into one nobody uses yet (plain restore,
 verify's scratch database) by the same code.
 
-For each deferred table (:data:`prefect_dr.prefect_schema.DEFERRED_TABLES`, no foreign key in
-or out) the backup's rows are loaded into a *shadow* table ``prefect_dr_backfill.<table>``:
-created ``LIKE`` the live table without indexes, filled by ``COPY``, its row count checked
-against the manifest, then given the live table's primary key and indexes (built once, over the
-whole table, as pg_restore does) and analysed — all in one transaction, so a stopped load
-leaves nothing behind. Prefect keeps reading and writing the live table meanwhile. The *swap*
-then takes the live table's lock for a moment: the rows Prefect wrote since phase 1 are copied
-into the shadow table (a row already there is kept once), the live table is dropped and the
-shadow table moved into ``public`` under the same name, with the same index names.
+For each deferred table (:data:`prefect_dr.prefect_schema.DEFERRED_TABLES`, no foreign key in or
+out) the backup's rows are loaded into a *shadow* table ``prefect_dr_backfill.<table>``: created
+``LIKE`` the live table without indexes, filled by ``COPY``, its row count checked against the
+manifest, then given the live table's primary key and indexes (built once, over the whole table,
+as pg_restore does) and the statistics Prefect's queries plan on — all in one transaction, so a
+stopped load leaves nothing behind. Prefect keeps reading and writing the live table meanwhile.
+The *swap* then takes the live table's lock for a moment: the rows Prefect wrote since phase 1
+are copied into the shadow table (a row already there is kept once), the live table is dropped
+and the shadow table moved into ``public`` under the same name, with the same index names.
 
 With ``jobs`` above 1 the tables load at the same time, each on its own connection and in its
 own transaction (the largest first, so that they finish together); their swaps still take turns.
@@ -42,6 +42,7 @@ import psycopg
 from psycopg import sql
 
 from prefect_dr import crypto, pipeline, restore_stream, table_copy
+from prefect_dr import prefect_schema as ps
 from prefect_dr.errors import DatabaseError, DRError, Interrupted, VerificationError
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
@@ -356,9 +357,20 @@ def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
                 sql.Literal(min(budget.free_cores(), _server_parallel(conn)))))
         for statement in _index_statements(conn, table):
             conn.execute(statement)
-        conn.execute(sql.SQL("ANALYZE {}").format(shadow))
+        conn.execute(analyze_statement(table, artifact.columns))
         conn.execute(sql.SQL("UPDATE {} SET status = %s, updated = now() WHERE table_name = %s")
                      .format(sql.Identifier(SCHEMA, "state")), (READY, table))
+
+
+def analyze_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
+    """``ANALYZE`` of a shadow table: only the columns Prefect's queries plan on when they are
+    known and present (the rest is left to autovacuum), else the whole table."""
+    planned = [c for c in ps.PLANNED_COLUMNS.get(table, ()) if c in columns]
+    shadow = sql.Identifier(SCHEMA, table)
+    if not planned:
+        return sql.SQL("ANALYZE {}").format(shadow)
+    return sql.SQL("ANALYZE {} ({})").format(shadow,
+                                             sql.SQL(", ").join(map(sql.Identifier, planned)))
 
 
 def _server_parallel(conn: psycopg.Connection) -> int:

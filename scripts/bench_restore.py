@@ -16,10 +16,8 @@ Variants (interleaved round-robin, the order rotating each round):
   ours-inplace   prefect-dr restore ID --target-url .../DB --yes --json over an existing DB
                  (a copy of a restored database, made before the timing), safety backup on
   ours-j1        (--jobs1) the plain restore with --jobs 1: streamed, nothing staged
-  base           (--baseline-src DIR) the plain restore of another checkout's prefect_dr
-                 (DIR on PYTHONPATH, e.g. `git archive main prefect_dr` unpacked): the same
-                 run measures the change against the code before it
-  base-tiered    (--baseline-src DIR) the same with --tiered
+  base, base-tiered  (--baseline-src DIR) ours and ours-tiered run from another checkout's
+                 prefect_dr (DIR on PYTHONPATH): one run measures a change against the code before
 --variants V1,V2 runs only those of the above (the peer is always run: ratios need it).
 
 Besides wall time, RSS and CPU (scripts/benchlib.py), a restore run records:

@@ -6,7 +6,8 @@ validated or not), and nothing of its own left behind. Real stack: PostgreSQL, S
 The reference is the operator's restore, ``pg_dump -Fc | pg_restore`` of the backed-up
 database (nothing writes to it between the backup and the dump). Three restores of one format-2
 backup are compared with it: plain with the history tables loaded at the same time (``--jobs
-2``), plain one table after another (``--jobs 1``), and ``--tiered`` (phase 2 swapped in)."""
+2``), plain one table after another (``--jobs 1``), and ``--tiered`` (phase 2 swapped in).
+Each history table comes with the statistics of the columns Prefect's queries plan on."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import psycopg
 import pytest
 from conftest import clone_prefect_db, run_cli
 from test_tiered_restore_integration import _backup, _with_password, add_history
+
+from prefect_dr.prefect_schema import PLANNED_COLUMNS
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +85,18 @@ def test_every_restore_path_produces_what_a_plain_pg_restore_does(
                 "events", "event_resources", "log"}
         got = shape(_with_password(target, pw), pw)
         assert not _differences(got, peer), (variant, _differences(got, peer))
+        stats = planned_statistics(_with_password(target, pw), pw)
+        assert all(set(cols) <= stats[t] for t, cols in PLANNED_COLUMNS.items()), (variant,
+                                                                                   stats)
+
+
+def planned_statistics(url: str, pw: str) -> dict[str, set[str]]:
+    """The columns of each history table that have statistics (pg_stats)."""
+    with psycopg.connect(url, password=pw) as conn:
+        rows = conn.execute("SELECT tablename, attname FROM pg_stats WHERE schemaname = "
+                            "'public' AND tablename = ANY(%s)",
+                            (list(PLANNED_COLUMNS),)).fetchall()
+    out: dict[str, set[str]] = {t: set() for t in PLANNED_COLUMNS}
+    for table, column in rows:
+        out[table].add(column)
+    return out
