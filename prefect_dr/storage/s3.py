@@ -446,15 +446,16 @@ class S3Writer(Writer):
     def close(self) -> ObjectInfo:
         if self._done:
             raise StorageError(f"{self._key} already closed")
-        tail = bytes(self._cur[:self._fill]) if self._cur is not None else b""
-        self._cur = None
+        # the last part is the current buffer cut short in place: no copy of up to 8 MiB
+        tail, self._cur = (self._cur if self._cur is not None else bytearray()), None
+        del tail[self._fill:]
         try:
             if self._upload_id is None:
                 self._s3._call("write", self._key, self._s3.client.put_object,
                                Body=tail, **self._create_args())
             else:
                 if tail:
-                    self._submit(bytearray(tail))
+                    self._submit(tail)
                 parts = []
                 for fut in self._futures:
                     try:
