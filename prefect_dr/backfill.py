@@ -15,10 +15,10 @@ and the shadow table moved into ``public`` under the same name, with the same in
 With ``jobs`` above 1 the tables load at the same time, each on its own connection and in its
 own transaction (the largest first, so that they finish together); their swaps still take turns.
 Every loading session sets what pg_restore's sessions do not (:func:`session_settings`):
-``synchronous_commit`` off, ``maintenance_work_mem`` sized from the table and the server, and
-``max_parallel_maintenance_workers`` from the cores the other loads leave free; the rows are
-copied ``FREEZE`` into the shadow table its own transaction created, so the first vacuum does
-not rewrite them.
+``synchronous_commit`` off and ``maintenance_work_mem`` sized from the table and the server
+(parallel index-build workers are the server's: limiting them to the cores the other loads
+leave made each load a third slower at 3 GiB); the rows are copied ``FREEZE`` into the shadow
+table its own transaction created, so the first vacuum does not rewrite them.
 
 Progress is kept in ``prefect_dr_backfill.state`` (one row per table still to do, with the
 backup id and whether its shadow table is ``ready``), written in phase 1 before the database is
@@ -163,21 +163,14 @@ def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None) -> N
 
 @dataclass
 class Budget:
-    """What the loads running at once share: the cores (for parallel index builds), the swap
-    (one at a time), the stop flag and the connections to cancel when one load fails."""
+    """What the loads running at once share: the swap (one at a time), the stop flag and the
+    connections to cancel when one load fails."""
 
-    cpus: int
     workers: int
-    loading: int = 0
     stop: threading.Event = field(default_factory=threading.Event)
     swap_lock: threading.Lock = field(default_factory=threading.Lock)
     lock: threading.Lock = field(default_factory=threading.Lock)
     conns: list[psycopg.Connection] = field(default_factory=list)
-
-    def free_cores(self) -> int:
-        """Cores beyond the one each running load uses (the caller's own included)."""
-        with self.lock:
-            return max(0, self.cpus - self.loading)
 
     def check(self) -> None:
         """Raise Interrupted when the other loads were told to stop."""
@@ -243,7 +236,7 @@ def _run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto
                                         f"for {state.table}")
             todo.append((state, artifact))
     workers = max(1, min(jobs, len(todo)))
-    budget = Budget(cpus=max(1, jobs), workers=workers)
+    budget = Budget(workers=workers)
 
     def one(item: tuple[TableState, Artifact]) -> Loaded:
         return _bring_in(url, storage, item[0], item[1], identities, role, progress, on_step,
@@ -299,13 +292,7 @@ def _bring_in(url: str, storage: Storage, state: TableState, artifact: Artifact,
             session_settings(conn, artifact, budget.workers)
             if state.status != READY:
                 on_step(f"backfill: loading {artifact.rows} rows of {state.table}")
-                with budget.lock:
-                    budget.loading += 1
-                try:
-                    _load(conn, storage, artifact, identities, role, progress, budget)
-                finally:
-                    with budget.lock:
-                        budget.loading -= 1
+                _load(conn, storage, artifact, identities, role, progress, budget)
             budget.check()
             on_step(f"backfill: swapping {state.table} in")
             with budget.swap_lock:
@@ -326,8 +313,8 @@ def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
           identities: list[crypto.Identity], role: str | None,
           progress: pipeline.Progress | None, budget: Budget | None = None) -> None:
     """Fill a fresh shadow table from ``artifact`` (``COPY FREEZE``: the table is this
-    transaction's own), check its rows, build its indexes (with parallel workers on the cores
-    the other loads leave free) and mark it ready, in one transaction."""
+    transaction's own), check its rows, build its indexes (with the server's parallel
+    index-build workers, as pg_restore's) and mark it ready, in one transaction."""
     assert artifact.table and artifact.columns is not None
     table, shadow = artifact.table, sql.Identifier(SCHEMA, artifact.table)
     live = sql.Identifier("public", table)
@@ -353,8 +340,6 @@ def _load(conn: psycopg.Connection, storage: Storage, artifact: Artifact,
                                     f"its manifest says {artifact.rows}")
         if budget is not None:
             budget.check()
-            conn.execute(sql.SQL("SET LOCAL max_parallel_maintenance_workers = {}").format(
-                sql.Literal(min(budget.free_cores(), _server_parallel(conn)))))
         for statement in _index_statements(conn, table):
             conn.execute(statement)
         conn.execute(analyze_statement(table, artifact.columns))
@@ -371,13 +356,6 @@ def analyze_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
         return sql.SQL("ANALYZE {}").format(shadow)
     return sql.SQL("ANALYZE {} ({})").format(shadow,
                                              sql.SQL(", ").join(map(sql.Identifier, planned)))
-
-
-def _server_parallel(conn: psycopg.Connection) -> int:
-    """The server's own ``max_parallel_maintenance_workers`` (never raised above it)."""
-    row = conn.execute("SELECT current_setting('max_parallel_maintenance_workers')::int"
-                       ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _index_statements(conn: psycopg.Connection, table: str) -> list[sql.Composable]:
