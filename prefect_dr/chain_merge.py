@@ -10,6 +10,8 @@ deleted them at the source), and the table must then hold exactly the increment'
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 from psycopg import sql
 
@@ -30,17 +32,19 @@ def link_of(artifact: Artifact) -> str:
 
 def copy_in(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
             artifact: Artifact, schema: str, table: str,
-            identities: list[crypto.Identity], progress: pipeline.Progress | None) -> int:
-    """COPY ``artifact``'s rows into ``schema.table``; returns how many. Raises
-    VerificationError for a damaged artifact; ChainError naming the link when it belongs to
-    another backup of ``manifest``'s chain."""
+            identities: list[crypto.Identity], progress: pipeline.Progress | None, *,
+            freeze: bool = False, check: Callable[[], None] | None = None) -> int:
+    """COPY ``artifact``'s rows into ``schema.table`` (``freeze``: frozen, into a table this
+    transaction created; ``check`` is called before each write and may raise to stop it);
+    returns how many. Raises VerificationError for a damaged artifact; ChainError naming the
+    link when it belongs to another backup of ``manifest``'s chain."""
     assert artifact.columns is not None
     try:
         with conn.cursor() as cur:
             with cur.copy(table_copy.copy_statement(table, artifact.columns, "in",
-                                                    schema=schema)) as copy, \
+                                                    schema=schema, freeze=freeze)) as copy, \
                     storage.open_reader(artifact.location) as reader:
-                pipeline.decrypt_from(reader, table_copy.CopyInWriter(copy), identities,
+                pipeline.decrypt_from(reader, table_copy.CopyInWriter(copy, check), identities,
                                       compressed=artifact.compression == "zstd",
                                       expect=restore_stream.expected_stats(artifact),
                                       progress=progress)

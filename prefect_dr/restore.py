@@ -194,7 +194,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
                     deferred = manifest.history_tables
                 else:  # plain: the history goes in before the swap, by the same code
                     backfill.run(restored_url, storage, manifest, identities, role=as_role,
-                                 progress=progress, on_step=on_step)
+                                 progress=progress, on_step=on_step, jobs=jobs)
             on_step("checking the restored database")
             with pgc.connect(restored_url) as conn:
                 semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks,
@@ -252,7 +252,7 @@ def execute(settings: Settings, storage: Storage, manifest: Manifest, plan: Plan
             " (its run history is still loading; runs show as it arrives)" if deferred
             else ""))
         _after_swap(settings, storage, manifest, plan, result, checks, url, identities,
-                    as_role, env, progress, on_step, deferred)
+                    as_role, env, progress, on_step, deferred, jobs)
         return result
     except psycopg.Error as exc:
         raise DRError(f"restore failed: {pgc.first_line(exc)}") from None
@@ -264,7 +264,7 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
                 result: Result, checks: Checks, url: str,
                 identities: list[crypto.Identity], role: str | None,
                 env: Mapping[str, str], progress: pipeline.Progress | None,
-                on_step: Callable[[str], None], deferred: frozenset[str]) -> None:
+                on_step: Callable[[str], None], deferred: frozenset[str], jobs: int) -> None:
     """Phase 2 (tiered), then the safety backup of the kept database, whatever phase 2's
     outcome short of a stop signal. Raises phase 2's error, pointing at ``--resume``."""
     def safety() -> None:
@@ -278,7 +278,7 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
             result.backfilled = finish_backfill(url, storage, Layout(settings.layout_prefix),
                                                 manifest, identities, checks,
                                                 role=role, progress=progress,
-                                                on_step=on_step)
+                                                on_step=on_step, jobs=jobs)
     except BaseException as exc:
         # a stop signal (even one a library wrapped as its own error) skips the safety backup
         stopped = interrupt.pending() or exc
@@ -296,13 +296,14 @@ def _after_swap(settings: Settings, storage: Storage, manifest: Manifest, plan: 
 def finish_backfill(url: str, storage: Storage, layout: Layout, manifest: Manifest,
                     identities: list[crypto.Identity], checks: Checks, *,
                     role: str | None, progress: pipeline.Progress | None,
-                    on_step: Callable[[str], None]) -> list[backfill.Loaded]:
-    """Phase 2 into the live database at ``url``, then each backfilled table's rows checked:
+                    on_step: Callable[[str], None], jobs: int = 1) -> list[backfill.Loaded]:
+    """Phase 2 into the live database at ``url`` (``jobs`` tables at a time), then each
+    backfilled table's rows checked:
     the backup's (exactly the manifest's count, checked as they load) plus those Prefect wrote
     since phase 1; then the backup's pin is removed. Raises what :func:`backfill.run` raises,
     VerificationError."""
     loaded = backfill.run(url, storage, manifest, identities, role=role, progress=progress,
-                          on_step=on_step)
+                          on_step=on_step, jobs=jobs)
     pins.remove(storage, layout, pins.backfill_name(url))  # the backup is no longer needed
     with pgc.connect(url) as conn:
         for item in loaded:
@@ -374,7 +375,7 @@ def resume(settings: Settings, storage: Storage, manifest: Manifest, *,
             loaded = finish_backfill(url, storage, Layout(settings.layout_prefix), manifest,
                                      identities, checks,
                                      role=role if role != me else None, progress=progress,
-                                     on_step=on_step)
+                                     on_step=on_step, jobs=pipeline.available_cpus())
             return loaded, checks.report.checks
     except psycopg.Error as exc:
         raise DRError(f"resume failed: {pgc.first_line(exc)}") from None

@@ -11,7 +11,7 @@ order of the table's columns never matters.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -32,9 +32,12 @@ def columns_of(conn: psycopg.Connection, table: str, schema: str = "public") -> 
 
 
 def copy_statement(table: str, columns: tuple[str, ...], direction: str,
-                   schema: str = "public") -> sql.Composed:
-    """``COPY schema.table (columns) TO STDOUT`` or ``FROM STDIN`` (text format)."""
+                   schema: str = "public", *, freeze: bool = False) -> sql.Composed:
+    """``COPY schema.table (columns) TO STDOUT`` or ``FROM STDIN`` (text format); ``freeze``
+    loads the rows frozen (only into a table created or truncated in the same transaction)."""
     target = "TO STDOUT" if direction == "out" else "FROM STDIN"
+    if freeze and direction == "in":
+        target += " WITH (FREEZE)"
     return sql.SQL("COPY {} ({}) " + target).format(
         sql.Identifier(schema, table), sql.SQL(", ").join(map(sql.Identifier, columns)))
 
@@ -94,14 +97,18 @@ class CopyOutReader(io.RawIOBase):
 
 class CopyInWriter:
     """A sink for ``pipeline.decrypt_from`` that writes into ``COPY ... FROM STDIN``: the
-    bytes are passed on as they come (text COPY accepts any split of its stream)."""
+    bytes are passed on as they come (text COPY accepts any split of its stream). ``check``,
+    called before each write, may raise to stop the load."""
 
-    def __init__(self, copy: Any) -> None:
+    def __init__(self, copy: Any, check: Callable[[], None] | None = None) -> None:
         self._copy = copy
+        self._check = check
         self.size = 0
 
     def write(self, data: Any) -> int:
-        """Send ``data`` to the server; returns its length."""
+        """Send ``data`` to the server; returns its length. Raises what ``check`` raises."""
+        if self._check is not None:
+            self._check()
         self._copy.write(data)
         self.size += len(data)
         return len(data)

@@ -223,7 +223,7 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
                 with scratch.connect() as conn:
                     backfill.prepare(conn, manifest, None)
                 loaded = backfill.run(scratch.url, storage, manifest, identities,
-                                      progress=progress)
+                                      progress=progress, jobs=pipeline.available_cpus())
                 out["detail"] = ", ".join(f"{item.table} {item.rows} rows" for item in loaded)
         with scratch.connect() as conn:
             semantic.semantic_checks(conn, manifest, export_doc, escrowed, env, checks)

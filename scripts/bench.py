@@ -58,6 +58,7 @@ from typing import Any
 
 import psutil
 from bench_restore import RESTORE_TARGETS, add_restore_args, restore_main, restore_report
+from bench_scale import scale_report
 from benchlib import (
     QUIET_SHARE,
     BaseBench,
@@ -325,6 +326,8 @@ def main() -> None:
     sub = p.add_subparsers(dest="what", required=True)
     rep = sub.add_parser("report", help="print the tables of saved results")
     rep.add_argument("files", nargs="+", type=Path)
+    sc = sub.add_parser("scale", help="paired ratios per round, and slopes across sizes")
+    sc.add_argument("files", nargs="+", type=Path)
     b = sub.add_parser("backup", help="run the backup benchmark (use scripts/bench)")
     b.add_argument("--runs", type=int, default=3)
     b.add_argument("--stages", action="store_true")
@@ -343,6 +346,9 @@ def main() -> None:
     args = p.parse_args()
     if args.what == "report":
         report(args.files)
+        return
+    if args.what == "scale":
+        scale_report(args.files)
         return
     if args.what in ("verify", "restore"):
         if args.runs < 1:

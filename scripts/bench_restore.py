@@ -16,6 +16,9 @@ Variants (interleaved round-robin, the order rotating each round):
   ours-inplace   prefect-dr restore ID --target-url .../DB --yes --json over an existing DB
                  (a copy of a restored database, made before the timing), safety backup on
   ours-j1        (--jobs1) the plain restore with --jobs 1: streamed, nothing staged
+  base, base-tiered  (--baseline-src DIR) ours and ours-tiered run from another checkout's
+                 prefect_dr (DIR on PYTHONPATH): one run measures a change against the code before
+--variants V1,V2 runs only those of the above (the peer is always run: ratios need it).
 
 Besides wall time, RSS and CPU (scripts/benchlib.py), a restore run records:
   serving_s   `serving_after_s` of the --json result: from the command's start until the target
@@ -57,6 +60,8 @@ from benchlib import (
 )
 
 FIXTURE_PREFIX = "bench/fixture"
+#: variants that run a prefect-dr (this checkout's, or the --baseline-src one)
+OURS = ("ours", "base")
 RESTORE_TARGETS = {"verify": 1.1, "restore": 0.7}
 RESTORE_VARIANTS = {"verify": ["ours", "peer"],
                     "restore": ["ours", "ours-tiered", "ours-inplace", "peer"]}
@@ -82,6 +87,11 @@ class RestoreBench(BaseBench):
         self.variants = list(RESTORE_VARIANTS[args.what])
         if args.what == "restore" and args.jobs1:
             self.variants.insert(1, "ours-j1")
+        if args.what == "restore" and args.baseline_src:
+            self.variants[-1:-1] = ["base", "base-tiered"]
+        if args.variants:
+            wanted = set(args.variants.split(",")) | {"peer"}
+            self.variants = [v for v in self.variants if v in wanted]
 
     # -- SQL helpers (outside every timed section)
     def psql(self, sql: str, *, superuser: bool = False) -> str:
@@ -191,14 +201,16 @@ class RestoreBench(BaseBench):
     # -- variants
     def command(self, variant: str, db: str) -> tuple[list[str], dict[str, str]]:
         a, fx = self.args, self.fx
-        if variant.startswith("ours"):
+        if variant.startswith(OURS):
             env = self.ours_env()
+            if variant.startswith("base"):
+                env["PYTHONPATH"] = a.baseline_src
             if a.what == "verify":
                 return [a.prefect_dr, "verify", fx["backup_id"], "--json"], env
             argv = [a.prefect_dr, "restore", fx["backup_id"], "--target-url",
                     self.url_base + db, "--yes", "--json",
                     "--jobs", "1" if variant == "ours-j1" else "0"]
-            return argv + (["--tiered"] if variant == "ours-tiered" else []), env
+            return argv + (["--tiered"] if variant.endswith("-tiered") else []), env
         if variant == "peer":
             env = {**self.env, "B_AWS": a.aws, "B_BUCKET": self.bucket, "B_KEY": fx["peer_key"],
                    "B_ENDPOINT": self.endpoint, "B_REGION": self.region,
@@ -252,7 +264,7 @@ class RestoreBench(BaseBench):
         argv, env = self.command(variant, db)
         out_path = self.tmp / f"{run_id}.out"
         watch_conn, watch = (self.watcher(variant, db) if a.what == "restore"
-                             and variant.startswith("ours") else (None, None))
+                             and variant.startswith(OURS) else (None, None))
         res: dict[str, Any] = {}
         try:
             with open(out_path, "wb") as out:
@@ -262,7 +274,7 @@ class RestoreBench(BaseBench):
             if res["exit"] != 0:
                 err = (self.tmp / f"{run_id}.err").read_text(errors="replace")[-3000:]
                 raise SystemExit(f"bench: {run_id} failed (exit {res['exit']}):\n{err}")
-            if variant.startswith("ours"):
+            if variant.startswith(OURS):
                 with contextlib.suppress(ValueError):
                     res["output"] = json.loads(out_path.read_text())
                     res["serving_s"] = res["output"].get("serving_after_s")
@@ -272,7 +284,7 @@ class RestoreBench(BaseBench):
             if watch_conn is not None:
                 watch_conn.close()
             self._after_run(variant, db, run_id, res)
-        res["object_size"] = self.fx["ours_size" if variant.startswith("ours") else "peer_size"]
+        res["object_size"] = self.fx["ours_size" if variant.startswith(OURS) else "peer_size"]
         return res
 
     def _after_run(self, variant: str, db: str, run_id: str, res: dict[str, Any]) -> None:
@@ -405,7 +417,7 @@ def step_table(runs: list[dict[str, Any]], variants: list[str]) -> list[str]:
     database names and digits masked to match lines across runs), as markdown rows."""
     table: dict[str, dict[str, list[float]]] = {}
     for r in runs:
-        if not r["variant"].startswith("ours") or "stderr_lines" not in r:
+        if not r["variant"].startswith(OURS) or "stderr_lines" not in r:
             continue
         seen: set[str] = set()
         for t, line in r["stderr_lines"]:
@@ -425,7 +437,7 @@ def step_table(runs: list[dict[str, Any]], variants: list[str]) -> list[str]:
                 continue
             seen.add(key)
             table.setdefault(key, {}).setdefault(r["variant"], []).append(t)
-    ours = [v for v in variants if v.startswith("ours")]
+    ours = [v for v in variants if v.startswith(OURS)]
     rows = sorted(table.items(), key=lambda kv: min(statistics.median(x) for x in kv[1].values()))
     lines = ["| step (log line, digits as #) | " + " | ".join(ours) + " |",
              "|---|" + "---|" * len(ours)]
@@ -458,7 +470,7 @@ def restore_markdown(result: dict[str, Any]) -> str:
     ]
     for v, row in s.items():
         procs = row["procs_hwm_max_kib"]
-        name = "prefect-dr" if v.startswith("ours") else "aws"
+        name = "prefect-dr" if v.startswith(OURS) else "aws"
         main_rss = mib(procs.get(name, row["maxrss_max_kib"]))
         pgr = mib(procs.get("pg_restore"))
         srv = row["server_cpu_median_s"]
@@ -579,5 +591,9 @@ def add_restore_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--out", required=True, type=Path)
     r.add_argument("--session", help="one id for the sizes of one scripts/bench run (the "
                    "flatness of the time to serving compares them)")
+    r.add_argument("--baseline-src", help="restore: also the variants base and base-tiered, "
+                   "run with this folder on PYTHONPATH (another checkout's prefect_dr)")
+    r.add_argument("--variants", help="restore: only these variants (comma-separated; the "
+                   "peer always runs)")
     r.add_argument("--jobs1", action="store_true",
                    help="restore: also the plain restore with --jobs 1 (streamed)")

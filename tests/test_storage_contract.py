@@ -264,3 +264,41 @@ def test_stopped_while_starting_an_upload_leaves_no_open_upload(
         writer.close()
     assert [u.key for u in s.list_incomplete_uploads(p)] == []
     assert s.stat(p + "dump") is None
+
+
+def test_s3_writers_one_after_another_share_one_set_of_part_buffers(
+        stack_env: dict[str, str]) -> None:
+    """Issue 25: a backup writes its artifacts one after another; each S3 writer used to keep
+    its (max_in_flight + 1) 8 MiB part buffers until the cycle collector ran, so the peak grew
+    with every history table. Now a closed writer is freed at once and the next one reuses its
+    buffers."""
+    import gc
+    import weakref
+
+    s3 = _s3(stack_env)
+    prefix = f"contract-{uuid.uuid4().hex[:8]}/"
+    part = os.urandom(MIN_PART)
+    seen: list[set[int]] = []
+    keep = s3.spare.keep
+
+    def recorded(buffers: list[bytearray], size: int) -> None:
+        seen.append({id(b) for b in buffers})
+        keep(buffers, size)
+
+    s3.spare.keep = recorded  # type: ignore[method-assign]
+    gc.disable()  # only reference counting may free a writer here
+    try:
+        for n in range(2):
+            writer = s3.open_writer(f"{prefix}obj-{n}")
+            gone = weakref.ref(writer)
+            for _ in range(s3.max_in_flight + 2):  # every buffer used at least once
+                writer.write(part)
+            writer.close()
+            del writer
+            assert gone() is None, "a closed S3 writer is kept alive by a reference cycle"
+        assert seen[0] == seen[1] and len(seen[0]) == s3.max_in_flight + 1
+        assert s3.get_bytes(f"{prefix}obj-1") == part * (s3.max_in_flight + 2)
+    finally:
+        gc.enable()
+        for info in list(s3.list(prefix)):
+            s3.delete(info.key)

@@ -68,8 +68,9 @@ def restore(
         "--no-safety-backup", help="Skip the backup of the live database before the swap.")
     ] = False,
     jobs: Annotated[int, typer.Option(
-        "--jobs", "-j", help="pg_restore jobs; above 1 the decrypted dump is staged on local "
-        "disk (PREFECT_DR_STAGING_DIR) first. 0: one per available CPU.")] = 0,
+        "--jobs", "-j", help="pg_restore jobs, and history tables loaded at once; above 1 the "
+        "decrypted dump is staged on local disk (PREFECT_DR_STAGING_DIR) first. 0: one per "
+        "available CPU.")] = 0,
     tiered: Annotated[bool, typer.Option(
         "--tiered", help="Swap in everything but the bulk history (events, event_resources, "
         "log) first, so Prefect can serve at once; then load the history into the live "

@@ -37,7 +37,7 @@ from prefect_dr.storage.base import (
     Writer,
     put_if_absent_retried,
 )
-from prefect_dr.storage.parts import PartWriter
+from prefect_dr.storage.parts import PartWriter, SparePool
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class AzureStorage(Storage):
         self.container = container
         self.retry_deadline_s = retry_deadline_s
         self.max_in_flight = max_in_flight
+        self.spare = SparePool(max_in_flight)  # buffers a finished writer left for the next
         timeouts = {"retry_total": 0, "connection_timeout": 5,
                     "read_timeout": max(5.0, min(60.0, retry_deadline_s / 4)),
                     "max_single_get_size": READ_CHUNK, "max_chunk_get_size": READ_CHUNK,
@@ -347,10 +348,10 @@ class AzureWriter(PartWriter):
                    deadline_s=self._store.retry_deadline_s)
         return block_id
 
-    def _put_whole(self, data: bytes) -> None:
+    def _put_whole(self, data: bytearray) -> None:
         settings = self._content_settings()
         self._store._call("write", self._key, lambda: self._blob.upload_blob(
-            data, overwrite=True, validate_content=True, content_settings=settings))
+            bytes(data), overwrite=True, validate_content=True, content_settings=settings))
 
     def _complete(self, parts: list[Any]) -> None:
         from azure.storage.blob import BlobBlock

@@ -17,6 +17,30 @@ from prefect_dr.errors import StorageError
 from prefect_dr.storage.base import ObjectInfo, Writer, check_written
 
 
+class SparePool:
+    """Part buffers a finished writer left for the store's next writer (a backup writes its
+    artifacts one after another): at most ``max_in_flight`` + 1, all of the first part's
+    size, so the memory of a backup stays that of one upload."""
+
+    def __init__(self, max_in_flight: int) -> None:
+        self._max = max_in_flight
+        self._buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def take(self, size: int) -> bytearray:
+        """A buffer of ``size`` bytes: a kept one of that size, else a new one."""
+        try:
+            buf = self._buffers.get_nowait()
+        except queue.Empty:
+            return bytearray(size)
+        return buf if len(buf) == size else bytearray(size)
+
+    def keep(self, buffers: list[bytearray], size: int) -> None:
+        """Keep those of ``buffers`` that are ``size`` bytes long, up to the pool's bound."""
+        for buf in buffers:
+            if len(buf) == size and self._buffers.qsize() <= self._max:
+                self._buffers.put(buf)
+
+
 class PartWriter(Writer):
     """A streaming upload in parts, uploaded by a small pool while the caller keeps writing.
 
@@ -26,6 +50,11 @@ class PartWriter(Writer):
     parts uploaded (``_upload_part``, in the pool) and completed (``_complete``) on ``close``.
     ``abort`` (also after a failed ``close``) shuts the pool down and lets the backend discard
     what it started (``_discard``); after ``close`` or ``abort`` it does nothing.
+
+    A closed or aborted writer leaves its buffers to the store's next writer (``store.spare``,
+    a :class:`SparePool`, when it has one) and drops its futures (whose callbacks refer to it),
+    so that nothing waits for the cycle collector: the artifacts of a backup, written one after
+    another, share one set of buffers. The last part is the current buffer cut short in place.
 
     ``store`` is the backend (its ``max_in_flight`` and ``wrap_error(exc, action, key)``).
     """
@@ -67,7 +96,7 @@ class PartWriter(Writer):
         """Upload part ``number`` (runs in the pool); what ``_complete`` needs of it."""
 
     @abc.abstractmethod
-    def _put_whole(self, data: bytes) -> None:
+    def _put_whole(self, data: bytearray) -> None:
         """Write a whole object smaller than one part. Raises StorageError."""
 
     @abc.abstractmethod
@@ -88,7 +117,8 @@ class PartWriter(Writer):
         else the next one an upload gives back (waiting for it)."""
         if self._allocated <= self._store.max_in_flight:
             self._allocated += 1
-            return bytearray(size)
+            spare = getattr(self._store, "spare", None)
+            return spare.take(size) if spare is not None else bytearray(size)
         buf = self._free.get()
         return buf if len(buf) == size else bytearray(size)
 
@@ -145,14 +175,15 @@ class PartWriter(Writer):
     def close(self) -> ObjectInfo:
         if self._done:
             raise StorageError(f"{self._key} already closed")
-        tail = bytes(self._cur[:self._fill]) if self._cur is not None else b""
-        self._cur = None
+        # the last part is the current buffer cut short in place: no copy of up to a part
+        tail, self._cur = (self._cur if self._cur is not None else bytearray()), None
+        del tail[self._fill:]
         try:
             if self._pool is None:
                 self._put_whole(tail)
             else:
                 if tail:
-                    self._submit(bytearray(tail))
+                    self._submit(tail)
                 self._complete([self._result(fut) for fut in self._futures])
         except BaseException:
             self.abort()
@@ -164,6 +195,17 @@ class PartWriter(Writer):
     def _shutdown(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        self._futures = []  # their done-callbacks refer to this writer: no cycle left
+        buffers = []
+        while True:
+            try:
+                buffers.append(self._free.get_nowait())
+            except queue.Empty:
+                break
+        spare = getattr(self._store, "spare", None)
+        if spare is not None:
+            spare.keep(buffers, self._part_size(1))
 
     def abort(self) -> None:
         if self._done:

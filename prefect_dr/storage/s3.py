@@ -27,7 +27,7 @@ from prefect_dr.storage.base import (
     Writer,
     put_if_absent_retried,
 )
-from prefect_dr.storage.parts import PartWriter
+from prefect_dr.storage.parts import PartWriter, SparePool
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ class S3Storage(Storage):
         self.options = options or S3Options()
         self.max_in_flight = max_in_flight
         self.retry_deadline_s = retry_deadline_s
+        #: part buffers a finished writer left for the next one (storage.parts.SparePool)
+        self.spare = SparePool(max_in_flight)
         self.description = f"s3://{bucket}" + (f" at {endpoint_url}" if endpoint_url else "")
         if client is None:
             # Our retry.call owns retries (with the deadline); botocore makes one attempt,
@@ -365,7 +367,7 @@ class S3Writer(PartWriter):
             deadline_s=self._s3.retry_deadline_s)
         return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
 
-    def _put_whole(self, data: bytes) -> None:
+    def _put_whole(self, data: bytearray) -> None:
         self._s3._call("write", self._key, self._s3.client.put_object, Body=data,
                        **self._create_args())
 
