@@ -293,6 +293,9 @@ def test_a_killed_incremental_never_looks_complete(clone: dict[str, str], seed: 
         for bid, row in new.items():
             if proc.returncode == 0:  # finished before the signal: complete and whole
                 assert row["status"] == "complete" and json.loads(out)["backup_id"] == bid
+            elif row["status"] == "complete":  # the signal came after its manifest: whole
+                proved = run_cli(["verify", bid], env)
+                assert proved.returncode == 0, (sig, proved.stdout + proved.stderr)
             else:
                 assert row["status"] in ("failed", "incomplete"), (sig, row)
         outcomes.append((sig.name, proc.returncode, sorted(r["status"] for r in new.values())))

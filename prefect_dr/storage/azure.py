@@ -361,7 +361,7 @@ class AzureWriter(PartWriter):
             [BlobBlock(block_id=i) for i in parts], content_settings=settings))
 
     def _discard(self) -> None:
-        if self._pool is None:
+        if not self._started:
             return
         try:
             self._store.discard_blocks(self._key, deadline_s=min(5.0,

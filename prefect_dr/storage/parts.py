@@ -78,6 +78,7 @@ class PartWriter(Writer):
         self._number = 1
         self._futures: list[Future[Any]] = []
         self._pool: ThreadPoolExecutor | None = None
+        self._started = False  # the upload was started (``_start``): there may be parts
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 0
         self._done = False
@@ -148,6 +149,7 @@ class PartWriter(Writer):
             raise StorageError(f"upload {self._key}: more than {self.max_parts} "
                                f"{self.part_word}s")
         if self._pool is None:
+            self._started = True
             self._start()
             self._pool = ThreadPoolExecutor(self._store.max_in_flight,
                                             thread_name_prefix=self.thread_name)
@@ -179,7 +181,7 @@ class PartWriter(Writer):
         tail, self._cur = (self._cur if self._cur is not None else bytearray()), None
         del tail[self._fill:]
         try:
-            if self._pool is None:
+            if not self._started:
                 self._put_whole(tail)
             else:
                 if tail:
