@@ -29,6 +29,17 @@ from prefect_dr.errors import USAGE
 from prefect_dr.prefect_api import server_version
 
 
+def _differs(want: dict[str, Any], have: dict[str, Any] | None,
+             body: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]],
+             fields: Iterable[str]) -> list[str]:
+    """The ``fields`` in which ``want`` differs from the target's object ``have`` made into a
+    request body the same way (none when the target has no such object)."""
+    if have is None:
+        return []
+    have_body = body(have, {})
+    return [f for f in fields if f in want and want.get(f) != have_body.get(f)]
+
+
 class Planner:
     """Decides each exported object's action and diff, filling ``result`` as it goes."""
 
@@ -60,38 +71,36 @@ class Planner:
     def match_only(self) -> None:
         """Fill the id map for every exported object already on the target (all sections),
         so references resolve even when the referenced section is not imported."""
-        ex, t, m = self.ex, self.t, self.id_map
+        ex, t, ids = self.ex, self.t, self.id_map
         for i, row in ex.block_types.items():
             if row.get("slug") in t.block_types:
-                m[i] = t.block_types[row["slug"]]["id"]
+                ids[i] = t.block_types[row["slug"]]["id"]
         for i, row in ex.block_schemas.items():
             slug = str((ex.block_types.get(str(row.get("block_type_id"))) or {}).get("slug"))
             same = t.block_schemas.get(ex.schema_key(row)) or t.block_schemas_by_fields.get(
                 (slug, str(row.get("version") or ""), canonical_fields(row.get("fields"))))
             if same is not None:
-                m[i] = same["id"]
-        for i, row in ex.block_documents.items():
-            if ex.doc_key(row) in t.block_documents:
-                m[i] = t.block_documents[ex.doc_key(row)]["id"]
-        for i, row in ex.concurrency_limits.items():
-            if row.get("name") in t.concurrency_limits:
-                m[i] = t.concurrency_limits[row["name"]]["id"]
-        for i, row in ex.work_pools.items():
-            if row.get("name") in t.work_pools:
-                m[i] = t.work_pools[row["name"]]["id"]
-        for i, row in ex.work_queues.items():
-            key = (ex.pool_of_queue(i) or "", str(row.get("name")))
-            if key in t.work_queues:
-                m[i] = t.work_queues[key]["id"]
-        for i, row in ex.flows.items():
-            if row.get("name") in t.flows:
-                m[i] = t.flows[row["name"]]["id"]
-        for i, row in ex.deployments.items():
-            if ex.deployment_key(row) in t.deployments:
-                m[i] = t.deployments[ex.deployment_key(row)]["id"]
-        for i, row in ex.automations.items():
-            if row.get("name") in t.automations:
-                m[i] = t.automations[row["name"]]["id"]
+                ids[i] = same["id"]
+
+        def by_name(_: str, row: dict[str, Any]) -> Any:
+            return row.get("name")
+
+        # (exported rows, the key they are matched by, the target's objects by that key)
+        matched_by: tuple[tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any],
+                                dict[Any, Any]], ...] = (
+            (ex.block_documents, lambda _, row: ex.doc_key(row), t.block_documents),
+            (ex.concurrency_limits, by_name, t.concurrency_limits),
+            (ex.work_pools, by_name, t.work_pools),
+            (ex.work_queues, lambda i, row: (ex.pool_of_queue(i) or "", str(row.get("name"))),
+             t.work_queues),
+            (ex.flows, by_name, t.flows),
+            (ex.deployments, lambda _, row: ex.deployment_key(row), t.deployments),
+            (ex.automations, by_name, t.automations))
+        for rows, key_of, have in matched_by:
+            for i, row in rows.items():
+                key = key_of(i, row)
+                if key in have:
+                    ids[i] = have[key]["id"]
         for name, pool in t.work_pools.items():
             if pool.get("default_queue_id"):
                 self.plan.default_queues[name] = str(pool["default_queue_id"])
@@ -234,11 +243,7 @@ class Planner:
             name = str(pool["name"])
             have = t.work_pools.get(name)
             want = pool_body(pool, self.id_map)
-            diff: list[str] = []
-            if have is not None:
-                have_body = pool_body(have, {})
-                diff = [f for f in POOL_FIELDS
-                        if f in want and want.get(f) != have_body.get(f)]
+            diff = _differs(want, have, pool_body, POOL_FIELDS)
             item = self.add("work-pools", m.WORK_POOL, name, exists=have, diff=diff,
                             source_id=pool["id"])
             if "type" in diff and item.action == m.OVERWRITE:
@@ -327,11 +332,7 @@ class Planner:
             seen.add(name)
             have = t.automations.get(name)
             want = automation_body(a, self.id_map)
-            diff: list[str] = []
-            if have is not None:
-                have_body = automation_body(have, {})
-                diff = [f for f in AUTOMATION_FIELDS
-                        if f in want and want.get(f) != have_body.get(f)]
+            diff = _differs(want, have, automation_body, AUTOMATION_FIELDS)
             dangling = referenced(ex, a, known | {str(a["id"])})
             note = ("refers to " + ", ".join(dangling) + ": neither on the target nor "
                     "imported") if dangling else None
