@@ -1,5 +1,6 @@
 """The storage backends: one descriptor each, the one list URL parsing, the factory, the
-settings' help and the contract suite iterate.
+settings' help, ``k8s render`` (a descriptor's :class:`Kubernetes` needs) and the contract suite
+iterate.
 
 A backend is its module (``storage/<backend>.py``: a ``Storage`` implementation and a
 ``build(url, settings, retry_deadline_s)`` function) and one ``register(Backend(...))`` line
