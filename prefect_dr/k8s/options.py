@@ -282,11 +282,11 @@ def _check_repository(options: RenderOptions) -> None:
             raise ValueError("the Azure account URL must not carry a query (a SAS token is a "
                              "secret: it goes into the credential Secret's connection string, "
                              "not into the ConfigMap)")
-    if (url.scheme == "azure" and set(credential_secrets(options)) != set(ROLES)
-            and not (options.azure_account_url or url.params.get("account_url"))):
-        raise ValueError("an azure:// repository read with an identity (a job without a "
-                         "credential Secret) needs the account URL: azure_account_url "
-                         "(PREFECT_DR_AZURE_ACCOUNT_URL) or ?account_url= in the URL")
+    if needs.identity_needs is not None:
+        option, param, message = needs.identity_needs
+        if (set(credential_secrets(options)) != set(ROLES)
+                and not (getattr(options, option) or url.params.get(param))):
+            raise ValueError(message)
 
 
 def check(options: RenderOptions) -> None:

@@ -66,6 +66,9 @@ class Kubernetes:
     secret_description: str = ""
     #: None: the Secret reaches the pod by envFrom; else mounted as this key file
     key_file: KeyFile | None = None
+    #: what a job without a credential Secret (a workload, managed or node identity) needs:
+    #: (RenderOptions field, URL query parameter), one of them set, and the message if neither
+    identity_needs: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,12 @@ register(Backend("azure", "prefect_dr.storage.azure", "azure://CONTAINER/PREFIX"
                      secret_description="Azure Blob credentials of the {role} job only: a "
                                         "connection string, or AZURE_STORAGE_ACCOUNT and "
                                         "AZURE_STORAGE_KEY (docs/deploy.md: Azure roles; "
-                                        "prefer workload identity)")))
+                                        "prefer workload identity)",
+                     identity_needs=(
+                         "azure_account_url", "account_url",
+                         "an azure:// repository read with an identity (a job without a "
+                         "credential Secret) needs the account URL: azure_account_url "
+                         "(PREFECT_DR_AZURE_ACCOUNT_URL) or ?account_url= in the URL"))))
 register(Backend("gs", "prefect_dr.storage.gcs", "gs://BUCKET/PREFIX",
                  re.compile(r"^[a-z0-9][a-z0-9._\-]{1,220}[a-z0-9]$"), "bucket",
                  kubernetes=Kubernetes(
