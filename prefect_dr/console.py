@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from prefect_dr import redact
-from prefect_dr.units import clock, human_bytes
+from prefect_dr.units import clock, human_bytes, utc_time
 
 STATUS_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "dim",
                 "complete": "green", "failed": "bold red", "incomplete": "yellow",
@@ -233,13 +233,8 @@ def short_time(iso: str | None) -> str:
     """'2026-12-01T14:22:05.123456+00:00' -> '2026-12-01 14:22' (UTC)."""
     if not iso:
         return ""
-    try:
-        when = dt.datetime.fromisoformat(iso)
-    except ValueError:
-        return iso
-    if when.tzinfo is not None:
-        when = when.astimezone(dt.UTC)
-    return when.strftime("%Y-%m-%d %H:%M")
+    when = utc_time(iso)
+    return iso if when is None else when.strftime("%Y-%m-%d %H:%M")
 
 
 def ago(iso: str | None, now: dt.datetime | None = None) -> str:

@@ -1,6 +1,9 @@
-"""Sizes and durations for people: one unit family (IEC: KiB, MiB, GiB) everywhere."""
+"""Sizes, durations and times for people: one unit family (IEC: KiB, MiB, GiB) everywhere,
+times in UTC."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 
 def human_bytes(n: int | None) -> str:
@@ -21,3 +24,13 @@ def clock(seconds: float) -> str:
     hours, rest = divmod(whole, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def utc_time(iso: str) -> dt.datetime | None:
+    """``iso`` (ISO 8601) as a datetime, converted to UTC when it has a zone (a naive one is
+    left as it is); None when it is not an ISO time."""
+    try:
+        when = dt.datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return when.astimezone(dt.UTC) if when.tzinfo is not None else when

@@ -8,20 +8,28 @@ import inspect
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import test_storage_contract as contract
 import toy_backend
 from conftest import clean
 
-from prefect_dr import config, doctor
+from prefect_dr import config, doctor, k8s
 from prefect_dr.errors import ConfigError
 from prefect_dr.storage import factory, registry
 from prefect_dr.storage import url as repo_url
 from prefect_dr.storage.base import Storage
 
 TOY = registry.Backend("toy", "toy_backend", "toy://BOX/PREFIX",
-                       re.compile(r"^[a-z][a-z0-9]{2,20}$"), "box", {"zone": "text"})
+                       re.compile(r"^[a-z][a-z0-9]{2,20}$"), "box", {"zone": "text"},
+                       kubernetes=registry.Kubernetes(
+                           identity_annotation="toy.example/identity",
+                           identity=re.compile(r"^toy-id-[0-9]+$"), identity_word="a toy id",
+                           identity_pod_labels={"toy.example/use": "yes"},
+                           secret_prefix="prefect-dr-toy",
+                           secret_data={"TOY_TOKEN": "{placeholder}", "TOY_ZONE": "west"},
+                           secret_description="toy token of the {role} job only"))
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +78,39 @@ def test_an_unregistered_scheme_is_refused() -> None:
     registry.unregister("toy")
     with pytest.raises(repo_url.RepositoryURLError, match="must start with s3://"):
         repo_url.parse("toy://box1/p")
+
+
+def _objects(options: k8s.RenderOptions, kind: str) -> dict[str, dict[str, Any]]:
+    return {o["metadata"]["name"]: o for o in k8s.render(options) if o["kind"] == kind}
+
+
+def test_k8s_render_takes_its_credential_secret_and_identity_from_the_descriptor() -> None:
+    options = k8s.RenderOptions(repository="toy://box1/prod?zone=west",
+                                workload_identities={"prune": "toy-id-7"})
+    templates = {s["metadata"]["name"]: s for s in k8s.secret_templates(options)
+                 if "toy" in s["metadata"]["name"]}
+    assert sorted(templates) == [f"prefect-dr-toy-{r}" for r in ("backup", "restore", "verify")]
+    backup = templates["prefect-dr-toy-backup"]
+    assert backup["stringData"] == {"TOY_TOKEN": k8s.PLACEHOLDER, "TOY_ZONE": "west"}
+    assert backup["metadata"]["annotations"]["prefect-dr/description"] == (
+        "toy token of the backup job only")
+    pods = {name: job["spec"]["jobTemplate"]["spec"]["template"]
+            for name, job in _objects(options, "CronJob").items()}
+    backup_pod, prune_pod = pods["prefect-dr-backup"], pods["prefect-dr-prune"]
+    assert {"secretRef": {"name": "prefect-dr-toy-backup"}} in (
+        backup_pod["spec"]["containers"][0]["envFrom"])
+    assert "toy.example/use" not in backup_pod["metadata"]["labels"]
+    assert not any("secretRef" in e and "toy" in e["secretRef"]["name"]
+                   for e in prune_pod["spec"]["containers"][0].get("envFrom", []))
+    assert prune_pod["metadata"]["labels"]["toy.example/use"] == "yes"
+    accounts = _objects(options, "ServiceAccount")
+    assert accounts["prefect-dr-prune"]["metadata"]["annotations"]["toy.example/identity"] == (
+        "toy-id-7")
+    assert "toy.example/identity" not in accounts["prefect-dr-backup"]["metadata"]["annotations"]
+    assert k8s.config_env(options)["PREFECT_DR_REPOSITORY"] == "toy://box1/prod?zone=west"
+    with pytest.raises(ValueError, match="is not a toy id, as a toy:// repository needs"):
+        k8s.render(k8s.RenderOptions(repository="toy://box1/prod",
+                                     workload_identities={"prune": "arn:x"}))
 
 
 # The whole contract suite, on the toy backend: every test of tests/test_storage_contract.py

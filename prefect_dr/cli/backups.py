@@ -16,6 +16,7 @@ from prefect_dr.cli.common import (
     AnyKindFlag,
     BackupArg,
     KindFlag,
+    LatestFlag,
     OutputFlag,
     WideFlag,
     json_mode,
@@ -119,8 +120,7 @@ def copy_cmd(
         "--to", metavar="URL", help="Target repository: "
         + registry.either([f"{s}://" for s in registry.schemes()]) + ".")
     ] = None,
-    latest: Annotated[bool, typer.Option(
-        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    latest: LatestFlag = False,
     all_backups: Annotated[bool, typer.Option(
         "--all", help="Every complete backup (of --kind); already copied ones are skipped.")
     ] = False,
@@ -186,8 +186,7 @@ def list_cmd(
 @command()
 def show(
     backup_id: BackupArg = None,
-    latest: Annotated[bool, typer.Option(
-        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    latest: LatestFlag = False,
     kind: KindFlag = None,
     wide: WideFlag = False,
     output: OutputFlag = None,

@@ -18,12 +18,16 @@ BackupArg = Annotated[str | None, typer.Argument(
 KindFlag = Annotated[Kind | None, typer.Option(
     "--kind", help=f"Only backups of this kind: {KINDS_TEXT} (with --latest, the "
     f"default is {DEFAULT_LATEST_KIND}).")]
-WideFlag = Annotated[bool, typer.Option("--wide", help="Show every column, even past the "
-                                                       "terminal's width.")]
 AllowUnsignedFlag = Annotated[bool, typer.Option(
     "--allow-unsigned", help="Accept a manifest that is unsigned or signed by a key not in "
     "PREFECT_DR_VERIFY_KEY (unauthenticated: anyone who can write to the repository could "
     "have made it). A signature that does not match is refused even so.")]
+LatestFlag = Annotated[bool, typer.Option(
+    "--latest", help=f"The newest complete backup of --kind (default: {DEFAULT_LATEST_KIND}).")]
+YesFlag = Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")]
+ScratchURLFlag = Annotated[str | None, typer.Option(
+    "--scratch-url", help="Create the scratch database on this server (libpq URL of a "
+    "database to connect to, without password) instead of the Prefect database's.")]
 AnyKindFlag = Annotated[Kind | None, typer.Option(
     "--kind", help=f"Only backups of this kind: {KINDS_TEXT} (with --latest, the "
     "default is either kind).")]

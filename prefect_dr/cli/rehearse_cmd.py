@@ -13,6 +13,8 @@ from prefect_dr.cli.common import (
     AllowUnsignedFlag,
     BackupArg,
     KindFlag,
+    LatestFlag,
+    ScratchURLFlag,
     json_mode,
     select,
     settings,
@@ -25,15 +27,12 @@ from prefect_dr.cli.common import (
 @command(name="rehearse-upgrade")
 def rehearse_upgrade(
     backup_id: BackupArg = None,
-    latest: Annotated[bool, typer.Option(
-        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    latest: LatestFlag = False,
     kind: KindFlag = None,
     prefect_python: Annotated[str, typer.Option(
         "--prefect-python", help="Python interpreter of the Prefect to upgrade to (its "
         "'prefect server database upgrade -y' runs the migrations).")] = "",
-    scratch_url: Annotated[str | None, typer.Option(
-        "--scratch-url", help="Create the scratch database on this server (libpq URL of a "
-        "database to connect to, without password) instead of the Prefect database's.")] = None,
+    scratch_url: ScratchURLFlag = None,
     database_timeout: Annotated[int, typer.Option(
         "--database-timeout", help="PREFECT_API_DATABASE_TIMEOUT for the upgrade, seconds "
         "(Prefect advises 600 for large databases).")] = 600,

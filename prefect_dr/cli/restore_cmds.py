@@ -20,6 +20,8 @@ from prefect_dr.cli.common import (
     AnyKindFlag,
     BackupArg,
     KindFlag,
+    LatestFlag,
+    YesFlag,
     confirm,
     json_mode,
     layout,
@@ -43,14 +45,13 @@ logger = logging.getLogger("prefect_dr")
 @command()
 def restore(
     backup_id: BackupArg = None,
-    latest: Annotated[bool, typer.Option(
-        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    latest: LatestFlag = False,
     kind: KindFlag = None,
     target_url: Annotated[str | None, typer.Option(
         "--target-url", help="Database to restore into (default: PREFECT_DR_DATABASE_URL); "
         "created when it does not exist.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan only.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: YesFlag = False,
     force_disconnect: Annotated[bool, typer.Option(
         "--force-disconnect", help="Terminate clients connected to the live database at the "
         "swap (without it, connected clients refuse the restore before any work).")] = False,
@@ -346,7 +347,7 @@ def restore_config(
 
 @command()
 def rollback(
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: YesFlag = False,
     list_: Annotated[bool, typer.Option("--list", help="Show kept databases.")] = False,
     drop: Annotated[str | None, typer.Option("--drop", help="Drop one kept database.")] = None,
     target_url: Annotated[str | None, typer.Option(

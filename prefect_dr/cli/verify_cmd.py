@@ -15,6 +15,8 @@ from prefect_dr.cli.common import (
     BACKUP_HELP,
     AllowUnsignedFlag,
     KindFlag,
+    LatestFlag,
+    ScratchURLFlag,
     json_mode,
     layout,
     notified_verification,
@@ -29,15 +31,12 @@ from prefect_dr.cli.common import (
 def verify(
     backup_id: Annotated[str | None, typer.Argument(
         metavar="BACKUP", help=BACKUP_HELP + " (default: --latest).")] = None,
-    latest: Annotated[bool, typer.Option(
-        "--latest", help="The newest complete backup of --kind (default: full).")] = False,
+    latest: LatestFlag = False,
     all_: Annotated[bool, typer.Option("--all", help="Every complete backup (of --kind).")
                     ] = False,
     since: Annotated[str | None, typer.Option(
         "--since", help="Complete backups started within DURATION (e.g. 7d).")] = None,
-    scratch_url: Annotated[str | None, typer.Option(
-        "--scratch-url", help="Create the scratch database on this server (libpq URL of a "
-        "database to connect to, without password) instead of the Prefect database's.")] = None,
+    scratch_url: ScratchURLFlag = None,
     keep_scratch: Annotated[bool, typer.Option(
         "--keep-scratch", help="Keep the scratch database for inspection.")] = False,
     prefect_smoke: Annotated[bool, typer.Option(

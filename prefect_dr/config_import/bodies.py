@@ -5,13 +5,13 @@ with what the server returns."""
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import re
 from typing import Any
 
 from prefect_dr.config_import.model import DEPLOYMENT_LIMIT_PREFIX
 from prefect_dr.config_import.source import Export
+from prefect_dr.units import utc_time
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -41,13 +41,8 @@ def remap(value: Any, id_map: dict[str, str]) -> Any:
 
 def _ts(value: Any) -> Any:
     if isinstance(value, str):
-        try:
-            parsed = dt.datetime.fromisoformat(value)
-        except ValueError:
-            return value
-        if parsed.tzinfo is not None:
-            parsed = parsed.astimezone(dt.UTC)
-        return parsed.isoformat()
+        parsed = utc_time(value)
+        return value if parsed is None else parsed.isoformat()
     return value
 
 

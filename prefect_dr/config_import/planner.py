@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prefect_dr.config_import import model as m
 from prefect_dr.config_import.bodies import (
     automation_body,
     deployment_body,
@@ -22,101 +23,84 @@ from prefect_dr.config_import.compare import (
     deployment_missing,
     referenced,
 )
-from prefect_dr.config_import.model import (
-    AUTOMATION,
-    BLOCK_DOCUMENT,
-    BLOCK_DOCUMENT_ANONYMOUS,
-    BLOCK_SCHEMA,
-    BLOCK_TYPE,
-    CONCURRENCY_LIMIT,
-    CREATE,
-    DEPLOYMENT,
-    DEPLOYMENT_LIMIT_PREFIX,
-    FLOW,
-    NOT_IMPORTABLE,
-    ON_CONFLICT,
-    OVERWRITE,
-    SECTIONS,
-    SKIP,
-    UNCHANGED,
-    VARIABLE,
-    WORK_POOL,
-    WORK_QUEUE,
-    ConfigImportError,
-    ImportPlan,
-    OnConflict,
-    PlanItem,
-    parse_only,
-)
 from prefect_dr.config_import.source import Export, check_export, register_secrets, section_rows
 from prefect_dr.config_import.target import Target, canonical_fields
 from prefect_dr.errors import USAGE
 from prefect_dr.prefect_api import server_version
 
 
+def _differs(want: dict[str, Any], have: dict[str, Any] | None,
+             body: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]],
+             fields: Iterable[str]) -> list[str]:
+    """The ``fields`` in which ``want`` differs from the target's object ``have`` made into a
+    request body the same way (none when the target has no such object)."""
+    if have is None:
+        return []
+    have_body = body(have, {})
+    return [f for f in fields if f in want and want.get(f) != have_body.get(f)]
+
+
 class Planner:
     """Decides each exported object's action and diff, filling ``result`` as it goes."""
 
     def __init__(self, ex: Export, target: Target, on_conflict: str,
-                 result: ImportPlan) -> None:
+                 result: m.ImportPlan) -> None:
         self.ex, self.t, self.on_conflict = ex, target, on_conflict
         self.plan = result
         self.id_map = result.id_map
 
     def add(self, section: str, kind: str, name: str, *, exists: dict[str, Any] | None,
             diff: list[str] | None = None, source_id: Any = None,
-            note: str | None = None, action: str | None = None) -> PlanItem:
+            note: str | None = None, action: str | None = None) -> m.PlanItem:
         diff = diff or []
         if action is None:
             if exists is None:
-                action = CREATE
+                action = m.CREATE
             elif self.on_conflict == "skip":
-                action = SKIP
+                action = m.SKIP
             else:
-                action = OVERWRITE if diff else UNCHANGED
+                action = m.OVERWRITE if diff else m.UNCHANGED
         target_id = str(exists["id"]) if exists and exists.get("id") else None
         if source_id is not None and target_id is not None:
             self.id_map[str(source_id)] = target_id
-        item = PlanItem(section, kind, name, action, diff, note,
-                        str(source_id) if source_id is not None else None, target_id)
+        item = m.PlanItem(section, kind, name, action, diff, note,
+                          str(source_id) if source_id is not None else None, target_id)
         self.plan.items.append(item)
         return item
 
     def match_only(self) -> None:
         """Fill the id map for every exported object already on the target (all sections),
         so references resolve even when the referenced section is not imported."""
-        ex, t, m = self.ex, self.t, self.id_map
+        ex, t, ids = self.ex, self.t, self.id_map
         for i, row in ex.block_types.items():
             if row.get("slug") in t.block_types:
-                m[i] = t.block_types[row["slug"]]["id"]
+                ids[i] = t.block_types[row["slug"]]["id"]
         for i, row in ex.block_schemas.items():
             slug = str((ex.block_types.get(str(row.get("block_type_id"))) or {}).get("slug"))
             same = t.block_schemas.get(ex.schema_key(row)) or t.block_schemas_by_fields.get(
                 (slug, str(row.get("version") or ""), canonical_fields(row.get("fields"))))
             if same is not None:
-                m[i] = same["id"]
-        for i, row in ex.block_documents.items():
-            if ex.doc_key(row) in t.block_documents:
-                m[i] = t.block_documents[ex.doc_key(row)]["id"]
-        for i, row in ex.concurrency_limits.items():
-            if row.get("name") in t.concurrency_limits:
-                m[i] = t.concurrency_limits[row["name"]]["id"]
-        for i, row in ex.work_pools.items():
-            if row.get("name") in t.work_pools:
-                m[i] = t.work_pools[row["name"]]["id"]
-        for i, row in ex.work_queues.items():
-            key = (ex.pool_of_queue(i) or "", str(row.get("name")))
-            if key in t.work_queues:
-                m[i] = t.work_queues[key]["id"]
-        for i, row in ex.flows.items():
-            if row.get("name") in t.flows:
-                m[i] = t.flows[row["name"]]["id"]
-        for i, row in ex.deployments.items():
-            if ex.deployment_key(row) in t.deployments:
-                m[i] = t.deployments[ex.deployment_key(row)]["id"]
-        for i, row in ex.automations.items():
-            if row.get("name") in t.automations:
-                m[i] = t.automations[row["name"]]["id"]
+                ids[i] = same["id"]
+
+        def by_name(_: str, row: dict[str, Any]) -> Any:
+            return row.get("name")
+
+        # (exported rows, the key they are matched by, the target's objects by that key)
+        matched_by: tuple[tuple[dict[str, Any], Callable[[str, dict[str, Any]], Any],
+                                dict[Any, Any]], ...] = (
+            (ex.block_documents, lambda _, row: ex.doc_key(row), t.block_documents),
+            (ex.concurrency_limits, by_name, t.concurrency_limits),
+            (ex.work_pools, by_name, t.work_pools),
+            (ex.work_queues, lambda i, row: (ex.pool_of_queue(i) or "", str(row.get("name"))),
+             t.work_queues),
+            (ex.flows, by_name, t.flows),
+            (ex.deployments, lambda _, row: ex.deployment_key(row), t.deployments),
+            (ex.automations, by_name, t.automations))
+        for rows, key_of, have in matched_by:
+            for i, row in rows.items():
+                key = key_of(i, row)
+                if key in have:
+                    ids[i] = have[key]["id"]
         for name, pool in t.work_pools.items():
             if pool.get("default_queue_id"):
                 self.plan.default_queues[name] = str(pool["default_queue_id"])
@@ -147,12 +131,12 @@ class Planner:
         for tid in needed_types:
             row = ex.block_types.get(tid)
             if row is not None and tid not in self.id_map:
-                self.add("blocks", BLOCK_TYPE, str(row["slug"]), exists=None, source_id=tid)
+                self.add("blocks", m.BLOCK_TYPE, str(row["slug"]), exists=None, source_id=tid)
         for sid in needed_schemas:
             row = ex.block_schemas.get(sid)
             if row is not None and sid not in self.id_map:
                 slug = (ex.block_types.get(str(row.get("block_type_id"))) or {}).get("slug")
-                self.add("blocks", BLOCK_SCHEMA,
+                self.add("blocks", m.BLOCK_SCHEMA,
                          f"{slug} {str(row.get('checksum'))[:19]} ({row.get('version')})",
                          exists=None, source_id=sid)
         for d in self._documents_in_reference_order(docs):
@@ -182,11 +166,11 @@ class Planner:
     def _document(self, d: dict[str, Any]) -> None:
         slug, name = self.ex.doc_key(d)
         label = f"{slug}/{name}"
-        kind = BLOCK_DOCUMENT_ANONYMOUS if d.get("is_anonymous") else BLOCK_DOCUMENT
+        kind = m.BLOCK_DOCUMENT_ANONYMOUS if d.get("is_anonymous") else m.BLOCK_DOCUMENT
         have = self.t.block_documents.get((slug, name))
         if not d.get("decrypted") or not isinstance(d.get("data"), dict):
             self.add("blocks", kind, label, exists=have, source_id=d["id"],
-                     action=NOT_IMPORTABLE,
+                     action=m.NOT_IMPORTABLE,
                      note="the export holds no decrypted data for this block (its key was "
                           "missing at backup time)")
             return
@@ -225,12 +209,12 @@ class Planner:
                     diff.append("value")
                 if sorted(have.get("tags") or []) != sorted(want["tags"]):
                     diff.append("tags")
-            self.add("variables", VARIABLE, str(row["name"]), exists=have, diff=diff,
+            self.add("variables", m.VARIABLE, str(row["name"]), exists=have, diff=diff,
                      source_id=row.get("id"))
 
     def concurrency_limits(self) -> None:
         rows = [r for r in self.ex.concurrency_limits.values()
-                if not str(r.get("name", "")).startswith(DEPLOYMENT_LIMIT_PREFIX)]
+                if not str(r.get("name", "")).startswith(m.DEPLOYMENT_LIMIT_PREFIX)]
         names = {r.get("name") for r in rows}
         for r in section_rows(self.ex.doc, "task_concurrency_limits"):  # v1 (tag) limits
             name = f"tag:{r.get('tag')}"
@@ -248,7 +232,7 @@ class Planner:
                 if float(have.get("slot_decay_per_second") or 0) != \
                         want["slot_decay_per_second"]:
                     diff.append("slot_decay_per_second")
-            self.add("concurrency-limits", CONCURRENCY_LIMIT, str(row["name"]), exists=have,
+            self.add("concurrency-limits", m.CONCURRENCY_LIMIT, str(row["name"]), exists=have,
                      diff=diff, source_id=row.get("id"))
 
     # work pools ----------------------------------------------------------------------------
@@ -259,14 +243,10 @@ class Planner:
             name = str(pool["name"])
             have = t.work_pools.get(name)
             want = pool_body(pool, self.id_map)
-            diff: list[str] = []
-            if have is not None:
-                have_body = pool_body(have, {})
-                diff = [f for f in POOL_FIELDS
-                        if f in want and want.get(f) != have_body.get(f)]
-            item = self.add("work-pools", WORK_POOL, name, exists=have, diff=diff,
+            diff = _differs(want, have, pool_body, POOL_FIELDS)
+            item = self.add("work-pools", m.WORK_POOL, name, exists=have, diff=diff,
                             source_id=pool["id"])
-            if "type" in diff and item.action == OVERWRITE:
+            if "type" in diff and item.action == m.OVERWRITE:
                 item.note = "the type of an existing work pool cannot be changed; kept"
             queues = [q for q in ex.work_queues.values()
                       if str(q.get("work_pool_id")) == str(pool["id"])]
@@ -287,7 +267,7 @@ class Planner:
         note = None
         if have is None and is_default and not pool_exists:
             note = "the pool's default queue: created with the pool, then set as exported"
-        self.add("work-pools", WORK_QUEUE, f"{pool}/{q['name']}", exists=have, diff=diff,
+        self.add("work-pools", m.WORK_QUEUE, f"{pool}/{q['name']}", exists=have, diff=diff,
                  source_id=q["id"], note=note)
 
     # deployments ---------------------------------------------------------------------------
@@ -313,7 +293,7 @@ class Planner:
             if have is not None and sorted(have.get("tags") or []) != \
                     sorted(row.get("tags") or []):
                 diff.append("tags")
-            self.add("deployments", FLOW, str(row["name"]), exists=have, diff=diff,
+            self.add("deployments", m.FLOW, str(row["name"]), exists=have, diff=diff,
                      source_id=fid)
         for d in deps:
             flow_name, dep_name = ex.deployment_key(d)
@@ -321,9 +301,9 @@ class Planner:
             want = deployment_body(ex, d, self.id_map)
             diff = deployment_diff(want, have) if have is not None else []
             available = set(self.id_map) | {i.source_id for i in self.plan.items
-                                            if i.source_id and i.action == CREATE}
+                                            if i.source_id and i.action == m.CREATE}
             missing = deployment_missing(ex, d, available)
-            self.add("deployments", DEPLOYMENT, f"{flow_name}/{dep_name}", exists=have,
+            self.add("deployments", m.DEPLOYMENT, f"{flow_name}/{dep_name}", exists=have,
                      diff=diff, source_id=d["id"],
                      note=("needs " + ", ".join(missing) + ": neither on the target nor "
                            "imported") if missing else None)
@@ -344,7 +324,7 @@ class Planner:
                                           "name, only the first is imported")
         seen: set[str] = set()
         known = set(self.id_map) | {i.source_id for i in self.plan.items
-                                    if i.source_id and i.action == CREATE}
+                                    if i.source_id and i.action == m.CREATE}
         for a in sorted(ex.automations.values(), key=lambda a: str(a.get("name"))):
             name = str(a["name"])
             if name in seen:
@@ -352,20 +332,16 @@ class Planner:
             seen.add(name)
             have = t.automations.get(name)
             want = automation_body(a, self.id_map)
-            diff: list[str] = []
-            if have is not None:
-                have_body = automation_body(have, {})
-                diff = [f for f in AUTOMATION_FIELDS
-                        if f in want and want.get(f) != have_body.get(f)]
+            diff = _differs(want, have, automation_body, AUTOMATION_FIELDS)
             dangling = referenced(ex, a, known | {str(a["id"])})
             note = ("refers to " + ", ".join(dangling) + ": neither on the target nor "
                     "imported") if dangling else None
-            self.add("automations", AUTOMATION, name, exists=have, diff=diff,
+            self.add("automations", m.AUTOMATION, name, exists=have, diff=diff,
                      source_id=a["id"], note=note)
 
 
-def plan(api_url: str, export_doc: dict[str, Any], *, only: Iterable[str] | str = SECTIONS,
-         on_conflict: OnConflict | str = "skip") -> ImportPlan:
+def plan(api_url: str, export_doc: dict[str, Any], *, only: Iterable[str] | str = m.SECTIONS,
+         on_conflict: m.OnConflict | str = "skip") -> m.ImportPlan:
     """Compare ``export_doc`` with what the Prefect server at ``api_url`` holds.
 
     Reads every object of the target (pages of 200); writes nothing. Items come in the order
@@ -373,18 +349,18 @@ def plan(api_url: str, export_doc: dict[str, Any], *, only: Iterable[str] | str 
     section or conflict mode, ConfigImportError for an export this version cannot read, and
     PrefectAPIError when the target cannot be read.
     """
-    selected = parse_only(only if isinstance(only, str) else list(only))
-    if on_conflict not in ON_CONFLICT:
-        raise ConfigImportError(f"on_conflict must be one of {', '.join(ON_CONFLICT)}",
-                                exit_code=USAGE)
+    selected = m.parse_only(only if isinstance(only, str) else list(only))
+    if on_conflict not in m.ON_CONFLICT:
+        raise m.ConfigImportError(f"on_conflict must be one of {', '.join(m.ON_CONFLICT)}",
+                                  exit_code=USAGE)
     check_export(export_doc)
     ex = Export(export_doc)
     version = server_version(api_url)
     target = Target.read(api_url, [str(p.get("name")) for p in ex.work_pools.values()])
-    result = ImportPlan(api_url=api_url, target_version=version,
-                        backup_id=export_doc.get("backup_id"),
-                        only=tuple(s for s in SECTIONS if s in selected),
-                        on_conflict=str(on_conflict))
+    result = m.ImportPlan(api_url=api_url, target_version=version,
+                          backup_id=export_doc.get("backup_id"),
+                          only=tuple(s for s in m.SECTIONS if s in selected),
+                          on_conflict=str(on_conflict))
     planner = Planner(ex, target, str(on_conflict), result)
     planner.match_only()
     steps: list[tuple[str, Callable[[], None]]] = [

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from prefect_dr import __version__, cron, crypto, errors, layout, retention
 from prefect_dr.errors import CryptoKeyError
 from prefect_dr.kinds import POLICY_ROWS
+from prefect_dr.storage import registry
 from prefect_dr.storage import url as repo_url
 
 UID = 10001  # the image's user and group (Dockerfile)
@@ -59,16 +60,6 @@ _DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 _LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
-#: What a workload identity is, per backend: an IAM role ARN (IRSA), a managed identity's
-#: client id (AKS workload identity), a Google service account e-mail (GKE Workload Identity).
-_IDENTITY = {
-    "s3": (re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$"),
-           "an IAM role ARN (arn:aws:iam::123456789012:role/NAME)"),
-    "azure": (re.compile(r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"),
-              "a managed identity's client id (a GUID)"),
-    "gs": (re.compile(r"^[a-z][a-z0-9-]{4,28}[a-z0-9]@[a-z0-9.:-]+\.gserviceaccount\.com$"),
-           "a Google service account e-mail (NAME@PROJECT.iam.gserviceaccount.com)"),
-}
 _NFS = re.compile(r"^(?P<server>[A-Za-z0-9][-A-Za-z0-9.]*|\[[0-9A-Fa-f:.]+\]):(?P<path>/\S*)$")
 #: Where the pods mount their own volumes: a file:// repository must not sit there.
 _RESERVED_PATHS = ("/tmp", "/etc/prefect-dr")  # noqa: S108 - the pods' emptyDir
@@ -77,10 +68,6 @@ DEFAULT_VOLUME_CLAIM = "prefect-dr-repository"
 
 def _default_s3_secrets() -> dict[str, str]:
     return {role: f"prefect-dr-s3-{role}" for role in ROLES}
-
-
-#: The default credential Secret of each job, per backend (s3: ``s3_secrets``).
-DEFAULT_SECRET_PREFIX = {"azure": "prefect-dr-azure", "gs": "prefect-dr-gcs"}
 
 
 @dataclass(frozen=True)
@@ -226,16 +213,22 @@ def repository_url(options: RenderOptions) -> repo_url.RepositoryURL:
     return repo_url.from_s3_settings(options.bucket, options.prefix)
 
 
+def kubernetes(options: RenderOptions) -> registry.Kubernetes:
+    """What the repository's backend needs in Kubernetes (its registry descriptor's facts)."""
+    backend = registry.get(repository_url(options).scheme)
+    return backend.kubernetes if backend else registry.Kubernetes()
+
+
 def credential_secrets(options: RenderOptions) -> dict[str, str]:
     """role -> the Secret holding its repository credentials (none for a role with a
     workload identity, nor for a file:// repository)."""
-    scheme = repository_url(options).scheme
+    needs = kubernetes(options)
     if options.credential_secrets is not None:
         secrets = dict(options.credential_secrets)
-    elif scheme == "s3":
-        secrets = dict(options.s3_secrets)
-    elif scheme in DEFAULT_SECRET_PREFIX:
-        secrets = {role: f"{DEFAULT_SECRET_PREFIX[scheme]}-{role}" for role in ROLES}
+    elif needs.secrets_option is not None:
+        secrets = dict(getattr(options, needs.secrets_option))
+    elif needs.secret_prefix is not None:
+        secrets = {role: f"{needs.secret_prefix}-{role}" for role in ROLES}
     else:
         secrets = {}
     return {role: name for role, name in secrets.items()
@@ -260,9 +253,10 @@ def _check_roles(what: str, mapping: Mapping[str, str]) -> None:
 
 def _check_repository(options: RenderOptions) -> None:
     url = repository_url(options)
+    needs = kubernetes(options)
     for what in ("s3_secrets", "credential_secrets", "workload_identities"):
         _check_roles(what, getattr(options, what) or {})
-    if url.scheme == "file":
+    if needs.volume:
         if options.credential_secrets or options.workload_identities:
             raise ValueError("a file:// repository takes no credential Secrets nor workload "
                              "identities: the mounted volume's permissions are its credentials")
@@ -279,20 +273,20 @@ def _check_repository(options: RenderOptions) -> None:
         raise ValueError("volume_claim and nfs mount a file:// repository; this one is "
                          f"{url.scheme}://")
     for role, identity in options.workload_identities.items():
-        pattern, what = _IDENTITY[url.scheme]
-        if not pattern.match(identity):
+        if needs.identity is None or not needs.identity.match(identity):
             raise ValueError(f"workload identity of the {role} job: {identity!r} is not "
-                             f"{what}, as a {url.scheme}:// repository needs")
+                             f"{needs.identity_word or 'possible'}, as a {url.scheme}:// "
+                             "repository needs")
     for account_url in (options.azure_account_url, url.params.get("account_url")):
         if account_url and (urlsplit(account_url).query or urlsplit(account_url).fragment):
             raise ValueError("the Azure account URL must not carry a query (a SAS token is a "
                              "secret: it goes into the credential Secret's connection string, "
                              "not into the ConfigMap)")
-    if (url.scheme == "azure" and set(credential_secrets(options)) != set(ROLES)
-            and not (options.azure_account_url or url.params.get("account_url"))):
-        raise ValueError("an azure:// repository read with an identity (a job without a "
-                         "credential Secret) needs the account URL: azure_account_url "
-                         "(PREFECT_DR_AZURE_ACCOUNT_URL) or ?account_url= in the URL")
+    if needs.identity_needs is not None:
+        option, param, message = needs.identity_needs
+        if (set(credential_secrets(options)) != set(ROLES)
+                and not (getattr(options, option) or url.params.get(param))):
+            raise ValueError(message)
 
 
 def check(options: RenderOptions) -> None:

@@ -1,6 +1,7 @@
 """How the jobs reach their repository, per backend: its settings in the ConfigMap, each job's
 credential Secret, the cloud identity bound to each ServiceAccount, and for a ``file://``
-repository the volume mounted at its path. Pure functions of :class:`RenderOptions`.
+repository the volume mounted at its path. Pure functions of :class:`RenderOptions` and of
+the backend's ``Kubernetes`` facts in its storage registry descriptor (storage/registry.py):
 
 - ``s3://``: a Secret with ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` (envFrom), or IRSA
   (ServiceAccount annotation ``eks.amazonaws.com/role-arn``);
@@ -25,41 +26,13 @@ from prefect_dr.k8s.options import (
     ROLES,
     RenderOptions,
     credential_secrets,
+    kubernetes,
     nfs_export,
     repository_url,
 )
+from prefect_dr.storage import registry
 
-#: ServiceAccount annotation binding a workload identity, per backend.
-IDENTITY_ANNOTATION = {
-    "s3": "eks.amazonaws.com/role-arn",
-    "azure": "azure.workload.identity/client-id",
-    "gs": "iam.gke.io/gcp-service-account",
-}
-#: The pod label AKS's workload identity webhook acts on (it injects the token and AZURE_*).
-AZURE_USE_LABEL = "azure.workload.identity/use"
-GCS_KEY = "key.json"
-GCS_KEY_DIR = "/etc/prefect-dr/gcp"
 REPOSITORY_VOLUME = "repository"
-
-_SECRET_DATA = {
-    "s3": {"AWS_ACCESS_KEY_ID": PLACEHOLDER, "AWS_SECRET_ACCESS_KEY": PLACEHOLDER},
-    # or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY
-    "azure": {"AZURE_STORAGE_CONNECTION_STRING": (
-        f"DefaultEndpointsProtocol=https;AccountName={PLACEHOLDER};AccountKey={PLACEHOLDER};"
-        "EndpointSuffix=core.windows.net")},
-    "gs": {GCS_KEY: "# from 'gcloud iam service-accounts keys create key.json "
-                    "--iam-account NAME@PROJECT.iam.gserviceaccount.com'\n"
-                    f"{PLACEHOLDER}\n"},
-}
-_SECRET_DESCRIPTION = {
-    "s3": "S3 credentials of the {role} job only (docs/deploy.md: IAM policies)",
-    "azure": "Azure Blob credentials of the {role} job only: a connection string, or "
-             "AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY (docs/deploy.md: Azure roles; "
-             "prefer workload identity)",
-    "gs": "Google service account key of the {role} job only, mounted as "
-          "GOOGLE_APPLICATION_CREDENTIALS (docs/deploy.md: GCS roles; prefer Workload "
-          "Identity)",
-}
 
 
 def config_env(options: RenderOptions) -> dict[str, str]:
@@ -71,28 +44,29 @@ def config_env(options: RenderOptions) -> dict[str, str]:
     else:
         env.update({"PREFECT_DR_S3_BUCKET": options.bucket,
                     "PREFECT_DR_S3_PREFIX": options.prefix})
-    if url.scheme == "s3":
-        for name, value in (("PREFECT_DR_S3_ENDPOINT_URL", options.endpoint_url),
-                            ("PREFECT_DR_S3_REGION", options.region)):
-            if value is not None:
-                env[name] = value
-    if options.azure_account_url:
-        env["PREFECT_DR_AZURE_ACCOUNT_URL"] = options.azure_account_url
+    shared = (pair for backend in registry.backends()
+              for pair in backend.kubernetes.shared_settings)
+    for name, option in (*kubernetes(options).settings, *shared):
+        value = getattr(options, option)
+        if value is not None:
+            env[name] = value
     return env
 
 
 def service_account_annotations(options: RenderOptions, role: str) -> dict[str, str]:
     """The annotation binding ``role``'s ServiceAccount to its cloud identity, if it has one."""
     identity = options.workload_identities.get(role)
-    if identity is None:
+    annotation = kubernetes(options).identity_annotation
+    if identity is None or annotation is None:
         return {}
-    return {IDENTITY_ANNOTATION[repository_url(options).scheme]: identity}
+    return {annotation: identity}
 
 
 def pod_labels(options: RenderOptions, role: str) -> dict[str, str]:
-    """Labels the pod of ``role`` needs beyond the recommended ones (Azure workload identity)."""
-    if role in options.workload_identities and repository_url(options).scheme == "azure":
-        return {AZURE_USE_LABEL: "true"}
+    """Labels the pod of ``role`` needs beyond the recommended ones (for a workload identity,
+    the backend's: Azure's webhook acts on one)."""
+    if role in options.workload_identities:
+        return dict(kubernetes(options).identity_pod_labels)
     return {}
 
 
@@ -101,8 +75,9 @@ def add_to_pod(options: RenderOptions, role: str, *, env: list[dict[str, Any]],
                volumes: list[dict[str, Any]]) -> None:
     """Add what ``role`` needs to reach the repository to its container and pod."""
     url = repository_url(options)
+    needs = kubernetes(options)
     secret = credential_secrets(options).get(role)
-    if url.scheme == "file":
+    if needs.volume:
         # Always a claim: Pod Security "restricted" rejects an nfs volume in a pod; an NFS
         # export is mounted through the PersistentVolume nfs_objects renders for it.
         volumes.append({"name": REPOSITORY_VOLUME, "persistentVolumeClaim": {
@@ -110,13 +85,13 @@ def add_to_pod(options: RenderOptions, role: str, *, env: list[dict[str, Any]],
         mounts.append({"name": REPOSITORY_VOLUME, "mountPath": url.path})
     elif secret is None:
         return  # a workload, managed or node identity
-    elif url.scheme == "gs":
-        env.append({"name": "GOOGLE_APPLICATION_CREDENTIALS",
-                    "value": f"{GCS_KEY_DIR}/{GCS_KEY}"})
-        mounts.append({"name": "gcp-key", "mountPath": GCS_KEY_DIR, "readOnly": True})
-        volumes.append({"name": "gcp-key", "secret": {
+    elif needs.key_file is not None:
+        key = needs.key_file
+        env.append({"name": key.env, "value": f"{key.directory}/{key.key}"})
+        mounts.append({"name": key.volume, "mountPath": key.directory, "readOnly": True})
+        volumes.append({"name": key.volume, "secret": {
             "secretName": secret, "defaultMode": 0o440,
-            "items": [{"key": GCS_KEY, "path": GCS_KEY}]}})
+            "items": [{"key": key.key, "path": key.key}]}})
     else:
         env_from.append({"secretRef": {"name": secret}})
 
@@ -159,8 +134,9 @@ def nfs_objects(options: RenderOptions) -> list[dict[str, Any]]:
 
 def example_secrets(options: RenderOptions) -> list[tuple[str, str, str, dict[str, str]]]:
     """(role, Secret name, description, placeholder data) of each job's credential Secret."""
-    scheme = repository_url(options).scheme
+    needs = kubernetes(options)
     secrets = credential_secrets(options)
-    return [(role, secrets[role], _SECRET_DESCRIPTION[scheme].format(role=role),
-             dict(_SECRET_DATA[scheme]))
+    return [(role, secrets[role], needs.secret_description.format(role=role),
+             {key: value.format(placeholder=PLACEHOLDER)
+              for key, value in needs.secret_data.items()})
             for role in ROLES if role in secrets]
