@@ -207,6 +207,24 @@ def _root_binds() -> list[str]:
     return args
 
 
+def _software_binds() -> list[str]:
+    """What stands for the image's installed software, read-only, when it lies in a folder
+    the pod hides (/tmp is the pod's emptyDir, /root is not bound): the checkout the tool is
+    installed from (editable) and the virtualenv running it. A clean clone under /tmp (as CI
+    may make) failed with "execvp .venv/bin/python: No such file or directory"."""
+    import prefect_dr
+
+    args: list[str] = []
+    seen: list[str] = []
+    for path in (os.path.dirname(os.path.dirname(os.path.realpath(prefect_dr.__file__))),
+                 os.path.realpath(sys.prefix)):
+        hidden = path.startswith(("/tmp/", "/root/"))
+        if hidden and not any(path == s or path.startswith(s + "/") for s in seen):
+            args += ["--ro-bind", path, path]
+            seen.append(path)
+    return args
+
+
 def _volumes(ns: Namespace, pod: Mapping[str, Any], container: Mapping[str, Any],
              workdir: Path, claims: Mapping[str, Path], size_limits: Mapping[str, str]
              ) -> list[str]:
@@ -260,7 +278,8 @@ def run_pod(ns: Namespace, spec: Mapping[str, Any], workdir: Path, *,
     bwrap = shutil.which("bwrap")
     assert bwrap, "bubblewrap (bwrap) is not installed: scripts/bootstrap installs it"
     argv = [bwrap, "--unshare-user", "--uid", str(uid), "--gid", str(gid), "--unshare-pid",
-            "--die-with-parent", *_root_binds(), "--proc", "/proc", "--dev", "/dev", *mounts]
+            "--die-with-parent", *_root_binds(), "--proc", "/proc", "--dev", "/dev", *mounts,
+            *_software_binds()]
     if security.get("readOnlyRootFilesystem"):
         argv += ["--remount-ro", "/"]
     argv += ["--chdir", "/tmp", "--", sys.executable, "-m", "prefect_dr",
