@@ -118,11 +118,6 @@ def parse(text: str) -> Kind:
         raise ValueError(f"unknown backup kind {text!r} ({KINDS_TEXT})") from None
 
 
-def info(kind: str) -> KindInfo:
-    """The row of kind ``kind``. Raises ValueError (one line) for an unknown one."""
-    return KIND_TABLE[parse(kind)]
-
-
 def holds_history(kind: str | None) -> bool:
     """Whether a backup of ``kind`` holds the run history's rows (False for an unknown kind,
     e.g. one a newer prefect-dr wrote)."""

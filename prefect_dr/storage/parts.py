@@ -51,12 +51,13 @@ class PartWriter(Writer):
     ``abort`` (also after a failed ``close``) shuts the pool down and lets the backend discard
     what it started (``_discard``); after ``close`` or ``abort`` it does nothing.
 
-    A closed or aborted writer leaves its buffers to the store's next writer (``store.spare``,
-    a :class:`SparePool`, when it has one) and drops its futures (whose callbacks refer to it),
+    A closed or aborted writer leaves its buffers to the store's next writer (``store.spare``)
+    and drops its futures (whose callbacks refer to it),
     so that nothing waits for the cycle collector: the artifacts of a backup, written one after
     another, share one set of buffers. The last part is the current buffer cut short in place.
 
-    ``store`` is the backend (its ``max_in_flight`` and ``wrap_error(exc, action, key)``).
+    ``store`` is the backend (its ``max_in_flight``, its ``spare`` :class:`SparePool` and
+    ``wrap_error(exc, action, key)``).
     """
 
     #: what the store calls a part, for messages
@@ -118,8 +119,7 @@ class PartWriter(Writer):
         else the next one an upload gives back (waiting for it)."""
         if self._allocated <= self._store.max_in_flight:
             self._allocated += 1
-            spare = getattr(self._store, "spare", None)
-            return spare.take(size) if spare is not None else bytearray(size)
+            return self._store.spare.take(size)
         buf = self._free.get()
         return buf if len(buf) == size else bytearray(size)
 
@@ -205,9 +205,7 @@ class PartWriter(Writer):
                 buffers.append(self._free.get_nowait())
             except queue.Empty:
                 break
-        spare = getattr(self._store, "spare", None)
-        if spare is not None:
-            spare.keep(buffers, self._part_size(1))
+        self._store.spare.keep(buffers, self._part_size(1))
 
     def abort(self) -> None:
         if self._done:
