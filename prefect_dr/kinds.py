@@ -103,7 +103,7 @@ POLICY_ROWS: tuple[KindInfo, ...] = tuple(row for row in KIND_TABLE.values()
 POLICY_KINDS: tuple[str, ...] = tuple(row.kind for row in POLICY_ROWS)
 
 KINDS: tuple[str, ...] = tuple(k.value for k in Kind)
-#: The kinds as a reader names them: "full or config-only".
+#: The kinds as a reader names them: "full, config-only or incremental".
 KINDS_TEXT = (", ".join(KINDS[:-1]) + " or " + KINDS[-1]) if len(KINDS) > 1 else KINDS[0]
 #: The kind ``--latest`` means when a command restores or proves history (restore, verify,
 #: show, status): a config-only backup must never stand in for a full one by accident.
