@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import os
-import secrets
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -50,7 +49,7 @@ from prefect_dr.catalog import FAILED, status_record
 from prefect_dr.config import Settings
 from prefect_dr.errors import DatabaseError, DRError, LockHeldError
 from prefect_dr.kinds import BACKFILL_UNFINISHED, LABEL_BACKFILL, Kind, holds_history, parse
-from prefect_dr.layout import Layout
+from prefect_dr.layout import Layout, new_id
 from prefect_dr.lock import BackupLock
 from prefect_dr.manifest import (
     ARTIFACT_BLOCK_KEY,
@@ -115,11 +114,6 @@ def take_lock(lock: BackupLock, wait: float, *, clock: Callable[[], float] = tim
         except BaseException:
             lock.release()
             raise
-
-
-def new_backup_id(now: dt.datetime) -> str:
-    """A sortable, UTC-time based id: 20261126T153000Z-a1b2c3."""
-    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
 def _now() -> dt.datetime:
@@ -245,7 +239,7 @@ def _run_locked(settings: Settings, storage: Storage, request: Request,
                 on_start: Callable[[str], None] | None = None,
                 parent: Manifest | None = None) -> Manifest:
     started = clock()
-    backup_id = new_backup_id(started)
+    backup_id = new_id(started)
     if on_start is not None:
         on_start(backup_id)
     status_key = repo.artifact(backup_id, layout.STATUS)

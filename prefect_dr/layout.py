@@ -6,7 +6,9 @@ future layout can sit beside this one and a reader can refuse what it does not k
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import secrets
 from dataclasses import dataclass
 
 LAYOUT_VERSION = "v1"
@@ -21,6 +23,18 @@ BLOCK_KEY = "block-key.age"
 VERIFICATIONS = "verifications/"
 #: How a verification record made in another repository ends (``copy`` brought it; I6).
 SOURCE_RECORD_SUFFIX = ".source.json"
+
+
+def new_id(now: dt.datetime) -> str:
+    """A backup or verification-record id for the UTC time ``now``: ``20261126T153000Z-a1b2c3``.
+
+    Ids sort in time order, also within one second: the suffix's first three hex digits are
+    the fraction of the second (in 4096ths), the last three are random. "latest", an
+    increment's parent and copy's order all follow the sorted ids, so two backups made in the
+    same second must not sort at random.
+    """
+    fraction = now.microsecond * 4096 // 1_000_000
+    return f"{now:%Y%m%dT%H%M%SZ}-{fraction:03x}{secrets.token_hex(2)[:3]}"
 
 
 def is_verification(name: str) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,7 +51,7 @@ from prefect_dr.errors import (
     StorageError,
 )
 from prefect_dr.kinds import Result, Standing, standing
-from prefect_dr.layout import Layout
+from prefect_dr.layout import Layout, new_id
 from prefect_dr.manifest import ARTIFACT_DUMP, Manifest
 from prefect_dr.pg.scratch import ScratchDatabase
 from prefect_dr.pg.tools import RestoreChoice
@@ -247,6 +246,6 @@ def _write_record(settings: Settings, storage: Storage, report: VerificationRepo
     else:
         log.warning("verification record of %s written unsigned (no PREFECT_DR_SIGNING_KEY_"
                     "FILE): readers count it as unsigned", report.backup_id)
-    stamp = clock().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    stamp = new_id(clock())
     key = Layout(settings.layout_prefix).verification(report.backup_id, stamp)
     storage.put_bytes(key, (json.dumps(record, indent=2) + "\n").encode(), "application/json")

@@ -186,7 +186,9 @@ def test_copy_killed_midway_then_rerun_completes_without_duplicates(
         # the first backup complete in the target, an object of the second being written
         while not (first_manifest.exists() and second.is_dir()
                    and list(second.glob(".*.partial"))):
-            assert proc.poll() is None, f"copy ended before it could be killed: {proc.stderr}"
+            assert proc.poll() is None, (
+                f"copy ended before it could be killed ({proxy.forwarded} bytes through the "
+                f"proxy; target: {sorted(str(p.relative_to(target)) for p in target.rglob('*'))})")
             assert time.monotonic() < deadline, "copy did not get to the second backup"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
