@@ -42,7 +42,6 @@ from prefect_dr.storage.base import (
     ObjectInfo,
     ObjectRetention,
     Storage,
-    Writer,
     put_if_absent_retried,
 )
 from prefect_dr.storage.parts import PartWriter, SparePool
@@ -158,7 +157,7 @@ class GCSStorage(Storage):
 
     # -- interface -----------------------------------------------------------------------
     def open_writer(self, key: str, *, content_type: str = "application/octet-stream",
-                    tags: dict[str, str] | None = None) -> Writer:
+                    tags: dict[str, str] | None = None) -> GCSWriter:
         return GCSWriter(self, key, content_type)
 
     def stat(self, key: str) -> ObjectInfo | None:
