@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from prefect_dr import chain_merge, crypto, pipeline, table_copy
+from prefect_dr import chain_merge, crypto, pipeline, retry, table_copy
 from prefect_dr import prefect_schema as ps
 from prefect_dr.errors import DatabaseError, DRError, Interrupted, VerificationError
 from prefect_dr.manifest import Artifact, Manifest
@@ -390,6 +390,12 @@ def _index_statements(conn: psycopg.Connection, table: str) -> list[sql.Composab
     return statements
 
 
+def _lock_wait_s(attempt: int) -> float:
+    """The wait after the ``attempt``-th swap found its table locked: 0.2 s more each time, up
+    to 2 s."""
+    return min(0.2 * attempt, 2.0)
+
+
 def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
     """Move the ready shadow table into place under a brief lock. Returns how many rows Prefect
     had written to the live table meanwhile (kept). Raises BackfillError when the lock cannot
@@ -397,31 +403,37 @@ def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
     live, shadow = sql.Identifier("public", table), sql.Identifier(SCHEMA, table)
     columns = table_copy.columns_of(conn, table)
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
-    for attempt in range(LOCK_ATTEMPTS):
-        try:
-            with conn.transaction():
-                _set_role(conn, role)
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                    sql.Literal(LOCK_TIMEOUT)))
-                conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
-                conn.execute(sql.SQL("SET LOCAL lock_timeout = 0"))
-                with conn.cursor() as cur:
-                    cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} "
-                                        "ON CONFLICT DO NOTHING").format(
-                        shadow, names, names, live))
-                    merged = max(cur.rowcount, 0)
-                conn.execute(sql.SQL("DROP TABLE {}").format(live))
-                conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(shadow))
-                conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
-                    sql.Identifier(SCHEMA, "state")), (table,))
-                # The last table done: the schema goes in the same transaction, so that a stop
-                # here leaves no empty state behind (which --resume would see nothing to do in).
-                if not state_of(conn):
-                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
-                        sql.Identifier(SCHEMA)))
-            return merged
-        except psycopg.errors.LockNotAvailable:
-            log.info("backfill: %s is busy, retrying its swap (%d)", table, attempt + 1)
-            time.sleep(min(0.2 * (attempt + 1), 2.0))
-    raise BackfillError(f"could not lock {table} for its swap in {LOCK_ATTEMPTS} attempts; "
-                        "run 'prefect-dr restore --resume' when Prefect is less busy")
+
+    def move() -> int:
+        with conn.transaction():
+            _set_role(conn, role)
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
+                sql.Literal(LOCK_TIMEOUT)))
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
+            conn.execute(sql.SQL("SET LOCAL lock_timeout = 0"))
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} "
+                                    "ON CONFLICT DO NOTHING").format(
+                    shadow, names, names, live))
+                merged = max(cur.rowcount, 0)
+            conn.execute(sql.SQL("DROP TABLE {}").format(live))
+            conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(shadow))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
+                sql.Identifier(SCHEMA, "state")), (table,))
+            # The last table done: the schema goes in the same transaction, so that a stop
+            # here leaves no empty state behind (which --resume would see nothing to do in).
+            if not state_of(conn):
+                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
+                    sql.Identifier(SCHEMA)))
+        return merged
+
+    try:
+        return retry.call(
+            move, transient=lambda exc: isinstance(exc, psycopg.errors.LockNotAvailable),
+            what=f"swap of {table}", deadline_s=None, attempts=LOCK_ATTEMPTS,
+            wait_s=_lock_wait_s, on_retry=lambda n, _exc: log.info(
+                "backfill: %s is busy, retrying its swap (%d)", table, n))
+    except psycopg.errors.LockNotAvailable:
+        raise BackfillError(f"could not lock {table} for its swap in {LOCK_ATTEMPTS} "
+                            "attempts; run 'prefect-dr restore --resume' when Prefect is less "
+                            "busy") from None

@@ -40,7 +40,10 @@ def call(
     *,
     transient: Callable[[BaseException], bool],
     what: str,
-    deadline_s: float = 120.0,
+    deadline_s: float | None = 120.0,
+    attempts: int | None = None,
+    wait_s: Callable[[int], float] | None = None,
+    on_retry: Callable[[int, BaseException], None] | None = None,
     base_s: float = 0.5,
     cap_s: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
@@ -49,10 +52,14 @@ def call(
     """Call ``fn`` until it succeeds, retrying errors ``transient`` accepts until the deadline.
 
     Raises the last error once another attempt (as slow as the slowest so far) would end after
-    the deadline, or at once for a non-transient error; raises Interrupted instead of retrying
-    once a stop signal has arrived (a library may have wrapped the signal's exception into an
-    error of its own, which must not be retried). The first retry of an operation logs one
-    WARNING; later attempts log at DEBUG, so a store that is down costs one line per operation.
+    the deadline (``deadline_s``; None: no deadline), or once ``attempts`` calls have failed
+    (None: no such bound), or at once for a non-transient error; raises Interrupted instead of
+    retrying once a stop signal has arrived (a library may have wrapped the signal's exception
+    into an error of its own, which must not be retried). Between attempts it waits
+    ``wait_s(n)`` after the n-th failure, by default a random time (full jitter) under
+    ``base_s * 2**n`` capped at ``cap_s``. The first retry of an operation logs one WARNING;
+    later attempts log at DEBUG, so a store that is down costs one line per operation;
+    ``on_retry(n, error)``, when given, is called instead (to log otherwise, or not at all).
     """
     start = clock()
     attempt = 0
@@ -66,18 +73,25 @@ def call(
             if not transient(exc):
                 raise
             interrupt.raise_if_noted()
+            if attempts is not None and attempt >= attempts:
+                raise
             now = clock()
             slowest = max(slowest, now - began)
-            delay = random.uniform(0, min(cap_s, base_s * 2**attempt))  # noqa: S311
-            if now - start + delay + slowest > deadline_s:
+            delay = (wait_s(attempt) if wait_s is not None
+                     else random.uniform(0, min(cap_s, base_s * 2**attempt)))  # noqa: S311
+            if deadline_s is not None and now - start + delay + slowest > deadline_s:
                 raise
-            if attempt == 1:
-                log.warning("%s failed, retrying for up to %.0fs: %s",
-                            what, deadline_s, type(exc).__name__)
+            if on_retry is not None:
+                on_retry(attempt, exc)
+            elif attempt == 1:
+                log.warning("%s failed, retrying %s: %s", what,
+                            f"for up to {deadline_s:.0f}s" if deadline_s is not None
+                            else f"({attempts} attempts in all)", type(exc).__name__)
             else:
                 log.debug("%s failed (attempt %d), retrying in %.1fs: %s",
                           what, attempt, delay, type(exc).__name__)
-            _tell(f"retrying {what} (attempt {attempt + 1}, up to {deadline_s:.0f} s)")
+            _tell(f"retrying {what} (attempt {attempt + 1}, " + (
+                f"up to {deadline_s:.0f} s)" if deadline_s is not None else f"of {attempts})"))
             sleep(delay)
         else:
             if attempt:

@@ -182,6 +182,9 @@ def _revision(url: str) -> str | None:
 
 
 def _wait_ready(api: str, proc: subprocess.Popen[bytes], logfile: Path) -> None:
+    """Wait until the server at ``api`` answers /ready. Raises SetupError when it exits or
+    is not ready in time."""
+    # a poll until the server is up (an unanswered /ready is expected meanwhile), not a retry
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -65,7 +65,7 @@ def test_a_handler_that_carries_on_checks_for_a_stop_signal_first() -> None:
     exempt = {("backup.py", "_run_locked"),  # writing the FAILED record of a failing run
               ("storage/s3.py", "_discard"),  # aborting the upload of a failing run
               ("storage/azure.py", "_discard"),  # discarding the staged blocks of one
-              ("storage/gcs.py", "abort"),  # cancelling the session of a failing write
+              ("storage/gcs.py", "_discard"),  # cancelling the session of a failing write
               # the top level
               ("cli/application.py", "_finish_metrics"), ("cli/application.py", "_main"),
               ("cli/application.py", "_notify")}  # after the exit code is known

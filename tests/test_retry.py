@@ -84,6 +84,43 @@ def test_success_after_retries_returns_the_value():
                       clock=clock) == "ok"
 
 
+def test_attempts_bound_the_calls_with_the_waits_asked_for(caplog):
+    """``attempts`` (no deadline): the last error after that many calls, with ``wait_s(n)``
+    after the n-th failure; ``on_retry`` is told of each retry instead of the log."""
+    clock, calls, told = FakeClock(), [], []
+    caplog.set_level(logging.DEBUG, logger="prefect_dr.retry")
+    with pytest.raises(ConnectionError):
+        retry.call(failing(clock, 0.0, calls), transient=lambda e: True, what="swap",
+                   deadline_s=None, attempts=4, wait_s=lambda n: 0.2 * n,
+                   on_retry=lambda n, exc: told.append((n, str(exc))),
+                   sleep=clock.sleep, clock=clock)
+    assert calls == pytest.approx([0.0, 0.2, 0.6, 1.2])
+    assert told == [(1, "down"), (2, "down"), (3, "down")] and not caplog.records
+
+
+def test_attempts_and_the_log_without_on_retry(caplog):
+    clock, calls, seen = FakeClock(), [], []
+    with retry.observed(seen.append), pytest.raises(ConnectionError):
+        retry.call(failing(clock, 0.0, calls), transient=lambda e: True, what="swap",
+                   deadline_s=None, attempts=2, sleep=clock.sleep, clock=clock)
+    assert len(calls) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "swap failed, retrying (2 attempts in all): ConnectionError"]
+    assert seen == ["retrying swap (attempt 2, of 2)"]
+
+
+def test_a_stop_signal_ends_attempt_bound_retries(monkeypatch):
+    from prefect_dr import interrupt
+    from prefect_dr.errors import Interrupted
+
+    monkeypatch.setattr(interrupt, "_noted", "SIGTERM")
+    clock, calls = FakeClock(), []
+    with pytest.raises(Interrupted):
+        retry.call(failing(clock, 0.0, calls), transient=lambda e: True, what="x",
+                   deadline_s=None, attempts=5, sleep=clock.sleep, clock=clock)
+    assert len(calls) == 1
+
+
 # ---- the read-only commands against an S3 endpoint that is down --------------------------
 
 def _closed_port() -> int:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
-import time
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
 
+from prefect_dr import retry
 from prefect_dr.errors import DatabaseError
 from prefect_dr.pg import connect as pgc
 
@@ -35,24 +35,28 @@ def drop_database(admin: psycopg.Connection, name: str, *, wait_s: float = 15.0)
 
     A plain DROP first: PostgreSQL itself stops autovacuum workers on the database, which a
     non-superuser may not terminate. Clients still connected are then forced off (FORCE), and
-    the drop is retried until ``wait_s`` has passed. Raises psycopg.Error after that.
+    the drop is retried every 0.5 s until ``wait_s`` has passed (retry.call). Raises
+    psycopg.Error after that, or at once when the plain drop fails otherwise.
     """
     plain = sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name))
     forced = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-    deadline = time.monotonic() + wait_s
-    while True:
+    forcing = False  # only the forced drop's failures are retried; the plain one's are raised
+
+    def drop() -> None:
+        nonlocal forcing
+        forcing = False
         try:
             admin.execute(plain)
             return
         except psycopg.errors.ObjectInUse:
             pass
-        try:
-            admin.execute(forced)
-            return
-        except (psycopg.errors.ObjectInUse, psycopg.errors.InsufficientPrivilege):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
+        forcing = True
+        admin.execute(forced)
+
+    retry.call(drop, transient=lambda exc: forcing and isinstance(
+        exc, psycopg.errors.ObjectInUse | psycopg.errors.InsufficientPrivilege),
+        what=f"drop of {name}", deadline_s=wait_s, wait_s=lambda _n: 0.5,
+        on_retry=lambda _n, _exc: None)
 
 
 def leftovers(admin: psycopg.Connection) -> list[str]:

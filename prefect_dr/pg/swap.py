@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from prefect_dr import retry
 from prefect_dr.errors import DRError
 
 DISCONNECT_WAIT_S = 10.0
@@ -112,6 +113,7 @@ def settled(admin: psycopg.Connection, name: str, *, ours: bool = False) -> list
     """Sessions of ``name``, after waiting (briefly) for those of prefect-dr's own closed
     connections to go; anyone else's are returned at once. ``ours``: ``name`` is a database
     only this run knows (the one it restored, pg_restore's sessions included): wait for any."""
+    # a poll until the sessions are gone (no error to retry), not a retry.call
     deadline = time.monotonic() + OWN_SESSIONS_WAIT_S
     others = sessions(admin, name)
     while others and (ours or all(s.application.startswith("prefect-dr") for s in others)) \
@@ -130,7 +132,7 @@ def _clear(admin: psycopg.Connection, name: str, force_disconnect: bool, *,
         raise ConnectedClientsError(describe_clients(name, others))
     for s in others:
         admin.execute("SELECT pg_terminate_backend(%s)", (s.pid,))
-    deadline = time.monotonic() + DISCONNECT_WAIT_S
+    deadline = time.monotonic() + DISCONNECT_WAIT_S  # a poll, as in settled(): not a retry
     while sessions(admin, name):
         if time.monotonic() > deadline:
             raise ConnectedClientsError(f"clients of {name} did not disconnect within "
@@ -148,22 +150,25 @@ def swap(admin: psycopg.Connection, live: str, replacement: str, aside: str, *,
     Raises ConnectedClientsError when clients are connected (and not forced off), DRError or
     psycopg.Error on failure; in every failure case nothing changed.
     """
-    for attempt in range(1, attempts + 1):
+    def attempt() -> None:
         _clear(admin, live, force_disconnect)
         _clear(admin, replacement, force_disconnect, ours=True)
-        try:
-            with admin.transaction():
-                rename(admin, live, aside)
-                rename(admin, replacement, live)
-                for name, text in (comments or {}).items():
-                    comment(admin, name, text)
-            return
-        except psycopg.errors.ObjectInUse:
-            # a client connected between the check and the rename: nothing was renamed
-            if not force_disconnect or attempt == attempts:
-                raise ConnectedClientsError(
-                    f"clients connected to {live} during the swap; nothing changed; stop "
-                    "Prefect servers and workers, or pass --force-disconnect") from None
+        with admin.transaction():
+            rename(admin, live, aside)
+            rename(admin, replacement, live)
+            for name, text in (comments or {}).items():
+                comment(admin, name, text)
+
+    try:
+        # a client connected between the check and the rename (nothing was renamed): forced
+        # off again, at once, when --force-disconnect
+        retry.call(attempt, transient=lambda exc: force_disconnect and isinstance(
+            exc, psycopg.errors.ObjectInUse), what=f"swap of {live}", deadline_s=None,
+            attempts=attempts, wait_s=lambda _n: 0.0, on_retry=lambda _n, _exc: None)
+    except psycopg.errors.ObjectInUse:
+        raise ConnectedClientsError(
+            f"clients connected to {live} during the swap; nothing changed; stop "
+            "Prefect servers and workers, or pass --force-disconnect") from None
 
 
 #: The comment of a database while a restore fills it: one still so marked while no restore

@@ -1,10 +1,11 @@
 """Google Cloud Storage through google-cloud-storage (``gs://BUCKET/PREFIX``).
 
-Large objects are resumable uploads: a session is opened, 8 MiB chunks are sent in order (one
-in memory at a time), and the object appears when the last chunk is sent; a chunk whose answer
-is lost is resent from the offset the session reports. The CRC32C of the whole object is
-computed while writing and compared with the stored one; reads are resumable range requests
-pinned to the object's generation, checked against the stored CRC32C at the end.
+Large objects are resumable uploads (storage.parts.PartWriter): a session is opened, 8 MiB
+chunks are sent in order (one in memory at a time), and the object appears when the last chunk
+is sent; a chunk whose answer is lost is resent from the offset the session reports. The CRC32C
+of the whole object is computed while writing and compared with the stored one; reads are
+resumable range requests pinned to the object's generation, checked against the stored CRC32C
+at the end.
 
 GCS cannot list open resumable sessions, so each writer that opens one leaves a small marker
 object under ``.prefect-dr-uploads/`` (outside every repository prefix) until it closes or
@@ -23,6 +24,7 @@ import base64
 import datetime as dt
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from typing import Any, BinaryIO
@@ -40,10 +42,9 @@ from prefect_dr.storage.base import (
     ObjectInfo,
     ObjectRetention,
     Storage,
-    Writer,
-    check_written,
     put_if_absent_retried,
 )
+from prefect_dr.storage.parts import PartWriter, SparePool
 
 MiB = 1024 * 1024
 CHUNK = 8 * MiB  # a multiple of 256 KiB, as resumable uploads require
@@ -76,6 +77,10 @@ class GCSStorage(Storage):
                  emulator_host: str | None = None, client: Any = None) -> None:
         self.bucket_name = bucket
         self.retry_deadline_s = retry_deadline_s
+        #: a resumable session takes its chunks in order: each is sent by the writing thread,
+        #: from the writer's one buffer (storage.parts.PartWriter)
+        self.max_in_flight = 0
+        self.spare = SparePool(self.max_in_flight)  # the buffer a finished writer left
         self.timeout = (5.0, max(5.0, min(60.0, retry_deadline_s / 4)))
         emulator_host = emulator_host or os.environ.get("STORAGE_EMULATOR_HOST")
         if client is None:
@@ -152,7 +157,7 @@ class GCSStorage(Storage):
 
     # -- interface -----------------------------------------------------------------------
     def open_writer(self, key: str, *, content_type: str = "application/octet-stream",
-                    tags: dict[str, str] | None = None) -> Writer:
+                    tags: dict[str, str] | None = None) -> GCSWriter:
         return GCSWriter(self, key, content_type)
 
     def stat(self, key: str) -> ObjectInfo | None:
@@ -294,36 +299,29 @@ def _info(blob: Any) -> ObjectInfo:
                       etag=str(blob.generation or blob.etag or ""))
 
 
-class GCSWriter(Writer):
-    """One 8 MiB chunk in memory: a small object is one upload, a larger one a resumable
-    session whose chunks go in order; the object appears when the last chunk is sent."""
+class GCSWriter(PartWriter):
+    """A small object is one upload, a larger one a resumable session whose 8 MiB chunks go in
+    order from one buffer (storage.parts.PartWriter with ``max_in_flight`` 0); the last chunk,
+    sent on ``close``, makes the object appear, and its CRC32C is compared with what was sent.
+    """
+
+    part_word = "chunk"
+    max_parts = sys.maxsize  # a resumable session takes any number of chunks
 
     def __init__(self, store: GCSStorage, key: str, content_type: str) -> None:
-        self._store, self._key, self._content_type = store, key, content_type
+        super().__init__(store, key)
+        self._content_type = content_type
         self._blob = store._blob(key)
-        self._buf = bytearray(CHUNK)
-        self._fill = 0
         self._sent = 0  # bytes the session holds
         self._session: str | None = None
         self._marker: Any = None
         self._crc = streams.Crc32c()
-        self._done = False
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self._done:
-            raise StorageError(f"write after close/abort of {self._key}")
-        view = memoryview(data).cast("B")
-        n = len(view)
-        self._crc.update(view)
-        while view:
-            take = min(len(view), CHUNK - self._fill)
-            self._buf[self._fill:self._fill + take] = view[:take]
-            self._fill += take
-            view = view[take:]
-            if self._fill == CHUNK:
-                self._send(final=False)
-        self.bytes_written += n
-        return n
+    def _part_size(self, number: int) -> int:
+        return CHUNK
+
+    def _seen(self, data: memoryview) -> None:
+        self._crc.update(data)
 
     def _start(self) -> None:
         upload_id = uuid.uuid4().hex
@@ -338,19 +336,36 @@ class GCSWriter(Writer):
             body, content_type="application/json", retry=None, timeout=self._store.timeout))
         self._marker = marker
 
-    def _send(self, *, final: bool) -> dict[str, Any] | None:
-        """Send the buffer to the session (resending from what the session holds after a lost
+    def _upload_part(self, number: int, body: bytearray) -> None:
+        self._send(body, final=False)
+
+    def _put_whole(self, data: bytearray) -> None:
+        whole = bytes(data)
+        self._store._call("write", self._key, lambda: self._blob.upload_from_string(
+            whole, content_type=self._content_type, checksum="crc32c", retry=None,
+            timeout=self._store.timeout))
+
+    def _finish(self, tail: bytearray) -> None:
+        crc = base64.b64encode(self._crc.digest()).decode()
+        meta = self._send(tail, final=True) or {}
+        if meta.get("crc32c") and meta["crc32c"] != crc:
+            self._store.delete(self._key)
+            raise StorageError(f"upload {self._key}: the stored object's CRC32C "
+                               "differs from what was sent; it was deleted")
+        self._session = None  # finished: nothing to cancel
+        self._drop_marker()
+
+    def _send(self, buf: bytearray, *, final: bool) -> dict[str, Any] | None:
+        """Send ``buf`` to the session (resending from what the session holds after a lost
         answer); returns the object's metadata after the final chunk."""
-        if self._session is None:
-            self._start()
-        start, length = self._sent, self._fill
+        start, length = self._sent, len(buf)
         total = str(start + length) if final else "*"
 
         tried = False
 
         def put() -> dict[str, Any] | None:
             nonlocal tried
-            held, finished = self._held() if tried else (start, None)
+            held, finished = self._held(start + length) if tried else (start, None)
             tried = True
             if finished is not None:  # the last chunk landed; its answer was lost
                 return finished
@@ -361,11 +376,12 @@ class GCSWriter(Writer):
                 raise _SessionError(404)
             if held >= start + length and not final:
                 return None
-            body = memoryview(self._buf)[held - start:length]
             crange = (f"bytes {held}-{start + length - 1}/{total}" if length > held - start
                       else f"bytes */{total}")
+            with memoryview(buf) as view:
+                body = bytes(view[held - start:length])
             resp = self._store.client._http.request(
-                "PUT", self._session, data=bytes(body), headers={"Content-Range": crange},
+                "PUT", self._session, data=body, headers={"Content-Range": crange},
                 timeout=self._store.timeout)
             if resp.status_code in (200, 201):
                 return resp.json()
@@ -375,12 +391,11 @@ class GCSWriter(Writer):
 
         result = self._store._call("upload", self._key, put)
         self._sent += length
-        self._fill = 0
         return result
 
-    def _held(self) -> tuple[int, dict[str, Any] | None]:
+    def _held(self, end: int) -> tuple[int, dict[str, Any] | None]:
         """How many bytes the session holds, and the object's metadata when the upload is
-        already finished (asked after a lost answer)."""
+        already finished (``end`` bytes: asked after a lost answer)."""
         resp = self._store.client._http.request(
             "PUT", self._session, headers={"Content-Range": "bytes */*"},
             timeout=self._store.timeout)
@@ -388,33 +403,10 @@ class GCSWriter(Writer):
             rng = resp.headers.get("Range", "")
             return (int(rng.rpartition("-")[2]) + 1 if rng else 0), None
         if resp.status_code in (200, 201):
-            return self._sent + self._fill, resp.json()
+            return end, resp.json()
         if resp.status_code in (404, 410):  # some servers forget a finished session
             return -1, None
         raise _SessionError(resp.status_code)
-
-    def close(self) -> ObjectInfo:
-        if self._done:
-            raise StorageError(f"{self._key} already closed")
-        crc = base64.b64encode(self._crc.digest()).decode()
-        try:
-            if self._session is None:
-                data = bytes(self._buf[:self._fill])
-                self._store._call("write", self._key, lambda: self._blob.upload_from_string(
-                    data, content_type=self._content_type, checksum="crc32c", retry=None,
-                    timeout=self._store.timeout))
-            else:
-                meta = self._send(final=True) or {}
-                if meta.get("crc32c") and meta["crc32c"] != crc:
-                    self._store.delete(self._key)
-                    raise StorageError(f"upload {self._key}: the stored object's CRC32C "
-                                       "differs from what was sent; it was deleted")
-        except BaseException:
-            self.abort()
-            raise
-        self._done = True
-        self._drop_marker()
-        return check_written(self._store, self._key, self.bytes_written)
 
     def _drop_marker(self) -> None:
         marker, self._marker = self._marker, None
@@ -423,11 +415,7 @@ class GCSWriter(Writer):
                               answers={gexc.NotFound: None},
                               deadline_s=min(5.0, self._store.retry_deadline_s))
 
-    def abort(self) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._buf = bytearray()
+    def _discard(self) -> None:
         try:
             if self._session is not None:
                 self._store._cancel(self._session, self._key)

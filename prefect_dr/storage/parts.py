@@ -1,9 +1,10 @@
-"""The upload writer of the part-based stores: S3 (multipart upload) and Azure Blob (staged
-blocks). The buffers, the write loop, the pool that uploads parts while the caller keeps
-writing, ``close`` and ``abort`` are here once; each backend keeps only its store's calls.
+"""The upload writer of the part-based stores: S3 (multipart upload), Azure Blob (staged
+blocks) and GCS (the chunks of a resumable session). The buffers, the write loop, the pool that
+uploads parts while the caller keeps writing, ``close`` and ``abort`` are here once; each
+backend keeps only its store's calls.
 
-(GCS sends its chunks in order through one resumable session, one buffer at a time: its writer
-is its own.)
+A store whose ``max_in_flight`` is 0 (GCS: a resumable session takes its chunks in order)
+uploads each part in the caller's thread, from one buffer.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import queue
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from prefect_dr.errors import StorageError
+from prefect_dr.errors import DRError, StorageError
 from prefect_dr.storage.base import ObjectInfo, Writer, check_written
 
 
@@ -45,9 +46,12 @@ class PartWriter(Writer):
     """A streaming upload in parts, uploaded by a small pool while the caller keeps writing.
 
     Memory is (max_in_flight + 1) part buffers, allocated once and reused: the caller fills one
-    while the others upload, and ``write`` waits for a free buffer. An object smaller than the
-    first part is one whole write (``_put_whole``); a larger one is started (``_start``), its
-    parts uploaded (``_upload_part``, in the pool) and completed (``_complete``) on ``close``.
+    while the others upload, and ``write`` waits for a free buffer. With ``max_in_flight`` 0
+    there is no pool: each part is uploaded in ``write`` itself, in order, from one buffer. An
+    object smaller than the first part is one whole write (``_put_whole``); a larger one is
+    started (``_start``), its parts uploaded (``_upload_part``) and, on ``close``, its last part
+    sent and the object completed (``_finish``: by default the last part is one more part and
+    ``_complete`` is given every part's result).
     ``abort`` (also after a failed ``close``) shuts the pool down and lets the backend discard
     what it started (``_discard``); after ``close`` or ``abort`` it does nothing.
 
@@ -80,6 +84,7 @@ class PartWriter(Writer):
         self._futures: list[Future[Any]] = []
         self._pool: ThreadPoolExecutor | None = None
         self._started = False  # the upload was started (``_start``): there may be parts
+        self._open = False  # ``_start`` returned (after it failed, the next part starts again)
         self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         self._allocated = 0
         self._done = False
@@ -101,9 +106,17 @@ class PartWriter(Writer):
     def _put_whole(self, data: bytearray) -> None:
         """Write a whole object smaller than one part. Raises StorageError."""
 
-    @abc.abstractmethod
     def _complete(self, parts: list[Any]) -> None:
-        """Make the object of the uploaded ``parts`` visible. Raises StorageError."""
+        """Make the object of the uploaded ``parts`` visible (the default ``_finish`` calls
+        it). Raises StorageError."""
+        raise NotImplementedError
+
+    def _finish(self, tail: bytearray) -> None:
+        """Upload the last part (``tail``, possibly empty) of a started upload and make the
+        object visible. Raises StorageError."""
+        if tail:
+            self._submit(tail)
+        self._complete([self._result(fut) for fut in self._futures])
 
     @abc.abstractmethod
     def _discard(self) -> None:
@@ -131,7 +144,7 @@ class PartWriter(Writer):
         self._seen(view)
         while view:
             if self._failed is not None:
-                raise self._store.wrap_error(self._failed, "upload", self._key)
+                raise self._failure()
             if self._cur is None:
                 self._cur, self._fill = self._buffer(self._part_size(self._number)), 0
             take = min(len(view), len(self._cur) - self._fill)
@@ -148,18 +161,36 @@ class PartWriter(Writer):
         if self._number > self.max_parts:
             raise StorageError(f"upload {self._key}: more than {self.max_parts} "
                                f"{self.part_word}s")
-        if self._pool is None:
+        if not self._open:
             self._started = True
             self._start()
-            self._pool = ThreadPoolExecutor(self._store.max_in_flight,
-                                            thread_name_prefix=self.thread_name)
+            self._open = True
+            if self._store.max_in_flight:
+                self._pool = ThreadPoolExecutor(self._store.max_in_flight,
+                                                thread_name_prefix=self.thread_name)
         number = self._number
         self._number += 1
+        if self._pool is None:  # in order, in the caller's thread: its buffer is free after
+            try:
+                result = self._run(number, buf)
+            except Exception:
+                raise self._failure() from None
+            finally:
+                self._free.put(buf)
+            self._futures.append(_done(result))
+            return
         fut = self._pool.submit(self._run, number, buf)
         fut.add_done_callback(lambda f: self._free.put(buf))
         self._futures.append(fut)
         if number == 1 and self.wait_for_first:
             self._result(fut)
+
+    def _failure(self) -> DRError:
+        """The error of the part that failed (``_failed``), as a DRError."""
+        failed = self._failed
+        if isinstance(failed, DRError):
+            return failed
+        return self._store.wrap_error(failed, "upload", self._key)
 
     def _run(self, number: int, buf: bytearray) -> Any:
         try:
@@ -183,10 +214,10 @@ class PartWriter(Writer):
         try:
             if not self._started:
                 self._put_whole(tail)
+            elif self._pool is None and self._failed is not None:
+                raise self._failure()  # a part sent by ``write`` failed: the object is not whole
             else:
-                if tail:
-                    self._submit(tail)
-                self._complete([self._result(fut) for fut in self._futures])
+                self._finish(tail)
         except BaseException:
             self.abort()
             raise
@@ -214,3 +245,10 @@ class PartWriter(Writer):
         self._cur = None
         self._shutdown()
         self._discard()
+
+
+def _done(result: Any) -> Future[Any]:
+    """A future holding ``result`` (a part uploaded in the caller's thread)."""
+    fut: Future[Any] = Future()
+    fut.set_result(result)
+    return fut
