@@ -44,6 +44,7 @@ def call(
     attempts: int | None = None,
     wait_s: Callable[[int], float] | None = None,
     on_retry: Callable[[int, BaseException], None] | None = None,
+    interruptible: bool = True,
     base_s: float = 0.5,
     cap_s: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
@@ -60,6 +61,8 @@ def call(
     ``base_s * 2**n`` capped at ``cap_s``. The first retry of an operation logs one WARNING;
     later attempts log at DEBUG, so a store that is down costs one line per operation;
     ``on_retry(n, error)``, when given, is called instead (to log otherwise, or not at all).
+    ``interruptible=False`` keeps retrying after a stop signal: for a clean-up, which is what
+    runs after one.
     """
     start = clock()
     attempt = 0
@@ -72,7 +75,8 @@ def call(
             attempt += 1
             if not transient(exc):
                 raise
-            interrupt.raise_if_noted()
+            if interruptible:
+                interrupt.raise_if_noted()
             if attempts is not None and attempt >= attempts:
                 raise
             now = clock()

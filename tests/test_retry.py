@@ -121,6 +121,18 @@ def test_a_stop_signal_ends_attempt_bound_retries(monkeypatch):
     assert len(calls) == 1
 
 
+def test_a_clean_up_retries_on_after_a_stop_signal(monkeypatch):
+    from prefect_dr import interrupt
+
+    monkeypatch.setattr(interrupt, "_noted", "SIGTERM")
+    clock, calls = FakeClock(), []
+    with pytest.raises(ConnectionError):
+        retry.call(failing(clock, 0.0, calls), transient=lambda e: True, what="x",
+                   deadline_s=None, attempts=3, interruptible=False, sleep=clock.sleep,
+                   clock=clock)
+    assert len(calls) == 3
+
+
 # ---- the read-only commands against an S3 endpoint that is down --------------------------
 
 def _closed_port() -> int:

@@ -181,3 +181,14 @@ def test_a_scratch_database_that_stays_in_use_is_given_up_after_wait_s(
     with pytest.raises(psycopg.errors.ObjectInUse):
         scratch.drop_database(admin, "s", wait_s=1.2)  # type: ignore[arg-type]
     assert admin.forced == [False, True] * 3 and clock[0] == 1.0
+
+
+def test_a_scratch_drop_after_a_stop_signal_still_finishes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drop is the clean-up a stop signal runs: it goes on retrying, it is not stopped."""
+    from prefect_dr import interrupt
+
+    monkeypatch.setattr(interrupt, "_noted", "SIGTERM")
+    admin = _Dropper([_in_use(), _in_use(), None])
+    scratch.drop_database(admin, "s")  # type: ignore[arg-type]
+    assert admin.forced == [False, True, False]

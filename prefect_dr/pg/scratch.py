@@ -56,7 +56,7 @@ def drop_database(admin: psycopg.Connection, name: str, *, wait_s: float = 15.0)
     retry.call(drop, transient=lambda exc: forcing and isinstance(
         exc, psycopg.errors.ObjectInUse | psycopg.errors.InsufficientPrivilege),
         what=f"drop of {name}", deadline_s=wait_s, wait_s=lambda _n: 0.5,
-        on_retry=lambda _n, _exc: None)
+        on_retry=lambda _n, _exc: None, interruptible=False)  # a clean-up: runs after a stop
 
 
 def leftovers(admin: psycopg.Connection) -> list[str]:
