@@ -71,7 +71,7 @@ def test_every_kind_has_one_row_that_settings_prune_and_k8s_ask() -> None:
         assert retention.SETTING_OF_KIND[kind] == row.retention_setting
         assert row.retention_setting in render_fields
         assert dict(k8s_options.FROM_SETTINGS)[row.retention_setting] == row.retention_setting
-        assert row.retention_env in k8s_options._MANAGED_ENV
+        assert row.retention_env in k8s_options.managed_env()
         retention.parse_policy(row.retention_example)
     for row in kinds.KIND_TABLE.values():
         assert row.loses_history is not row.history
