@@ -32,7 +32,8 @@ KEY_ROW = "ENCRYPTION_KEY"
 
 @dataclass(frozen=True)
 class RecoveredKey:
-    """A block key and where in the backup it was found ("escrowed" or "dump")."""
+    """A block key and where in the backup it was found: "escrowed", or the dump
+    (``ARTIFACT_DUMP``)."""
 
     key: str
     source: str
@@ -65,7 +66,7 @@ def recover(storage: Storage, manifest: Manifest, identities: list[crypto.Identi
     if key is None:
         raise NotFoundError(f"the dump of backup {manifest.backup_id} has no configuration "
                             f"row {KEY_ROW}")
-    return RecoveredKey(key, "dump")
+    return RecoveredKey(key, ARTIFACT_DUMP)
 
 
 def _key_from_dump(storage: Storage, dump: Artifact, identities: list[crypto.Identity],

@@ -21,7 +21,13 @@ from prefect_dr.checks import Check, Checks
 from prefect_dr.config import Settings
 from prefect_dr.errors import CryptoKeyError, DatabaseError, DRError, Interrupted, StorageError
 from prefect_dr.lock import pid_alive
-from prefect_dr.manifest import Artifact, Manifest
+from prefect_dr.manifest import (
+    ARTIFACT_BLOCK_KEY,
+    ARTIFACT_CONFIG,
+    ARTIFACT_DUMP,
+    Artifact,
+    Manifest,
+)
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import restore as pgr
 from prefect_dr.pg import tools
@@ -58,16 +64,16 @@ def read_small_artifacts(storage: Storage, manifest: Manifest,
     export_doc: dict[str, Any] | None = None
     escrowed: str | None = None
     for artifact in manifest.artifacts:
-        if artifact.name == "dump" or artifact.table:
+        if artifact.name == ARTIFACT_DUMP or artifact.table:
             continue
         with checks.run("integrity", artifact.name) as out:
             data = decrypt_small(storage, artifact, identities)
             out["detail"] = (f"{human_bytes(artifact.size)}, sha256 ok, decrypted, "
                              "plaintext sha256 ok")
-        if artifact.name == "config":
+        if artifact.name == ARTIFACT_CONFIG:
             with checks.run("export format", artifact.name):
                 export_doc = export.parse(data, f"configuration export of {manifest.backup_id}")
-        elif artifact.name == "block-key":
+        elif artifact.name == ARTIFACT_BLOCK_KEY:
             escrowed = str(json.loads(data)["fernet_key"])
     return export_doc, escrowed
 
@@ -123,13 +129,13 @@ def restore_dump(storage: Storage, artifact: Artifact, identities: list[crypto.I
     if integrity_error is not None:
         checks.report.key_error = isinstance(integrity_error, CryptoKeyError)
         checks.report.checks.append(Check("integrity", False, integrity_error.message,
-                                          round(time.monotonic() - start, 3), "dump"))
+                                          round(time.monotonic() - start, 3), ARTIFACT_DUMP))
         raise integrity_error
     checks.report.checks.append(Check(
         "integrity", True,
         f"{human_bytes(artifact.size)}, sha256 ok, decrypted, plaintext sha256 ok",
-        round(time.monotonic() - start, 3), "dump"))
-    with checks.run("restore", "dump") as out:
+        round(time.monotonic() - start, 3), ARTIFACT_DUMP))
+    with checks.run("restore", ARTIFACT_DUMP) as out:
         try:
             proc.wait()
         except DatabaseError as exc:
@@ -165,7 +171,7 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
     remove_stale_staging(staging_dir)
     fd = anonymous_file(staging_dir)
     try:
-        with checks.run("integrity", "dump") as out, \
+        with checks.run("integrity", ARTIFACT_DUMP) as out, \
                 os.fdopen(os.dup(fd), "wb") as staged, \
                 storage.open_reader(artifact.location) as reader:
             pipeline.decrypt_from(reader, staged, identities,
@@ -173,7 +179,7 @@ def restore_dump_staged(storage: Storage, artifact: Artifact,
                                   expect=expected_stats(artifact), progress=progress)
             out["detail"] = (f"{human_bytes(artifact.size)}, sha256 ok, decrypted, plaintext "
                              f"sha256 ok (staged {human_bytes(artifact.plaintext_size)})")
-        with checks.run("restore", "dump") as out:
+        with checks.run("restore", ARTIFACT_DUMP) as out:
             how = pgr.run_file(url, choice, f"/dev/fd/{fd}", jobs=jobs, role=role,
                                pass_fds=(fd,))
             out["detail"] = f"{how} succeeded ({choice.describe()})"

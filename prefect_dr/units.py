@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+MiB = 1024 * 1024
+
 
 def human_bytes(n: int | None) -> str:
     """1536 -> '1.5 KiB'; None -> ''."""

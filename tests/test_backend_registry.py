@@ -17,6 +17,7 @@ from conftest import clean
 
 from prefect_dr import config, doctor, k8s
 from prefect_dr.errors import ConfigError
+from prefect_dr.k8s import options as k8s_options
 from prefect_dr.storage import factory, registry
 from prefect_dr.storage import url as repo_url
 from prefect_dr.storage.base import Storage
@@ -24,6 +25,8 @@ from prefect_dr.storage.base import Storage
 TOY = registry.Backend("toy", "toy_backend", "toy://BOX/PREFIX",
                        re.compile(r"^[a-z][a-z0-9]{2,20}$"), "box", {"zone": "text"},
                        kubernetes=registry.Kubernetes(
+                           settings=(("PREFECT_DR_TOY_REGION", "region"),),
+                           secret_env=("TOY_TOKEN",), secret_env_prefixes=("TOY_SECRET_",),
                            identity_annotation="toy.example/identity",
                            identity=re.compile(r"^toy-id-[0-9]+$"), identity_word="a toy id",
                            identity_pod_labels={"toy.example/use": "yes"},
@@ -108,9 +111,52 @@ def test_k8s_render_takes_its_credential_secret_and_identity_from_the_descriptor
         "toy-id-7")
     assert "toy.example/identity" not in accounts["prefect-dr-backup"]["metadata"]["annotations"]
     assert k8s.config_env(options)["PREFECT_DR_REPOSITORY"] == "toy://box1/prod?zone=west"
+    assert k8s.config_env(options)["PREFECT_DR_TOY_REGION"] == "us-east-1"
     with pytest.raises(ValueError, match="is not a toy id, as a toy:// repository needs"):
         k8s.render(k8s.RenderOptions(repository="toy://box1/prod",
                                      workload_identities={"prune": "arn:x"}))
+
+
+# What k8s/options.py listed by hand before the registry did (issue 24): the real backends'
+# descriptors must give exactly these, so the derivation lost and added nothing.
+_MANAGED_BEFORE = frozenset({
+    "PREFECT_DR_DATABASE_URL", "PREFECT_DR_S3_BUCKET", "PREFECT_DR_S3_PREFIX",
+    "PREFECT_DR_S3_ENDPOINT_URL", "PREFECT_DR_S3_REGION", "PREFECT_DR_AGE_RECIPIENTS",
+    "PREFECT_API_URL", "PREFECT_DR_RETENTION_FULL", "PREFECT_DR_RETENTION_CONFIG_ONLY",
+    "PREFECT_DR_VERIFY_KEY", "PREFECT_DR_AGE_IDENTITY_FILE", "PREFECT_DR_SIGNING_KEY_FILE",
+    "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE", "PREFECT_DR_BACKUP_CRON", "PREFECT_DR_VERIFY_CRON",
+    "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE", "PREFECT_DR_NOTIFY_ON",
+    "PREFECT_DR_REPOSITORY", "PREFECT_DR_AZURE_ACCOUNT_URL", "GOOGLE_APPLICATION_CREDENTIALS",
+    "PREFECT_DR_STAGING_DIR", "PREFECT_DR_STAGING_LIMIT",
+})
+_SECRET_BEFORE = frozenset({
+    "PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_SERVER_ENCRYPTION_KEY",
+    "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_PASSWORD",
+    "PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_DR_NOTIFY", "AZURE_STORAGE_CONNECTION_STRING",
+    "AZURE_STORAGE_KEY", "AZURE_CLIENT_SECRET",
+})
+
+
+def test_k8s_env_lists_of_the_real_backends_are_the_ones_written_by_hand_before() -> None:
+    registry.unregister("toy")
+    assert k8s_options.managed_env() == _MANAGED_BEFORE
+    assert k8s_options.secret_env() == (_SECRET_BEFORE, ("AWS_",))
+    assert k8s_options.is_secret_env("AWS_ACCESS_KEY_ID")
+    assert not k8s_options.is_secret_env("PREFECT_DR_ZSTD_LEVEL")
+
+
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("TOY_TOKEN", "is a secret"),
+    ("TOY_SECRET_KEY", "is a secret"),
+    ("PREFECT_DR_TOY_REGION", "is set by its own option"),
+])
+def test_k8s_extra_env_refuses_the_new_backends_variables(name: str, fragment: str) -> None:
+    options = k8s.RenderOptions(extra_env={name: "x"})
+    with pytest.raises(ValueError, match=f"extra_env: {name} {fragment}"):
+        k8s.render(options)
+    registry.unregister("toy")
+    assert any(o["kind"] == "ConfigMap" for o in k8s.render(options))
 
 
 # The whole contract suite, on the toy backend: every test of tests/test_storage_contract.py

@@ -3,13 +3,14 @@ exit codes come from one place, and the places that used to spell them out ask i
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from prefect_dr import config, console, errors, k8s, kinds, retention, verify
+from prefect_dr import config, console, errors, k8s, kinds, manifest, retention, verify
 from prefect_dr.checks import Check
 from prefect_dr.k8s import options as k8s_options
 from prefect_dr.kinds import Result
@@ -47,16 +48,63 @@ def test_every_status_word_a_table_shows_has_its_colour() -> None:
     assert console.styled("FAILED") == "[bold red]FAILED[/]"
 
 
+ARTIFACT_NAMES = {value for name, value in vars(manifest).items() if name.startswith("ARTIFACT_")}
+
+
+def _artifact_spellings(tree: ast.AST) -> list[ast.Constant]:
+    """The string literals of ``tree`` that spell an artifact name: the dump's anywhere (no
+    other "dump" is a string of the package), any name compared with a ``.name`` or given to a
+    check (``checks.run(...)``, ``Check(...)``) as its label."""
+    def named(node: ast.AST) -> list[ast.Constant]:
+        return [node] if isinstance(node, ast.Constant) and node.value in ARTIFACT_NAMES else []
+
+    found: list[ast.Constant] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and node.value == manifest.ARTIFACT_DUMP:
+            found.append(node)  # (again below when it is a label too: counted once)
+        elif isinstance(node, ast.Compare):
+            sides = [node.left, *node.comparators]
+            if any(isinstance(side, ast.Attribute) and side.attr == "name" for side in sides):
+                found += [c for side in sides for c in named(side)]
+        elif isinstance(node, ast.Call):
+            callee = node.func
+            name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", "")
+            if name in ("run", "Check"):
+                found += [c for arg in (*node.args, *(k.value for k in node.keywords))
+                          for c in named(arg)]
+    return sorted({id(c): c for c in found}.values(), key=lambda c: (c.lineno, c.col_offset))
+
+
 def test_artifact_names_and_results_are_not_spelled_out_elsewhere() -> None:
-    # restore_stream.py still names its checks' artifact "dump" (left for issue 25's merge)
     offenders = []
     for path in sorted(PACKAGE.rglob("*.py")):
         text = path.read_text(encoding="utf-8")
+        where = path.relative_to(PACKAGE)
         for n, line in enumerate(text.splitlines(), 1):
             if re.search(r"\.artifact\(\"|_artifact\(\"|\"result\": \"|"
                          r"get\(\"result\"\) == \"", line):
-                offenders.append(f"{path.relative_to(PACKAGE)}:{n}: {line.strip()}")
+                offenders.append(f"{where}:{n}: {line.strip()}")
+        if str(where) != "manifest.py":  # where the names are defined
+            offenders += [f"{where}:{c.lineno}: {c.value!r}"
+                          for c in _artifact_spellings(ast.parse(text))]
     assert offenders == []
+
+
+def test_the_artifact_name_scan_sees_the_old_spellings() -> None:
+    old = """
+if artifact.name == "dump" or artifact.table:
+    pass
+if artifact.name == "config":
+    pass
+with checks.run("restore", "block-key") as out:
+    pass
+checks.report.checks.append(Check("integrity", True, "ok",
+                                  round(time.monotonic() - start, 3), "dump"))
+"""
+    assert [c.lineno for c in _artifact_spellings(ast.parse(old))] == [2, 4, 6, 9]
+    fixed = old.replace('"dump"', "ARTIFACT_DUMP").replace('"config"', "ARTIFACT_CONFIG")
+    fixed = fixed.replace('"block-key"', "ARTIFACT_BLOCK_KEY")
+    assert _artifact_spellings(ast.parse(fixed)) == []
 
 
 def test_every_kind_has_one_row_that_settings_prune_and_k8s_ask() -> None:
@@ -71,7 +119,7 @@ def test_every_kind_has_one_row_that_settings_prune_and_k8s_ask() -> None:
         assert retention.SETTING_OF_KIND[kind] == row.retention_setting
         assert row.retention_setting in render_fields
         assert dict(k8s_options.FROM_SETTINGS)[row.retention_setting] == row.retention_setting
-        assert row.retention_env in k8s_options._MANAGED_ENV
+        assert row.retention_env in k8s_options.managed_env()
         retention.parse_policy(row.retention_example)
     for row in kinds.KIND_TABLE.values():
         assert row.loses_history is not row.history

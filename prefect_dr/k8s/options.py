@@ -31,25 +31,23 @@ DEFAULT_IMAGE = f"ghcr.io/prefect-dr/prefect-dr:{__version__}"
 # instead of retrying.
 NO_RETRY_EXIT_CODES = errors.NO_RETRY_EXIT_CODES
 
-# Settings render() manages itself; extra_env must not set them.
-_MANAGED_ENV = frozenset({
-    "PREFECT_DR_DATABASE_URL", "PREFECT_DR_S3_BUCKET", "PREFECT_DR_S3_PREFIX",
-    "PREFECT_DR_S3_ENDPOINT_URL", "PREFECT_DR_S3_REGION", "PREFECT_DR_AGE_RECIPIENTS",
+# Settings render() manages itself; extra_env must not set them. With the backends' own
+# (their ConfigMap entries and key file variable): managed_env().
+_MANAGED_CORE_ENV = frozenset({
+    "PREFECT_DR_DATABASE_URL", "PREFECT_DR_AGE_RECIPIENTS",
     "PREFECT_API_URL", *(row.retention_env for row in POLICY_ROWS),
     "PREFECT_DR_VERIFY_KEY", "PREFECT_DR_AGE_IDENTITY_FILE", "PREFECT_DR_SIGNING_KEY_FILE",
     "PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE", "PREFECT_DR_BACKUP_CRON", "PREFECT_DR_VERIFY_CRON",
     "PREFECT_DR_PUSHGATEWAY_URL", "PREFECT_DR_METRICS_INSTANCE", "PREFECT_DR_NOTIFY_ON",
-    "PREFECT_DR_REPOSITORY", "PREFECT_DR_AZURE_ACCOUNT_URL", "GOOGLE_APPLICATION_CREDENTIALS",
-    "PREFECT_DR_STAGING_DIR", "PREFECT_DR_STAGING_LIMIT",
+    "PREFECT_DR_REPOSITORY", "PREFECT_DR_STAGING_DIR", "PREFECT_DR_STAGING_LIMIT",
 })
 UTC_ZONES = frozenset({"Etc/UTC", "UTC"})
-# Secrets never go into a ConfigMap.
-_SECRET_ENV = frozenset({
-    "PGPASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PREFECT_SERVER_ENCRYPTION_KEY",
+# Secrets never go into a ConfigMap. With the backends' credentials: secret_env().
+_SECRET_CORE_ENV = frozenset({
+    "PGPASSWORD", "PREFECT_SERVER_ENCRYPTION_KEY",
     "PREFECT_API_KEY", "PREFECT_API_DATABASE_CONNECTION_URL",
     "PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_PASSWORD",
-    "PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_DR_NOTIFY", "AZURE_STORAGE_CONNECTION_STRING",
-    "AZURE_STORAGE_KEY", "AZURE_CLIENT_SECRET",
+    "PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_DR_NOTIFY",
 })
 NOTIFY_KEY = "urls"
 PASSWORD_KEY = "PGPASSWORD"  # noqa: S105 - a key name: that Secret holds only the password
@@ -219,6 +217,37 @@ def kubernetes(options: RenderOptions) -> registry.Kubernetes:
     return backend.kubernetes if backend else registry.Kubernetes()
 
 
+def managed_env() -> frozenset[str]:
+    """The environment variables render() sets itself, which ``extra_env`` must not: its own
+    settings and every registered backend's ConfigMap entries and key file variable."""
+    names = set(_MANAGED_CORE_ENV)
+    for backend in registry.backends():
+        needs = backend.kubernetes
+        names.update(name for name, _ in (*needs.settings, *needs.shared_settings,
+                                          *needs.default_settings))
+        if needs.key_file is not None:
+            names.add(needs.key_file.env)
+    return frozenset(names)
+
+
+def secret_env() -> tuple[frozenset[str], tuple[str, ...]]:
+    """The environment variables that hold secrets and never go into a ConfigMap: the names
+    (the database's, Prefect's, notify's and every registered backend's credentials) and the
+    prefixes of whole families of them (``AWS_``)."""
+    names = set(_SECRET_CORE_ENV)
+    prefixes: list[str] = []
+    for backend in registry.backends():
+        names.update(backend.kubernetes.secret_env)
+        prefixes.extend(backend.kubernetes.secret_env_prefixes)
+    return frozenset(names), tuple(prefixes)
+
+
+def is_secret_env(name: str) -> bool:
+    """Whether environment variable ``name`` holds a secret (:func:`secret_env`)."""
+    names, prefixes = secret_env()
+    return name in names or name.startswith(prefixes)
+
+
 def credential_secrets(options: RenderOptions) -> dict[str, str]:
     """role -> the Secret holding its repository credentials (none for a role with a
     workload identity, nor for a file:// repository)."""
@@ -358,9 +387,9 @@ def check(options: RenderOptions) -> None:
     for key in options.extra_env:
         if not _ENV_NAME.match(key):
             raise ValueError(f"extra_env: {key!r} is not an environment variable name")
-        if key in _MANAGED_ENV:
+        if key in managed_env():
             raise ValueError(f"extra_env: {key} is set by its own option")
-        if key in _SECRET_ENV or key.startswith("AWS_"):
+        if is_secret_env(key):
             raise ValueError(f"extra_env: {key} is a secret; put it in a Secret, not a ConfigMap")
     for key, value in options.prometheus_labels.items():
         name = key.rsplit("/", 1)[-1]

@@ -41,9 +41,9 @@ def config_env(options: RenderOptions) -> dict[str, str]:
     env: dict[str, str] = {}
     if options.repository:
         env["PREFECT_DR_REPOSITORY"] = str(url)
-    else:
-        env.update({"PREFECT_DR_S3_BUCKET": options.bucket,
-                    "PREFECT_DR_S3_PREFIX": options.prefix})
+    else:  # the default backend's settings name the repository
+        env.update((name, getattr(options, option)) for backend in registry.backends()
+                   for name, option in backend.kubernetes.default_settings)
     shared = (pair for backend in registry.backends()
               for pair in backend.kubernetes.shared_settings)
     for name, option in (*kubernetes(options).settings, *shared):

@@ -26,33 +26,20 @@ from azure.core import MatchConditions
 from azure.core import exceptions as ae
 from azure.storage.blob import BlobServiceClient, ContentSettings
 
-from prefect_dr import interrupt, redact, retry
+from prefect_dr import redact, retry
 from prefect_dr.errors import ConfigError, DRError, NotFoundError, StorageError
 from prefect_dr.storage import streams
-from prefect_dr.storage.base import (
-    IncompleteUpload,
-    ObjectInfo,
-    ObjectRetention,
-    Storage,
-    Writer,
-    put_if_absent_retried,
-)
+from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Writer
 from prefect_dr.storage.parts import PartWriter, SparePool
+from prefect_dr.storage.remote import PartSizes, RemoteStorage
+from prefect_dr.units import MiB
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-MIN_BLOCK = 8 * MiB
-MAX_BLOCK = 256 * MiB
-BLOCKS_PER_STEP = 5000  # block size doubles every 5000 blocks: 50,000 blocks hold > 10 TiB
-MAX_BLOCKS = 50_000
+#: 8 MiB, doubling every 5000 blocks up to 256 MiB: 50,000 blocks hold > 7 TiB
+BLOCKS = PartSizes(first=8 * MiB, cap=256 * MiB, step=5000, most=50_000)
 READ_CHUNK = 4 * MiB
 _TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-def block_size_for(number: int) -> int:
-    """Size of block ``number`` (1-based): 8 MiB, doubling every 5000 blocks, capped."""
-    return min(MAX_BLOCK, MIN_BLOCK * 2 ** ((number - 1) // BLOCKS_PER_STEP))
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -70,7 +57,7 @@ def _block_id(number: int) -> str:
     return base64.b64encode(f"prefect-dr-{number:08d}".encode()).decode()
 
 
-class AzureStorage(Storage):
+class AzureStorage(RemoteStorage):
     """Storage in one container of an Azure storage account."""
 
     def __init__(self, container: str, *, account_url: str | None = None,
@@ -84,7 +71,7 @@ class AzureStorage(Storage):
         timeouts = {"retry_total": 0, "connection_timeout": 5,
                     "read_timeout": max(5.0, min(60.0, retry_deadline_s / 4)),
                     "max_single_get_size": READ_CHUNK, "max_chunk_get_size": READ_CHUNK,
-                    "max_single_put_size": MIN_BLOCK, "max_block_size": MIN_BLOCK}
+                    "max_single_put_size": BLOCKS.first, "max_block_size": BLOCKS.first}
         connection_string = connection_string or env.get("AZURE_STORAGE_CONNECTION_STRING")
         if connection_string:
             redact.register(connection_string)
@@ -121,41 +108,29 @@ class AzureStorage(Storage):
         self.description = f"azure://{container} at {self.service.url.rstrip('/')}"
 
     # -- error mapping -------------------------------------------------------------------
-    def wrap_error(self, exc: BaseException, action: str, key: str = "") -> DRError:
-        """A one-line StorageError for an Azure error (no secrets); after a stop signal a
-        client-side error is the stop."""
-        stop = interrupt.pending()
-        if stop is not None and not isinstance(exc, ae.HttpResponseError):
-            return stop
-        where = f"{self.description}/{key}" if key else self.description
+    client_errors = (ae.AzureError,)
+    answer_errors = (ae.HttpResponseError,)  # the service's own; the others are the client's
+    taken_codes = ("BlobAlreadyExists", "409")
+    is_transient = staticmethod(is_transient)
+    error_code = staticmethod(_code)
+
+    def describe_error(self, exc: BaseException, doing: str) -> DRError:
+        """A one-line StorageError for an Azure error (NotFoundError for a missing
+        container)."""
         code = _code(exc)
         if isinstance(exc, ae.ServiceRequestError):
-            return StorageError(f"{action} {where}: cannot reach the Azure Blob endpoint")
+            return StorageError(f"{doing}: cannot reach the Azure Blob endpoint")
         if code == "ContainerNotFound":
-            return NotFoundError(f"{action} {where}: container {self.container} does not exist")
+            return NotFoundError(f"{doing}: container {self.container} does not exist")
         if isinstance(exc, ae.ClientAuthenticationError) or code in (
                 "AuthenticationFailed", "AuthorizationFailure",
                 "AuthorizationPermissionMismatch", "403"):
-            return StorageError(f"{action} {where}: Azure rejected the credentials "
+            return StorageError(f"{doing}: Azure rejected the credentials "
                                 f"({code or 'no credential'}); check the account key or the "
                                 "identity's role (Storage Blob Data Contributor)")
         if code:
-            return StorageError(f"{action} {where}: Azure error {code}")
-        return StorageError(f"{action} {where}: {type(exc).__name__}")
-
-    def _call(self, what: str, key: str, fn: Any, *, answers: dict[str, Any] | None = None,
-              deadline_s: float | None = None) -> Any:
-        """``fn()`` with transient errors retried until the deadline; an error code listed in
-        ``answers`` is an answer (its value is returned). Raises StorageError otherwise."""
-        try:
-            return retry.call(fn, transient=is_transient, what=what,
-                              deadline_s=self.retry_deadline_s if deadline_s is None
-                              else deadline_s)
-        except ae.AzureError as exc:
-            code = _code(exc)
-            if answers and code in answers:
-                return answers[code]
-            raise self.wrap_error(exc, what, key) from None
+            return StorageError(f"{doing}: Azure error {code}")
+        return StorageError(f"{doing}: {type(exc).__name__}")
 
     # -- interface -----------------------------------------------------------------------
     def open_writer(self, key: str, *, content_type: str = "application/octet-stream",
@@ -202,16 +177,10 @@ class AzureStorage(Storage):
         self._call("delete", key, self.client.get_blob_client(key).delete_blob,
                    answers={"BlobNotFound": None, "404": None})
 
-    def put_if_absent(self, key: str, data: bytes,
-                      content_type: str = "application/json") -> bool:
-        blob = self.client.get_blob_client(key)
-        taken = object()
-        return put_if_absent_retried(
-            lambda: blob.upload_blob(data, overwrite=False, validate_content=True,
-                                     content_settings=ContentSettings(content_type=content_type)),
-            lambda attempt: self._call("write", key, attempt, answers={
-                "BlobAlreadyExists": taken, "409": taken}) is not taken,
-            lambda: self.get_bytes(key) == data)
+    def _create(self, key: str, data: bytes, content_type: str) -> object:
+        return self.client.get_blob_client(key).upload_blob(
+            data, overwrite=False, validate_content=True,
+            content_settings=ContentSettings(content_type=content_type))
 
     def list_incomplete_uploads(self, prefix: str) -> list[IncompleteUpload]:
         committed = {info.key for info in self.list(prefix)}
@@ -316,7 +285,7 @@ class AzureWriter(PartWriter):
     """
 
     part_word = "block"
-    max_parts = MAX_BLOCKS
+    max_parts = BLOCKS.most
     thread_name = "azure-block"
     client_errors = (ae.AzureError,)
     wait_for_first = True  # the upload exists (and is listed) once write returns, as on S3
@@ -328,7 +297,7 @@ class AzureWriter(PartWriter):
         self._md5 = hashlib.md5(usedforsecurity=False)
 
     def _part_size(self, number: int) -> int:
-        return block_size_for(number)
+        return BLOCKS.size(number)
 
     def _seen(self, data: memoryview) -> None:
         self._md5.update(data)

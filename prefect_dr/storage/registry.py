@@ -49,6 +49,13 @@ class Kubernetes:
     #: ConfigMap entries set when the field is, whatever the repository's backend (a
     #: ``--copy-to`` destination of this backend reads them too)
     shared_settings: tuple[tuple[str, str], ...] = ()
+    #: ConfigMap entries set when no repository URL is given (the default backend: the
+    #: repository is then built from these settings)
+    default_settings: tuple[tuple[str, str], ...] = ()
+    #: environment variables holding its credentials: never in a ConfigMap (``extra_env``
+    #: refuses them), and every variable starting with one of ``secret_env_prefixes`` too
+    secret_env: tuple[str, ...] = ()
+    secret_env_prefixes: tuple[str, ...] = ()
     #: ServiceAccount annotation binding a workload identity; None: the backend has none
     identity_annotation: str | None = None
     #: what a workload identity must look like, and how a message names it
@@ -146,6 +153,10 @@ register(Backend("s3", "prefect_dr.storage.s3", "s3://BUCKET/PREFIX",
                  Kubernetes(
                      settings=(("PREFECT_DR_S3_ENDPOINT_URL", "endpoint_url"),
                                ("PREFECT_DR_S3_REGION", "region")),
+                     default_settings=(("PREFECT_DR_S3_BUCKET", "bucket"),
+                                       ("PREFECT_DR_S3_PREFIX", "prefix")),
+                     secret_env=("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
+                     secret_env_prefixes=("AWS_",),
                      identity_annotation="eks.amazonaws.com/role-arn",
                      identity=re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}$"),
                      identity_word="an IAM role ARN (arn:aws:iam::123456789012:role/NAME)",
@@ -168,6 +179,8 @@ register(Backend("azure", "prefect_dr.storage.azure", "azure://CONTAINER/PREFIX"
                      # AKS's workload identity webhook injects the token and AZURE_* on it
                      identity_pod_labels={"azure.workload.identity/use": "true"},
                      secret_prefix="prefect-dr-azure",
+                     secret_env=("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_KEY",
+                                 "AZURE_CLIENT_SECRET"),
                      # or AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY
                      secret_data={"AZURE_STORAGE_CONNECTION_STRING": _AZURE_SECRET},
                      secret_description="Azure Blob credentials of the {role} job only: a "

@@ -17,25 +17,18 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from prefect_dr import interrupt, retry
+from prefect_dr import retry
 from prefect_dr.errors import DRError, NotFoundError, StorageError
-from prefect_dr.storage.base import (
-    IncompleteUpload,
-    ObjectInfo,
-    ObjectRetention,
-    Storage,
-    Writer,
-    put_if_absent_retried,
-)
+from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Writer
 from prefect_dr.storage.parts import PartWriter, SparePool
+from prefect_dr.storage.remote import PartSizes, RemoteStorage
+from prefect_dr.units import MiB
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-MIN_PART = 8 * MiB
-MAX_PART = 512 * MiB
-PARTS_PER_STEP = 1000  # part size doubles every 1000 parts: 10,000 parts hold > 2 TiB
-MAX_PARTS = 10_000
+#: 8 MiB, doubling every 1000 parts up to 512 MiB: 10,000 parts hold > 2 TiB
+PARTS = PartSizes(first=8 * MiB, cap=512 * MiB, step=1000, most=10_000)
+MIN_PART, part_size_for = PARTS.first, PARTS.size  # what tests size their data by
 
 _CREDENTIAL_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied",
                      "InvalidToken", "ExpiredToken", "Forbidden", "403"}
@@ -72,11 +65,6 @@ class S3Options:
         return args
 
 
-def part_size_for(part_number: int) -> int:
-    """Size of part ``part_number`` (1-based): 8 MiB, doubling every 1000 parts, capped."""
-    return min(MAX_PART, MIN_PART * 2 ** ((part_number - 1) // PARTS_PER_STEP))
-
-
 def error_code(exc: BaseException) -> str:
     """The S3 error code of a botocore ClientError (or '' for other errors)."""
     if isinstance(exc, bce.ClientError):
@@ -94,7 +82,7 @@ def is_transient(exc: BaseException) -> bool:
     return error_code(exc) in _TRANSIENT_CODES
 
 
-class S3Storage(Storage):
+class S3Storage(RemoteStorage):
     """Storage on one bucket of S3 or an S3-compatible store."""
 
     def __init__(self, bucket: str, *, endpoint_url: str | None = None,
@@ -126,46 +114,32 @@ class S3Storage(Storage):
         self.client = client
 
     # -- error mapping -------------------------------------------------------------------
-    def wrap_error(self, exc: BaseException, action: str, key: str = "") -> DRError:
-        """Turn a boto3/botocore error into a one-line StorageError (no secrets, no trace).
-        After a stop signal a client-side error is Interrupted: botocore wraps any exception
-        raised inside a request, the signal handler's too (S3's own answers stay errors)."""
-        stop = interrupt.pending()
-        if stop is not None and not isinstance(exc, bce.ClientError):
-            return stop
-        where = f"{self.description}/{key}" if key else self.description
+    # botocore wraps any exception raised inside a request, a stop signal's too: only S3's
+    # own answers (ClientError) stay errors after a stop
+    client_errors = (bce.ClientError, bce.BotoCoreError)
+    answer_errors = (bce.ClientError,)
+    taken_codes = ("PreconditionFailed", "412", "ConditionalRequestConflict")
+    retry_prefix = "S3 "
+    is_transient = staticmethod(is_transient)
+    error_code = staticmethod(error_code)
+
+    def describe_error(self, exc: BaseException, doing: str) -> DRError:
+        """A one-line StorageError for a boto3/botocore error (NotFoundError for a missing
+        bucket)."""
         code = error_code(exc)
         if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
-            return StorageError(f"{action} {where}: no AWS credentials found (set "
+            return StorageError(f"{doing}: no AWS credentials found (set "
                                 "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile or a role)")
         if isinstance(exc, bce.EndpointConnectionError | bce.ConnectTimeoutError):
-            return StorageError(f"{action} {where}: cannot reach the S3 endpoint")
+            return StorageError(f"{doing}: cannot reach the S3 endpoint")
         if code == "NoSuchBucket":
-            return NotFoundError(f"{action} {where}: bucket {self.bucket} does not exist")
+            return NotFoundError(f"{doing}: bucket {self.bucket} does not exist")
         if code in _CREDENTIAL_CODES:
-            return StorageError(f"{action} {where}: S3 rejected the credentials ({code}); "
+            return StorageError(f"{doing}: S3 rejected the credentials ({code}); "
                                 "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the policy")
         if code:
-            return StorageError(f"{action} {where}: S3 error {code}")
-        return StorageError(f"{action} {where}: {type(exc).__name__}: {exc}")
-
-    def _call(self, what: str, key: str, fn: Any, *, answers: dict[str, Any] | None = None,
-              deadline_s: float | None = None, **kwargs: Any) -> Any:
-        """``fn(**kwargs)`` with transient errors retried until the deadline (default: the
-        configured one). An S3 error code listed in ``answers`` is an answer, not an error:
-        its value is returned. Raises StorageError (NotFoundError for a missing bucket) for
-        every other error."""
-        try:
-            return retry.call(lambda: fn(**kwargs), transient=is_transient, what=f"S3 {what}",
-                              deadline_s=self.retry_deadline_s if deadline_s is None
-                              else deadline_s)
-        except bce.ClientError as exc:
-            code = error_code(exc)
-            if answers and code in answers:
-                return answers[code]
-            raise self.wrap_error(exc, what, key) from None
-        except bce.BotoCoreError as exc:
-            raise self.wrap_error(exc, what, key) from None
+            return StorageError(f"{doing}: S3 error {code}")
+        return StorageError(f"{doing}: {type(exc).__name__}: {exc}")
 
     # -- interface -----------------------------------------------------------------------
     def open_writer(self, key: str, *, content_type: str = "application/octet-stream",
@@ -204,16 +178,10 @@ class S3Storage(Storage):
     def delete(self, key: str) -> None:
         self._call("delete", key, self.client.delete_object, Bucket=self.bucket, Key=key)
 
-    def put_if_absent(self, key: str, data: bytes,
-                      content_type: str = "application/json") -> bool:
-        taken = object()
-        return put_if_absent_retried(
-            lambda: self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
-                                           ContentType=content_type, IfNoneMatch="*",
-                                           **self.options.put_args()),
-            lambda attempt: self._call("write", key, attempt, answers=dict.fromkeys(
-                _PRECONDITION, taken)) is not taken,
-            lambda: self._holds(key, data))
+    def _create(self, key: str, data: bytes, content_type: str) -> object:
+        return self.client.put_object(Bucket=self.bucket, Key=key, Body=data,
+                                      ContentType=content_type, IfNoneMatch="*",
+                                      **self.options.put_args())
 
     def _holds(self, key: str, data: bytes) -> bool:
         body = self._call("read", key, self.client.get_object, answers=_NO_OBJECT,
@@ -320,7 +288,6 @@ class S3Storage(Storage):
 _MISSING = object()
 _CLEANUP_DEADLINE_S = 5.0  # retry budget of each clean-up call after a failed upload
 _NO_OBJECT = dict.fromkeys(("404", "NoSuchKey", "NotFound"), _MISSING)
-_PRECONDITION = ("PreconditionFailed", "412", "ConditionalRequestConflict")
 
 
 class S3Writer(PartWriter):
@@ -330,7 +297,7 @@ class S3Writer(PartWriter):
     """
 
     part_word = "part"
-    max_parts = MAX_PARTS
+    max_parts = PARTS.most
     thread_name = "s3-part"
     client_errors = (bce.BotoCoreError, bce.ClientError)
 
@@ -349,7 +316,7 @@ class S3Writer(PartWriter):
         return args
 
     def _part_size(self, number: int) -> int:
-        return part_size_for(number)
+        return PARTS.size(number)
 
     def _start(self) -> None:
         self._starting = True
