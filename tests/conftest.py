@@ -6,6 +6,7 @@ not a skip, so a broken stack can never turn the integration suite into silent s
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -90,13 +91,18 @@ def cli_env(stack_env: dict[str, str], identity: tuple[Path, str]) -> dict[str, 
 
 
 def s3_client(env: dict[str, str]):
-    """A boto3 S3 client for the stack, with the credentials of ``env``."""
+    """A boto3 S3 client for the stack, with the credentials of ``env`` (one per endpoint and
+    credentials: making a client costs about 0.1 s, and some tests call this per object)."""
+    return _s3_client(env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"],
+                      env["PREFECT_DR_S3_ENDPOINT_URL"])
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_client(key_id: str, secret: str, endpoint: str):
     import boto3
 
-    return boto3.session.Session(
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    ).client("s3", endpoint_url=env["PREFECT_DR_S3_ENDPOINT_URL"], region_name="us-east-1")
+    return boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
+                                 ).client("s3", endpoint_url=endpoint, region_name="us-east-1")
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300,

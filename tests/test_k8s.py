@@ -624,12 +624,13 @@ def test_prometheus_rule_holds_the_tested_alert_rules(tmp_path):
     promtool = shutil.which("promtool")
     if promtool is None:
         pytest.skip("promtool is not installed")
+    # the rendered groups are valid rules; that they fire and stay silent as documented is
+    # promtool's unit test of the same groups (test_deploy.test_alert_rule_unit_tests_pass,
+    # asserted equal above; the kube-state-metrics group: tests/test_k8s_alerts.py)
     (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rule["spec"]))
-    (tmp_path / "alerts_test.yml").write_text((prometheus / "alerts_test.yml").read_text())
-    for argv in ([promtool, "check", "rules", "alerts.yml"],
-                 [promtool, "test", "rules", "alerts_test.yml"]):
-        proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_service_monitor_scrapes_the_pushgateway_with_honor_labels():
