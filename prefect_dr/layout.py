@@ -34,7 +34,7 @@ def new_id(now: dt.datetime) -> str:
     same second must not sort at random.
     """
     fraction = now.microsecond * 4096 // 1_000_000
-    return f"{now:%Y%m%dT%H%M%SZ}-{fraction:03x}{secrets.token_hex(2)[:3]}"
+    return f"{now:%Y%m%dT%H%M%SZ}-{fraction:03x}{secrets.randbelow(4096):03x}"
 
 
 def is_verification(name: str) -> bool:

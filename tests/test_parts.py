@@ -13,7 +13,7 @@ import pytest
 
 from prefect_dr.errors import DRError, StorageError
 from prefect_dr.storage.memory import MemoryStorage
-from prefect_dr.storage.parts import PartWriter, SparePool
+from prefect_dr.storage.parts import CompletingPartWriter, SparePool
 
 PART = 1024
 
@@ -28,7 +28,7 @@ class _Store(MemoryStorage):
         return StorageError(f"{action} {key}: {exc}")
 
 
-class _Writer(PartWriter):
+class _Writer(CompletingPartWriter):
     """Records each part: its number, the thread that sent it and the buffer it came in."""
 
     def __init__(self, store: _Store, key: str, fail_at: int | None = None) -> None:

@@ -30,7 +30,7 @@ from prefect_dr import redact, retry
 from prefect_dr.errors import ConfigError, DRError, NotFoundError, StorageError
 from prefect_dr.storage import streams
 from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Writer
-from prefect_dr.storage.parts import PartWriter, SparePool
+from prefect_dr.storage.parts import CompletingPartWriter, SparePool
 from prefect_dr.storage.remote import PartSizes, RemoteStorage
 from prefect_dr.units import MiB
 
@@ -277,11 +277,11 @@ def _pages(store: AzureStorage, pages: Any, prefix: str) -> Iterator[list[Any]]:
         yield [p for p in page if p is not None]
 
 
-class AzureWriter(PartWriter):
+class AzureWriter(CompletingPartWriter):
     """Stages blocks from a pool while the caller keeps writing; commits on ``close``
-    (storage.parts.PartWriter: block buffers reused). Each block carries its MD5 (checked by
-    Azure), and the committed blob the MD5 of the whole object (checked by our reader). Small
-    objects are one upload.
+    (storage.parts.CompletingPartWriter: block buffers reused). Each block carries its MD5
+    (checked by Azure), and the committed blob the MD5 of the whole object (checked by our
+    reader). Small objects are one upload.
     """
 
     part_word = "block"

@@ -50,8 +50,8 @@ class PartWriter(Writer):
     there is no pool: each part is uploaded in ``write`` itself, in order, from one buffer. An
     object smaller than the first part is one whole write (``_put_whole``); a larger one is
     started (``_start``), its parts uploaded (``_upload_part``) and, on ``close``, its last part
-    sent and the object completed (``_finish``: by default the last part is one more part and
-    ``_complete`` is given every part's result).
+    sent and the object completed (``_finish``; :class:`CompletingPartWriter` for a store that
+    completes an object from the list of its parts).
     ``abort`` (also after a failed ``close``) shuts the pool down and lets the backend discard
     what it started (``_discard``); after ``close`` or ``abort`` it does nothing.
 
@@ -100,23 +100,16 @@ class PartWriter(Writer):
 
     @abc.abstractmethod
     def _upload_part(self, number: int, body: bytearray) -> Any:
-        """Upload part ``number`` (runs in the pool); what ``_complete`` needs of it."""
+        """Upload part ``number`` (runs in the pool); what completing the object needs of it."""
 
     @abc.abstractmethod
     def _put_whole(self, data: bytearray) -> None:
         """Write a whole object smaller than one part. Raises StorageError."""
 
-    def _complete(self, parts: list[Any]) -> None:
-        """Make the object of the uploaded ``parts`` visible (the default ``_finish`` calls
-        it). Raises StorageError."""
-        raise NotImplementedError
-
+    @abc.abstractmethod
     def _finish(self, tail: bytearray) -> None:
         """Upload the last part (``tail``, possibly empty) of a started upload and make the
         object visible. Raises StorageError."""
-        if tail:
-            self._submit(tail)
-        self._complete([self._result(fut) for fut in self._futures])
 
     @abc.abstractmethod
     def _discard(self) -> None:
@@ -252,3 +245,18 @@ def _done(result: Any) -> Future[Any]:
     fut: Future[Any] = Future()
     fut.set_result(result)
     return fut
+
+
+class CompletingPartWriter(PartWriter):
+    """A :class:`PartWriter` for a store that makes an object visible from the list of its
+    uploaded parts in one last call (S3's CompleteMultipartUpload, Azure's block list): the
+    last part is one more part, then ``_complete`` gets every part's result, in order."""
+
+    @abc.abstractmethod
+    def _complete(self, parts: list[Any]) -> None:
+        """Make the object of the uploaded ``parts`` visible. Raises StorageError."""
+
+    def _finish(self, tail: bytearray) -> None:
+        if tail:
+            self._submit(tail)
+        self._complete([self._result(fut) for fut in self._futures])

@@ -20,7 +20,7 @@ from botocore.config import Config
 from prefect_dr import retry
 from prefect_dr.errors import DRError, NotFoundError, StorageError
 from prefect_dr.storage.base import IncompleteUpload, ObjectInfo, ObjectRetention, Writer
-from prefect_dr.storage.parts import PartWriter, SparePool
+from prefect_dr.storage.parts import CompletingPartWriter, SparePool
 from prefect_dr.storage.remote import PartSizes, RemoteStorage
 from prefect_dr.units import MiB
 
@@ -290,10 +290,10 @@ _CLEANUP_DEADLINE_S = 5.0  # retry budget of each clean-up call after a failed u
 _NO_OBJECT = dict.fromkeys(("404", "NoSuchKey", "NotFound"), _MISSING)
 
 
-class S3Writer(PartWriter):
-    """Multipart upload (storage.parts.PartWriter: parts uploaded by a small pool while the
-    caller keeps writing, buffers reused). Each part carries a SHA-256 checksum, so buckets
-    with Object Lock (which require one) accept it. Small objects use one PUT.
+class S3Writer(CompletingPartWriter):
+    """Multipart upload (storage.parts.CompletingPartWriter: parts uploaded by a small pool
+    while the caller keeps writing, buffers reused). Each part carries a SHA-256 checksum, so
+    buckets with Object Lock (which require one) accept it. Small objects use one PUT.
     """
 
     part_word = "part"
