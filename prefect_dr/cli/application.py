@@ -171,6 +171,7 @@ class State:
     notes: dict[str, str] = field(default_factory=dict)  # backup, kind, detail, recovered
     flags: dict[str, tuple[Any, str]] | None = None
     _settings: config.Settings | None = None
+    storages: dict[bool, Any] = field(default_factory=dict)  # read_only -> this run's storage
 
     def settings(self) -> config.Settings:
         """Load (once) and return the effective settings. Raises ConfigError."""
@@ -245,6 +246,7 @@ def main_options(
         "database_url": (database_url, "--database-url"),
     }
     state._settings = None
+    state.storages = {}
     log.setup(log_format.value, verbose,
               text_handler=console.log_handler() if log_format != LogFormat.json else None)
 

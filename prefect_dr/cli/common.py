@@ -58,11 +58,15 @@ def settings() -> config.Settings:
 
 def storage(*, read_only: bool = False) -> Any:
     """The repository's storage backend for the current settings; ``read_only`` commands
-    (list, show, status) get the short read deadline (PREFECT_DR_S3_READ_DEADLINE). The run's
-    metrics carry its URL as the ``repository`` label."""
+    (list, show, status) get the short read deadline (PREFECT_DR_S3_READ_DEADLINE). Made once
+    per run (a client costs a tenth of a second, before a restore serves). The run's metrics
+    carry its URL as the ``repository`` label."""
     from prefect_dr.storage import factory
 
-    store = factory.from_settings(settings(), read_only=read_only)
+    store = state.storages.get(read_only)
+    if store is None:
+        store = state.storages[read_only] = factory.from_settings(settings(),
+                                                                  read_only=read_only)
     if state.run is not None:
         state.run.labels["repository"] = store.url
     return store
