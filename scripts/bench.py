@@ -38,7 +38,8 @@ What is measured, per run:
                 above is other users' load ("foreign"). A run is "quiet" when foreign load was
                 under QUIET_SHARE of one core; medians over quiet runs are reported beside the
                 plain medians because this benchmark is CPU-bound on small machines.
-  object_size   ours: the dump artifact's `size` in the manifest (checked against S3 HEAD);
+  object_size   ours: the sum of every artifact's `size` in the manifest (dump, history
+                tables, configuration; each checked against S3 HEAD); `dump_size` the dump's;
                 peer: ContentLength of S3 HEAD of the uploaded object
 The PostgreSQL server backend that serves pg_dump is outside every tree (the same for all).
 Uploaded objects are deleted when all rounds are done. Progress goes to stderr; the markdown
@@ -175,11 +176,16 @@ class Bench(BaseBench):
                                   capture_output=True, check=True, text=True)
             manifest = json.loads(show.stdout)
             dump = next(x for x in manifest["artifacts"] if x["name"] == "dump")
-            res.update(backup_id=bid, object_size=dump["size"],
+            # every artifact the restore needs (format 2: the dump, the history tables, the
+            # configuration), not the dump alone: that is what compares with the peer's object
+            stored = sum(int(x["size"]) for x in manifest["artifacts"])
+            res.update(backup_id=bid, object_size=stored, dump_size=dump["size"],
                        plaintext_size=dump["plaintext_size"], total_size=out["size"])
-            head = self.head_size(dump["key"])
-            if head != dump["size"]:
-                raise SystemExit(f"bench: manifest size {dump['size']} != S3 size {head}")
+            for x in manifest["artifacts"]:
+                head = self.head_size(x["key"])
+                if head != x["size"]:
+                    raise SystemExit(f"bench: {x['name']}: manifest size {x['size']} != "
+                                     f"S3 size {head}")
         elif variant in self.repos:
             out = json.loads(out_path.read_text())
             res.update(backup_id=out["backup_id"], object_size=out["size"],
