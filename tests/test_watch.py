@@ -107,9 +107,11 @@ class FakeStream:
     """Scripted events ``(time, name)``; down during ``down`` windows ``(start, end)``."""
 
     def __init__(self, clock: FakeClock, events: list[tuple[float, str]],
-                 down: list[tuple[float, float]] = (), end: float = 1e9) -> None:
+                 down: list[tuple[float, float]] = (), end: float = 1e9,
+                 open_takes: float = 0.0) -> None:
         self.clock, self.events, self.down, self.end = clock, sorted(events), list(down), end
         self.opens = self.closes = 0
+        self.open_takes = open_takes  # the handshake's time
 
     def _is_down(self, t: float) -> bool:
         return any(a <= t < b for a, b in self.down)
@@ -118,6 +120,7 @@ class FakeStream:
         if self._is_down(self.clock.now):
             raise StreamDown("event stream ws://x unavailable: refused")
         self.opens += 1
+        self.clock.now += self.open_takes
 
     def next_change(self, timeout: float) -> str | None:
         until = self.clock.now + timeout
@@ -142,16 +145,24 @@ class FakeStream:
 
 
 class FakePoller:
-    def __init__(self, clock: FakeClock, changes: list[float] = (), fail: bool = False) -> None:
+    """Configuration changes at the times ``changes``; with ``baseline``, the first call only
+    records what is there, as the real poller does (a change before it is never reported)."""
+
+    def __init__(self, clock: FakeClock, changes: list[float] = (), fail: bool = False,
+                 baseline: bool = False) -> None:
         self.clock, self.changes, self.fail = clock, sorted(changes), fail
         self.polls: list[float] = []
         self.seen_until = -1.0
         self.marks = self.closes = 0
+        self.baseline = baseline
 
     def changed(self) -> bool:
         self.polls.append(self.clock.now)
         if self.fail:
             raise DatabaseError("cannot connect to PostgreSQL")
+        if self.baseline and len(self.polls) == 1:
+            self.seen_until = self.clock.now
+            return False
         new = [c for c in self.changes if self.seen_until < c <= self.clock.now]
         self.seen_until = self.clock.now
         return bool(new)
@@ -223,7 +234,22 @@ def test_a_change_the_stream_does_not_announce_is_found_by_the_safety_poll():
     backup, taken = _backups(clock)
     _run(OPTS, clock, backup=backup, poller=poller, events=FakeStream(clock, [], end=200))
     assert len(taken) == 1 and 50 < taken[0] <= 50 + OPTS.safety_poll_s + OPTS.debounce_s
-    assert all(b - a == pytest.approx(20) for a, b in itertools.pairwise(poller.polls))
+    # the baseline at the start, then one poll at the connection and every 20 s after it
+    assert poller.polls[:2] == [0, 0]
+    assert all(b - a == pytest.approx(20) for a, b in itertools.pairwise(poller.polls[1:]))
+
+
+def test_a_change_made_while_the_stream_connects_is_backed_up():
+    """The tables' baseline is taken before the stream's handshake: a change made during the
+    handshake, which the stream cannot announce, is found by the poll at the connection (CI
+    caught a watch that took its baseline after the handshake, and so never saw it)."""
+    clock = FakeClock()
+    poller = FakePoller(clock, changes=[0.5], baseline=True)
+    backup, taken = _backups(clock)
+    _run(OPTS, clock, backup=backup, poller=poller,
+         events=FakeStream(clock, [], end=200, open_takes=1.0))
+    assert poller.polls[:2] == [0, 1.0]
+    assert len(taken) == 1 and 1.0 < taken[0] <= 1.0 + OPTS.debounce_s
 
 
 def test_an_announced_change_is_not_backed_up_twice_when_the_poll_sees_it_later():

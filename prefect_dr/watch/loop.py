@@ -76,6 +76,11 @@ def run(options: Options, *, backup: Callable[[], str], poller: Poller,
     if options.initial_backup:  # due at once
         deb.change(clock() - options.max_delay_s)
     try:
+        # The tables' baseline comes before the stream: a change made while the stream
+        # connects is then seen by the poll that follows the connection (taken after it, the
+        # baseline would hold that change and nothing would ever report it).
+        _poll(poller, deb, status, clock, wall)
+        next_poll = clock() + options.poll_s
         while True:
             interrupt.raise_if_noted()
             now = clock()
