@@ -7,6 +7,7 @@ not a skip, so a broken stack can never turn the integration suite into silent s
 from __future__ import annotations
 
 import functools
+import json
 import os
 import shlex
 import shutil
@@ -110,6 +111,29 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300,
     """Run `python -m prefect_dr ARGS` as a real process and capture its output."""
     return subprocess.run([sys.executable, "-m", "prefect_dr", *args], env=env, text=True,
                           capture_output=True, timeout=timeout, input=stdin, check=False)
+
+
+def cli_json(args: list[str], env: dict[str, str], timeout: float = 300) -> dict:
+    """Run ``prefect-dr --json ARGS``, assert it succeeded (its output is the failure message)
+    and return its JSON document."""
+    proc = run_cli(["--json", *args], env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(proc.stdout)
+
+
+def take_backup(env: dict[str, str], *args: str) -> dict:
+    """``prefect-dr backup ARGS``: its JSON result (``backup_id``, ``size``, ...)."""
+    return cli_json(["backup", *args], env)
+
+
+def backup_manifest(env: dict[str, str], *args: str) -> dict:
+    """A new backup's manifest as ``show --json`` gives it."""
+    return cli_json(["show", take_backup(env, *args)["backup_id"]], env)
+
+
+def listed_backups(env: dict[str, str]) -> dict[str, dict]:
+    """``list --json``: the repository's backups by id."""
+    return {b["backup_id"]: b for b in cli_json(["list"], env)["backups"]}
 
 
 @pytest.fixture()

@@ -10,8 +10,8 @@ import os
 import boto3
 import psycopg
 import pytest
-from conftest import run_cli
-from test_tiered_restore_integration import _backup, _serving, _with_password, add_history
+from conftest import backup_manifest, run_cli
+from test_tiered_restore_integration import _serving, _with_password, add_history
 
 from prefect_dr.backfill import MAX_MAINTENANCE_MEM, MIN_MAINTENANCE_MEM, maintenance_mem
 
@@ -46,7 +46,7 @@ def test_a_damaged_history_artifact_stops_the_other_loads_cleanly(
     env, pw, db = clone, clone["PGPASSWORD"], clone["_DB"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw, rows=20000)
-    manifest = _backup(env)
+    manifest = backup_manifest(env)
     backup_id = str(manifest["backup_id"])
     damaged = next(a for a in manifest["artifacts"] if a.get("table") == "events")
     s3 = boto3.client("s3", endpoint_url=env["PREFECT_DR_S3_ENDPOINT_URL"],

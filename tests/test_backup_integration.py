@@ -13,24 +13,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import clone_prefect_db, drop_db, run_cli, s3_client
+from conftest import clone_prefect_db, drop_db, listed_backups, run_cli, s3_client, take_backup
 from cryptography.fernet import Fernet
 
 from prefect_dr.lock import ADVISORY_KEY
 
 pytestmark = pytest.mark.integration
-
-
-def _backup(env: dict[str, str], *args: str) -> dict:
-    proc = run_cli(["backup", "--json", *args], env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(proc.stdout)
-
-
-def _list(env: dict[str, str]) -> dict[str, dict]:
-    proc = run_cli(["list", "--json"], env)
-    assert proc.returncode == 0, proc.stderr
-    return {b["backup_id"]: b for b in json.loads(proc.stdout)["backups"]}
 
 
 def _fetch(env: dict[str, str], key: str) -> bytes:
@@ -55,9 +43,9 @@ def repo_env(cli_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 
 def test_full_and_config_only_backups_are_complete(repo_env: dict[str, str],
                                                    identity: tuple[Path, str]) -> None:
-    full = _backup(repo_env, "--label", "env=ci", "--label", "by=test")
-    config_only = _backup(repo_env, "--kind", "config-only")
-    listed = _list(repo_env)
+    full = take_backup(repo_env, "--label", "env=ci", "--label", "by=test")
+    config_only = take_backup(repo_env, "--kind", "config-only")
+    listed = listed_backups(repo_env)
     assert listed[full["backup_id"]]["status"] == "complete"
     assert listed[full["backup_id"]]["kind"] == "full"
     assert listed[full["backup_id"]]["labels"] == {"env": "ci", "by": "test"}
@@ -82,7 +70,7 @@ def test_full_and_config_only_backups_are_complete(repo_env: dict[str, str],
 
 def test_dump_decrypts_with_stock_age_and_pg_restore_accepts_it(
         repo_env: dict[str, str], identity: tuple[Path, str]) -> None:
-    result = _backup(repo_env)
+    result = take_backup(repo_env)
     manifest = json.loads(run_cli(["show", result["backup_id"], "--json"], repo_env).stdout)
     dump = next(a for a in manifest["artifacts"] if a["name"] == "dump")
     plain = _zstd_d(_decrypt_with_age(_fetch(repo_env, dump["key"]), identity[0]))
@@ -135,7 +123,7 @@ def test_stale_lock_object_of_a_dead_process_is_taken_over(repo_env: dict[str, s
     from prefect_dr.layout import Layout
 
     s3 = s3_client(repo_env)
-    first = _backup(repo_env)  # learn the lock key from a real run's database fingerprint
+    first = take_backup(repo_env)  # learn the lock key from a real run's database fingerprint
     assert first["ok"]
     prefix = Layout(repo_env["PREFECT_DR_S3_PREFIX"]).root + "locks/"
     dead = subprocess.Popen(["true"])
@@ -151,7 +139,7 @@ def test_stale_lock_object_of_a_dead_process_is_taken_over(repo_env: dict[str, s
     fp = hashlib.sha256(f"{row[0]}/{row[1]}".encode()).hexdigest()[:16]
     s3.put_object(Bucket=repo_env["PREFECT_DR_S3_BUCKET"], Key=f"{prefix}backup-{fp}.json",
                   Body=json.dumps(record).encode())
-    second = _backup(repo_env)
+    second = take_backup(repo_env)
     assert second["ok"]
     left = s3.list_objects_v2(Bucket=repo_env["PREFECT_DR_S3_BUCKET"], Prefix=prefix)
     assert left.get("KeyCount", 0) == 0
@@ -177,7 +165,7 @@ def test_bad_inputs_fail_in_one_line(repo_env: dict[str, str], tmp_path: Path) -
         for secret in [*secrets, "Wrong-Secret-For-Test-9", "Wrong-Db-Pass-For-Test-9"]:
             assert secret not in out
     # nothing that looks complete was left behind
-    assert all(b["status"] != "complete" for b in _list(repo_env).values())
+    assert all(b["status"] != "complete" for b in listed_backups(repo_env).values())
 
 
 def _wait_for_upload_start(env: dict[str, str], proc: subprocess.Popen, prefix: str,
@@ -219,7 +207,7 @@ def test_sigterm_leaves_failed_record_and_no_open_upload(slow_env: dict[str, str
     _wait_for_upload_start(repo_env, proc, root)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    listed = _list(repo_env)
+    listed = listed_backups(repo_env)
     assert proc.returncode == 130, err
     (entry,) = listed.values()
     assert entry["status"] == "failed"
@@ -244,7 +232,7 @@ def test_sigkill_never_leaves_a_complete_looking_backup(slow_env: dict[str, str]
         proc.kill()
         proc.wait()
         killed += proc.returncode == -signal.SIGKILL
-    listed = _list(repo_env)
+    listed = listed_backups(repo_env)
     assert killed >= 1
     incomplete = [b for b in listed.values() if b["status"] == "incomplete"]
     assert len(incomplete) >= 1
@@ -257,7 +245,7 @@ def test_sigkill_never_leaves_a_complete_looking_backup(slow_env: dict[str, str]
                                                  Key=art["key"])
                 assert head["ContentLength"] == art["size"]
     # the lock of a killed run does not block the next backup on this host
-    assert _backup(repo_env)["ok"]
+    assert take_backup(repo_env)["ok"]
 
 
 def test_env_only_block_key_is_escrowed_or_refused(repo_env: dict[str, str],
@@ -287,7 +275,7 @@ def test_env_only_block_key_is_escrowed_or_refused(repo_env: dict[str, str],
         assert "no encryption key" in refused.stderr and "Traceback" not in refused.stderr
         key_file = Path(identity[0]).parent / "prefect-key.txt"
         key_file.write_text(new_key)
-        escrowed = _backup(dict(env, PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE=str(key_file)))
+        escrowed = take_backup(dict(env, PREFECT_DR_PREFECT_ENCRYPTION_KEY_FILE=str(key_file)))
         assert "block-key" in escrowed["artifacts"]
         manifest = json.loads(run_cli(["show", escrowed["backup_id"], "--json"], env).stdout)
         assert manifest["block_key"] == {"source": "file", "escrowed": True, "blocks": 2,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import databases, run_cli, s3_client
+from conftest import backup_manifest, databases, run_cli, s3_client
 
 pytestmark = pytest.mark.integration
 
@@ -34,13 +34,6 @@ def _get(env: dict[str, str], key: str) -> bytes:
 
 def _put(env: dict[str, str], key: str, body: bytes) -> None:
     s3_client(env).put_object(Bucket=env["PREFECT_DR_S3_BUCKET"], Key=key, Body=body)
-
-
-def _backup(env: dict[str, str], *args: str) -> dict:
-    proc = run_cli(["backup", "--json", *args], env)
-    assert proc.returncode == 0, proc.stderr
-    bid = json.loads(proc.stdout)["backup_id"]
-    return json.loads(run_cli(["show", bid, "--json"], env).stdout)
 
 
 def _manifest_key(manifest: dict) -> str:
@@ -102,8 +95,8 @@ def repo(stack_env: dict[str, str], identity: tuple[Path, str]) -> Iterator[dict
     from conftest import clean_cli_env
 
     env = clean_cli_env(stack_env, identity, PREFECT_DR_S3_PREFIX=f"f-{uuid.uuid4().hex[:10]}")
-    full = _backup(env)
-    config_only = _backup(env, "--kind", "config-only")
+    full = backup_manifest(env)
+    config_only = backup_manifest(env, "--kind", "config-only")
     pristine = {k: _get(env, k) for k in _keys(env)}
     yield {"env": env, "full": full, "config": config_only}
     for key in _keys(env):

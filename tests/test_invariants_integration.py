@@ -14,25 +14,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import listed_backups, run_cli, take_backup
 
 FAILPOINT = Path(__file__).resolve().parent / "chaos" / "failpoint.py"
 
 
 def _json(proc: subprocess.CompletedProcess[str]) -> dict:
     return json.loads(proc.stdout)
-
-
-def _backup(env: dict[str, str], *args: str) -> dict:
-    proc = run_cli(["--json", "backup", *args], env)
-    assert proc.returncode == 0, proc.stderr
-    return _json(proc)
-
-
-def _list(env: dict[str, str]) -> dict[str, dict]:
-    proc = run_cli(["--json", "list"], env)
-    assert proc.returncode == 0, proc.stderr
-    return {b["backup_id"]: b for b in _json(proc)["backups"]}
 
 
 def _with_failpoint(args: list[str], env: dict[str, str], spec: str, sig: str = "KILL",
@@ -53,10 +41,10 @@ def test_stop_during_history_copy_ends_the_backup_and_frees_the_lock(
     assert proc.returncode == 130, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "did not finish within" not in proc.stderr  # ended by itself, not by the deadline
-    (entry,) = _list(clone).values()
+    (entry,) = listed_backups(clone).values()
     assert entry["status"] == "failed"
     assert "signal" in (entry["error"] or "")
-    assert _backup(clone)["ok"]  # not locked out
+    assert take_backup(clone)["ok"]  # not locked out
 
 
 def test_stop_while_the_store_hangs_ends_within_the_bound(clone: dict[str, str]) -> None:
@@ -87,7 +75,7 @@ def test_stop_while_the_store_hangs_ends_within_the_bound(clone: dict[str, str])
         if proc.poll() is None:
             proc.kill()
         proxy.up()
-    assert _backup(env)["ok"]  # the dead run's lock is taken over, not waited for
+    assert take_backup(env)["ok"]  # the dead run's lock is taken over, not waited for
     proxy.close()
 
 
@@ -113,12 +101,12 @@ def test_prune_keeps_what_a_backfill_needs_and_only_whole_backups_count(
     env, pw = clone, clone["PGPASSWORD"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw, rows=500)
-    older = _backup(env)["backup_id"]
-    newest_whole = _backup(env)["backup_id"]
+    older = take_backup(env)["backup_id"]
+    newest_whole = take_backup(env)["backup_id"]
     killed = _with_failpoint(["restore", older, "--tiered", "--yes", "--no-safety-backup"],
                              env, "prefect_dr.restore:finish_backfill:before:1")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    partial_id = _backup(env)["backup_id"]
+    partial_id = take_backup(env)["backup_id"]
     shown = _json(run_cli(["--json", "show", partial_id], env))
     assert shown["labels"] == {"backfill": "unfinished"}
 
@@ -168,7 +156,7 @@ def test_a_killed_restore_leaves_no_plaintext_and_its_database_is_found(
     from tests.conftest import databases
 
     env = dict(clone, PREFECT_DR_STAGING_DIR=str(tmp_path))
-    backup_id = _backup(env)["backup_id"]
+    backup_id = take_backup(env)["backup_id"]
     killed = _with_failpoint(["restore", backup_id, "--yes", "--jobs", "2",
                               "--no-safety-backup"], env, "prefect_dr.pg.restore:run_file:before:1")
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -189,7 +177,7 @@ def test_a_killed_restore_leaves_no_plaintext_and_its_database_is_found(
 def test_copied_verifications_count_at_the_source_only(clone: dict[str, str]) -> None:
     """Finding 9: status on a copy repository was green from verification records copied
     from the source, although nothing was ever verified there."""
-    backup_id = _backup(clone, "--kind", "config-only")["backup_id"]
+    backup_id = take_backup(clone, "--kind", "config-only")["backup_id"]
     verified = run_cli(["verify", backup_id], clone)
     assert verified.returncode == 0, verified.stderr
     copy_env = dict(clone, PREFECT_DR_S3_PREFIX=clone["PREFECT_DR_S3_PREFIX"] + "-copy")
@@ -200,7 +188,7 @@ def test_copied_verifications_count_at_the_source_only(clone: dict[str, str]) ->
     assert run_cli(probe, clone).returncode == 0  # verified here
     there = run_cli(probe, copy_env)
     assert there.returncode == 15, there.stdout  # nothing was verified in the copy
-    entry = _list(copy_env)[backup_id]
+    entry = listed_backups(copy_env)[backup_id]
     assert entry["verification"] is None
     assert entry["source_verification"]["result"] == "passed"
     assert entry["source_verification"]["repository"].endswith(clone["PREFECT_DR_S3_PREFIX"])
@@ -213,8 +201,8 @@ def test_latest_word_show_of_an_incomplete_backup_and_smoke_setup(
     run the backup's revision marked a sound backup failed (exit 13) instead of exit 16."""
     from tests.conftest import s3_client
 
-    full = _backup(clone)["backup_id"]
-    config_only = _backup(clone, "--kind", "config-only")["backup_id"]
+    full = take_backup(clone)["backup_id"]
+    config_only = take_backup(clone, "--kind", "config-only")["backup_id"]
     assert _json(run_cli(["--json", "show", "latest"], clone))["backup_id"] == full
     plan = _dry_plan(clone, "latest", "--target-url",
                      clone["PREFECT_DR_DATABASE_URL"] + "_elsewhere")
@@ -237,7 +225,7 @@ def test_latest_word_show_of_an_incomplete_backup_and_smoke_setup(
                      str(old_prefect)], clone)
     assert smoke.returncode == 16, smoke.stderr
     assert "newer than" in smoke.stderr
-    assert _list(clone)[config_only]["verification"] is None  # no verdict on the backup
+    assert listed_backups(clone)[config_only]["verification"] is None  # no verdict on the backup
 
 
 def test_a_password_in_the_query_never_reaches_a_command_line(clone: dict[str, str]) -> None:

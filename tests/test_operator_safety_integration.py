@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import databases, run_cli
+from conftest import databases, listed_backups, run_cli, take_backup
 
 pytestmark = pytest.mark.integration
 
@@ -27,18 +27,6 @@ pytestmark = pytest.mark.integration
 def _count(env: dict[str, str], table: str, url: str | None = None) -> int:
     with psycopg.connect(url or env["PREFECT_DR_DATABASE_URL"], password=env["PGPASSWORD"]) as c:
         return int(c.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-
-
-def _backup(env: dict[str, str], *args: str) -> str:
-    proc = run_cli(["backup", "--json", *args], env)
-    assert proc.returncode == 0, proc.stderr
-    return str(json.loads(proc.stdout)["backup_id"])
-
-
-def _listed(env: dict[str, str]) -> list[str]:
-    proc = run_cli(["list", "--json"], env)
-    assert proc.returncode == 0, proc.stderr
-    return [b["backup_id"] for b in json.loads(proc.stdout)["backups"]]
 
 
 def _one_error_line(stderr: str) -> str:
@@ -59,8 +47,8 @@ def _key_of(url: str, pw: str) -> str:
 def test_latest_is_full_and_a_config_only_backup_cannot_erase_history(
         clone: dict[str, str]) -> None:
     env, db = clone, clone["_DB"]
-    full_id = _backup(env)
-    config_id = _backup(env, "--kind", "config-only")  # the newest backup of all
+    full_id = take_backup(env)["backup_id"]
+    config_id = take_backup(env, "--kind", "config-only")["backup_id"]  # the newest of all
     runs = _count(env, "flow_run")
     assert runs > 0
 
@@ -92,7 +80,7 @@ def test_latest_is_full_and_a_config_only_backup_cannot_erase_history(
     assert out["plan"]["history_loss"]["flow_run"] == runs
     assert _count(env, "flow_run") == runs
     assert databases(env, db) == [db]
-    assert sorted(_listed(env)) == sorted([full_id, config_id])  # no safety backup taken
+    assert sorted(listed_backups(env)) == sorted([full_id, config_id])  # no safety backup taken
 
     # the override: history goes, configuration stays, the warning is said
     blocks = _count(env, "block_document")
@@ -105,7 +93,7 @@ def test_latest_is_full_and_a_config_only_backup_cannot_erase_history(
 def test_status_counts_full_backups_and_their_verifications_only(
         cli_env: dict[str, str]) -> None:
     env = dict(cli_env, PREFECT_DR_S3_PREFIX=f"st-{uuid.uuid4().hex[:10]}")
-    _backup(env, "--kind", "config-only")
+    take_backup(env, "--kind", "config-only")
     verified = run_cli(["verify", "--latest", "--kind", "config-only"], env)
     assert verified.returncode == 0, verified.stderr
     schedule = ["--cron", "0 2 * * *", "--verify-cron", "30 4 * * *"]
@@ -144,7 +132,7 @@ def _client(url: str, pw: str) -> Iterator[None]:
 def test_preflight_refuses_before_anything_is_created_or_uploaded(
         clone: dict[str, str], tmp_path: Path) -> None:
     env, db = clone, clone["_DB"]
-    backup_id = _backup(env)
+    backup_id = take_backup(env)["backup_id"]
 
     with _client(env["PREFECT_DR_DATABASE_URL"], env["PGPASSWORD"]):
         proc = run_cli(["restore", "--latest", "--yes"], env)
@@ -159,7 +147,7 @@ def test_preflight_refuses_before_anything_is_created_or_uploaded(
         assert any("dr-test-client" in w and "a restore now would be refused" in w
                    for w in warnings), warnings
     assert databases(env, db) == [db]
-    assert _listed(env) == [backup_id]  # no safety backup
+    assert list(listed_backups(env)) == [backup_id]  # no safety backup
 
     other = tmp_path / "other-identity.txt"
     keygen = subprocess.run([sys.executable, "-m", "prefect_dr", "keygen", "-o", str(other)],
@@ -172,7 +160,7 @@ def test_preflight_refuses_before_anything_is_created_or_uploaded(
         assert proc.returncode == 12, proc.stderr
         assert needle in _one_error_line(proc.stderr)
     assert databases(env, db) == [db]
-    assert _listed(env) == [backup_id]
+    assert list(listed_backups(env)) == [backup_id]
 
 
 def _mount_tmpfs(path: Path, size: str) -> bool:
@@ -198,7 +186,7 @@ def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
 def test_staging_fallback_warns_and_a_full_disk_is_one_line(clone: dict[str, str],
                                                             tiny_tmpfs: Path) -> None:
     env = clone
-    _backup(env)
+    take_backup(env)
     dry = run_cli(["restore", "--latest", "--dry-run", "--jobs", "2", "--json"],
                   dict(env, PREFECT_DR_STAGING_DIR=str(tiny_tmpfs)))
     assert dry.returncode == 0, dry.stderr
@@ -221,7 +209,7 @@ def test_block_key_recovers_the_key_from_the_dump_and_from_escrow(
         cli_env: dict[str, str], tmp_path: Path) -> None:
     env = dict(cli_env, PREFECT_DR_S3_PREFIX=f"bk-{uuid.uuid4().hex[:10]}")
     key = _key_of(env["PREFECT_DR_DATABASE_URL"], env["PGPASSWORD"])
-    in_dump = _backup(env, "--kind", "config-only")
+    in_dump = take_backup(env, "--kind", "config-only")["backup_id"]
     out = tmp_path / "key"
     proc = run_cli(["block-key", "--latest", "-o", str(out), "--json"], env)
     assert proc.returncode == 0, proc.stderr
@@ -236,7 +224,8 @@ def test_block_key_recovers_the_key_from_the_dump_and_from_escrow(
     to_stdout = run_cli(["block-key", in_dump, "-o", "-"], env)
     assert to_stdout.returncode == 0 and to_stdout.stdout.strip() == key
 
-    escrowed = _backup(dict(env, PREFECT_SERVER_ENCRYPTION_KEY=key), "--kind", "config-only")
+    escrowed = take_backup(dict(env, PREFECT_SERVER_ENCRYPTION_KEY=key),
+                           "--kind", "config-only")["backup_id"]
     shown = json.loads(run_cli(["show", escrowed, "--json"], env).stdout)
     assert shown["block_key"]["escrowed"] is True
     out2 = tmp_path / "escrowed.key"
@@ -266,7 +255,7 @@ def test_doctor_fails_when_the_next_backup_would(clone: dict[str, str]) -> None:
     assert doctor.returncode == 0, doctor.stdout
     checks = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}
     assert checks["block encryption key"]["status"] == "warn"
-    backup_id = _backup(allowed, "--kind", "config-only")
+    backup_id = take_backup(allowed, "--kind", "config-only")["backup_id"]
     shown = json.loads(run_cli(["show", backup_id, "--json"], env).stdout)
     assert shown["block_key"]["undecryptable"] == shown["block_key"]["blocks"] > 0
 
@@ -283,7 +272,7 @@ def test_a_tampered_kind_is_a_bad_signature_not_a_history_loss(clone: dict[str, 
                            str(key)], capture_output=True, text=True, check=True)
     env = dict(clone, PREFECT_DR_SIGNING_KEY_FILE=str(key),
                PREFECT_DR_VERIFY_KEY=made.stdout.strip())
-    backup_id = _backup(env)
+    backup_id = take_backup(env)["backup_id"]
     manifest = json.loads(run_cli(["show", backup_id, "--json"], env).stdout)
     manifest["kind"] = "config-only"
     folder = manifest["artifacts"][0]["key"].rsplit("/", 1)[0]

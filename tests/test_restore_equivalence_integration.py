@@ -15,8 +15,8 @@ import json
 
 import psycopg
 import pytest
-from conftest import clone_prefect_db, run_cli
-from test_tiered_restore_integration import _backup, _with_password, add_history
+from conftest import backup_manifest, clone_prefect_db, run_cli
+from test_tiered_restore_integration import _with_password, add_history
 
 from prefect_dr.prefect_schema import PLANNED_COLUMNS
 
@@ -68,7 +68,7 @@ def test_every_restore_path_produces_what_a_plain_pg_restore_does(
     env, pw, db = clone, clone["PGPASSWORD"], clone["_DB"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw, rows=6000)
-    manifest = _backup(env)
+    manifest = backup_manifest(env)
     assert manifest["format_version"] == 2
     peer = shape(_with_password(clone_prefect_db(env, f"{db}_peer"), pw), pw)
     assert peer["rows"]["events"] >= 6000 and peer["indexes"] and peer["constraints"]

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
+from conftest import backup_manifest, run_cli
 from conftest import databases as _databases
-from conftest import run_cli
 
 from prefect_dr import prefect_api
 from prefect_dr.smoke import PrefectServer
@@ -82,15 +82,6 @@ def holding(url: str, pw: str, *tables: str) -> Iterator[None]:
         conn.rollback()
 
 
-def _backup(env: dict[str, str]) -> dict[str, object]:
-    proc = run_cli(["backup", "--json"], env)
-    assert proc.returncode == 0, proc.stderr
-    backup_id = json.loads(proc.stdout)["backup_id"]
-    shown = run_cli(["show", backup_id, "--json"], env)
-    assert shown.returncode == 0, shown.stderr
-    return json.loads(shown.stdout)
-
-
 def _manifest_counts(manifest: dict[str, object]) -> dict[str, int]:
     return {t: e["rows"] for t, e in manifest["row_counts"].items()}  # type: ignore[union-attr]
 
@@ -101,7 +92,7 @@ def test_format_2_backup_keeps_history_apart_and_a_plain_restore_brings_it_all_b
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw)
     before = counts(url, pw, DEFERRED)
-    manifest = _backup(env)
+    manifest = backup_manifest(env)
     assert manifest["format_version"] == 2
     history = {a["table"]: a for a in manifest["artifacts"] if a.get("table")}
     assert sorted(history) == list(DEFERRED)
@@ -161,7 +152,7 @@ def test_tiered_restore_serves_prefect_after_phase_1_and_keeps_what_it_writes_me
     env, pw, db = clone, clone["PGPASSWORD"], clone["_DB"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw)
-    manifest = _backup(env)
+    manifest = backup_manifest(env)
     backup_id = str(manifest["backup_id"])
     with psycopg.connect(url, password=pw, autocommit=True) as conn:  # damage the live one
         conn.execute("DELETE FROM log")
@@ -239,8 +230,8 @@ def test_phase_2_killed_then_resumed_completes_exactly_once(clone: dict[str, str
     env, pw, db = clone, clone["PGPASSWORD"], clone["_DB"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw, rows=2000)
-    other_id = _backup(env)["backup_id"]
-    manifest = _backup(env)
+    other_id = backup_manifest(env)["backup_id"]
+    manifest = backup_manifest(env)
     backup_id = str(manifest["backup_id"])
     want = _manifest_counts(manifest)
     for sig in (signal.SIGTERM, signal.SIGKILL):

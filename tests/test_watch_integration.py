@@ -20,8 +20,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from conftest import STACK, run_cli
-from test_backup_integration import _decrypt_with_age, _fetch, _list, _zstd_d
+from conftest import STACK, listed_backups, run_cli
+from test_backup_integration import _decrypt_with_age, _fetch, _zstd_d
 
 from prefect_dr import prefect_api
 
@@ -114,7 +114,7 @@ def watch(repo_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., Wa
 
 
 def _watch_backups(env: dict[str, str]) -> list[dict]:
-    return sorted((b for b in _list(env).values() if b["kind"] == "config-only"
+    return sorted((b for b in listed_backups(env).values() if b["kind"] == "config-only"
                    and b["status"] == "complete"), key=lambda b: b["backup_id"])
 
 
@@ -161,7 +161,7 @@ def test_a_variable_set_through_the_api_is_backed_up_within_60s(
     backup_id = w.wait("a backup with the variable", _backed_up(repo_env, identity, name), 60)
     elapsed = time.monotonic() - start
     assert elapsed < 60
-    assert _list(repo_env)[backup_id]["labels"] == {"trigger": "watch"}
+    assert listed_backups(repo_env)[backup_id]["labels"] == {"trigger": "watch"}
     m = w.metrics()
     assert m["changes_total{source=\"stream\"}"] >= 1 and m["backups_total"] == 1
     assert m["last_backup_success_timestamp_seconds"] >= m["last_change_seen_timestamp_seconds"]
@@ -227,7 +227,7 @@ def test_sigterm_during_a_backup_stops_it_and_frees_the_lock(repo_env, watch):
     w.wait("the backup to start", lambda: "started" in w.text(), 30)
     code, took = w.stop()
     assert code == 130 and took < 10, (code, took, w.text())
-    listed = _list(repo_env)
+    listed = listed_backups(repo_env)
     assert all(b["status"] in ("complete", "failed") for b in listed.values()), listed
     again = run_cli(["backup", "--kind", "config-only", "--json"], repo_env, timeout=120)
     assert again.returncode == 0, again.stderr  # the lock is free
