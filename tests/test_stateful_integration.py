@@ -15,7 +15,7 @@ rollback and ``restore-config --dry-run``. After every step the model's invarian
 - I7: every ``--json`` run that fails prints the error contract; no traceback, ever.
 
 A seed makes each sequence replayable: ``PREFECT_DR_STATEFUL_SEED=N``; the number of steps is
-``PREFECT_DR_STATEFUL_STEPS`` (CI: 16 steps, about a minute; the soak in
+``PREFECT_DR_STATEFUL_STEPS`` (CI: 12 steps, about 50 s; the soak in
 docs/reliability.md runs thousands). The seed is printed and named in every failure.
 """
 
@@ -42,7 +42,7 @@ pytestmark = pytest.mark.integration
 FAILPOINT = Path(__file__).resolve().parent / "chaos" / "failpoint.py"
 SEED = int(os.environ.get("PREFECT_DR_STATEFUL_SEED")
            or random.SystemRandom().randrange(2**31))
-STEPS = int(os.environ.get("PREFECT_DR_STATEFUL_STEPS") or 16)
+STEPS = int(os.environ.get("PREFECT_DR_STATEFUL_STEPS") or 12)
 BUDGET_S = float(os.environ.get("PREFECT_DR_STATEFUL_BUDGET_S") or 200)
 DOCUMENTED = {0, 1, 2, 3, 10, 11, 12, 13, 14, 15, 16, 130}
 HISTORY = ("events", "event_resources", "log")
