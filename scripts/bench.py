@@ -177,9 +177,9 @@ class Bench(BaseBench):
             manifest = json.loads(show.stdout)
             dump = next(x for x in manifest["artifacts"] if x["name"] == "dump")
             # every artifact the restore needs (format 2: the dump, the history tables, the
-            # configuration), not the dump alone: that is what compares with the peer's object
-            stored = sum(int(x["size"]) for x in manifest["artifacts"])
-            res.update(backup_id=bid, object_size=stored, dump_size=dump["size"],
+            # configuration; the backup's own `size` is their sum), not the dump alone: that is
+            # what compares with the peer's object
+            res.update(backup_id=bid, object_size=out["size"], dump_size=dump["size"],
                        plaintext_size=dump["plaintext_size"], total_size=out["size"])
             for x in manifest["artifacts"]:
                 head = self.head_size(x["key"])

@@ -71,7 +71,6 @@ def run(options: Options, *, backup: Callable[[], str], poller: Poller,
     backoff = Backoff(1.0, options.reconnect_max_s)
     connected = False
     reconnect_at = clock()
-    next_poll = clock()
     status.started_at, status.source = wall(), Source.POLL
     if options.initial_backup:  # due at once
         deb.change(clock() - options.max_delay_s)
