@@ -31,88 +31,43 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent import futures
-from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from prefect_dr import chain_merge, crypto, pipeline, retry, table_copy
+from prefect_dr import chain_merge, crypto, pipeline, runs_backfill, table_copy
 from prefect_dr import prefect_schema as ps
-from prefect_dr.errors import DatabaseError, DRError, Interrupted, VerificationError
+from prefect_dr.backfill_state import (
+    PENDING,
+    READY,
+    SCHEMA,
+    BackfillError,
+    Budget,
+    Loaded,
+    TableState,
+    briefly_waiting,
+    retry_locked,
+    set_role,
+    state_exists,
+    state_of,
+)
+from prefect_dr.errors import DatabaseError, VerificationError
 from prefect_dr.manifest import Artifact, Manifest
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import privileges
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
-SCHEMA = "prefect_dr_backfill"
-PENDING, READY = "pending", "ready"
-#: How long the swap waits for a live table's lock before it lets Prefect go on and retries.
-LOCK_TIMEOUT = "1s"
-LOCK_ATTEMPTS = 60
 #: Bounds of the memory for each table's index builds (pg_restore uses the server's default,
 #: often 64 MB): about half the table's plaintext (the keys of its largest index, sorted in
 #: memory instead of spilled), within a quarter of ``effective_cache_size`` (the operator's
 #: statement of the server's memory) shared by the loads running at once.
 MIN_MAINTENANCE_MEM = 64 << 20
 MAX_MAINTENANCE_MEM = 2 << 30
-
-
-class BackfillError(DRError):
-    """A history backfill cannot be started or continued as asked."""
-
-
-@dataclass(frozen=True)
-class TableState:
-    """One table of an unfinished backfill."""
-
-    table: str
-    backup_id: str
-    status: str  # PENDING | READY
-    rows: int
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """What the backfill did for one table."""
-
-    table: str
-    rows: int  # rows loaded from the backup
-    merged: int  # rows Prefect wrote meanwhile, kept beside them
-    seconds: float
-
-
-def _state_exists(conn: psycopg.Connection) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.state",)).fetchone()
-    return bool(row and row[0])
-
-
-def state_of(conn: psycopg.Connection) -> list[TableState]:
-    """The tables of an unfinished backfill in ``conn``'s database ([] when there is none)."""
-    if not _state_exists(conn):
-        return []
-    rows = conn.execute(sql.SQL("SELECT table_name, backup_id, status, rows FROM {} "
-                                "ORDER BY table_name").format(
-        sql.Identifier(SCHEMA, "state"))).fetchall()
-    return [TableState(str(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in rows]
-
-
-def pending_tables(conn: psycopg.Connection) -> list[str]:
-    """Names of the tables an unfinished backfill still has to bring in."""
-    return [s.table for s in state_of(conn)]
-
-
-def describe(states: list[TableState]) -> str:
-    """One line for an operator: which backup, which tables, how far."""
-    if not states:
-        return "no unfinished history backfill"
-    parts = ", ".join(f"{s.table} ({s.rows} rows, {s.status})" for s in states)
-    return f"unfinished history backfill of backup {states[0].backup_id}: {parts}"
 
 
 def check_shape(conn: psycopg.Connection, tables: frozenset[str]) -> None:
@@ -137,14 +92,17 @@ def check_shape(conn: psycopg.Connection, tables: frozenset[str]) -> None:
                                 "--tiered")
 
 
-def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None) -> None:
+def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None, *,
+            storage: Storage, identities: list[crypto.Identity],
+            progress: pipeline.Progress | None = None) -> None:
     """Record, in the database being restored (phase 1, before it serves), every history
-    table still to load. Owned by ``role`` (the live database's owner) when given.
-    Raises BackfillError."""
+    table still to load, and load the live part of split run tables (format 4:
+    :func:`prefect_dr.runs_backfill.prepare`), in one transaction. Owned by ``role`` (the live
+    database's owner) when given. Raises BackfillError, VerificationError, StorageError,
+    CryptoKeyError."""
     check_shape(conn, manifest.history_tables)
     with conn.transaction():
-        if role:
-            conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
+        set_role(conn, role)
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
         conn.execute(sql.SQL(
             "CREATE TABLE {} (table_name text PRIMARY KEY, backup_id text NOT NULL, "
@@ -161,23 +119,8 @@ def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None) -> N
                                  "VALUES (%s, %s, %s, %s)").format(
                 sql.Identifier(SCHEMA, "state")),
                 (artifact.table, manifest.backup_id, PENDING, rows))
-
-
-@dataclass
-class Budget:
-    """What the loads running at once share: the swap (one at a time), the stop flag and the
-    connections to cancel when one load fails."""
-
-    workers: int
-    stop: threading.Event = field(default_factory=threading.Event)
-    swap_lock: threading.Lock = field(default_factory=threading.Lock)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    conns: list[psycopg.Connection] = field(default_factory=list)
-
-    def check(self) -> None:
-        """Raise Interrupted when the other loads were told to stop."""
-        if self.stop.is_set():
-            raise Interrupted("stopped: another history table failed to load")
+        if manifest.run_tables:
+            runs_backfill.prepare(conn, manifest, storage, identities, progress)
 
 
 def maintenance_mem(plaintext: int, workers: int, cache: int, current: int) -> int:
@@ -202,10 +145,12 @@ def session_settings(conn: psycopg.Connection, artifact: Artifact, workers: int)
 
 def run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity], *,
         role: str | None = None, progress: pipeline.Progress | None = None,
-        on_step: Callable[[str], None] = lambda _: None, jobs: int = 1) -> list[Loaded]:
+        on_step: Callable[[str], None] = lambda _: None, jobs: int = 1,
+        strict: bool = True) -> list[Loaded]:
     """Bring every table of the unfinished backfill in ``url``'s database in from
-    ``manifest``'s history artifacts, ``jobs`` tables at a time (one connection each); drop
-    the state when done.
+    ``manifest``'s history artifacts, ``jobs`` tables at a time (one connection each), and
+    the finished runs of split run tables (:func:`prefect_dr.runs_backfill.bring_in`; not
+    ``strict`` while Prefect may be writing); drop the state when done.
 
     Safe to run again after any interruption: a ready shadow table is reused, a pending one
     reloaded from scratch, a done one skipped. Raises BackfillError (no backfill, or one of
@@ -214,50 +159,61 @@ def run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.
     what they loaded is rolled back, what they swapped stays).
     """
     try:
-        return _run(url, storage, manifest, identities, role, progress, on_step, jobs)
+        return _run(url, storage, manifest, identities, role, progress, on_step, jobs, strict)
     except psycopg.Error as exc:
         raise DatabaseError(f"history backfill failed: {pgc.first_line(exc)}") from None
 
 
 def _run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity],
          role: str | None, progress: pipeline.Progress | None,
-         on_step: Callable[[str], None], jobs: int) -> list[Loaded]:
+         on_step: Callable[[str], None], jobs: int, strict: bool) -> list[Loaded]:
     with pgc.connect(url) as conn:
         states = state_of(conn)
-        if not states and not _state_exists(conn):
+        if not states and not state_exists(conn):
             raise BackfillError("no unfinished history backfill in this database")
         others = {s.backup_id for s in states} - {manifest.backup_id}
         if others:
             raise BackfillError(f"the unfinished backfill is of backup {others.pop()}, not "
                                 f"{manifest.backup_id}")
-        todo: list[tuple[TableState, tuple[Artifact, ...]]] = []
+        runs = [s for s in states if s.table in manifest.run_tables]
+        todo: list[Any] = [runs] if runs else []  # the runs first: what Prefect's UI lists
+        history: list[tuple[TableState, tuple[Artifact, ...]]] = []
         for state in states:
+            if state in runs:
+                continue
             segments = manifest.segments(state.table)
             if not segments or segments[-1] not in manifest.history:
                 raise VerificationError(f"backup {manifest.backup_id} has no history artifact "
                                         f"for {state.table}")
-            todo.append((state, segments))
-    workers = max(1, min(jobs, len(todo)))
+            history.append((state, segments))
+    workers = max(1, min(jobs, len(todo) + len(history)))
+    if workers > 1:  # the largest first: the loads end about together
+        history.sort(key=lambda item: (-sum(a.plaintext_size for a in item[1]),
+                                       item[0].table))
+    todo += history
     budget = Budget(workers=workers)
 
-    def one(item: tuple[TableState, tuple[Artifact, ...]]) -> Loaded:
-        return _bring_in(url, storage, manifest, item[0], item[1], identities, role, progress,
-                         on_step, budget)
+    def one(item: Any) -> list[Loaded]:
+        if isinstance(item, list):
+            return runs_backfill.bring_in(url, storage, manifest, item, identities, role,
+                                          progress, on_step, budget, strict=strict,
+                                          connect=pgc.connect)
+        return [_bring_in(url, storage, manifest, item[0], item[1], identities, role,
+                          progress, on_step, budget)]
 
-    if workers == 1:
-        done = [one(item) for item in todo]
-    else:  # the largest first: the loads end about together
-        todo.sort(key=lambda item: (-sum(a.plaintext_size for a in item[1]), item[0].table))
-        done = _concurrently(one, todo, budget)
+    results = [one(item) for item in todo] if workers == 1 else _concurrently(one, todo,
+                                                                               budget)
+    done = [loaded for result in results for loaded in result]
     with pgc.connect(url) as conn, conn.transaction():
-        _set_role(conn, role)
+        set_role(conn, role)
         if not state_of(conn):
             conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
                 sql.Identifier(SCHEMA)))
     return done
 
 
-def _concurrently(one: Callable[[Any], Loaded], todo: list[Any], budget: Budget) -> list[Loaded]:
+def _concurrently(one: Callable[[Any], list[Loaded]], todo: list[Any], budget: Budget
+                  ) -> list[list[Loaded]]:
     """``one`` of every item of ``todo``, ``budget.workers`` at a time. The first failure (or
     a stop signal in this thread) stops the others, cancels their statements and waits for
     them; then it is raised."""
@@ -309,11 +265,6 @@ def _bring_in(url: str, storage: Storage, manifest: Manifest, state: TableState,
     return Loaded(state.table, rows, merged, round(time.monotonic() - start, 3))
 
 
-def _set_role(conn: psycopg.Connection, role: str | None) -> None:
-    if role:
-        conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-
-
 def _load(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
           segments: tuple[Artifact, ...], identities: list[crypto.Identity], role: str | None,
           progress: pipeline.Progress | None, budget: Budget | None = None) -> None:
@@ -327,7 +278,7 @@ def _load(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
     table, shadow = artifact.table, sql.Identifier(SCHEMA, artifact.table)
     live = sql.Identifier("public", table)
     with conn.transaction():
-        _set_role(conn, role)
+        set_role(conn, role)
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(shadow))
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING ALL EXCLUDING INDEXES)")
                      .format(shadow, live))
@@ -390,12 +341,6 @@ def _index_statements(conn: psycopg.Connection, table: str) -> list[sql.Composab
     return statements
 
 
-def _lock_wait_s(attempt: int) -> float:
-    """The wait after the ``attempt``-th swap found its table locked: 0.2 s more each time, up
-    to 2 s."""
-    return min(0.2 * attempt, 2.0)
-
-
 def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
     """Move the ready shadow table into place under a brief lock. Returns how many rows Prefect
     had written to the live table meanwhile (kept). Raises BackfillError when the lock cannot
@@ -406,9 +351,8 @@ def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
 
     def move() -> int:
         with conn.transaction():
-            _set_role(conn, role)
-            conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(
-                sql.Literal(LOCK_TIMEOUT)))
+            set_role(conn, role)
+            briefly_waiting(conn)
             conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(live))
             conn.execute(sql.SQL("SET LOCAL lock_timeout = 0"))
             with conn.cursor() as cur:
@@ -427,13 +371,4 @@ def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
                     sql.Identifier(SCHEMA)))
         return merged
 
-    try:
-        return retry.call(
-            move, transient=lambda exc: isinstance(exc, psycopg.errors.LockNotAvailable),
-            what=f"swap of {table}", deadline_s=None, attempts=LOCK_ATTEMPTS,
-            wait_s=_lock_wait_s, on_retry=lambda n, _exc: log.info(
-                "backfill: %s is busy, retrying its swap (%d)", table, n))
-    except psycopg.errors.LockNotAvailable:
-        raise BackfillError(f"could not lock {table} for its swap in {LOCK_ATTEMPTS} "
-                            "attempts; run 'prefect-dr restore --resume' when Prefect is less "
-                            "busy") from None
+    return retry_locked(move, f"swap of {table}", f"lock {table} for its swap")

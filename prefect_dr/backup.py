@@ -30,7 +30,7 @@ import psycopg
 
 from prefect_dr import (
     __version__,
-    backfill,
+    backfill_state,
     chain,
     crypto,
     export,
@@ -39,6 +39,7 @@ from prefect_dr import (
     pipeline,
     prefect_api,
     reconcile,
+    runs_split,
     signing,
     table_copy,
     trust,
@@ -55,11 +56,15 @@ from prefect_dr.manifest import (
     ARTIFACT_BLOCK_KEY,
     ARTIFACT_CONFIG,
     ARTIFACT_DUMP,
+    DONE,
     FORMAT_VERSION,
     INCREMENT_FORMAT_VERSION,
+    PARTS,
+    RUNS_FORMAT_VERSION,
     Artifact,
     Manifest,
     history_artifact,
+    runs_artifact,
 )
 from prefect_dr.pg import connect as pgc
 from prefect_dr.pg import dump, privileges, tools
@@ -295,8 +300,10 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     start = chain.since(parent) if parent is not None else None  # an increment's history
     # Format 2: the deferred history tables' data goes into artifacts of its own (below).
     deferred = [t for t in ps.DEFERRED_TABLES if t in dumped]
-    exclude = sorted(set(tables) - dumped | set(deferred))
-    unfinished = backfill.pending_tables(conn)
+    # Format 4: so do the run tables' rows, split into a live and a done part (flat serving)
+    split = _split_runs(conn, request.kind, parent)
+    exclude = sorted(set(tables) - dumped | set(deferred) | set(split))
+    unfinished = backfill_state.pending_tables(conn)
     if unfinished:
         log.warning("the history backfill of a tiered restore is unfinished in this database "
                     "(%s): this backup holds only the rows restored so far; run 'prefect-dr "
@@ -307,7 +314,7 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     artifacts: list[Artifact] = []
     clean_url, child_env = dump.child_env(settings.database_url, env)
     argv = dump.dump_argv(pg_dump, clean_url, snapshot=snapshot, exclude_data=exclude,
-                          exclude_schemas=(backfill.SCHEMA,))
+                          exclude_schemas=(backfill_state.SCHEMA,))
     dump_key = repo.artifact(backup_id, layout.DUMP)
     with dump.ClientProcess(argv, child_env, "pg_dump") as proc, \
             storage.open_writer(dump_key, tags=request.labels) as writer:
@@ -326,10 +333,17 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         history.append(_put_table(conn, storage, repo.artifact(
             backup_id, layout.history_object(table)), table, recipients, level, request.labels,
             fingerprints, progress, start))
+    for table in split:
+        for part in PARTS:
+            history.append(_put_table(conn, storage, repo.artifact(
+                backup_id, layout.runs_object(table, part)), table, recipients, level,
+                request.labels, fingerprints, progress, part=part))
     if start is None:
-        counts = _row_counts(conn, tables, dumped - set(deferred))
-        counts.update({a.table: {"rows": a.rows or 0, "exact": True} for a in history
-                       if a.table})
+        counts = _row_counts(conn, tables, dumped - set(deferred) - set(split))
+        for a in history:
+            if a.table:
+                had = counts.get(a.table, {}).get("rows", 0) if a.part == DONE else 0
+                counts[a.table] = {"rows": had + (a.rows or 0), "exact": True}
     else:  # an increment's history tables: the whole table's count, what a chain restores
         counts = _row_counts(conn, tables, dumped)
     increment = (chain.link(parent, start, chain.floors(conn, deferred))
@@ -363,7 +377,8 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         artifacts=tuple(artifacts), block_key=key_record, labels=dict(request.labels),
         database_size=int(size_row[0]) if size_row else None, runtime=runtime,
         privileges=grants, watermark=watermark, increment=increment,
-        format_version=INCREMENT_FORMAT_VERSION if increment else FORMAT_VERSION,
+        format_version=(INCREMENT_FORMAT_VERSION if increment else
+                        RUNS_FORMAT_VERSION if split else FORMAT_VERSION),
     )
     # Bound to this repository and signed (trust.bind): readers refuse it anywhere else.
     manifest = trust.bind(manifest, trust.writer_repository(settings, storage), signer)
@@ -381,26 +396,44 @@ def _put_small(storage: Storage, key: str, data: bytes, recipients: list[crypto.
     return stats
 
 
+def _split_runs(conn: psycopg.Connection, kind: str, parent: Manifest | None
+                ) -> tuple[str, ...]:
+    """The run tables whose rows this backup splits (format 4): all of them in a full or
+    safety backup of a database whose run tables have the known shape; none in an increment,
+    a configuration-only backup, or (logged with the reason) another shape."""
+    if not holds_history(kind) or parent is not None:
+        return ()
+    reason = runs_split.refusal(conn)
+    if reason:
+        log.warning("the run tables stay in the dump (a tiered restore loads every run before "
+                    "Prefect serves): %s", reason)
+        return ()
+    return runs_split.RUN_TABLES
+
+
 def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
                recipients: list[crypto.Recipient], level: int, tags: dict[str, str],
                fingerprints: tuple[str, ...],
                progress: pipeline.Progress | None,
-               start: dt.datetime | None = None) -> Artifact:
+               start: dt.datetime | None = None, part: str | None = None) -> Artifact:
     """COPY one table out of the backup's snapshot (``conn``'s transaction) into ``key``:
-    every row, or (an increment) those created since ``start``."""
+    every row, (an increment) those created since ``start``, or one ``part`` of a split run
+    table (:mod:`prefect_dr.runs_split`)."""
     columns = table_copy.columns_of(conn, table)
-    reader = table_copy.CopyOutReader(
-        conn, table, columns, chain.since_query(table, columns, start) if start else None)
+    statement = (runs_split.part_query(table, columns, part) if part else
+                 chain.since_query(table, columns, start) if start else None)
+    reader = table_copy.CopyOutReader(conn, table, columns, statement)
     with storage.open_writer(key, tags=tags) as writer:
         stats = pipeline.encrypt_to(reader, writer, recipients, zstd_level=level,
                                     progress=progress)
         writer.close()
-    log.info("%s rows of %s uploaded: %s (from %s)", reader.rows, table,
-             human_bytes(stats.size), human_bytes(stats.plaintext_size),
-             extra={"bytes": stats.size})
+    log.info("%s rows of %s%s uploaded: %s (from %s)", reader.rows, table,
+             f" ({part})" if part else "", human_bytes(stats.size),
+             human_bytes(stats.plaintext_size), extra={"bytes": stats.size})
+    name = runs_artifact(table, part) if part else history_artifact(table)
     return dataclasses.replace(
-        _artifact(history_artifact(table), key, "pg-copy-text", stats, "zstd", fingerprints),
-        table=table, columns=columns, rows=reader.rows)
+        _artifact(name, key, "pg-copy-text", stats, "zstd", fingerprints),
+        table=table, columns=columns, rows=reader.rows, part=part)
 
 
 def _artifact(name: str, key: str, content: str, stats: pipeline.StreamStats,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 
-from prefect_dr import backfill, crypto, interrupt, prefect_api, signing
+from prefect_dr import backfill_state, crypto, interrupt, prefect_api, signing
 from prefect_dr import prefect_schema as ps
 from prefect_dr.config import Settings
 from prefect_dr.errors import DRError
@@ -116,9 +116,9 @@ def check_database(report: Report, settings: Settings, env: Mapping[str, str]) -
             return
         report.add("prefect schema", OK, f"alembic revision {revision}")
         _check_block_key(report, conn, env, bool(settings.allow_undecryptable_blocks))
-        states = backfill.state_of(conn)
+        states = backfill_state.state_of(conn)
         report.add("history backfill", WARN if states else OK,
-                   f"{backfill.describe(states)}: 'prefect-dr restore --resume' finishes it "
+                   f"{backfill_state.describe(states)}: 'prefect-dr restore --resume' finishes it "
                    "(backups taken until then lack that history)" if states else
                    "no unfinished history backfill", required=False)
         left = pgswap.half_restored(conn)

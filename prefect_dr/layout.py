@@ -62,6 +62,14 @@ def history_object(table: str) -> str:
     return f"history-{table}.copy.zst.age"
 
 
+def runs_object(table: str, part: str) -> str:
+    """Name of the object holding one part (``live`` or ``done``) of a split run table's rows
+    (COPY text, zstd, age; format 4)."""
+    if part not in ("live", "done"):
+        raise ValueError(f"malformed part {part!r}")
+    return f"runs-{part}-{history_object(table).removeprefix('history-')}"
+
+
 @dataclass(frozen=True)
 class Layout:
     """Builds and parses keys for one repository (bucket + prefix)."""

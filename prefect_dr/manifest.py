@@ -20,9 +20,16 @@ FORMAT_VERSION = 2
 #: The version of an increment's manifest (kind incremental, with ``increment``): full and
 #: config-only backups are still written as 2, so older readers keep reading them.
 INCREMENT_FORMAT_VERSION = 3
+#: The version of a full backup whose runs are split (``runs-live-*`` and ``runs-done-*``
+#: artifacts, issue 25): older readers refuse it instead of restoring it without its runs.
+RUNS_FORMAT_VERSION = 4
 #: Versions this prefect-dr reads: 1 (one dump), 2 (the history tables' data as separate
-#: artifacts, dumped in the same snapshot) and 3 (increments; docs/format.md).
-READABLE_VERSIONS = (1, 2, 3)
+#: artifacts, dumped in the same snapshot), 3 (increments) and 4 (split runs; docs/format.md).
+READABLE_VERSIONS = (1, 2, 3, 4)
+#: The parts of a split run table (format 4): ``live``, the rows Prefect needs to serve and
+#: schedule (loaded in phase 1), ``done``, the finished runs' rows (loaded in phase 2).
+LIVE, DONE = "live", "done"
+PARTS = (LIVE, DONE)
 
 
 class ManifestError(VerificationError):
@@ -40,11 +47,16 @@ def history_artifact(table: str) -> str:
     return f"history-{table}"
 
 
+def runs_artifact(table: str, part: str) -> str:
+    """The artifact name of one part (:data:`PARTS`) of a split run table's rows."""
+    return f"runs-{part}-{table}"
+
+
 @dataclass(frozen=True)
 class Artifact:
     """One encrypted object of a backup."""
 
-    name: str  # "dump" | "config" | "block-key" | "history-<table>"
+    name: str  # "dump" | "config" | "block-key" | "history-<table>" | "runs-<part>-<table>"
     key: str
     #: "pg_dump-custom" | "prefect-config-export+json" | "fernet-key+json" | "pg-copy-text"
     content: str
@@ -63,6 +75,8 @@ class Artifact:
     table: str | None = None
     columns: tuple[str, ...] | None = None
     rows: int | None = None
+    #: Split run tables (format 4): which part of ``table``'s rows this is (:data:`PARTS`).
+    part: str | None = None
 
     @property
     def location(self) -> str:
@@ -122,7 +136,27 @@ class Manifest:
     @property
     def history(self) -> tuple[Artifact, ...]:
         """The history tables' data artifacts (format 2 full backups), in manifest order."""
-        return tuple(a for a in self.artifacts if a.table)
+        return tuple(a for a in self.artifacts if a.table and not a.part)
+
+    def runs(self, part: str) -> tuple[Artifact, ...]:
+        """This backup's artifacts of one part of its split run tables (format 4), in
+        manifest order (never a chain's: a run table is not incremental)."""
+        return tuple(a for a in self.artifacts if a.table and a.part == part)
+
+    @property
+    def run_tables(self) -> frozenset[str]:
+        """The run tables whose rows are split into a live and a done part (format 4)."""
+        return frozenset(a.table for a in self.runs(DONE) if a.table)
+
+    @property
+    def backfill_tables(self) -> frozenset[str]:
+        """Every table phase 2 loads: the history tables and the split run tables."""
+        return self.history_tables | self.run_tables
+
+    @property
+    def needs_backfill(self) -> bool:
+        """Whether a restore of this backup has a phase 2 (history or split runs)."""
+        return bool(self.backfill_tables)
 
     @property
     def history_tables(self) -> frozenset[str]:
@@ -181,7 +215,7 @@ class Manifest:
 def _artifact_dict(a: Artifact) -> dict[str, Any]:
     data = dict(asdict(a), recipients=list(a.recipients))
     data.pop("stored_at")
-    for name in ("table", "columns", "rows"):  # absent before format 2: old bytes unchanged
+    for name in ("table", "columns", "rows", "part"):  # absent before format 2 (4): unchanged
         if data[name] is None:
             data.pop(name)
     if a.columns is not None:
@@ -245,6 +279,7 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
         extra = _history_fields(item, spot)
         artifacts.append(Artifact(**{**item, "recipients": tuple(map(str, recipients)),
                                      **extra}))
+    _check_parts(artifacts, version, where)
     signature = data.get("signature")
     if signature is not None and not isinstance(signature, dict):
         raise ManifestError(f"{where}: signature is malformed")
@@ -267,6 +302,17 @@ def parse(raw: bytes, where: str = "manifest") -> Manifest:
     )
 
 
+def _check_parts(artifacts: list[Artifact], version: int, where: str) -> None:
+    """Split run tables exactly in format 4, each with one live and one done part."""
+    parts = [(a.table, a.part) for a in artifacts if a.part]
+    if (version == RUNS_FORMAT_VERSION) != bool(parts):
+        raise ManifestError(f"{where}: split run tables (format {RUNS_FORMAT_VERSION}) and "
+                            "their artifacts go together")
+    tables = {t for t, _ in parts}
+    if sorted(parts) != sorted((t, p) for t in tables for p in PARTS):
+        raise ManifestError(f"{where}: every split run table needs one live and one done part")
+
+
 def _watermark(value: Any, where: str) -> dict[str, str] | None:
     if value is None:
         return None
@@ -281,7 +327,7 @@ def _increment(data: dict[str, Any], version: int, where: str) -> dict[str, Any]
     incremental, naming its parent, base, depth and since."""
     value = data.get("increment")
     wants = data["kind"] == "incremental"
-    if wants != (value is not None) or (version >= 3) != wants:
+    if wants != (value is not None) or (version == INCREMENT_FORMAT_VERSION) != wants:
         raise ManifestError(f"{where}: an increment (format 3, kind incremental) and its "
                             "'increment' field go together")
     if value is None:
@@ -297,7 +343,7 @@ def _increment(data: dict[str, Any], version: int, where: str) -> dict[str, Any]
 
 def _history_fields(item: dict[str, Any], spot: str) -> dict[str, Any]:
     """The optional history fields of an artifact, checked; {} when it has none."""
-    if not any(name in item for name in ("table", "columns", "rows")):
+    if not any(name in item for name in ("table", "columns", "rows", "part")):
         return {}
     table = _require(item, "table", str, spot)
     columns = _require(item, "columns", list, spot)
@@ -305,7 +351,12 @@ def _history_fields(item: dict[str, Any], spot: str) -> dict[str, Any]:
     if (not table or not columns or rows < 0
             or not all(isinstance(c, str) and c for c in columns)):
         raise ManifestError(f"{spot}: history table fields are malformed")
-    return {"table": table, "columns": tuple(columns), "rows": rows}
+    extra: dict[str, Any] = {"table": table, "columns": tuple(columns), "rows": rows}
+    if "part" in item:
+        if item["part"] not in PARTS or item.get("name") != runs_artifact(table, item["part"]):
+            raise ManifestError(f"{spot}: the part of a split run table is malformed")
+        extra["part"] = item["part"]
+    return extra
 
 
 def _clients(value: Any, where: str) -> dict[str, str] | None:

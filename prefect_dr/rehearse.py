@@ -182,9 +182,10 @@ def rehearse(settings: Settings, storage: Storage, manifest: Manifest, *, prefec
         checks = Checks(report)
         restore_stream.restore_dump(storage, dump, identities, scratch.url, choice, progress,
                                     checks)
-        if manifest.history:  # format 2: the migrations must meet the real history tables
+        if manifest.needs_backfill:  # format 2: the migrations must meet the real history tables
             with scratch.connect() as conn:
-                backfill.prepare(conn, manifest, None)
+                backfill.prepare(conn, manifest, None, storage=storage,
+                                     identities=identities, progress=progress)
             loaded = backfill.run(scratch.url, storage, manifest, identities,
                                   progress=progress)
             result.history_rows = {item.table: item.rows for item in loaded}

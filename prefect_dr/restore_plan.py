@@ -57,7 +57,7 @@ from typing import Any
 import psycopg
 
 from prefect_dr import (
-    backfill,
+    backfill_state,
     interrupt,
     prefect_api,
     prefect_runtime,
@@ -136,7 +136,7 @@ class Plan:
     #: restore --tiered: the tables whose rows are loaded after the swap (phase 2)
     tiered: bool = False
     deferred: list[str] = field(default_factory=list)
-    #: an unfinished history backfill found in the target (backfill.describe), else ""
+    #: an unfinished history backfill found in the target (backfill_state.describe), else ""
     unfinished_backfill: str = ""
     #: the role that owns the restored database and runs the archive's SQL
     restore_role: str = ""
@@ -348,13 +348,13 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
                          if manifest.privileges else [])
     target_revision = None
     current: dict[str, tuple[int, bool]] = {}
-    unfinished: list[backfill.TableState] = []
+    unfinished: list[backfill_state.TableState] = []
     if target_exists:
         with pgc.connect(url) as conn:
             target_revision = pgc.alembic_revision(conn)
             tables = set(manifest.row_counts) | set(ps.HISTORY_TABLES)
             current = _counts(conn, sorted(tables))
-            unfinished = backfill.state_of(conn)
+            unfinished = backfill_state.state_of(conn)
     target = _target_prefect(settings, options, url, target_revision)
     verdict = schema_gate.judge(manifest.alembic_revision, target)
     staged, how = staging_choice(manifest, options.jobs,
@@ -378,9 +378,9 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
         disk_needed=manifest.database_size,
         safety_backup=options.safety_backup and target_exists,
         staging=how, server_version=server_version,
-        tiered=options.tiered and bool(manifest.history),
-        deferred=sorted(manifest.history_tables) if options.tiered else [],
-        unfinished_backfill=backfill.describe(unfinished) if unfinished else "",
+        tiered=options.tiered and manifest.needs_backfill,
+        deferred=sorted(manifest.backfill_tables) if options.tiered else [],
+        unfinished_backfill=backfill_state.describe(unfinished) if unfinished else "",
         reconcile_policy=options.reconcile_policy, runtime=manifest.runtime,
         reconcile_notes=reconcile_notes(manifest, options.reconcile_policy),
     )
@@ -419,7 +419,7 @@ def make_plan(settings: Settings, manifest: Manifest, options: Options, *,
             "backfill", False, f"{db} holds an {plan.unfinished_backfill}: finish it with "
             "'prefect-dr restore --resume', or undo that restore with 'prefect-dr rollback' "
             "first", USAGE))
-    if options.tiered and not manifest.history and holds_history(manifest.kind):
+    if options.tiered and not manifest.needs_backfill and holds_history(manifest.kind):
         plan.preflight.append(Finding(
             "tiered", False, f"backup {manifest.backup_id} (format "
             f"{manifest.format_version}) holds its history inside its one dump: it is "

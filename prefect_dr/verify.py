@@ -217,10 +217,11 @@ def _verify(settings: Settings, storage: Storage, manifest: Manifest, options: O
         report.scratch_database = scratch.name
         restore_stream.restore_dump(storage, dump_artifact, identities, scratch.url, choice,
                                     progress, checks)
-        if manifest.history:  # format 2: the history tables' rows, by a restore's own code
+        if manifest.needs_backfill:  # format 2: the history tables' rows, by a restore's own code
             with checks.run("restore", "history") as out:
                 with scratch.connect() as conn:
-                    backfill.prepare(conn, manifest, None)
+                    backfill.prepare(conn, manifest, None, storage=storage,
+                                     identities=identities, progress=progress)
                 loaded = backfill.run(scratch.url, storage, manifest, identities,
                                       progress=progress, jobs=pipeline.available_cpus())
                 out["detail"] = ", ".join(f"{item.table} {item.rows} rows" for item in loaded)

@@ -19,6 +19,7 @@ from conftest import backup_manifest, clone_prefect_db, run_cli
 from test_tiered_restore_integration import _with_password, add_history
 
 from prefect_dr.prefect_schema import PLANNED_COLUMNS
+from prefect_dr.runs_split import RUN_TABLES
 
 pytestmark = pytest.mark.integration
 
@@ -69,7 +70,7 @@ def test_every_restore_path_produces_what_a_plain_pg_restore_does(
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw, rows=6000)
     manifest = backup_manifest(env)
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 4  # the runs split (flat serving)
     peer = shape(_with_password(clone_prefect_db(env, f"{db}_peer"), pw), pw)
     assert peer["rows"]["events"] >= 6000 and peer["indexes"] and peer["constraints"]
     base = env["PREFECT_DR_DATABASE_URL"].rsplit("/", 1)[0]
@@ -82,7 +83,7 @@ def test_every_restore_path_produces_what_a_plain_pg_restore_does(
         result = json.loads(done.stdout)
         if variant == "tiered":
             assert {b["table"] for b in result["backfilled"]} == {
-                "events", "event_resources", "log"}
+                "events", "event_resources", "log", *RUN_TABLES}
         got = shape(_with_password(target, pw), pw)
         assert not _differences(got, peer), (variant, _differences(got, peer))
         stats = planned_statistics(_with_password(target, pw), pw)

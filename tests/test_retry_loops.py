@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from prefect_dr import backfill, retry
+from prefect_dr import backfill, backfill_state, retry
 from prefect_dr.pg import scratch, swap
 
 
@@ -59,8 +59,8 @@ def swap_of_t(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     waits: list[int] = []
     monkeypatch.setattr(backfill.table_copy, "columns_of", lambda conn, table: ["id"])
     monkeypatch.setattr(backfill, "state_of", lambda conn: ["another table"])
-    monkeypatch.setattr(backfill, "LOCK_ATTEMPTS", 3)
-    monkeypatch.setattr(backfill, "_lock_wait_s", lambda n: waits.append(n) or 0.0)
+    monkeypatch.setattr(backfill_state, "LOCK_ATTEMPTS", 3)
+    monkeypatch.setattr(backfill_state, "lock_wait_s", lambda n: waits.append(n) or 0.0)
     return waits
 
 
@@ -71,13 +71,13 @@ def test_a_busy_table_is_swapped_once_free(swap_of_t: list[int],
     assert backfill._swap(conn, "t", None) == 4  # type: ignore[arg-type]
     assert conn.transactions == 3 and swap_of_t == [1, 2]
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("INFO", "backfill: t is busy, retrying its swap (1)"),
-        ("INFO", "backfill: t is busy, retrying its swap (2)")]
+        ("INFO", "backfill: swap of t is busy, retrying (1)"),
+        ("INFO", "backfill: swap of t is busy, retrying (2)")]
 
 
 def test_a_table_busy_every_time_gives_up_after_lock_attempts(swap_of_t: list[int]) -> None:
     conn = _Conn([_locked()] * 5)
-    with pytest.raises(backfill.BackfillError, match=r"could not lock t for its swap in 3 "
+    with pytest.raises(backfill_state.BackfillError, match=r"could not lock t for its swap in 3 "
                                                      r"attempts; run 'prefect-dr restore"):
         backfill._swap(conn, "t", None)  # type: ignore[arg-type]
     assert conn.transactions == 3 and swap_of_t == [1, 2]
@@ -91,7 +91,7 @@ def test_another_error_of_the_swap_is_not_retried(swap_of_t: list[int]) -> None:
 
 
 def test_the_swap_waits_longer_each_time_up_to_two_seconds() -> None:
-    assert [backfill._lock_wait_s(n) for n in (1, 2, 9, 10, 11, 59)] == pytest.approx(
+    assert [backfill_state.lock_wait_s(n) for n in (1, 2, 9, 10, 11, 59)] == pytest.approx(
         [0.2, 0.4, 1.8, 2.0, 2.0, 2.0])
 
 

@@ -22,10 +22,13 @@ from conftest import backup_manifest, run_cli
 from conftest import databases as _databases
 
 from prefect_dr import prefect_api
+from prefect_dr.runs_split import RUN_TABLES
 from prefect_dr.smoke import PrefectServer
 
 pytestmark = pytest.mark.integration
 DEFERRED = ("event_resources", "events", "log")
+#: what phase 2 loads: the history tables and the split run tables (format 4)
+LATER = tuple(sorted((*DEFERRED, *RUN_TABLES)))
 
 
 def _with_password(url: str, pw: str) -> str:
@@ -86,16 +89,25 @@ def _manifest_counts(manifest: dict[str, object]) -> dict[str, int]:
     return {t: e["rows"] for t, e in manifest["row_counts"].items()}  # type: ignore[union-attr]
 
 
-def test_format_2_backup_keeps_history_apart_and_a_plain_restore_brings_it_all_back(
+def test_format_4_backup_keeps_history_and_runs_apart_and_a_plain_restore_brings_it_all_back(
         clone: dict[str, str]) -> None:
     env, pw, db = clone, clone["PGPASSWORD"], clone["_DB"]
     url = _with_password(env["PREFECT_DR_DATABASE_URL"], pw)
     add_history(url, pw)
     before = counts(url, pw, DEFERRED)
     manifest = backup_manifest(env)
-    assert manifest["format_version"] == 2
-    history = {a["table"]: a for a in manifest["artifacts"] if a.get("table")}
+    assert manifest["format_version"] == 4
+    history = {a["table"]: a for a in manifest["artifacts"] if a.get("table")
+               and not a.get("part")}
     assert sorted(history) == list(DEFERRED)
+    runs = {(a["table"], a["part"]): a for a in manifest["artifacts"] if a.get("part")}
+    assert sorted(runs) == sorted((t, p) for t in RUN_TABLES for p in ("live", "done"))
+    for (table, part), artifact in runs.items():
+        assert artifact["key"].endswith(f"/runs-{part}-{table}.copy.zst.age")
+    for table in RUN_TABLES:  # every row in exactly one part
+        assert runs[table, "live"]["rows"] + runs[table, "done"]["rows"] == \
+            manifest["row_counts"][table]["rows"] == counts(url, pw, (table,))[table]
+    assert runs["flow_run", "live"]["rows"] and runs["flow_run", "done"]["rows"]
     for table, artifact in history.items():
         assert artifact["rows"] == before[table] == manifest["row_counts"][table]["rows"]
         assert artifact["content"] == "pg-copy-text" and artifact["columns"]
@@ -130,7 +142,7 @@ def test_format_2_backup_keeps_history_apart_and_a_plain_restore_brings_it_all_b
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["serving_after_s"] > 0 and not result["safety_backup_id"]
-    assert {b["table"]: b["rows"] for b in result["backfilled"]} == {t: want[t] for t in DEFERRED}
+    assert {b["table"]: b["rows"] for b in result["backfilled"]} == {t: want[t] for t in LATER}
     assert counts(_with_password(tiered, pw), pw, tuple(want)) == want
 
 
@@ -159,7 +171,7 @@ def test_tiered_restore_serves_prefect_after_phase_1_and_keeps_what_it_writes_me
 
     plan = run_cli(["restore", backup_id, "--tiered", "--dry-run", "--json"], env)
     assert plan.returncode == 0, plan.stderr
-    assert json.loads(plan.stdout)["plan"]["deferred"] == list(DEFERRED)
+    assert json.loads(plan.stdout)["plan"]["deferred"] == list(LATER)
 
     proc = subprocess.Popen([sys.executable, "-m", "prefect_dr", "restore", backup_id,
                              "--tiered", "--yes", "--json"], env=env,
@@ -204,7 +216,7 @@ def test_tiered_restore_serves_prefect_after_phase_1_and_keeps_what_it_writes_me
     assert proc.returncode == 0, err
     result = json.loads(out)
     assert result["serving_after_s"] is not None and result["safety_backup_id"]
-    assert sorted(b["table"] for b in result["backfilled"]) == list(DEFERRED)
+    assert sorted(b["table"] for b in result["backfilled"]) == list(LATER)
     want = _manifest_counts(manifest)
     got = counts(url, pw, tuple(want))
     assert got["log"] >= want["log"] + 2  # the backup's lines and those written meanwhile

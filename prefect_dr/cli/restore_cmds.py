@@ -32,7 +32,7 @@ from prefect_dr.cli.common import (
     url_flag,
 )
 from prefect_dr.config import Settings
-from prefect_dr.manifest import Manifest
+from prefect_dr.manifest import DONE, Manifest
 from prefect_dr.storage.base import Storage
 
 if TYPE_CHECKING:  # the CLI imports its use cases lazily, inside the commands
@@ -237,9 +237,9 @@ def _resume(current: Settings, repo: Storage, target_url: str | None,
                                             trust=trusted_by)
         manifest = chain.resolve(repo, layout(), manifest, trusted_by)
     state.notes.update(backup=manifest.backup_id, kind=manifest.kind)
+    later = (*manifest.history, *manifest.runs(DONE))
     with console.transfer_progress(enabled=not json_mode(), primary="downloaded",
-                                   total=sum(a.size for a in manifest.history) or None
-                                   ) as listener:
+                                   total=sum(a.size for a in later) or None) as listener:
         loaded, checks = restore_mod.resume(current, repo, manifest, target_url=target_url,
                                             progress=pipeline.Progress(listener),
                                             on_step=lambda s: logger.info(s))
@@ -357,13 +357,13 @@ def rollback(
         "--force-disconnect", help="Terminate clients still connected at the swap.")] = False,
 ) -> None:
     """Undo the last restore: swap the pre-restore database back (the restored one is kept)."""
-    from prefect_dr import backfill
+    from prefect_dr import backfill_state
     from prefect_dr import restore as restore_mod
 
     url_flag(target_url, "--target-url")
     current = settings()
     states = [] if drop else restore_mod.unfinished(current, target_url)
-    pending = backfill.describe(states) if states else ""
+    pending = backfill_state.describe(states) if states else ""
     if list_:
         rows = restore_mod.kept(current, target_url)
         if json_mode():
