@@ -315,9 +315,14 @@ CONFIG_TABLES = ("block_document", "block_type", "variable", "work_pool", "work_
                  "deployment", "flow", "automation", "concurrency_limit_v2", "configuration")
 
 
+#: The fingerprint's entry for the public schema's constraints (not a table name: no dot there).
+CONSTRAINTS = "public constraints"
+
+
 def fingerprint(stack: ChaosStack, db: str) -> dict[str, Any]:
-    """What a database holds: every public table with its row count, and a digest of the rows
-    of the configuration tables. Two databases with the same fingerprint hold the same state."""
+    """What a database holds: every public table with its row count, a digest of the rows of
+    the configuration tables, and one of the constraints (:data:`CONSTRAINTS`). Two databases
+    with the same fingerprint hold the same state."""
     with stack.connect(db) as conn:
         tables = [r[0] for r in conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1")]
@@ -329,6 +334,12 @@ def fingerprint(stack: ChaosStack, db: str) -> dict[str, Any]:
                 out[t] = [row[0], row[1]]
             else:
                 out[t] = conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0]
+        # the constraints, validated or not: a restore must end with the source's (issue 25)
+        out[CONSTRAINTS] = conn.execute(
+            "SELECT md5(coalesce(string_agg(c, '|' ORDER BY c), '')) FROM (SELECT "
+            "conrelid::regclass::text || ' ' || conname || ' ' || convalidated || ' ' || "
+            "pg_get_constraintdef(oid) AS c FROM pg_constraint "
+            "WHERE connamespace = 'public'::regnamespace) x").fetchone()[0]
     return out
 
 
