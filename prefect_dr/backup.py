@@ -305,9 +305,11 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
     exclude = sorted(set(tables) - dumped | set(deferred) | set(split))
     unfinished = backfill_state.pending_tables(conn)
     if unfinished:
+        keys = sorted(set(unfinished) & set(runs_split.RUN_TABLES))
         log.warning("the history backfill of a tiered restore is unfinished in this database "
-                    "(%s): this backup holds only the rows restored so far; run 'prefect-dr "
-                    "restore --resume' to finish it", ", ".join(unfinished))
+                    "(%s): this backup holds only the rows restored so far%s; run 'prefect-dr "
+                    "restore --resume' to finish it", ", ".join(unfinished),
+                    f", and {', '.join(keys)} without their foreign keys" if keys else "")
         request = dataclasses.replace(request, labels={**request.labels,
                                                        LABEL_BACKFILL: BACKFILL_UNFINISHED})
 
@@ -333,11 +335,12 @@ def _take(settings: Settings, storage: Storage, request: Request, conn: psycopg.
         history.append(_put_table(conn, storage, repo.artifact(
             backup_id, layout.history_object(table)), table, recipients, level, request.labels,
             fingerprints, progress, start))
+    live = runs_split.closure(conn) if split else None
     for table in split:
         for part in PARTS:
             history.append(_put_table(conn, storage, repo.artifact(
                 backup_id, layout.runs_object(table, part)), table, recipients, level,
-                request.labels, fingerprints, progress, part=part))
+                request.labels, fingerprints, progress, part=(part, live)))
     if start is None:
         counts = _row_counts(conn, tables, dumped - set(deferred) - set(split))
         for a in history:
@@ -415,12 +418,14 @@ def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
                recipients: list[crypto.Recipient], level: int, tags: dict[str, str],
                fingerprints: tuple[str, ...],
                progress: pipeline.Progress | None,
-               start: dt.datetime | None = None, part: str | None = None) -> Artifact:
+               start: dt.datetime | None = None,
+               part: tuple[str, runs_split.Closure | None] | None = None) -> Artifact:
     """COPY one table out of the backup's snapshot (``conn``'s transaction) into ``key``:
-    every row, (an increment) those created since ``start``, or one ``part`` of a split run
-    table (:mod:`prefect_dr.runs_split`)."""
+    every row, (an increment) those created since ``start``, or one part of a split run
+    table (``part``: which, and the snapshot's live runs; :mod:`prefect_dr.runs_split`)."""
     columns = table_copy.columns_of(conn, table)
-    statement = (runs_split.part_query(table, columns, part) if part else
+    which, live = part if part else (None, None)
+    statement = (runs_split.part_query(table, columns, which, live) if which and live else
                  chain.since_query(table, columns, start) if start else None)
     reader = table_copy.CopyOutReader(conn, table, columns, statement)
     with storage.open_writer(key, tags=tags) as writer:
@@ -428,12 +433,12 @@ def _put_table(conn: psycopg.Connection, storage: Storage, key: str, table: str,
                                     progress=progress)
         writer.close()
     log.info("%s rows of %s%s uploaded: %s (from %s)", reader.rows, table,
-             f" ({part})" if part else "", human_bytes(stats.size),
+             f" ({which})" if which else "", human_bytes(stats.size),
              human_bytes(stats.plaintext_size), extra={"bytes": stats.size})
-    name = runs_artifact(table, part) if part else history_artifact(table)
+    name = runs_artifact(table, which) if which else history_artifact(table)
     return dataclasses.replace(
         _artifact(name, key, "pg-copy-text", stats, "zstd", fingerprints),
-        table=table, columns=columns, rows=reader.rows, part=part)
+        table=table, columns=columns, rows=reader.rows, part=which)
 
 
 def _artifact(name: str, key: str, content: str, stats: pipeline.StreamStats,

@@ -20,6 +20,8 @@ A database is split only when its run tables have the shape this module knows
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import psycopg
 from psycopg import sql
 
@@ -57,23 +59,63 @@ CLOSURE = f"""WITH RECURSIVE live_flow(id) AS (
   UNION
     SELECT id FROM public.task_run WHERE flow_run_id IN (SELECT id FROM live_flow)
 )"""
-#: Per table: whether a row is in the live part (never NULL).
-LIVE_TEST: dict[str, str] = {
-    "flow_run": "coalesce(id IN (SELECT id FROM live_flow), false)",
-    "flow_run_state": "coalesce(flow_run_id IN (SELECT id FROM live_flow), false)",
-    "flow_run_input": "coalesce(flow_run_id IN (SELECT id FROM live_flow), false)",
-    "task_run": "coalesce(id IN (SELECT id FROM live_task), false)",
-    "task_run_state": "coalesce(task_run_id IN (SELECT id FROM live_task), false)",
+#: Per table: the column that names its run, and whether that run is a flow or a task run.
+OWNER: dict[str, tuple[str, str]] = {
+    "flow_run": ("id", "live_flow"),
+    "flow_run_state": ("flow_run_id", "live_flow"),
+    "flow_run_input": ("flow_run_id", "live_flow"),
+    "task_run": ("id", "live_task"),
+    "task_run_state": ("task_run_id", "live_task"),
 }
+#: Up to this many live runs the closure is computed once per backup and each part's query
+#: names them (a hashed ``= ANY``); beyond it (a backlog of scheduled runs) every query
+#: computes the closure again in the server, instead of the backup holding the ids in memory.
+MAX_NAMED = 100_000
 
 
-def part_query(table: str, columns: tuple[str, ...], part: str) -> sql.Composed:
-    """``COPY (<the rows of one part of table>) TO STDOUT`` (text format, ``columns``)."""
-    test = LIVE_TEST[table] if part == LIVE else f"NOT {LIVE_TEST[table]}"
+@dataclass(frozen=True)
+class Closure:
+    """The live runs of one snapshot: ``uuid[]`` literals of the flow and task runs' ids, or
+    None when there are too many to name (:data:`MAX_NAMED`)."""
+
+    flows: str | None
+    tasks: str | None
+    runs: int
+
+
+def closure(conn: psycopg.Connection) -> Closure:
+    """The live runs in ``conn``'s snapshot, computed once (one pass over the run tables)."""
+    row = conn.execute(
+        CLOSURE + ", n AS (SELECT (SELECT count(*) FROM live_flow) + "
+        "(SELECT count(*) FROM live_task) AS n) SELECT n.n, "
+        "CASE WHEN n.n <= %(max)s THEN (SELECT coalesce(array_agg(id), '{}')::text "
+        "FROM live_flow) END, CASE WHEN n.n <= %(max)s THEN "
+        "(SELECT coalesce(array_agg(id), '{}')::text FROM live_task) END FROM n",
+        {"max": MAX_NAMED}).fetchone()
+    assert row is not None
+    return Closure(row[1], row[2], int(row[0]))
+
+
+def part_query(table: str, columns: tuple[str, ...], part: str, live: Closure
+               ) -> sql.Composed:
+    """``COPY (<the rows of one part of table>) TO STDOUT`` (text format, ``columns``) of the
+    snapshot ``live`` was computed in."""
     assert part in (LIVE, DONE)
+    column, runs = OWNER[table]
+    named = live.flows if runs == "live_flow" else live.tasks
+    if named is not None:
+        prefix = sql.SQL("")
+        test = sql.SQL("coalesce({} = ANY({}::uuid[]), false)").format(
+            sql.Identifier(column), sql.Literal(named))
+    else:
+        prefix = sql.SQL(CLOSURE + " ")
+        test = sql.SQL("coalesce({} IN (SELECT id FROM " + runs + "), false)").format(
+            sql.Identifier(column))
+    if part == DONE:
+        test = sql.SQL("NOT ") + test
     names = sql.SQL(", ").join(map(sql.Identifier, columns))
-    return sql.SQL("COPY (" + CLOSURE + " SELECT {} FROM {} WHERE " + test + ") TO STDOUT"
-                   ).format(names, sql.Identifier("public", table))
+    return sql.SQL("COPY ({}SELECT {} FROM {} WHERE {}) TO STDOUT").format(
+        prefix, names, sql.Identifier("public", table), test)
 
 
 def foreign_keys(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:

@@ -164,9 +164,11 @@ class RestoreBench(BaseBench):
             fx = json.loads(self.fixture_path.read_text())
             if abs(fx["database_size"] - a.database_size) <= 0.02 * a.database_size:
                 shown = self._show(fx["backup_id"])
-                history = [x for x in (shown or {}).get("artifacts", [])
-                           if x["name"].startswith("history-")]
-                if shown and history and self.head_size(fx["peer_key"]) == fx["peer_size"]:
+                names = [x["name"] for x in (shown or {}).get("artifacts", [])]
+                # a fixture of this format: history artifacts and (format 4) split runs
+                current = (any(n.startswith("history-") for n in names)
+                           and any(n.startswith("runs-") for n in names))
+                if shown and current and self.head_size(fx["peer_key"]) == fx["peer_size"]:
                     say(f"reusing the fixture: backup {fx['backup_id']} and s3://{self.bucket}/"
                         f"{fx['peer_key']} ({self.fixture_path})")
                     return fx
@@ -182,7 +184,7 @@ class RestoreBench(BaseBench):
         shown = self._show(bid) or {}
         dump = next(x for x in shown["artifacts"] if x["name"] == "dump")
         history = {x["name"]: {"size": x["size"], "plaintext_size": x["plaintext_size"]}
-                   for x in shown["artifacts"] if x["name"].startswith("history-")}
+                   for x in shown["artifacts"] if x["name"].startswith(("history-", "runs-"))}
         key = f"{FIXTURE_PREFIX}/peer/dump.age"
         script = ('"$B_PG_DUMP" -Fc --no-password --dbname "$B_URL" | age -r "$B_RECIPIENT" | '
                   '"$B_AWS" s3 cp - "s3://$B_BUCKET/$B_KEY" --endpoint-url "$B_ENDPOINT" '

@@ -149,3 +149,45 @@ def test_a_unique_prefix_or_the_suffix_names_a_backup() -> None:
     for short in ("2026110", "aaaaa", "20261101X", "AAAAAA"):  # too short, or no id's start
         with pytest.raises(NotFoundError, match="is not a backup id: give a whole id"):
             catalog.resolve(s, LAY, short)
+
+
+def _runs(bid: str, table: str, part: str, rows: int) -> Artifact:
+    from prefect_dr.layout import runs_object
+    from prefect_dr.manifest import runs_artifact
+
+    return Artifact(runs_artifact(table, part), LAY.artifact(bid, runs_object(table, part)),
+                    "pg-copy-text", 1, "x", 1, "y", "zstd", table=table, columns=("id",),
+                    rows=rows, part=part)
+
+
+def test_split_run_tables_round_trip_in_format_4_and_only_there() -> None:
+    """Format 4 (issue 25): a split run table's live and done parts round-trip with their
+    ``part``; the run tables are phase 2's but not the history's; a format-4 manifest without
+    its parts, a part outside format 4, a lone part and a part whose name disagrees are each
+    refused; older manifests keep their bytes (no ``part`` key)."""
+    from prefect_dr.manifest import RUNS_FORMAT_VERSION, ManifestError, parse
+
+    old = _manifest(A)
+    assert '"part"' not in old.to_json().decode()
+    split = dataclasses.replace(old, format_version=RUNS_FORMAT_VERSION, artifacts=(
+        *old.artifacts, _runs(A, "flow_run", "live", 2), _runs(A, "flow_run", "done", 5)))
+    back = parse(split.to_json())
+    assert back == split and back.run_tables == {"flow_run"} and not back.history
+    assert back.needs_backfill and back.backfill_tables == {"flow_run"}
+    assert [a.rows for a in back.runs("live")] == [2] and [a.rows for a in back.runs("done")] == [5]
+    assert not old.needs_backfill
+
+    def refused(data: dict[str, object], why: str) -> None:
+        with pytest.raises(ManifestError, match=why):
+            parse(json.dumps(data).encode())
+
+    good = json.loads(split.to_json())
+    refused({**good, "format_version": 2}, "split run tables .* go together")
+    refused({**good, "artifacts": good["artifacts"][:1]}, "split run tables .* go together")
+    refused({**good, "artifacts": good["artifacts"][:2]}, "one live and one done part")
+    renamed = json.loads(split.to_json())
+    renamed["artifacts"][1]["name"] = "runs-done-flow_run"
+    refused(renamed, "the part of a split run table is malformed")
+    odd = json.loads(split.to_json())
+    odd["artifacts"][2]["part"] = "later"
+    refused(odd, "the part of a split run table is malformed")

@@ -198,3 +198,35 @@ def test_adding_keys_back_strictly_refuses_a_dangling_row_and_otherwise_applies_
         assert not conn.execute("SELECT count(*) FROM prefect_dr_backfill.constraints"
                                 ).fetchone()[0]
         runs_backfill.restore_keys(conn, None, strict=False)  # again: nothing to do
+
+
+def test_the_closure_named_or_computed_in_the_server_splits_every_row_once(
+        clone: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both forms of the parts' queries (the live runs named, up to MAX_NAMED, or the closure
+    computed again by each query) select the same rows, and each row is in exactly one part."""
+    from prefect_dr import runs_split
+
+    url = _with_password(clone["PREFECT_DR_DATABASE_URL"], clone["PGPASSWORD"])
+    ids = _shapes(url, clone["PGPASSWORD"])
+
+    def rows(conn: psycopg.Connection, table: str, part: str, live: runs_split.Closure
+             ) -> list[bytes]:
+        with conn.cursor() as cur, cur.copy(runs_split.part_query(
+                table, ("id",), part, live)) as copy:
+            return sorted(bytes(r) for r in copy)
+
+    with psycopg.connect(url) as conn:
+        named = runs_split.closure(conn)
+        monkeypatch.setattr(runs_split, "MAX_NAMED", 0)
+        computed = runs_split.closure(conn)
+        assert named.flows and named.tasks and computed.flows is None and computed.tasks is None
+        assert named.runs == computed.runs
+        assert ids["subflow"] in named.flows and ids["parent"] in named.flows
+        assert ids["background_live"] in named.tasks and ids["zombie"] in named.tasks
+        for table in runs_split.RUN_TABLES:
+            everything = sorted(r[0].encode() + b"\n" for r in conn.execute(
+                f"SELECT id::text FROM {table}").fetchall())
+            live, done = (rows(conn, table, p, named) for p in ("live", "done"))
+            assert live == rows(conn, table, "live", computed), table
+            assert done == rows(conn, table, "done", computed), table
+            assert sorted(live + done) == everything, table
