@@ -103,7 +103,7 @@ def test_a_chain_of_three_increments_restores_to_the_live_state_at_the_last(
     live = fingerprint(url, pw)
 
     # the manifests: format 3, each names its parent, base, depth; history only what is new
-    assert full["format_version"] == 2 and full["watermark"]
+    assert full["format_version"] == 4 and full["watermark"]
     parent = full
     for depth, inc in enumerate(incs, 1):
         assert inc["kind"] == "incremental" and inc["format_version"] == 3

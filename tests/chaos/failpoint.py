@@ -17,6 +17,7 @@ import importlib
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 
@@ -32,6 +33,7 @@ def _arm(spec: str, mark: str | None, signame: str = "KILL") -> None:
         sys.exit(97)
     nth = int(nth_text)
     calls = [0]
+    lock = threading.Lock()
     sig = getattr(signal, f"SIG{signame}")
 
     def die() -> None:
@@ -42,11 +44,13 @@ def _arm(spec: str, mark: str | None, signame: str = "KILL") -> None:
 
     @functools.wraps(original)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        calls[0] += 1
-        if when == "before" and calls[0] == nth:
+        with lock:  # the call's own number: calls may overlap (a backfill's loads in threads)
+            calls[0] += 1
+            mine = calls[0]
+        if when == "before" and mine == nth:
             die()
         result = original(*args, **kwargs)
-        if when == "after" and calls[0] == nth:
+        if when == "after" and mine == nth:
             die()
         return result
 
