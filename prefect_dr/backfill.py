@@ -14,7 +14,8 @@ and the shadow table moved into ``public`` under the same name, with the same in
 
 With ``jobs`` above 1 the tables load at the same time, each on its own connection and in its
 own transaction (the largest first, so that they finish together); their swaps still take turns.
-Every loading session sets what pg_restore's sessions do not (:func:`session_settings`):
+Every loading session sets what pg_restore's sessions do not
+(:func:`prefect_dr.backfill_state.session_settings`):
 ``synchronous_commit`` off and ``maintenance_work_mem`` sized from the table and the server
 (parallel index-build workers are the server's: limiting them to the cores the other loads
 leave made each load a third slower at 3 GiB); the rows are copied ``FREEZE`` into the shadow
@@ -50,7 +51,9 @@ from prefect_dr.backfill_state import (
     Loaded,
     TableState,
     briefly_waiting,
+    index_statements,
     retry_locked,
+    session_settings,
     set_role,
     state_exists,
     state_of,
@@ -62,12 +65,7 @@ from prefect_dr.pg import privileges
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
-#: Bounds of the memory for each table's index builds (pg_restore uses the server's default,
-#: often 64 MB): about half the table's plaintext (the keys of its largest index, sorted in
-#: memory instead of spilled), within a quarter of ``effective_cache_size`` (the operator's
-#: statement of the server's memory) shared by the loads running at once.
-MIN_MAINTENANCE_MEM = 64 << 20
-MAX_MAINTENANCE_MEM = 2 << 30
+
 
 
 def check_shape(conn: psycopg.Connection, tables: frozenset[str]) -> None:
@@ -121,26 +119,6 @@ def prepare(conn: psycopg.Connection, manifest: Manifest, role: str | None, *,
                 (artifact.table, manifest.backup_id, PENDING, rows))
         if manifest.run_tables:
             runs_backfill.prepare(conn, manifest, storage, identities, progress)
-
-
-def maintenance_mem(plaintext: int, workers: int, cache: int, current: int) -> int:
-    """Bytes of ``maintenance_work_mem`` for the index builds of a table of ``plaintext`` bytes
-    while ``workers`` tables load at once on a server whose ``effective_cache_size`` is
-    ``cache`` and whose default is ``current``: never below the default."""
-    want = max(MIN_MAINTENANCE_MEM, min(plaintext // 2, MAX_MAINTENANCE_MEM))
-    cap = max(MIN_MAINTENANCE_MEM, cache // (4 * max(1, workers)))
-    return max(current, min(want, cap)) >> 20 << 20
-
-
-def session_settings(conn: psycopg.Connection, artifact: Artifact, workers: int) -> None:
-    """Settings of a loading session the peer's pg_restore does not use (its own session
-    only): no wait for the WAL flush at commit, and index builds sorted in memory."""
-    row = conn.execute("SELECT pg_size_bytes(current_setting('effective_cache_size')), "
-                       "pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()
-    assert row is not None
-    mem = maintenance_mem(artifact.plaintext_size, workers, int(row[0]), int(row[1]))
-    conn.execute("SET synchronous_commit = off")
-    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{mem >> 20}MB")))
 
 
 def run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto.Identity], *,
@@ -248,7 +226,7 @@ def _bring_in(url: str, storage: Storage, manifest: Manifest, state: TableState,
         with budget.lock:
             budget.conns.append(conn)
         try:
-            session_settings(conn, segments[0], budget.workers)
+            session_settings(conn, segments[0].plaintext_size, budget.workers)
             if state.status != READY:
                 on_step(f"backfill: loading {state.rows} rows of {state.table}"
                         + (f" from {len(segments)} links" if len(segments) > 1 else ""))
@@ -292,7 +270,7 @@ def _load(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
                                     f"its manifest says {artifact.rows}")
         if budget is not None:
             budget.check()
-        for statement in _index_statements(conn, table):
+        for statement in index_statements(conn, table, SCHEMA):
             conn.execute(statement)
         if manifest.increment:
             chain_merge.merge(conn, storage, manifest, segments, identities, progress,
@@ -311,34 +289,6 @@ def analyze_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
         return sql.SQL("ANALYZE {}").format(shadow)
     return sql.SQL("ANALYZE {} ({})").format(shadow,
                                              sql.SQL(", ").join(map(sql.Identifier, planned)))
-
-
-def _index_statements(conn: psycopg.Connection, table: str) -> list[sql.Composable]:
-    """The live table's primary key, unique constraints and indexes, rebuilt on the shadow
-    table under the same names (index names are per schema)."""
-    rows = conn.execute(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid), con.conname, "
-        "pg_get_constraintdef(con.oid) FROM pg_index i "
-        "JOIN pg_class c ON c.oid = i.indexrelid "
-        "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid "
-        "AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') "
-        "WHERE i.indrelid = %s::regclass ORDER BY i.indisprimary DESC, c.relname",
-        (f"public.{table}",)).fetchall()
-    shadow = sql.Identifier(SCHEMA, table)
-    statements: list[sql.Composable] = []
-    for index, definition, constraint, condef in rows:
-        if constraint:
-            statements.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                shadow, sql.Identifier(str(constraint)), sql.SQL(str(condef))))
-            continue
-        on = f" ON public.{table} "
-        if on not in str(definition):
-            on = f" ON {table} "  # public on the search path: the name is not qualified
-        if on not in str(definition):
-            raise BackfillError(f"cannot rebuild index {index} of {table}: {definition}")
-        statements.append(sql.SQL(str(definition).replace(
-            on, f" ON {SCHEMA}.{table} ", 1)))
-    return statements
 
 
 def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:

@@ -30,6 +30,12 @@ PENDING, READY, LOADED = "pending", "ready", "loaded"
 #: lets Prefect go on and retries, and how many times.
 LOCK_TIMEOUT = "1s"
 LOCK_ATTEMPTS = 60
+#: Bounds of the memory for each table's index builds (pg_restore uses the server's default,
+#: often 64 MB): about half the table's plaintext (the keys of its largest index, sorted in
+#: memory instead of spilled), within a quarter of ``effective_cache_size`` (the operator's
+#: statement of the server's memory) shared by the loads running at once.
+MIN_MAINTENANCE_MEM = 64 << 20
+MAX_MAINTENANCE_MEM = 2 << 30
 
 
 class BackfillError(DRError):
@@ -134,3 +140,54 @@ def retry_locked(work: Callable[[], T], what: str, doing: str) -> T:
     except psycopg.errors.LockNotAvailable:
         raise BackfillError(f"could not {doing} in {LOCK_ATTEMPTS} attempts; run 'prefect-dr "
                             "restore --resume' when Prefect is less busy") from None
+
+
+def maintenance_mem(plaintext: int, workers: int, cache: int, current: int) -> int:
+    """Bytes of ``maintenance_work_mem`` for the index builds of a table of ``plaintext`` bytes
+    while ``workers`` tables load at once on a server whose ``effective_cache_size`` is
+    ``cache`` and whose default is ``current``: never below the default."""
+    want = max(MIN_MAINTENANCE_MEM, min(plaintext // 2, MAX_MAINTENANCE_MEM))
+    cap = max(MIN_MAINTENANCE_MEM, cache // (4 * max(1, workers)))
+    return max(current, min(want, cap)) >> 20 << 20
+
+
+def session_settings(conn: psycopg.Connection, plaintext: int, workers: int) -> None:
+    """Settings of a loading session the peer's pg_restore does not use (its own session
+    only): no wait for the WAL flush at commit, and index builds sorted in memory (for a
+    table of ``plaintext`` bytes while ``workers`` tables load at once)."""
+    row = conn.execute("SELECT pg_size_bytes(current_setting('effective_cache_size')), "
+                       "pg_size_bytes(current_setting('maintenance_work_mem'))").fetchone()
+    assert row is not None
+    mem = maintenance_mem(plaintext, workers, int(row[0]), int(row[1]))
+    conn.execute("SET synchronous_commit = off")
+    conn.execute(sql.SQL("SET maintenance_work_mem = {}").format(sql.Literal(f"{mem >> 20}MB")))
+
+
+def index_statements(conn: psycopg.Connection, table: str, schema: str
+                     ) -> list[sql.Composable]:
+    """The live table's primary key, unique constraints and indexes, built on
+    ``schema.table`` (a shadow table, or ``public``: the table itself once they were dropped)
+    under the same names (index names are per schema). Raises BackfillError."""
+    rows = conn.execute(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), con.conname, "
+        "pg_get_constraintdef(con.oid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid "
+        "LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid "
+        "AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') "
+        "WHERE i.indrelid = %s::regclass ORDER BY i.indisprimary DESC, c.relname",
+        (f"public.{table}",)).fetchall()
+    shadow = sql.Identifier(schema, table)
+    statements: list[sql.Composable] = []
+    for index, definition, constraint, condef in rows:
+        if constraint:
+            statements.append(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
+                shadow, sql.Identifier(str(constraint)), sql.SQL(str(condef))))
+            continue
+        on = f" ON public.{table} "
+        if on not in str(definition):
+            on = f" ON {table} "  # public on the search path: the name is not qualified
+        if on not in str(definition):
+            raise BackfillError(f"cannot rebuild index {index} of {table}: {definition}")
+        statements.append(sql.SQL(str(definition).replace(
+            on, f" ON {schema}.{table} ", 1)))
+    return statements

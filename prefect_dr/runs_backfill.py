@@ -11,6 +11,9 @@ nobody changes them again) are copied into a temporary table, checked against th
 count and inserted into the live table, one transaction per group (a flow run appears with its
 states and inputs; a task run with its states); then the foreign keys are added back ``NOT
 VALID`` (a brief lock, retried like a swap) and validated (no lock Prefect's writes wait for).
+Before the swap (a plain restore, a verification: *strict*, nobody else uses the database) the
+rows go straight in with the tables' indexes dropped and built again after, as pg_restore
+loads a table.
 
 While phase 2 runs the run tables have no foreign keys: Prefect's deletes do not cascade and
 its writes are not checked against them. When a key is validated, the rows it finds pointing at
@@ -43,7 +46,9 @@ from prefect_dr.backfill_state import (
     Loaded,
     TableState,
     briefly_waiting,
+    index_statements,
     retry_locked,
+    session_settings,
     set_role,
     state_of,
 )
@@ -114,7 +119,8 @@ def bring_in(url: str, storage: Storage, manifest: Manifest, states: list[TableS
         with budget.lock:
             budget.conns.append(conn)
         try:
-            conn.execute("SET synchronous_commit = off")
+            session_settings(conn, sum(a.plaintext_size for a in manifest.runs(DONE)),
+                             budget.workers)
             for group in GROUPS:
                 tables = [t for t in group if t in todo and todo[t].status == PENDING]
                 if tables:
@@ -147,13 +153,19 @@ def _load_group(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
                 progress: pipeline.Progress | None, budget: Budget, strict: bool
                 ) -> dict[str, int]:
     """One group's done rows, in one transaction: each table's into a temporary copy, its
-    count checked, then inserted into the live table. Returns the rows kept out per table."""
+    count checked, then inserted into the live table (``strict``: :func:`_bulk_load`).
+    Returns the rows kept out per table."""
     kept_out: dict[str, int] = {}
     with conn.transaction():
         set_role(conn, role)
         for table in tables:
             artifact = _part(manifest, table, DONE)
             assert artifact.columns is not None
+            if strict:
+                kept_out[table] = _bulk_load(conn, storage, manifest, artifact, identities,
+                                             progress, budget)
+                _mark_loaded(conn, table)
+                continue
             temp, live = sql.Identifier("pg_temp", table), sql.Identifier("public", table)
             conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(
                 sql.Identifier(table), live))
@@ -165,14 +177,47 @@ def _load_group(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
             budget.check()
             names = sql.SQL(", ").join(map(sql.Identifier, artifact.columns))
             with conn.cursor() as cur:
-                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}"
-                                    + ("" if strict else " ON CONFLICT DO NOTHING")).format(
-                    live, names, names, temp))
+                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} "
+                                    "ON CONFLICT DO NOTHING").format(live, names, names, temp))
                 kept_out[table] = loaded - max(cur.rowcount, 0)
-            conn.execute(sql.SQL("UPDATE {} SET status = %s, updated = now() "
-                                 "WHERE table_name = %s").format(
-                sql.Identifier(SCHEMA, "state")), (LOADED, table))
+            _mark_loaded(conn, table)
     return kept_out
+
+
+def _mark_loaded(conn: psycopg.Connection, table: str) -> None:
+    conn.execute(sql.SQL("UPDATE {} SET status = %s, updated = now() WHERE table_name = %s")
+                 .format(sql.Identifier(SCHEMA, "state")), (LOADED, table))
+
+
+def _bulk_load(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
+               artifact: Artifact, identities: list[crypto.Identity],
+               progress: pipeline.Progress | None, budget: Budget) -> int:
+    """The done rows of a table nobody else uses (a strict run) as pg_restore loads a table:
+    its primary key, unique constraints and indexes dropped, the rows copied straight in, then
+    each built again once, under the same name and definition (a key in both parts fails the
+    build). Inside the caller's transaction; returns 0 (no row kept out)."""
+    assert artifact.table is not None
+    table = artifact.table
+    rebuild = index_statements(conn, table, "public")
+    for index, constraint in conn.execute(
+            "SELECT c.relname, con.conname FROM pg_index i JOIN pg_class c ON "
+            "c.oid = i.indexrelid LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid "
+            "AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') "
+            "WHERE i.indrelid = %s::regclass", (f"public.{table}",)).fetchall():
+        if constraint:
+            conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(
+                sql.Identifier("public", table), sql.Identifier(str(constraint))))
+        else:
+            conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", str(index))))
+    loaded = chain_merge.copy_in(conn, storage, manifest, artifact, "public", table,
+                                 identities, progress, check=budget.check)
+    if loaded != artifact.rows:
+        raise VerificationError(f"table {table}: {loaded} rows of finished runs loaded "
+                                f"from the backup, its manifest says {artifact.rows}")
+    budget.check()
+    for statement in rebuild:
+        conn.execute(statement)
+    return 0
 
 
 def _keys(conn: psycopg.Connection) -> list[tuple[str, str, str]]:

@@ -13,7 +13,7 @@ import pytest
 from conftest import backup_manifest, run_cli
 from test_tiered_restore_integration import _serving, _with_password, add_history
 
-from prefect_dr.backfill import MAX_MAINTENANCE_MEM, MIN_MAINTENANCE_MEM, maintenance_mem
+from prefect_dr.backfill_state import MAX_MAINTENANCE_MEM, MIN_MAINTENANCE_MEM, maintenance_mem
 
 pytestmark = pytest.mark.integration
 MiB, GiB = 1 << 20, 1 << 30
