@@ -174,8 +174,7 @@ def _run(url: str, storage: Storage, manifest: Manifest, identities: list[crypto
     def one(item: Any) -> list[Loaded]:
         if isinstance(item, list):
             return runs_backfill.bring_in(url, storage, manifest, item, identities, role,
-                                          progress, on_step, budget, strict=strict,
-                                          connect=pgc.connect)
+                                          progress, on_step, budget, strict=strict)
         return [_bring_in(url, storage, manifest, item[0], item[1], identities, role,
                           progress, on_step, budget)]
 

@@ -54,6 +54,7 @@ from prefect_dr.backfill_state import (
 )
 from prefect_dr.errors import VerificationError
 from prefect_dr.manifest import DONE, LIVE, Artifact, Manifest
+from prefect_dr.pg import connect as pgc
 from prefect_dr.storage.base import Storage
 
 log = logging.getLogger(__name__)
@@ -106,8 +107,7 @@ def prepare(conn: psycopg.Connection, manifest: Manifest, storage: Storage,
 def bring_in(url: str, storage: Storage, manifest: Manifest, states: list[TableState],
              identities: list[crypto.Identity], role: str | None,
              progress: pipeline.Progress | None, on_step: Callable[[str], None],
-             budget: Budget, *, strict: bool, connect: Callable[[str], psycopg.Connection]
-             ) -> list[Loaded]:
+             budget: Budget, *, strict: bool) -> list[Loaded]:
     """Phase 2 of the split run tables named by ``states``, on a connection of its own: the
     done rows group by group, then the foreign keys back; then their state rows go (and the
     backfill's schema, when nothing else is left). Raises VerificationError, BackfillError
@@ -115,7 +115,7 @@ def bring_in(url: str, storage: Storage, manifest: Manifest, states: list[TableS
     start = time.monotonic()
     todo = {s.table: s for s in states}
     skipped: dict[str, int] = {}
-    with connect(url) as conn:
+    with pgc.connect(url) as conn:
         with budget.lock:
             budget.conns.append(conn)
         try:

@@ -454,12 +454,12 @@ def restore_markdown(result: dict[str, Any]) -> str:
     db = result["database_size_bytes"] / 2**30
     restored = next((row["restored_db_size_median"] for row in s.values()
                      if row["restored_db_size_median"]), None)
-    hist = ", ".join(f"{k[len('history-'):]} {v['size'] / 2**20:.1f}"
+    hist = ", ".join(f"{k.removeprefix('history-')} {v['size'] / 2**20:.1f}"
                      for k, v in fx.get("history", {}).items())
     lines = [
         f"Database {db:.2f} GiB (pg_database_size); fixture: ours {fx['ours_size'] / 2**20:.1f} "
         f"MiB dump object ({fx['plaintext_size'] / 2**20:.1f} MiB plaintext)"
-        + (f" + history objects MiB: {hist}" if hist else "") + ", peer "
+        + (f" + history and runs objects MiB: {hist}" if hist else "") + ", peer "
         f"{fx['peer_size'] / 2**20:.1f} MiB object; {result['params']['runs']} runs each, median "
         f"wall; RSS = max over runs; quiet = the rest of the machine used < {QUIET_SHARE:g} of a "
         "core.",
