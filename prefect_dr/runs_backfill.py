@@ -7,8 +7,9 @@ dropped, and their *live* rows (every run not finished, with what they reference
 in. A state row per run table says it is pending.
 
 **Phase 2** (:func:`bring_in`, possibly while Prefect serves): the *done* rows (finished runs:
-nobody changes them again) are copied into a temporary table, checked against the manifest's
-count and inserted into the live table, one transaction per group (a flow run appears with its
+nobody changes them again) are copied into the live table and checked against the manifest's
+count (when Prefect wrote one of their keys meanwhile: into a temporary table, then inserted
+where the key is free), one transaction per group (a flow run appears with its
 states and inputs; a task run with its states); then the foreign keys are added back ``NOT
 VALID`` (a brief lock, retried like a swap) and validated (no lock Prefect's writes wait for).
 Before the swap (a plain restore, a verification: *strict*, nobody else uses the database) the
@@ -152,9 +153,10 @@ def _load_group(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
                 tables: list[str], identities: list[crypto.Identity], role: str | None,
                 progress: pipeline.Progress | None, budget: Budget, strict: bool
                 ) -> dict[str, int]:
-    """One group's done rows, in one transaction: each table's into a temporary copy, its
-    count checked, then inserted into the live table (``strict``: :func:`_bulk_load`).
-    Returns the rows kept out per table."""
+    """One group's done rows, in one transaction: each table's copied into the live table and
+    its count checked; when Prefect wrote one of their keys meanwhile, again by
+    :func:`_insert_missing` (``strict``: :func:`_bulk_load`). Returns the rows kept out per
+    table."""
     kept_out: dict[str, int] = {}
     with conn.transaction():
         set_role(conn, role)
@@ -166,22 +168,45 @@ def _load_group(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
                                              progress, budget)
                 _mark_loaded(conn, table)
                 continue
-            temp, live = sql.Identifier("pg_temp", table), sql.Identifier("public", table)
-            conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(
-                sql.Identifier(table), live))
-            loaded = chain_merge.copy_in(conn, storage, manifest, artifact, "pg_temp", table,
-                                         identities, progress, check=budget.check)
-            if loaded != artifact.rows:
-                raise VerificationError(f"table {table}: {loaded} rows of finished runs loaded "
-                                        f"from the backup, its manifest says {artifact.rows}")
-            budget.check()
-            names = sql.SQL(", ").join(map(sql.Identifier, artifact.columns))
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} "
-                                    "ON CONFLICT DO NOTHING").format(live, names, names, temp))
-                kept_out[table] = loaded - max(cur.rowcount, 0)
+            try:
+                with conn.transaction():  # a savepoint: the group's earlier tables stay
+                    _check_count(table, chain_merge.copy_in(
+                        conn, storage, manifest, artifact, "public", table, identities,
+                        progress, check=budget.check), artifact)
+                kept_out[table] = 0
+            except psycopg.errors.UniqueViolation:  # Prefect wrote a key the backup holds
+                kept_out[table] = _insert_missing(conn, storage, manifest, artifact,
+                                                  identities, progress, budget)
             _mark_loaded(conn, table)
     return kept_out
+
+
+def _insert_missing(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
+                    artifact: Artifact, identities: list[crypto.Identity],
+                    progress: pipeline.Progress | None, budget: Budget) -> int:
+    """The done rows of a table into a temporary copy, then only those whose keys are not in
+    the live table yet (``ON CONFLICT DO NOTHING``: a third slower than a plain copy, so only
+    after that failed). Returns how many were kept out."""
+    assert artifact.table is not None and artifact.columns is not None
+    table = artifact.table
+    temp, live = sql.Identifier("pg_temp", table), sql.Identifier("public", table)
+    conn.execute(sql.SQL("CREATE TEMPORARY TABLE {} (LIKE {}) ON COMMIT DROP").format(
+        sql.Identifier(table), live))
+    loaded = chain_merge.copy_in(conn, storage, manifest, artifact, "pg_temp", table,
+                                 identities, progress, check=budget.check)
+    _check_count(table, loaded, artifact)
+    budget.check()
+    names = sql.SQL(", ").join(map(sql.Identifier, artifact.columns))
+    with conn.cursor() as cur:
+        cur.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOTHING")
+                    .format(live, names, names, temp))
+        return loaded - max(cur.rowcount, 0)
+
+
+def _check_count(table: str, loaded: int, artifact: Artifact) -> None:
+    if loaded != artifact.rows:
+        raise VerificationError(f"table {table}: {loaded} rows of finished runs loaded from "
+                                f"the backup, its manifest says {artifact.rows}")
 
 
 def _mark_loaded(conn: psycopg.Connection, table: str) -> None:
@@ -209,11 +234,9 @@ def _bulk_load(conn: psycopg.Connection, storage: Storage, manifest: Manifest,
                 sql.Identifier("public", table), sql.Identifier(str(constraint))))
         else:
             conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier("public", str(index))))
-    loaded = chain_merge.copy_in(conn, storage, manifest, artifact, "public", table,
-                                 identities, progress, check=budget.check)
-    if loaded != artifact.rows:
-        raise VerificationError(f"table {table}: {loaded} rows of finished runs loaded "
-                                f"from the backup, its manifest says {artifact.rows}")
+    _check_count(table, chain_merge.copy_in(conn, storage, manifest, artifact, "public", table,
+                                            identities, progress, check=budget.check),
+                 artifact)
     budget.check()
     for statement in rebuild:
         conn.execute(statement)
