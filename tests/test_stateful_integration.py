@@ -34,6 +34,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from prefect_dr.runs_split import RUN_TABLES
 from tests.chaos.harness import ArgvSampler
 from tests.conftest import databases, run_cli
 from tests.test_tiered_restore_integration import _with_password, add_history
@@ -45,7 +46,8 @@ SEED = int(os.environ.get("PREFECT_DR_STATEFUL_SEED")
 STEPS = int(os.environ.get("PREFECT_DR_STATEFUL_STEPS") or 12)
 BUDGET_S = float(os.environ.get("PREFECT_DR_STATEFUL_BUDGET_S") or 200)
 DOCUMENTED = {0, 1, 2, 3, 10, 11, 12, 13, 14, 15, 16, 130}
-HISTORY = ("events", "event_resources", "log")
+#: what phase 2 loads: the history tables and (format 4) the finished runs
+HISTORY = ("events", "event_resources", "log", *RUN_TABLES)
 
 
 @dataclass
