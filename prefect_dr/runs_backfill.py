@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 #: Loaded together, in this order: each group's rows appear to Prefect at once.
 GROUPS: tuple[tuple[str, ...], ...] = (("flow_run", "flow_run_state", "flow_run_input"),
                                        ("task_run", "task_run_state"))
+assert sorted(t for group in GROUPS for t in group) == sorted(runs_split.RUN_TABLES)
 CONSTRAINTS = "constraints"
 
 
