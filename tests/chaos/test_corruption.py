@@ -46,7 +46,7 @@ from .harness import (
 pytestmark = pytest.mark.integration
 
 ROUNDS = 2 if SOAK else 1
-CI_CASES = 7  # cases drawn per CI run (every case in soak mode, ROUNDS times)
+CI_CASES = 5  # cases drawn per CI run (every case in soak mode, ROUNDS times)
 DAMAGE_EXIT = FIGURES.scenario(
     "corruption-restore-exit", group="Corruption and tampering",
     title="restore of a damaged dump: exit code",
