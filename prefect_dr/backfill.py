@@ -51,6 +51,7 @@ from prefect_dr.backfill_state import (
     Loaded,
     TableState,
     briefly_waiting,
+    finish,
     index_statements,
     retry_locked,
     session_settings,
@@ -311,13 +312,7 @@ def _swap(conn: psycopg.Connection, table: str, role: str | None) -> int:
                 merged = max(cur.rowcount, 0)
             conn.execute(sql.SQL("DROP TABLE {}").format(live))
             conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA public").format(shadow))
-            conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = %s").format(
-                sql.Identifier(SCHEMA, "state")), (table,))
-            # The last table done: the schema goes in the same transaction, so that a stop
-            # here leaves no empty state behind (which --resume would see nothing to do in).
-            if not state_of(conn):
-                conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
-                    sql.Identifier(SCHEMA)))
+            finish(conn, [table])
         return merged
 
     return retry_locked(move, f"swap of {table}", f"lock {table} for its swap")

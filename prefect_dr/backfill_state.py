@@ -109,6 +109,16 @@ class Budget:
             raise Interrupted("stopped: another history table failed to load")
 
 
+def finish(conn: psycopg.Connection, tables: list[str]) -> None:
+    """Inside the caller's transaction: ``tables`` are done (their state rows go); when they
+    were the last, the backfill's schema goes too, in the same transaction, so that a stop
+    here leaves no empty state behind (which ``--resume`` would see nothing to do in)."""
+    conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = ANY(%s)").format(
+        sql.Identifier(SCHEMA, "state")), (tables,))
+    if not state_of(conn):
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+
+
 def set_role(conn: psycopg.Connection, role: str | None) -> None:
     """``SET LOCAL ROLE role`` in the current transaction, when there is a role."""
     if role:

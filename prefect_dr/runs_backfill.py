@@ -47,11 +47,11 @@ from prefect_dr.backfill_state import (
     Loaded,
     TableState,
     briefly_waiting,
+    finish,
     index_statements,
     retry_locked,
     session_settings,
     set_role,
-    state_of,
 )
 from prefect_dr.errors import VerificationError
 from prefect_dr.manifest import DONE, LIVE, Artifact, Manifest
@@ -135,11 +135,7 @@ def bring_in(url: str, storage: Storage, manifest: Manifest, states: list[TableS
             cleaned = restore_keys(conn, role, strict=strict)
             with conn.transaction():
                 set_role(conn, role)
-                conn.execute(sql.SQL("DELETE FROM {} WHERE table_name = ANY(%s)").format(
-                    sql.Identifier(SCHEMA, "state")), (list(todo),))
-                if not state_of(conn):  # the last of the backfill: no empty state left behind
-                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(
-                        sql.Identifier(SCHEMA)))
+                finish(conn, list(todo))
         finally:
             with budget.lock:
                 budget.conns.remove(conn)

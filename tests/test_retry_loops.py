@@ -58,7 +58,7 @@ def swap_of_t(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     (and not waited)."""
     waits: list[int] = []
     monkeypatch.setattr(backfill.table_copy, "columns_of", lambda conn, table: ["id"])
-    monkeypatch.setattr(backfill, "state_of", lambda conn: ["another table"])
+    monkeypatch.setattr(backfill_state, "state_of", lambda conn: ["another table"])
     monkeypatch.setattr(backfill_state, "LOCK_ATTEMPTS", 3)
     monkeypatch.setattr(backfill_state, "lock_wait_s", lambda n: waits.append(n) or 0.0)
     return waits
